@@ -1,0 +1,79 @@
+/*
+ * engine.h - the body of the opaque `luapool` handle, shared by the modules.
+ */
+#ifndef LP_ENGINE_H
+#define LP_ENGINE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "luapool.h"
+#include "names.h"
+#include "report.h"
+#include "sched.h"
+#include "task.h"
+
+struct lp_worker;
+
+typedef enum lp_engine_phase {
+  LP_PHASE_OPEN = 0, /* configured, no script yet */
+  LP_PHASE_RUNNING,  /* script loaded, workers alive */
+  LP_PHASE_CLOSING
+} lp_engine_phase;
+
+struct luapool {
+  luapool_config cfg;
+  lp_engine_phase phase;
+  int nworkers;             /* threads; 1 in inline mode (the host's thread) */
+  int inline_mode;          /* cfg.workers == 0 */
+  struct lp_worker *workers;
+  lp_sched sched;
+  lp_names names;
+  lp_report report;
+
+  char *script;         /* the script's source, loaded by every worker */
+  size_t script_len;
+  char *chunkname;      /* "@path" or the name given to load_string */
+  char **defined;       /* sorted names of the script's task functions */
+  int ndefined;
+
+  _Atomic uint64_t next_id;
+  _Atomic uint64_t cancel_epoch; /* bumped by every cancel: see lp_task_cancelled */
+  _Atomic int stopping;          /* a cancel of the whole run was asked */
+  _Atomic int interrupted;       /* set by luapool_interrupt (a signal handler) */
+  _Atomic int unawaited_failures;
+
+  /* Host side: roots in flight, guarded by host_lock. */
+  pthread_mutex_t host_lock;
+  pthread_cond_t host_cond;
+  long live_roots;
+  int host_waiting;
+
+  /* Named atomic counters shared by every task: counters[id] for name id. */
+  pthread_mutex_t counters_lock;
+  _Atomic int64_t **counters; /* blocks of LP_COUNTER_BLOCK, indexed by name id */
+  int ncounter_blocks;
+
+  /* Statistics, summed from the workers at the end. */
+  _Atomic int max_depth;
+
+  char errmsg[1024];
+};
+
+#define LP_COUNTER_BLOCK 256
+
+/* Sets the handle's error message (printf-style) and returns err. */
+int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Called when a root's subtree completes. */
+void lp_engine_root_done(luapool *eng, lp_task *root);
+
+/* Reports a failed task that nobody awaited. */
+void lp_engine_unawaited_failure(luapool *eng, lp_task *t);
+
+/* The counter slot for a name id, created on first use. */
+_Atomic int64_t *lp_engine_counter(luapool *eng, int name_id);
+
+#endif

@@ -1,0 +1,151 @@
+/*
+ * luapool.h - run Lua task scripts on a pool of workers from a C program.
+ *
+ * A luapool engine owns N worker threads, each with its own Lua 5.4 state
+ * that has loaded the same task script. The host submits root tasks by the
+ * name of a global function of the script; tasks spawn subtasks at any depth;
+ * records made by luapool.emit() and print() inside tasks reach the host, in
+ * the configured report order, through a callback that runs on the host's
+ * own thread while it waits.
+ *
+ *   luapool_config cfg;
+ *   luapool_config_init(&cfg);
+ *   cfg.workers = 4;
+ *   cfg.on_record = my_printer;
+ *   luapool *lp;
+ *   if (luapool_open(&cfg, &lp) != 0) ...
+ *   if (luapool_load_file(lp, "tasks.lua") != 0) puts(luapool_errmsg(lp));
+ *   const char *args[] = {"10"};
+ *   luapool_submit(lp, "main", 1, args);
+ *   luapool_wait(lp, -1);
+ *   luapool_close(lp);
+ *
+ * Every function returns 0 or a negative LUAPOOL_E* code; luapool_errmsg()
+ * gives the details of the last failure on that handle.
+ */
+#ifndef LUAPOOL_H
+#define LUAPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LUAPOOL_VERSION "0.1.0"
+
+typedef struct luapool luapool;
+
+/* Error codes: X(name, value, description). */
+#define LUAPOOL_ERRNO_MAP(X)                                        \
+  X(INVAL, -1, "invalid argument")                                  \
+  X(NOMEM, -2, "out of memory")                                     \
+  X(SCRIPT, -3, "the script could not be loaded")                   \
+  X(NOTASK, -4, "no such task function")                            \
+  X(STATE, -5, "not allowed in the engine's current state")         \
+  X(TIMEDOUT, -6, "timed out")                                      \
+  X(TASKFAIL, -7, "a task failed")                                  \
+  X(SYS, -8, "a system call failed")                                \
+  X(DEADLOCK, -9, "a wait can never be satisfied")                  \
+  X(INTERRUPTED, -10, "interrupted")
+
+enum {
+#define LP_ERRNO_ENUM(name, value, text) LUAPOOL_E##name = (value),
+  LUAPOOL_ERRNO_MAP(LP_ERRNO_ENUM)
+#undef LP_ERRNO_ENUM
+};
+
+/* The description of an error code. */
+const char *luapool_strerror(int err);
+
+/* Report orders (SPEC: --order). */
+enum { LUAPOOL_ORDER_TREE = 0, LUAPOOL_ORDER_PRIORITY = 1, LUAPOOL_ORDER_COMPLETION = 2 };
+
+/* Record kinds. */
+enum { LUAPOOL_RECORD_EMIT = 0, LUAPOOL_RECORD_PRINT = 1 };
+
+/* One record, valid only during the callback. For PRINT records `text` holds
+ * the printed line (without newline). For EMIT records `text` holds the value
+ * as text (strings as they are, numbers and booleans as Lua's tostring, tables
+ * as JSON) and `value`/`value_len` its packed bytes. */
+typedef struct luapool_record {
+  int kind;
+  uint64_t task;     /* id of the task that made it */
+  const char *name;  /* that task's function name */
+  double priority;
+  const char *text;
+  size_t text_len;
+  const char *value; /* packed value (EMIT only) */
+  size_t value_len;
+} luapool_record;
+
+typedef void (*luapool_record_fn)(void *ud, const luapool_record *rec);
+/* Receives the report of a failed task that nobody awaited: one message
+ * with the task's name, id, arguments and traceback. */
+typedef void (*luapool_failure_fn)(void *ud, const char *message);
+
+typedef struct luapool_config {
+  int workers;          /* worker threads; 0 runs everything inline on the host thread */
+  int order;            /* LUAPOOL_ORDER_* */
+  size_t memory_limit;  /* bytes per worker Lua state; 0 for none */
+  luapool_record_fn on_record;
+  luapool_failure_fn on_failure; /* NULL: written to stderr */
+  void (*on_flush)(void *ud);    /* after each batch of records: a moment to flush output */
+  void *ud;                      /* passed to the callbacks */
+} luapool_config;
+
+/* Fills cfg with the defaults: one worker per CPU, tree order. */
+void luapool_config_init(luapool_config *cfg);
+
+/* Creates an engine. *out is set to NULL on failure. */
+int luapool_open(const luapool_config *cfg, luapool **out);
+
+/* Loads the task script into every worker and starts the workers. Returns
+ * only when every worker is alive with the script loaded. Text chunks only:
+ * precompiled chunks are refused. */
+int luapool_load_file(luapool *lp, const char *path);
+int luapool_load_string(luapool *lp, const char *chunk, size_t len, const char *chunkname);
+
+/* Whether the loaded script defines the task function `name` (a global
+ * function, or "table.field" for a function in a global table). */
+int luapool_has_function(luapool *lp, const char *name);
+/* The sorted names of the script's task functions; returns their count
+ * (or a negative error). The array lives as long as the engine. */
+int luapool_functions(luapool *lp, const char *const **names);
+
+/* Submits a root task: the global function `fn` of the script, called with
+ * argc string arguments. */
+int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *argv);
+
+/* Waits until every submitted task and all of its descendants have finished,
+ * delivering records through on_record meanwhile. timeout < 0 waits forever.
+ * Returns 0, LUAPOOL_ETIMEDOUT, or LUAPOOL_ETASKFAIL when a task failed
+ * without being awaited (the run completed nonetheless). */
+int luapool_wait(luapool *lp, double timeout);
+
+/* Stops the run as soon as possible: nothing new starts, what has not
+ * started is cancelled. Safe to call from another thread (not from a signal
+ * handler: use luapool_interrupt there). */
+void luapool_cancel(luapool *lp);
+/* Async-signal-safe: asks the waiting host to cancel the run. */
+void luapool_interrupt(luapool *lp);
+
+typedef struct luapool_stats {
+  uint64_t tasks_run;
+  uint64_t tasks_failed;
+  uint64_t records;
+  int max_depth;
+} luapool_stats;
+void luapool_get_stats(luapool *lp, luapool_stats *out);
+
+/* The message of the last error on this handle ("" if none). */
+const char *luapool_errmsg(luapool *lp);
+
+/* Joins every worker and frees everything. Accepts NULL. */
+void luapool_close(luapool *lp);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

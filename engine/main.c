@@ -1,0 +1,256 @@
+/*
+ * main.c - the `luapool` command: run or check a task script.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "luapool.h"
+
+#ifndef LUAPOOL_VERSION_STRING
+#define LUAPOOL_VERSION_STRING LUAPOOL_VERSION
+#endif
+
+enum { EXIT_OK = 0, EXIT_TASKFAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+
+static const char usage_text[] =
+    "usage: luapool run SCRIPT [ARGS...] [options]\n"
+    "       luapool check SCRIPT\n"
+    "       luapool --help | --version\n"
+    "\n"
+    "Runs main(ARGS...) of a Lua task script on a pool of workers; every task\n"
+    "it spawns, at any depth, finishes before luapool exits. Records made by\n"
+    "luapool.emit() and print() inside tasks go to stdout, one per line.\n"
+    "\n"
+    "options:\n"
+    "  --workers N      worker threads (default: the number of CPUs); 0 runs\n"
+    "                   every spawn inline, sequentially, on one thread\n"
+    "  --order ORDER    tree (default: the order of a sequential run),\n"
+    "                   priority, or completion\n"
+    "  --format FORMAT  text (default) or json\n"
+    "  --memory-limit BYTES  limit of each worker's Lua state (suffix k, m, g)\n"
+    "  --                    the arguments that follow are all for main\n"
+    "\n"
+    "exit status: 0 success; 1 a task failed; 2 bad usage or an invalid\n"
+    "script; 130 interrupted.\n";
+
+static void usage_error(const char *fmt, const char *arg) {
+  fprintf(stderr, "luapool: ");
+  fprintf(stderr, fmt, arg);
+  fprintf(stderr, "\n\n%s", usage_text);
+  exit(EXIT_USAGE);
+}
+
+static long parse_count(const char *flag, const char *s, long max) {
+  char *end;
+  errno = 0;
+  long v = s ? strtol(s, &end, 10) : -1;
+  if (!s || errno || end == s || *end || v < 0 || v > max) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s needs a whole number from 0 to %ld, not '%%s'", flag, max);
+    usage_error(msg, s ? s : "");
+  }
+  return v;
+}
+
+static size_t parse_bytes(const char *flag, const char *s) {
+  char *end;
+  errno = 0;
+  double v = s ? strtod(s, &end) : -1;
+  double mult = 1;
+  if (s && end != s && *end) {
+    switch (*end) {
+    case 'k': case 'K': mult = 1024.0; break;
+    case 'm': case 'M': mult = 1024.0 * 1024; break;
+    case 'g': case 'G': mult = 1024.0 * 1024 * 1024; break;
+    default: mult = -1;
+    }
+    if (end[1] && !(end[1] == 'b' || end[1] == 'B') ) mult = -1;
+    end++;
+    if (*end == 'b' || *end == 'B') end++;
+  }
+  if (!s || errno || end == s || *end || mult < 0 || v * mult < 1 || v * mult > 1e15) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s needs a positive size in bytes (like 64m), not '%%s'", flag);
+    usage_error(msg, s ? s : "");
+  }
+  return (size_t)(v * mult);
+}
+
+typedef struct cli {
+  int json;
+  FILE *out;
+  long failures;
+} cli;
+
+static void on_record(void *ud, const luapool_record *rec) {
+  cli *c = ud;
+  if (!c->json) {
+    fwrite(rec->text, 1, rec->text_len, c->out);
+    fputc('\n', c->out);
+    return;
+  }
+  /* JSON lines: the text is already JSON for tables; strings are quoted. */
+  fprintf(c->out, "{\"task\":%llu,\"name\":\"%s\",\"priority\":%.17g,\"value\":",
+          (unsigned long long)rec->task, rec->name, rec->priority);
+  fputc('"', c->out);
+  for (size_t i = 0; i < rec->text_len; i++) {
+    unsigned char ch = (unsigned char)rec->text[i];
+    if (ch == '"' || ch == '\\') fprintf(c->out, "\\%c", ch);
+    else if (ch < 0x20) fprintf(c->out, "\\u%04x", ch);
+    else fputc(ch, c->out);
+  }
+  fputs("\"}\n", c->out);
+}
+
+static void on_flush(void *ud) { fflush(((cli *)ud)->out); }
+
+static void on_failure(void *ud, const char *message) {
+  cli *c = ud;
+  c->failures++;
+  fflush(c->out);
+  fprintf(stderr, "%s\n", message);
+}
+
+static luapool *g_engine;
+
+static void on_signal(int sig) {
+  (void)sig;
+  static volatile sig_atomic_t count;
+  if (++count > 1) _exit(EXIT_INTERRUPTED); /* a second ^C: leave now */
+  luapool_interrupt(g_engine);
+}
+
+static int load_script(luapool *lp, const char *path) {
+  int rc = luapool_load_file(lp, path);
+  if (rc != 0) {
+    fprintf(stderr, "luapool: %s\n", luapool_errmsg(lp));
+    return EXIT_USAGE;
+  }
+  if (!luapool_has_function(lp, "main")) {
+    fprintf(stderr, "luapool: %s: the script defines no global function 'main'\n", path);
+    return EXIT_USAGE;
+  }
+  return 0;
+}
+
+static int cmd_check(int argc, char **argv) {
+  if (argc != 1) usage_error("check takes exactly one script%s", "");
+  luapool_config cfg;
+  luapool_config_init(&cfg);
+  cfg.workers = 0;
+  luapool *lp;
+  if (luapool_open(&cfg, &lp) != 0) {
+    fprintf(stderr, "luapool: cannot start: out of memory\n");
+    return EXIT_USAGE;
+  }
+  int rc = load_script(lp, argv[0]);
+  if (rc == 0) {
+    const char *const *names;
+    int n = luapool_functions(lp, &names);
+    printf("%s: ok, %d task function%s:", argv[0], n, n == 1 ? "" : "s");
+    for (int i = 0; i < n; i++) printf(" %s", names[i]);
+    printf("\n");
+  }
+  luapool_close(lp);
+  return rc;
+}
+
+static int cmd_run(int argc, char **argv) {
+  luapool_config cfg;
+  luapool_config_init(&cfg);
+  cli c = {0, stdout, 0};
+  const char *script = NULL;
+  const char **args = calloc((size_t)argc + 1, sizeof *args);
+  int nargs = 0, only_args = 0;
+  if (!args) return EXIT_USAGE;
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+    if (only_args || a[0] != '-' || a[1] != '-') {
+      if (!script) script = a;
+      else args[nargs++] = a;
+    } else if (strcmp(a, "--") == 0) {
+      only_args = 1;
+    } else if (strcmp(a, "--workers") == 0) {
+      cfg.workers = (int)parse_count(a, val, 1024);
+      i++;
+    } else if (strcmp(a, "--order") == 0) {
+      if (!val) usage_error("--order needs tree, priority or completion%s", "");
+      if (strcmp(val, "tree") == 0) cfg.order = LUAPOOL_ORDER_TREE;
+      else if (strcmp(val, "priority") == 0) cfg.order = LUAPOOL_ORDER_PRIORITY;
+      else if (strcmp(val, "completion") == 0) cfg.order = LUAPOOL_ORDER_COMPLETION;
+      else usage_error("--order needs tree, priority or completion, not '%s'", val);
+      i++;
+    } else if (strcmp(a, "--format") == 0) {
+      if (!val) usage_error("--format needs text or json%s", "");
+      if (strcmp(val, "text") == 0) c.json = 0;
+      else if (strcmp(val, "json") == 0) c.json = 1;
+      else usage_error("--format needs text or json, not '%s'", val);
+      i++;
+    } else if (strcmp(a, "--memory-limit") == 0) {
+      cfg.memory_limit = parse_bytes(a, val);
+      i++;
+    } else {
+      usage_error("unknown option '%s'", a);
+    }
+  }
+  if (!script) usage_error("run needs a script%s", "");
+  cfg.on_record = on_record;
+  cfg.on_failure = on_failure;
+  cfg.on_flush = on_flush;
+  cfg.ud = &c;
+  luapool *lp;
+  int rc = luapool_open(&cfg, &lp);
+  if (rc != 0) {
+    fprintf(stderr, "luapool: cannot start: %s\n", luapool_strerror(rc));
+    free(args);
+    return EXIT_USAGE;
+  }
+  int exit_code = load_script(lp, script);
+  if (exit_code == 0) {
+    g_engine = lp;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    rc = luapool_submit(lp, "main", nargs, args);
+    if (rc == 0) rc = luapool_wait(lp, -1);
+    if (rc == LUAPOOL_EINTERRUPTED) exit_code = EXIT_INTERRUPTED;
+    else if (rc != 0 && rc != LUAPOOL_ETASKFAIL) {
+      fprintf(stderr, "luapool: %s\n", luapool_errmsg(lp));
+      exit_code = EXIT_TASKFAIL;
+    }
+  }
+  luapool_close(lp); /* may report more failures: futures collected at the end */
+  g_engine = NULL;
+  fflush(c.out);
+  free(args);
+  if (exit_code == 0 && c.failures > 0) exit_code = EXIT_TASKFAIL;
+  return exit_code;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fputs(usage_text, stderr);
+    return EXIT_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    fputs(usage_text, stdout);
+    return EXIT_OK;
+  }
+  if (strcmp(cmd, "--version") == 0) {
+    printf("luapool %s (%s)\n", LUAPOOL_VERSION_STRING, "Lua 5.4");
+    return EXIT_OK;
+  }
+  if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
+  if (strcmp(cmd, "check") == 0) return cmd_check(argc - 2, argv + 2);
+  usage_error("unknown command '%s'", cmd);
+  return EXIT_USAGE;
+}

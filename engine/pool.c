@@ -1,0 +1,399 @@
+/*
+ * pool.c - worker threads and the running of tasks as Lua coroutines.
+ *
+ * DESIGN. Each worker thread owns one lua_State and runs tasks in
+ * coroutines taken from a per-worker pool (a reused coroutine costs ~22 ns
+ * to run, a fresh one ~180). A task's coroutine never leaves its worker:
+ * when the task waits it yields, the worker goes on with other tasks, and
+ * whoever ends the wait hands the task back to this worker's inbox
+ * (sched.c). Only the owner touches its state, its coroutine pool, its
+ * timers and its `current` task, so none of them is locked. The worker
+ * holds no lock while Lua runs.
+ *
+ * A task's body runs inside task_entry, a C function that is itself the
+ * coroutine's body: unpacking the arguments, the call and packing the
+ * results all happen under lua_resume's protection, so a memory error or a
+ * bad value fails the task rather than the engine.
+ *
+ * Shut-down: lp_pool_stop sets the scheduler's stop flag after the engine
+ * has let every task finish (or cancelled them); each worker leaves its
+ * loop once it has no task alive, and is joined; then the states close.
+ */
+#include "pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "engine.h"
+#include "spin.h"
+#include "vm.h"
+
+#define SPIN_ROUNDS 2000 /* ~50 us of looking for work before parking */
+
+/* ---- the coroutine pool ---- */
+
+static int co_grow(lp_worker *w) {
+  int cap = w->cap ? w->cap * 2 : 64;
+  lua_State **p = realloc(w->cos_ptr, sizeof *p * (size_t)cap);
+  if (!p) return -1;
+  w->cos_ptr = p;
+  int *f = realloc(w->cos_free, sizeof *f * (size_t)cap);
+  if (!f) return -1;
+  w->cos_free = f;
+  int *e = realloc(w->cos_empty, sizeof *e * (size_t)cap);
+  if (!e) return -1;
+  w->cos_empty = e;
+  w->cap = cap;
+  return 0;
+}
+
+/* A slot holding an idle coroutine, or -1. Creating a coroutine allocates
+ * in Lua, so this runs where a memory error is caught (see run()). */
+static int co_get(lp_worker *w) {
+  if (w->nfree > 0) return w->cos_free[--w->nfree];
+  if (w->nempty == 0 && w->ncos == w->cap && co_grow(w) != 0) return -1;
+  int slot = w->nempty > 0 ? w->cos_empty[--w->nempty] : w->ncos++;
+  lua_rawgeti(w->L, LUA_REGISTRYINDEX, w->cos_ref);
+  w->cos_ptr[slot] = lua_newthread(w->L);
+  lua_rawseti(w->L, -2, slot + 1);
+  lua_pop(w->L, 1);
+  return slot;
+}
+
+#define CO_KEEP 1024 /* idle coroutines kept for reuse */
+
+static void co_put(lp_worker *w, int slot, int clean) {
+  lua_State *co = w->cos_ptr[slot];
+  if (clean) lua_settop(co, 0);
+  else lua_resetthread(co);
+  if (w->nfree < CO_KEEP) {
+    w->cos_free[w->nfree++] = slot;
+    return;
+  }
+  lua_rawgeti(w->L, LUA_REGISTRYINDEX, w->cos_ref);
+  lua_pushnil(w->L);
+  lua_rawseti(w->L, -2, slot + 1);
+  lua_pop(w->L, 1);
+  w->cos_ptr[slot] = NULL;
+  w->cos_empty[w->nempty++] = slot;
+}
+
+/* ---- a task's body ---- */
+
+static int entry_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  lp_worker *w = lp_worker_of(L);
+  int n = lua_gettop(L);
+  char err[320];
+  lp_pack_ctx pc = lp_vm_pack_ctx(L, 1);
+  lp_buf_reset(&w->result);
+  if (lp_pack_values(L, 1, n, &w->result, &pc, err, sizeof err) != 0) {
+    const char *e = strncmp(err, "argument", 8) == 0 ? err + 8 : err;
+    return luaL_error(L, "return value%s", e);
+  }
+  return 0;
+}
+
+/* The coroutine's body: the task's function and arguments come from the
+ * task record, the results go to w->result. */
+static int task_entry(lua_State *L) {
+  lp_worker *w = lp_worker_of(L);
+  lp_task *t = w->current;
+  lua_settop(L, 0);
+  if (lp_vm_push_fn(L, t->fn) != 0)
+    return luaL_error(L, "no task function named '%s' in the script",
+                      lp_names_get(&w->eng->names, t->fn));
+  char err[320];
+  int n = 0;
+  lp_pack_ctx pc = lp_vm_pack_ctx(L, 1);
+  if (lp_unpack_values(L, t->args.data, t->args.len, &pc, &n, err, sizeof err) != 0)
+    return luaL_error(L, "cannot read the task's arguments: %s", err);
+  lua_callk(L, n, LUA_MULTRET, 0, entry_k);
+  return entry_k(L, LUA_OK, 0);
+}
+
+/* ---- failures ---- */
+
+/* Protected: builds "task 'NAME' (id N) failed: MSG\n<traceback>" from the
+ * error object (1) and the dead coroutine (2). */
+static int format_failure(lua_State *L) {
+  lp_worker *w = lp_worker_of(L);
+  lp_task *t = lua_touserdata(L, 3);
+  lua_State *co = lua_tothread(L, 2);
+  const char *msg = luaL_tolstring(L, 1, NULL);
+  /* An error re-raised from a child's get() already has its traceback;
+   * ours follows it. */
+  luaL_traceback(L, co, NULL, 0);
+  lua_pushfstring(L, "task '%s' (id %I) failed: %s\n%s", lp_names_get(&w->eng->names, t->fn),
+                  (lua_Integer)t->id, msg, lua_tostring(L, -1));
+  return 1;
+}
+
+/* Protected: a one-line summary of the task's arguments. */
+static int summarize_args(lua_State *L) {
+  lp_task *t = lua_touserdata(L, 1);
+  int base = lua_gettop(L), n = 0;
+  char err[128];
+  lp_pack_ctx pc = {NULL, NULL, NULL, 1};
+  if (lp_unpack_values(L, t->args.data, t->args.len, &pc, &n, err, sizeof err) != 0) {
+    lua_pushstring(L, "(unreadable)");
+    return 1;
+  }
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addchar(&b, '(');
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) luaL_addstring(&b, ", ");
+    int v = base + i;
+    size_t len;
+    if (lua_type(L, v) == LUA_TSTRING) {
+      const char *s = lua_tolstring(L, v, &len);
+      lua_pushfstring(L, "\"%s\"", len > 60 ? "..." : s);
+    } else {
+      lua_pushstring(L, luaL_typename(L, v));
+      if (lua_type(L, v) == LUA_TNUMBER || lua_type(L, v) == LUA_TBOOLEAN) {
+        lua_pop(L, 1);
+        luaL_tolstring(L, v, NULL);
+      }
+    }
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, ')');
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
+  lua_State *L = w->L;
+  int top = lua_gettop(L);
+  lp_buf msg;
+  lp_buf_init(&msg);
+  lua_pushcfunction(L, format_failure);
+  if (co) {
+    lua_xmove(co, L, 1); /* the error object */
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+  } else {
+    lua_pushstring(L, "could not start");
+    lua_pushnil(L);
+  }
+  lua_pushlightuserdata(L, t);
+  const char *text = "task failed (and its message could not be built)";
+  size_t len = strlen(text);
+  if (lua_pcall(L, 3, 1, 0) == LUA_OK) text = lua_tolstring(L, -1, &len);
+  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, len) != 0) lp_buf_reset(&msg);
+  lua_settop(L, top);
+  int cancelled = lp_task_cancelled(t);
+  if (!cancelled) {
+    w->tasks_failed++;
+    lua_pushcfunction(L, summarize_args);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) t->failnote = strdup(lua_tostring(L, -1));
+    lua_settop(L, top);
+  }
+  lp_task_finish(t, cancelled ? LP_TASK_CANCELLED : LP_TASK_FAILED, &msg);
+  lp_buf_free(&msg);
+}
+
+static void cancel_task(lp_worker *w, lp_task *t) {
+  char text[256];
+  int n = snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled",
+                   lp_names_get(&w->eng->names, t->fn), (unsigned long long)t->id);
+  lp_buf msg;
+  lp_buf_init(&msg);
+  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, (size_t)n) != 0)
+    lp_buf_reset(&msg);
+  lp_task_finish(t, LP_TASK_CANCELLED, &msg);
+  lp_buf_free(&msg);
+}
+
+/* ---- running ---- */
+
+static void run(lp_worker *w, lp_task *t) {
+  luapool *eng = w->eng;
+  lua_State *co = t->co;
+  if (!co) { /* a new task */
+    if (lp_task_cancelled(t)) {
+      cancel_task(w, t);
+      return;
+    }
+    int slot = co_get(w);
+    if (slot < 0) {
+      fail_task(w, t, NULL);
+      return;
+    }
+    co = w->cos_ptr[slot];
+    lua_pushcfunction(co, task_entry);
+    t->co = co;
+    t->co_slot = slot;
+    t->owner = w->index;
+    t->cancel_epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
+    atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
+    w->nlive++;
+    w->tasks_run++;
+    if (t->depth > atomic_load_explicit(&eng->max_depth, memory_order_relaxed))
+      atomic_store_explicit(&eng->max_depth, t->depth, memory_order_relaxed);
+  }
+  lp_task *outer = w->current;
+  w->current = t;
+  w->yield_kind = LP_YIELD_OTHER;
+  int nres = 0;
+  int st = lua_resume(co, outer ? outer->co : w->L, 0, &nres);
+  w->current = outer;
+  if (st == LUA_YIELD) {
+    if (w->yield_kind != LP_YIELD_WAIT) {
+      lua_pop(co, nres);
+      lp_sched_yielded(&eng->sched, w->index, t);
+    }
+    return;
+  }
+  /* Finishing may free the task (when nothing else holds it): it is not
+   * touched afterwards. */
+  int slot = t->co_slot;
+  t->co = NULL;
+  t->co_slot = -1;
+  if (st == LUA_OK) lp_task_finish(t, LP_TASK_OK, &w->result);
+  else fail_task(w, t, co);
+  w->nlive--;
+  co_put(w, slot, st == LUA_OK);
+}
+
+void lp_pool_yield_current(lp_worker *w) { w->yield_kind = LP_YIELD_AGAIN; }
+
+/* Hands every sleeper whose time has come back to its task; with `all`,
+ * every sleeper (shut-down). Returns how many. */
+static int fire_timers(lp_worker *w, int all) {
+  double now = all ? 1e300 : lp_now();
+  int n = 0;
+  lp_task *t;
+  while ((t = lp_timers_pop_due(&w->timers, now))) {
+    lp_task_wake(t);
+    n++;
+  }
+  return n;
+}
+
+static void loop(lp_worker *w) {
+  luapool *eng = w->eng;
+  lp_sched *s = &eng->sched;
+  unsigned since_timers = 0;
+  for (;;) {
+    if (w->timers.n && ++since_timers >= 32) {
+      since_timers = 0;
+      fire_timers(w, atomic_load_explicit(&eng->stopping, memory_order_relaxed));
+    }
+    lp_task *t = lp_sched_next(s, w->index);
+    if (t) {
+      run(w, t);
+      continue;
+    }
+    if (w->timers.n && fire_timers(w, atomic_load(&eng->stopping))) continue;
+    if (atomic_load(&s->stop) && w->nlive == 0) return;
+    lp_sched_spinning(s, 1);
+    for (int i = 0; i < SPIN_ROUNDS && !t; i++) {
+      lp_cpu_relax();
+      if (i % 64 == 63) t = lp_sched_next(s, w->index);
+    }
+    lp_sched_spinning(s, -1);
+    if (t) {
+      run(w, t);
+      continue;
+    }
+    if (atomic_load(&s->stop) && w->nlive == 0) return;
+    double next = lp_timers_next(&w->timers, lp_now());
+    lp_sched_park(s, w->index, next);
+  }
+}
+
+static void *worker_main(void *arg) {
+  loop(arg);
+  return NULL;
+}
+
+/* ---- inline mode ---- */
+
+int lp_pool_run_inline(luapool *eng) {
+  lp_worker *w = &eng->workers[0];
+  for (;;) {
+    lp_task *t = lp_sched_next(&eng->sched, 0);
+    if (t) {
+      run(w, t);
+      lp_report_deliver(&eng->report, 0);
+      continue;
+    }
+    if (w->timers.n == 0) return w->nlive ? LUAPOOL_EDEADLOCK : 0;
+    double next = lp_timers_next(&w->timers, lp_now());
+    if (next > 0) {
+      struct timespec ts = {(time_t)next, (long)((next - (double)(time_t)next) * 1e9)};
+      nanosleep(&ts, NULL);
+    }
+    fire_timers(w, atomic_load(&eng->stopping));
+  }
+}
+
+void lp_pool_run_nested(lp_worker *w, lp_task *until) {
+  while (!lp_task_finished(until)) {
+    lp_task *t = lp_sched_next(&w->eng->sched, w->index);
+    if (!t) break; /* cannot happen: the child is on the stack until it ends */
+    run(w, t);
+  }
+}
+
+/* ---- start and stop ---- */
+
+static int start_state(luapool *eng, lp_worker *w) {
+  w->L = lp_vm_new(w);
+  if (!w->L) return lp_engine_error(eng, LUAPOOL_ENOMEM, "cannot create a Lua state");
+  lua_newtable(w->L);
+  w->cos_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
+  if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, w->errmsg,
+                 sizeof w->errmsg) != 0)
+    return lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", w->errmsg);
+  return 0;
+}
+
+int lp_pool_start(luapool *eng) {
+  int n = eng->nworkers;
+  eng->workers = calloc((size_t)n, sizeof(lp_worker));
+  if (!eng->workers) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  for (int i = 0; i < n; i++) {
+    lp_worker *w = &eng->workers[i];
+    w->eng = eng;
+    w->index = i;
+    w->mem_limit = eng->cfg.memory_limit;
+    lp_buf_init(&w->result);
+    int rc = start_state(eng, w);
+    if (rc != 0) return rc;
+  }
+  if (lp_vm_function_names(eng->workers[0].L, &eng->defined, &eng->ndefined) != 0)
+    return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  if (eng->inline_mode) return 0;
+  for (int i = 0; i < n; i++) {
+    lp_worker *w = &eng->workers[i];
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+      return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start worker thread %d", i + 1);
+    w->started = 1;
+  }
+  return 0;
+}
+
+void lp_pool_stop(luapool *eng) {
+  if (!eng->workers) return;
+  lp_sched_stop(&eng->sched);
+  for (int i = 0; i < eng->nworkers; i++)
+    if (eng->workers[i].started) pthread_join(eng->workers[i].thread, NULL);
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    if (w->L) lua_close(w->L); /* runs the futures' finalizers: last task references go */
+    lp_timers_free(&w->timers);
+    free(w->cos_ptr);
+    free(w->cos_free);
+    free(w->cos_empty);
+    lp_buf_free(&w->result);
+  }
+  free(eng->workers);
+  eng->workers = NULL;
+}

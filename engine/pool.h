@@ -1,0 +1,73 @@
+/*
+ * pool.h - worker threads, each with its own Lua state, and what they run.
+ */
+#ifndef LP_POOL_H
+#define LP_POOL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "pack.h"
+#include "timer.h"
+
+struct luapool;
+struct lp_task;
+
+/* Why a task's coroutine yielded. A yield we did not make (a bare
+ * coroutine.yield() in the task) counts as luapool.yield(). */
+enum { LP_YIELD_OTHER = 0, LP_YIELD_WAIT, LP_YIELD_AGAIN };
+
+typedef struct lp_worker {
+  struct luapool *eng;
+  int index;
+  pthread_t thread;
+  int started;            /* the thread exists and must be joined */
+  lua_State *L;           /* this worker's state; tasks run in its coroutines */
+  size_t mem_used;        /* bytes allocated by L (counting allocator) */
+  size_t mem_limit;       /* 0: none */
+  struct lp_task *current; /* the task running now, NULL between tasks */
+  lp_timers timers;
+  /* Coroutine pool: slot i of the registry table `cos` anchors cos_ptr[i]. */
+  int cos_ref;
+  lua_State **cos_ptr;
+  int *cos_free;          /* slots holding an idle coroutine */
+  int nfree;
+  int *cos_empty;         /* slots with no coroutine */
+  int nempty;
+  int ncos;               /* slots in use or idle */
+  int cap;
+  int nlive;              /* coroutines belonging to unfinished tasks */
+  int yield_kind;          /* LP_YIELD_*: why the running task yielded */
+  lp_buf result;           /* the running task's packed return values */
+  /* Statistics, owner-written. */
+  uint64_t tasks_run;
+  uint64_t tasks_failed;
+  double busy;            /* seconds spent running Lua */
+  char errmsg[512];       /* why start-up failed */
+} lp_worker;
+
+/* Creates every worker's state, loads the script into each and starts the
+ * threads (none in inline mode). Returns 0 once all are alive, or an
+ * LUAPOOL_E* code with the engine's error message set. */
+int lp_pool_start(struct luapool *eng);
+/* Stops and joins the threads, closes the states. */
+void lp_pool_stop(struct luapool *eng);
+
+/* Inline mode: runs tasks on the calling (host) thread until nothing is
+ * runnable. Returns 0, or LUAPOOL_EDEADLOCK if tasks remain suspended with
+ * nothing that could wake them. */
+int lp_pool_run_inline(struct luapool *eng);
+
+/* The worker whose state L belongs to, and the task it runs. */
+static inline lp_worker *lp_worker_of(lua_State *L) { return *(lp_worker **)lua_getextraspace(L); }
+
+/* Inline mode, when the spawning task cannot yield: runs tasks on this
+ * thread until t has finished. */
+void lp_pool_run_nested(lp_worker *w, struct lp_task *t);
+
+/* Requeues the running task of w to run again after other ready tasks. */
+void lp_pool_yield_current(lp_worker *w);
+
+#endif

@@ -1,0 +1,299 @@
+/*
+ * report.c - delivering records to the host in the order asked for.
+ *
+ * DESIGN. Every task has an output sequence (lp_rnode, inside the task
+ * record) holding its records and, at each spawn, the place of the child.
+ * Only the task's own worker appends to it, and only the host reads it, so
+ * appends are a release store and need no lock. In tree order the host
+ * walks the tree of sequences depth-first with one cursor: a record under
+ * the cursor leaves at once; a child's place is entered; the end of a
+ * sequence whose task's body has finished is left. When the cursor reaches
+ * the end of a sequence still being written, everything after it must wait:
+ * the only records held in memory are those that cannot leave yet.
+ *
+ * The tree holds one reference on every task until the cursor has passed
+ * it, so a task record outlives its use by the cursor. Records are freed as
+ * they are delivered. In completion order each worker has one sequence and
+ * records leave as the host finds them.
+ *
+ * Callbacks to the host (records, failures) run only on the host thread,
+ * inside lp_report_deliver.
+ */
+#include "report.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "engine.h"
+#include "pack.h"
+#include "task.h"
+
+lp_record *lp_record_new(int kind, const lp_task *t, double priority, const void *data,
+                         size_t len) {
+  lp_record *rec = malloc(sizeof *rec + len + 1);
+  if (!rec) return NULL;
+  atomic_init(&rec->item.next, NULL);
+  rec->item.kind = LP_ITEM_RECORD;
+  rec->kind = kind;
+  rec->task = t ? t->id : 0;
+  rec->fn = t ? t->fn : -1;
+  rec->priority = priority;
+  rec->len = len;
+  if (len) memcpy(rec->data, data, len);
+  rec->data[len] = '\0';
+  return rec;
+}
+
+static void seq_init(lp_rnode *n) {
+  atomic_init(&n->item.next, NULL);
+  n->item.kind = LP_ITEM_CHILD;
+  atomic_init(&n->first, NULL);
+  n->last = NULL;
+  atomic_init(&n->done, 0);
+}
+
+static void seq_append(lp_rnode *n, lp_item *it) {
+  atomic_store_explicit(&it->next, NULL, memory_order_relaxed);
+  if (n->last) atomic_store_explicit(&n->last->next, it, memory_order_release);
+  else atomic_store_explicit(&n->first, it, memory_order_release);
+  n->last = it;
+}
+
+static lp_task *item_task(lp_item *it) {
+  return (lp_task *)((char *)it - offsetof(lp_task, rn.item));
+}
+
+int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
+  memset(r, 0, sizeof *r);
+  r->eng = eng;
+  r->order = order;
+  seq_init(&r->roots);
+  r->noutbox = nworkers;
+  r->outbox = calloc((size_t)nworkers, sizeof *r->outbox);
+  r->outpos = calloc((size_t)nworkers, sizeof *r->outpos);
+  if (!r->outbox || !r->outpos) return -1;
+  for (int i = 0; i < nworkers; i++) seq_init(&r->outbox[i]);
+  pthread_mutex_init(&r->fail_lock, NULL);
+  return 0;
+}
+
+void lp_report_add(lp_report *r, int w, lp_task *t, lp_record *rec) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION) seq_append(&r->outbox[w], &rec->item);
+  else seq_append(&t->rn, &rec->item);
+}
+
+void lp_report_spawn(lp_report *r, lp_task *parent, lp_task *child) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION) return;
+  seq_init(&child->rn);
+  lp_task_ref(child); /* the tree's reference, dropped when the cursor passes */
+  seq_append(&parent->rn, &child->rn.item);
+}
+
+void lp_report_root(lp_report *r, lp_task *root) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION) return;
+  seq_init(&root->rn);
+  lp_task_ref(root);
+  seq_append(&r->roots, &root->rn.item);
+}
+
+void lp_report_body_done(lp_report *r, lp_task *t) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION) return;
+  atomic_store_explicit(&t->rn.done, 1, memory_order_release);
+}
+
+void lp_report_task_freed(lp_report *r, lp_task *t) { (void)r, (void)t; }
+
+void lp_report_failure(lp_report *r, const char *text) {
+  size_t n = strlen(text);
+  lp_failure *f = malloc(sizeof *f + n + 1);
+  if (!f) {
+    fprintf(stderr, "luapool: %s\n", text); /* out of memory: say it now rather than never */
+    return;
+  }
+  memcpy(f->text, text, n + 1);
+  f->next = NULL;
+  pthread_mutex_lock(&r->fail_lock);
+  if (r->fail_tail) r->fail_tail->next = f;
+  else r->fail_head = f;
+  r->fail_tail = f;
+  pthread_mutex_unlock(&r->fail_lock);
+}
+
+/* ---- turning records into text ---- */
+
+static lua_State *fmt_state(lp_report *r) {
+  if (r->fmt) return r->fmt;
+  lua_State *L = luaL_newstate();
+  if (!L) return NULL;
+  luaL_openlibs(L);
+  /* cjson renders tables as JSON; without it tables print as tostring would. */
+  if (luaL_dostring(L, "local ok, cjson = pcall(require, 'cjson')\n"
+                       "if ok then cjson.encode_sparse_array(true)\n"
+                       "  cjson.encode_invalid_numbers(true) end\n"
+                       "return ok and cjson or false") != LUA_OK)
+    lua_pushboolean(L, 0);
+  lua_setfield(L, LUA_REGISTRYINDEX, "luapool.cjson");
+  r->fmt = L;
+  return L;
+}
+
+/* Text of one Lua value at the top of L, left on the stack as a string. */
+static void value_text(lua_State *L) {
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "luapool.cjson");
+    if (lua_toboolean(L, -1)) {
+      lua_getfield(L, -1, "encode");
+      lua_pushvalue(L, -3);
+      if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        lua_replace(L, -3);
+        lua_pop(L, 1);
+        return;
+      }
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  luaL_tolstring(L, -1, NULL);
+  lua_replace(L, -2);
+}
+
+static void deliver_record(lp_report *r, lp_record *rec) {
+  luapool *eng = r->eng;
+  r->delivered++;
+  if (!eng->cfg.on_record) return;
+  luapool_record out;
+  memset(&out, 0, sizeof out);
+  out.kind = rec->kind;
+  out.task = rec->task;
+  out.name = rec->fn >= 0 ? lp_names_get(&eng->names, rec->fn) : "";
+  out.priority = rec->priority;
+  lua_State *L = NULL;
+  int top = 0;
+  if (rec->kind == LUAPOOL_RECORD_PRINT) {
+    out.text = rec->data;
+    out.text_len = rec->len;
+  } else {
+    out.value = rec->data;
+    out.value_len = rec->len;
+    if (!lp_pack_single_string(rec->data, rec->len, &out.text, &out.text_len)) {
+      L = fmt_state(r);
+      if (!L) return;
+      top = lua_gettop(L);
+      int n = 0;
+      char err[256];
+      if (lp_unpack_values(L, rec->data, rec->len, NULL, &n, err, sizeof err) != 0 || n < 1) {
+        lua_settop(L, top);
+        lua_pushnil(L);
+      } else {
+        lua_settop(L, top + 1);
+      }
+      value_text(L);
+      out.text = lua_tolstring(L, -1, &out.text_len);
+    }
+  }
+  eng->cfg.on_record(eng->cfg.ud, &out);
+  if (L) lua_settop(L, top);
+}
+
+static void deliver_failures(lp_report *r) {
+  pthread_mutex_lock(&r->fail_lock);
+  lp_failure *f = r->fail_head;
+  r->fail_head = r->fail_tail = NULL;
+  pthread_mutex_unlock(&r->fail_lock);
+  while (f) {
+    lp_failure *next = f->next;
+    if (r->eng->cfg.on_failure) r->eng->cfg.on_failure(r->eng->cfg.ud, f->text);
+    else fprintf(stderr, "%s\n", f->text);
+    free(f);
+    f = next;
+  }
+}
+
+/* ---- the cursors ---- */
+
+/* Lets go of the item the cursor leaves behind. */
+static void release_item(lp_item *it) {
+  if (!it) return;
+  if (it->kind == LP_ITEM_RECORD) free(it);
+  else lp_task_unref(item_task(it));
+}
+
+static long walk_tree(lp_report *r, int deliver) {
+  long n = 0;
+  for (;;) {
+    lp_rnode *seq = r->cur ? &r->cur->rn : &r->roots;
+    lp_item *next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
+                           : atomic_load_explicit(&seq->first, memory_order_acquire);
+    if (!next && r->cur && atomic_load_explicit(&seq->done, memory_order_acquire)) {
+      /* Items are appended before `done` is set: read once more. */
+      next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
+                    : atomic_load_explicit(&seq->first, memory_order_acquire);
+      if (!next) { /* leave this sequence: resume after the child's place */
+        release_item(r->pos);
+        r->pos = &r->cur->rn.item;
+        r->cur = r->cur->parent;
+        continue;
+      }
+    }
+    if (!next) return n;
+    release_item(r->pos);
+    if (next->kind == LP_ITEM_RECORD) {
+      if (deliver) deliver_record(r, (lp_record *)next);
+      n++;
+      r->pos = next;
+    } else {
+      r->cur = item_task(next);
+      r->pos = NULL;
+    }
+  }
+}
+
+static long walk_outboxes(lp_report *r, int deliver) {
+  long n = 0;
+  for (int w = 0; w < r->noutbox; w++) {
+    for (;;) {
+      lp_item *p = r->outpos[w];
+      lp_item *next = p ? atomic_load_explicit(&p->next, memory_order_acquire)
+                        : atomic_load_explicit(&r->outbox[w].first, memory_order_acquire);
+      if (!next) break;
+      if (deliver) deliver_record(r, (lp_record *)next);
+      n++;
+      release_item(p);
+      r->outpos[w] = next;
+    }
+  }
+  return n;
+}
+
+long lp_report_deliver(lp_report *r, int final) {
+  (void)final;
+  deliver_failures(r);
+  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_outboxes(r, 1) : walk_tree(r, 1);
+  deliver_failures(r);
+  if (n > 0 && r->eng->cfg.on_flush) r->eng->cfg.on_flush(r->eng->cfg.ud);
+  return n;
+}
+
+void lp_report_free(lp_report *r) {
+  if (!r->eng) return;
+  if (r->order == LUAPOOL_ORDER_COMPLETION) {
+    walk_outboxes(r, 0);
+    for (int w = 0; w < r->noutbox; w++) release_item(r->outpos[w]);
+  } else {
+    /* Every task has finished by now, so the walk reaches the end; it stops
+     * early only in the roots' sequence, which is never `done`. */
+    walk_tree(r, 0);
+    release_item(r->pos);
+  }
+  deliver_failures(r);
+  free(r->outbox);
+  free(r->outpos);
+  if (r->fmt) lua_close(r->fmt);
+  free(r->textbuf);
+  pthread_mutex_destroy(&r->fail_lock);
+  memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,96 @@
+/*
+ * report.h - records made by tasks, and the order in which the host gets them.
+ */
+#ifndef LP_REPORT_H
+#define LP_REPORT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+struct luapool;
+struct lp_task;
+
+enum { LP_ITEM_RECORD = 0, LP_ITEM_CHILD = 1 };
+
+/* One entry of an output sequence: a record, or the place of a child task.
+ * Sequences have one producer (the task's own worker) and one consumer
+ * (the host), so `next` is published with release order and read with
+ * acquire order and needs no lock. */
+typedef struct lp_item {
+  _Atomic(struct lp_item *) next;
+  int kind;
+} lp_item;
+
+/* A task's output sequence, in the order a sequential run would make it:
+ * its records, and at each spawn the place of the child. Embedded in the
+ * task record. */
+typedef struct lp_rnode {
+  lp_item item;              /* this task's place in its parent's sequence */
+  _Atomic(lp_item *) first;  /* the sequence */
+  lp_item *last;             /* producer-only */
+  _Atomic int done;          /* the body has finished: the sequence is complete */
+} lp_rnode;
+
+typedef struct lp_record {
+  lp_item item;
+  int kind;        /* LUAPOOL_RECORD_* */
+  uint64_t task;
+  int fn;
+  double priority;
+  size_t len;
+  char data[];     /* packed value (EMIT) or text (PRINT) */
+} lp_record;
+
+/* A failure report waiting for the host thread. */
+typedef struct lp_failure {
+  struct lp_failure *next;
+  char text[];
+} lp_failure;
+
+typedef struct lp_report {
+  struct luapool *eng;
+  int order;
+  /* Tree order: the host's cursor over the tree of sequences. */
+  lp_rnode roots;            /* the sequence of root tasks, produced by the host */
+  struct lp_task *cur;       /* task whose sequence the cursor is in; NULL: roots */
+  lp_item *pos;              /* last item consumed there; NULL: none yet */
+  /* Completion order: one sequence per worker. */
+  lp_rnode *outbox;
+  lp_item **outpos;
+  int noutbox;
+  /* Failures of unawaited tasks, from any thread. */
+  pthread_mutex_t fail_lock;
+  lp_failure *fail_head, *fail_tail;
+  uint64_t delivered;
+  lua_State *fmt; /* host-only state that turns values into text and JSON */
+  char *textbuf;
+  size_t textcap;
+} lp_report;
+
+int lp_report_init(lp_report *r, struct luapool *eng, int order, int nworkers);
+/* Frees every record not yet delivered and the references the tree held. */
+void lp_report_free(lp_report *r);
+
+/* Makes a record; NULL when out of memory. */
+lp_record *lp_record_new(int kind, const struct lp_task *t, double priority, const void *data,
+                         size_t len);
+
+/* Producer side, called by the worker running task t (worker index w). */
+void lp_report_add(lp_report *r, int w, struct lp_task *t, lp_record *rec);
+void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child);
+void lp_report_body_done(lp_report *r, struct lp_task *t);
+/* Called by the host when it submits a root. */
+void lp_report_root(lp_report *r, struct lp_task *root);
+void lp_report_task_freed(lp_report *r, struct lp_task *t);
+void lp_report_failure(lp_report *r, const char *text);
+
+/* Host side: delivers every record that may leave now through the
+ * configured callback; returns how many. With `final` set, the run is over
+ * and everything left is delivered in order. */
+long lp_report_deliver(lp_report *r, int final);
+
+#endif

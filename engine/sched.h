@@ -1,0 +1,88 @@
+/*
+ * sched.h - where runnable tasks wait: per-worker queues, stealing, parking.
+ */
+#ifndef LP_SCHED_H
+#define LP_SCHED_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+struct lp_task;
+
+#define LP_SCHED_MAXLEVELS 64
+
+/* A ring of task pointers: the owner pushes and pops at the top (LIFO,
+ * depth-first, cache-warm); thieves take from the bottom (the oldest, which
+ * in a fork-join tree are the biggest pieces of work). */
+typedef struct lp_deque {
+  struct lp_task **buf;
+  size_t mask; /* capacity - 1; capacity is a power of two */
+  size_t bottom;
+  size_t top;
+} lp_deque;
+
+typedef struct lp_level {
+  double prio;
+  lp_deque dq;
+} lp_level;
+
+typedef struct lp_wq {
+  _Atomic int lock;      /* spinlock over everything but `yielded` and `parked` */
+  lp_level *levels;      /* ascending priority; lower runs first */
+  int nlevels;
+  struct lp_task *inbox; /* tasks handed back to this worker to resume (FIFO) */
+  struct lp_task *inbox_tail;
+  _Atomic long nready;   /* tasks in levels, read without the lock by thieves */
+  _Atomic long ninbox;
+  struct lp_task *yielded; /* owner-only: tasks that called luapool.yield() */
+  struct lp_task *yielded_tail;
+  _Atomic unsigned parked; /* futex word: 1 while the owner sleeps */
+  unsigned rng;            /* owner-only: victim choice */
+  unsigned picks;          /* owner-only: fairness counter */
+  char pad[64];
+} lp_wq;
+
+typedef struct lp_sched {
+  int n;
+  lp_wq *wq;
+  _Atomic int inj_lock;       /* spinlock over the injection list */
+  struct lp_task *inj;        /* tasks submitted from outside the workers (FIFO) */
+  struct lp_task *inj_tail;
+  _Atomic long ninj;
+  _Atomic int nparked;        /* workers asleep in lp_sched_park */
+  _Atomic int nspinning;      /* workers looking for work before parking */
+  _Atomic int stop;           /* shutting down: parked workers return */
+  int one_level;              /* inline mode: strict LIFO, priorities ignored */
+} lp_sched;
+
+int lp_sched_init(lp_sched *s, int nworkers);
+void lp_sched_free(lp_sched *s);
+
+/* Queues a new task on worker w's own queue (w is the calling worker). */
+int lp_sched_push(lp_sched *s, int w, struct lp_task *t);
+/* Queues a task from outside the workers. */
+void lp_sched_inject(lp_sched *s, struct lp_task *t);
+/* Hands a suspended task back to its owner, from any thread. */
+void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t);
+/* The calling worker's own luapool.yield(): run t again after others. */
+void lp_sched_yielded(lp_sched *s, int w, struct lp_task *t);
+
+/* The next task for worker w: resumed tasks first, then its own queue
+ * (lowest priority value, newest first), then yielded, injected and stolen
+ * tasks. NULL if there is nothing anywhere. */
+struct lp_task *lp_sched_next(lp_sched *s, int w);
+
+/* Sleeps until work may have arrived for w, or until `timeout` seconds
+ * (negative: no limit), or lp_sched_stop. */
+void lp_sched_park(lp_sched *s, int w, double timeout);
+/* Counts the caller as spinning (looking for work) or not. */
+void lp_sched_spinning(lp_sched *s, int delta);
+/* Wakes every parked worker (a cancel: they must look at their timers). */
+void lp_sched_wake_all(lp_sched *s);
+/* Wakes every worker for shutdown. */
+void lp_sched_stop(lp_sched *s);
+
+/* Tasks waiting in every queue (an estimate while workers run). */
+long lp_sched_queued(lp_sched *s);
+
+#endif

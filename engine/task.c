@@ -1,0 +1,150 @@
+/*
+ * task.c - task records, completion counting and waking waiters.
+ *
+ * DESIGN. A task record is shared by the worker that runs it, the task that
+ * spawned it (through a future), its children (through `parent`) and any
+ * waiter. It lives while `refs` > 0: one reference belongs to the pending
+ * subtree and is dropped when `pending` reaches zero, one belongs to each
+ * future (a Lua userdata in some worker state, or a host handle).
+ *
+ * Completion counting: `pending` is 1 while the task's body runs plus 1 per
+ * child whose subtree has not completed. The thread that brings it to zero
+ * completes the subtree and decrements the parent, so a run is over exactly
+ * when its root reaches zero, under every interleaving, with no global
+ * counter.
+ *
+ * The spinlock `lock` guards `waiters` against the finish that empties it;
+ * fire() callbacks run after it is released. The outcome (`state`,
+ * `result`) is written once, before `state` is published with release
+ * order; readers check lp_task_finished() (acquire) first.
+ */
+#include "task.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "report.h"
+#include "spin.h"
+
+lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority,
+                     lp_buf *args) {
+  lp_task *t = malloc(sizeof *t);
+  if (!t) {
+    lp_buf_free(args);
+    return NULL;
+  }
+  memset(t, 0, sizeof *t);
+  t->id = atomic_fetch_add_explicit(&eng->next_id, 1, memory_order_relaxed);
+  t->eng = eng;
+  t->parent = parent;
+  t->fn = fn;
+  t->priority = priority;
+  t->depth = parent ? parent->depth + 1 : 0;
+  atomic_init(&t->refs, 1);
+  atomic_init(&t->pending, 1);
+  atomic_init(&t->state, LP_TASK_QUEUED);
+  lp_buf_init(&t->args);
+  lp_buf_move(&t->args, args);
+  lp_buf_init(&t->result);
+  t->owner = -1;
+  t->co_slot = -1;
+  t->timer_slot = -1;
+  if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
+  return t;
+}
+
+void lp_task_ref(lp_task *t) { atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); }
+
+void lp_task_unref(lp_task *t) {
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
+  if (atomic_load(&t->state) == LP_TASK_FAILED && !atomic_load(&t->awaited))
+    lp_engine_unawaited_failure(t->eng, t);
+  lp_report_task_freed(&t->eng->report, t);
+  lp_buf_free(&t->args);
+  lp_buf_free(&t->result);
+  free(t);
+}
+
+/* The subtree of t is complete: tell the parent, and so on upwards. */
+static void subtree_done(lp_task *t) {
+  while (t) {
+    lp_task *p = t->parent;
+    luapool *eng = t->eng;
+    if (!p) {
+      lp_engine_root_done(eng, t);
+      lp_task_unref(t);
+      return;
+    }
+    lp_task_unref(t);
+    long v = atomic_fetch_sub(&p->pending, 1);
+    if (v == 2 && atomic_load(&p->join_waiting)) lp_task_wake(p);
+    if (v != 1) return;
+    t = p;
+  }
+}
+
+void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
+  lp_spin_lock(&t->lock);
+  if (result) lp_buf_move(&t->result, result);
+  atomic_store_explicit(&t->state, (int)state, memory_order_release);
+  lp_waiter *w = t->waiters;
+  t->waiters = NULL;
+  lp_spin_unlock(&t->lock);
+  lp_report_body_done(&t->eng->report, t);
+  while (w) {
+    lp_waiter *next = w->next;
+    w->next = w->prev = NULL;
+    w->fire(w, t);
+    w = next;
+  }
+  if (atomic_fetch_sub(&t->pending, 1) == 1) subtree_done(t);
+}
+
+int lp_task_watch(lp_task *t, lp_waiter *w) {
+  lp_spin_lock(&t->lock);
+  if (lp_task_finished(t)) {
+    lp_spin_unlock(&t->lock);
+    return 1;
+  }
+  w->prev = NULL;
+  w->next = t->waiters;
+  if (t->waiters) t->waiters->prev = w;
+  t->waiters = w;
+  lp_spin_unlock(&t->lock);
+  return 0;
+}
+
+void lp_task_unwatch(lp_task *t, lp_waiter *w) {
+  lp_spin_lock(&t->lock);
+  /* A fired node was unlinked by lp_task_finish before fire(). */
+  int linked = w->prev || t->waiters == w;
+  if (linked) {
+    if (w->prev) w->prev->next = w->next;
+    else t->waiters = w->next;
+    if (w->next) w->next->prev = w->prev;
+    w->next = w->prev = NULL;
+  }
+  lp_spin_unlock(&t->lock);
+}
+
+void lp_task_wake(lp_task *t) {
+  if (lp_task_disarm(t)) lp_sched_resume(&t->eng->sched, t->owner, t);
+}
+
+int lp_task_cancelled(lp_task *t) {
+  if (atomic_load_explicit(&t->eng->stopping, memory_order_relaxed)) return 1;
+  for (lp_task *p = t; p; p = p->parent)
+    if (atomic_load_explicit(&p->cancel, memory_order_relaxed)) return 1;
+  return 0;
+}
+
+int lp_task_cancel(lp_task *t) {
+  if (lp_task_finished(t)) return 0;
+  atomic_store(&t->cancel, 1);
+  atomic_fetch_add(&t->eng->cancel_epoch, 1);
+  /* A suspended task notices at its next resume; make that now. Queued
+   * tasks notice when a worker takes them. */
+  if (atomic_load(&t->state) == LP_TASK_RUNNING) lp_task_wake(t);
+  return 1;
+}

@@ -1,0 +1,103 @@
+/*
+ * task.h - task records: identity, completion counting, outcome, waiters.
+ */
+#ifndef LP_TASK_H
+#define LP_TASK_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "pack.h"
+#include "report.h"
+
+struct luapool;
+struct lp_task;
+
+typedef enum lp_task_state {
+  LP_TASK_QUEUED = 0, /* created, waiting for a worker */
+  LP_TASK_RUNNING,    /* its coroutine exists on a worker (running or suspended) */
+  LP_TASK_OK,         /* finished; result holds its packed return values */
+  LP_TASK_FAILED,     /* finished; result holds the packed error message */
+  LP_TASK_CANCELLED   /* finished without running to the end */
+} lp_task_state;
+
+/* Something that wants to hear when a task finishes. Linked into the task's
+ * waiter list under the task's lock; fire() runs after the lock is released
+ * and after the node has been unlinked, so it may free or reuse the node. */
+typedef struct lp_waiter {
+  struct lp_waiter *next;
+  struct lp_waiter *prev;
+  void (*fire)(struct lp_waiter *w, struct lp_task *done);
+} lp_waiter;
+
+typedef struct lp_task {
+  uint64_t id;
+  struct luapool *eng;
+  struct lp_task *parent; /* alive while this task's subtree is pending */
+  int fn;                 /* interned task function name */
+  int depth;              /* root 0 */
+  double priority;
+  struct lp_task *qnext; /* intrusive link used by the scheduler's lists */
+
+  _Atomic int refs;     /* 1 for the pending subtree + 1 per future + holders */
+  _Atomic long pending; /* 1 while the body runs + 1 per unfinished child subtree */
+  _Atomic int state;    /* lp_task_state */
+  _Atomic int cancel;   /* cancellation asked; checked at start and resume */
+  _Atomic int awaited;  /* somebody observed the outcome (get, ok) */
+  _Atomic int lock;     /* spinlock guarding waiters and the outcome */
+  lp_waiter *waiters;
+
+  lp_buf args;   /* packed arguments; kept until the task finishes */
+  lp_buf result; /* packed results or error message, once finished */
+  char *failnote; /* a failed task's arguments, for the unawaited-failure report */
+
+  /* Touched only by the worker that owns the task's coroutine. */
+  int owner;               /* worker index, -1 before the task starts */
+  lua_State *co;           /* the coroutine, while RUNNING */
+  int co_slot;             /* its anchor slot in the owner's coroutine pool */
+  int timer_slot;          /* index in the owner's timer heap, or -1 */
+  _Atomic uint32_t armed;  /* 1 while the task waits for a wake */
+  _Atomic int join_waiting; /* join() waits for pending to fall to 1 */
+  lp_waiter self_waiter;   /* the node get() links into a child's list */
+  uint64_t cancel_epoch;   /* engine cancel epoch last checked */
+  lp_rnode rn;             /* its output sequence (tree order) */
+} lp_task;
+
+/* Creates a task with refs = 1 (the pending subtree) and pending = 1,
+ * taking ownership of args (left empty). parent may be NULL (a root); a child
+ * adds one to the parent's pending count. Returns NULL when out of memory
+ * (args is freed then too). */
+lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority,
+                     lp_buf *args);
+void lp_task_ref(lp_task *t);
+void lp_task_unref(lp_task *t);
+
+static inline int lp_task_finished(lp_task *t) {
+  return atomic_load_explicit(&t->state, memory_order_acquire) >= LP_TASK_OK;
+}
+
+/* Records the outcome (taking ownership of result), fires the waiters and
+ * counts the body as done for completion counting. */
+void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result);
+
+/* Links w into t's waiters unless t has already finished; returns 0 if
+ * linked, 1 if t had finished (w untouched). */
+int lp_task_watch(lp_task *t, lp_waiter *w);
+/* Unlinks w if it is still linked (a wait that timed out). */
+void lp_task_unwatch(lp_task *t, lp_waiter *w);
+
+/* Wake protocol. A task arms itself, checks its condition, and yields if
+ * the condition is still unmet. Any waker disarms and, if it found the task
+ * armed, hands it back to its owner. Returns 1 when the caller hands it. */
+static inline void lp_task_arm(lp_task *t) { atomic_store(&t->armed, 1); }
+static inline int lp_task_disarm(lp_task *t) { return atomic_exchange(&t->armed, 0) != 0; }
+void lp_task_wake(lp_task *t);
+
+/* True if t or one of its ancestors was cancelled. */
+int lp_task_cancelled(lp_task *t);
+/* Asks t and its subtree to stop; returns 1 if t had not finished. */
+int lp_task_cancel(lp_task *t);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * timer.h - each worker's sleeping tasks, ordered by wake-up time.
+ */
+#ifndef LP_TIMER_H
+#define LP_TIMER_H
+
+#include <stddef.h>
+
+struct lp_task;
+
+typedef struct lp_timer_entry {
+  double when; /* lp_now() seconds */
+  struct lp_task *task;
+} lp_timer_entry;
+
+/* A binary min-heap owned by one worker; no locking. Each task has at most
+ * one entry, whose index it keeps in task->timer_slot. */
+typedef struct lp_timers {
+  lp_timer_entry *heap;
+  size_t n;
+  size_t cap;
+} lp_timers;
+
+/* Monotonic clock, seconds. */
+double lp_now(void);
+
+void lp_timers_free(lp_timers *tm);
+/* Adds (or moves) t's entry. Returns 0, or -1 when out of memory. */
+int lp_timers_add(lp_timers *tm, struct lp_task *t, double when);
+/* Removes t's entry if it has one. */
+void lp_timers_remove(lp_timers *tm, struct lp_task *t);
+/* Seconds until the earliest entry (0 if due), or -1 if there is none. */
+double lp_timers_next(const lp_timers *tm, double now);
+/* Removes and returns a task whose time has come, or NULL. */
+struct lp_task *lp_timers_pop_due(lp_timers *tm, double now);
+
+#endif

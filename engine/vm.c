@@ -1,0 +1,363 @@
+/*
+ * vm.c - one worker's Lua state.
+ *
+ * Each worker owns a lua_State with a counting allocator (so a memory limit
+ * turns into Lua's own memory error, never a crash), the standard
+ * libraries, the task-side `luapool` module in package.preload, and the
+ * user's script run once at its top level. Task functions are named by
+ * their global (dotted) names; this file turns names and function values
+ * into the engine-wide name ids and back, caching both ways in the state.
+ */
+#include "vm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "engine.h"
+#include "pool.h"
+
+/* Registry keys of the caches. */
+#define FN_BY_ID "luapool.fn_by_id"     /* id -> function */
+#define ID_BY_NAME "luapool.id_by_name" /* name string -> id */
+#define ID_BY_FN "luapool.id_by_fn"     /* function -> id (built by scanning globals) */
+#define NAME_OF_FN "luapool.name_of_fn" /* function -> name */
+
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  lp_worker *w = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    w->mem_used -= old;
+    return NULL;
+  }
+  if (w->mem_limit && nsize > old && w->mem_used + (nsize - old) > w->mem_limit) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (!p) return NULL;
+  w->mem_used = w->mem_used - old + nsize;
+  return p;
+}
+
+int lp_vm_traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING) return 1;
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int l_preload(lua_State *L) { return lp_lib_open(L); }
+
+lua_State *lp_vm_new(lp_worker *w) {
+  lua_State *L = lua_newstate(counting_alloc, w);
+  if (!L) return NULL;
+  *(lp_worker **)lua_getextraspace(L) = w;
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  lua_pushcfunction(L, l_preload);
+  lua_setfield(L, -2, "luapool");
+  lua_pop(L, 2);
+  const char *caches[] = {FN_BY_ID, ID_BY_NAME};
+  for (int i = 0; i < 2; i++) {
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, caches[i]);
+  }
+  return L;
+}
+
+static void set_err(char *err, size_t errlen, const char *msg) {
+  snprintf(err, errlen, "%s", msg ? msg : "(no message)");
+}
+
+int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char *err,
+               size_t errlen) {
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, lp_vm_traceback);
+  if (luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK ||
+      lua_pcall(L, 0, 0, top + 1) != LUA_OK) {
+    set_err(err, errlen, lua_tostring(L, -1));
+    lua_settop(L, top);
+    return -1;
+  }
+  lua_settop(L, top);
+  return 0;
+}
+
+int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char *err, size_t errlen) {
+  if (len > 0 && chunk[0] == LUA_SIGNATURE[0]) {
+    snprintf(err, errlen, "%s: precompiled (binary) chunks are not accepted; give the source",
+             chunkname[0] == '@' || chunkname[0] == '=' ? chunkname + 1 : chunkname);
+    return -1;
+  }
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    set_err(err, errlen, "out of memory");
+    return -1;
+  }
+  int rc = 0;
+  if (luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK) {
+    set_err(err, errlen, lua_tostring(L, -1));
+    rc = -1;
+  }
+  lua_close(L);
+  return rc;
+}
+
+/* Pushes the value a dotted name leads to from the globals (or from the
+ * luapool module for "luapool." names), or nil. Never raises. */
+static void push_by_name(lua_State *L, const char *name, size_t len) {
+  const char *p = name, *end = name + len;
+  if (len > 8 && memcmp(name, "luapool.", 8) == 0) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, "luapool");
+    lua_remove(L, -2);
+    p += 8;
+  } else {
+    lua_pushglobaltable(L);
+  }
+  while (p <= end) {
+    const char *dot = memchr(p, '.', (size_t)(end - p));
+    size_t n = dot ? (size_t)(dot - p) : (size_t)(end - p);
+    if (!lua_istable(L, -1) || n == 0) {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+      return;
+    }
+    lua_pushlstring(L, p, n);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    if (!dot) break;
+    p = dot + 1;
+  }
+}
+
+int lp_vm_push_fn(lua_State *L, int fn) {
+  lua_getfield(L, LUA_REGISTRYINDEX, FN_BY_ID);
+  if (lua_rawgeti(L, -1, fn) == LUA_TFUNCTION) {
+    lua_remove(L, -2);
+    return 0;
+  }
+  lua_pop(L, 1);
+  lp_worker *w = lp_worker_of(L);
+  const char *name = lp_names_get(&w->eng->names, fn);
+  push_by_name(L, name, strlen(name));
+  if (lua_type(L, -1) != LUA_TFUNCTION) {
+    lua_pop(L, 2);
+    return -1;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -3, fn);
+  lua_remove(L, -2);
+  return 0;
+}
+
+/* Walks the globals (two levels of tables deep) and the luapool module,
+ * recording the dotted name of every function. */
+static void scan_tables(lua_State *L, int map, const char *prefix, int depth) {
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -2) == LUA_TSTRING) {
+      const char *k = lua_tostring(L, -2);
+      char name[256];
+      snprintf(name, sizeof name, "%s%s", prefix, k);
+      if (lua_type(L, -1) == LUA_TFUNCTION) {
+        lua_pushvalue(L, -1);
+        lua_rawget(L, map);
+        int known = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        /* A shorter (shallower) name wins: it was met first. */
+        if (!known) {
+          lua_pushvalue(L, -1);
+          lua_pushstring(L, name);
+          lua_rawset(L, map);
+        }
+      } else if (lua_type(L, -1) == LUA_TTABLE && depth > 0 && strcmp(k, "_G") != 0 &&
+                 strcmp(k, "package") != 0 && strcmp(k, "luapool") != 0) {
+        size_t n = strlen(name);
+        if (n + 2 < sizeof name) {
+          name[n] = '.';
+          name[n + 1] = '\0';
+          scan_tables(L, map, name, depth - 1);
+        }
+      }
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static void build_name_map(lua_State *L) {
+  lua_newtable(L);
+  int map = lua_gettop(L);
+  lua_pushglobaltable(L);
+  scan_tables(L, map, "", 2);
+  lua_pop(L, 1);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "luapool");
+  if (lua_istable(L, -1)) scan_tables(L, map, "luapool.", 0);
+  lua_pop(L, 2);
+  lua_setfield(L, LUA_REGISTRYINDEX, NAME_OF_FN);
+}
+
+/* Pushes the dotted name of the function at idx, or nil. */
+static void push_name_of(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (attempt == 1 || lua_getfield(L, LUA_REGISTRYINDEX, NAME_OF_FN) != LUA_TTABLE) {
+      if (attempt == 0) lua_pop(L, 1);
+      build_name_map(L);
+      lua_getfield(L, LUA_REGISTRYINDEX, NAME_OF_FN);
+    }
+    lua_pushvalue(L, idx);
+    lua_rawget(L, -2);
+    lua_remove(L, -2);
+    if (!lua_isnil(L, -1)) return;
+    lua_pop(L, 1);
+    /* Not found: globals may have been defined since the last scan. */
+  }
+  lua_pushnil(L);
+}
+
+int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
+  lp_worker *w = lp_worker_of(L);
+  idx = lua_absindex(L, idx);
+  int t = lua_type(L, idx);
+  if (t == LUA_TFUNCTION) {
+    lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, -2) == LUA_TNUMBER) { /* function values are cached here too */
+      int id = (int)lua_tointeger(L, -1);
+      lua_pop(L, 2);
+      return id;
+    }
+    lua_pop(L, 2);
+    push_name_of(L, idx);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      snprintf(err, errlen, "the function is not a task function (task functions are global "
+                            "functions of the script, or fields of global tables)");
+      return -1;
+    }
+    size_t len;
+    const char *name = lua_tolstring(L, -1, &len);
+    int id = lp_names_intern(&w->eng->names, name, len);
+    lua_pop(L, 1);
+    if (id < 0) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+    lua_pushvalue(L, idx);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return id;
+  }
+  if (t != LUA_TSTRING) {
+    snprintf(err, errlen, "task function expected (a name or a function), got %s",
+             lua_typename(L, t));
+    return -1;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TNUMBER) {
+    int id = (int)lua_tointeger(L, -1);
+    lua_pop(L, 2);
+    return id;
+  }
+  lua_pop(L, 2);
+  size_t len;
+  const char *name = lua_tolstring(L, idx, &len);
+  push_by_name(L, name, len);
+  int ok = lua_type(L, -1) == LUA_TFUNCTION;
+  lua_pop(L, 1);
+  if (!ok) {
+    snprintf(err, errlen, "no task function named '%.200s' in the script", name);
+    return -1;
+  }
+  int id = lp_names_intern(&w->eng->names, name, len);
+  if (id < 0) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, id);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return id;
+}
+
+/* Codec callbacks: a function value travels as its global name. */
+static const char *fn_name_cb(lua_State *L, int idx, void *ud) {
+  (void)ud;
+  char err[64];
+  int id = lp_vm_fn_id(L, idx, err, sizeof err);
+  if (id < 0) return NULL;
+  return lp_names_get(&lp_worker_of(L)->eng->names, id);
+}
+
+static int fn_push_cb(lua_State *L, const char *name, size_t len, void *ud) {
+  (void)ud;
+  push_by_name(L, name, len);
+  if (lua_type(L, -1) == LUA_TFUNCTION) return 0;
+  lua_pop(L, 1);
+  return -1;
+}
+
+lp_pack_ctx lp_vm_pack_ctx(lua_State *L, int argbase) {
+  (void)L;
+  lp_pack_ctx c = {fn_name_cb, fn_push_cb, NULL, argbase};
+  return c;
+}
+
+int lp_vm_function_names(lua_State *L, char ***names, int *n) {
+  *names = NULL;
+  *n = 0;
+  build_name_map(L);
+  lua_getfield(L, LUA_REGISTRYINDEX, NAME_OF_FN);
+  int count = 0, cap = 0;
+  char **out = NULL;
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    const char *name = lua_tostring(L, -1);
+    /* The standard libraries and the luapool module are not the script's. */
+    int lib = strncmp(name, "luapool.", 8) == 0 || strchr(name, '.') != NULL;
+    if (lib) {
+      static const char *libs[] = {"string.", "table.", "math.", "io.", "os.", "coroutine.",
+                                   "utf8.", "debug.", "lpeg.", NULL};
+      lib = 0;
+      for (int i = 0; libs[i]; i++)
+        if (strncmp(name, libs[i], strlen(libs[i])) == 0 || strncmp(name, "luapool.", 8) == 0)
+          lib = 1;
+    }
+    lua_getglobal(L, name);
+    lua_CFunction cf = lua_tocfunction(L, -1);
+    lua_pop(L, 1);
+    if (!lib && !cf) {
+      if (count == cap) {
+        cap = cap ? cap * 2 : 16;
+        char **g = realloc(out, sizeof *g * (size_t)cap);
+        if (!g) goto oom;
+        out = g;
+      }
+      if (!(out[count] = strdup(name))) goto oom;
+      count++;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  *names = out;
+  *n = count;
+  return 0;
+oom:
+  for (int i = 0; i < count; i++) free(out[i]);
+  free(out);
+  lua_settop(L, 0);
+  return -1;
+}

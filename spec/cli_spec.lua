@@ -1,0 +1,287 @@
+-- The luapool binary: commands, flags, script errors, exit codes, inline mode
+-- and completion counting on trees of unknown size (SPEC §1, §5, §6, §7).
+--
+-- Assumptions where the SPEC is open (also listed in the spec report):
+--  * --help and --version write to stdout; --version prints a dotted number.
+--  * Usage errors (no command, unknown command, unknown flag, bad or missing
+--    flag value) exit 2 and write a message to stderr; for the --workers
+--    values and unknown flags that message includes the word "usage".
+--  * An error raised by the script's top-level code is a load error: exit 2.
+--  * A global `main` that is not a function counts as "without main".
+--  * `luapool check` exits 0 for a good script, 2 for a bad one, and never
+--    calls main.
+--  * The error that ends a failed main (nobody awaits the root) is written to
+--    stderr and the run exits 1, like any other unawaited failure.
+--  * Records made before a failure are still written to stdout.
+--  * --workers 0: a wait that nothing can satisfy fails the waiting task
+--    with an error that says "deadlock" (so the run exits 1), at once.
+
+local H = require "helpers"
+
+local function basename(path) return path:match("[^/]*$") end
+
+describe("luapool", function()
+  describe("commands", function()
+    it("--help exits 0 and names run and check", function()
+      local res = H.exec({ "--help" })
+      assert.are.equal(0, res.code, H.describe(res))
+      assert.truthy(res.out:find("run", 1, true), H.describe(res))
+      assert.truthy(res.out:find("check", 1, true), H.describe(res))
+    end)
+
+    it("--version exits 0 and prints a version", function()
+      local res = H.exec({ "--version" })
+      assert.are.equal(0, res.code, H.describe(res))
+      assert.truthy(res.out:find("%d+%.%d+"), H.describe(res))
+    end)
+
+    it("without a command, or with an unknown one, exits 2 with a message", function()
+      for _, argv in ipairs({ {}, { "frobnicate" }, { "run" } }) do
+        local res = H.exec(argv)
+        assert.are.equal(2, res.code, H.describe(res))
+        assert.are_not.equal("", res.err, H.describe(res))
+      end
+    end)
+  end)
+
+  describe("refuses a script", function()
+    it("that does not exist, exit 2 naming it", function()
+      local res = H.exec({ "run", "/nonexistent/dir/missing_script.lua" })
+      assert.are.equal(2, res.code, H.describe(res))
+      assert.truthy(res.err:find("missing_script.lua", 1, true), H.describe(res))
+    end)
+
+    it("with a syntax error, exit 2 with file:line", function()
+      local path = H.write_script("function main()\n  local x = = 1\nend\n")
+      local res = H.run(path)
+      local chk = H.check(path)
+      os.remove(path)
+      for _, r in ipairs({ res, chk }) do
+        assert.are.equal(2, r.code, H.describe(r))
+        assert.truthy(r.err:find(basename(path) .. ":2:", 1, true), H.describe(r))
+      end
+    end)
+
+    it("whose top-level code raises, exit 2 with the message", function()
+      local res = H.run("local x = 1\nerror('broken at load time')\nfunction main() end\n")
+      assert.are.equal(2, res.code, H.describe(res))
+      assert.truthy(res.err:find("broken at load time", 1, true), H.describe(res))
+    end)
+
+    it("without main, exit 2 saying so", function()
+      for _, text in ipairs({ "function helper() end\n", "main = 5\nfunction helper() end\n" }) do
+        local res = H.run(text)
+        assert.are.equal(2, res.code, H.describe(res))
+        assert.truthy(res.err:find("main", 1, true), H.describe(res))
+        local chk = H.check(text)
+        assert.are.equal(2, chk.code, H.describe(chk))
+      end
+    end)
+
+    it("that is a precompiled binary chunk, exit 2", function()
+      local src = H.write_script('function main() print("ran") end\n')
+      local luac_out = H.tmpname(".luac")
+      local dumped = H.tmpname(".lua")
+      assert.is_true(os.execute("luac5.4 -o " .. H.quote(luac_out) .. " " .. H.quote(src)) == true)
+      H.write_file(dumped, string.dump(assert(load('function main() print("ran") end'))))
+      local a, b = H.run(luac_out), H.run(dumped)
+      for _, p in ipairs({ src, luac_out, dumped }) do os.remove(p) end
+      for _, r in ipairs({ a, b }) do
+        assert.are.equal(2, r.code, H.describe(r))
+        assert.are.equal("", r.out, H.describe(r))
+        assert.are_not.equal("", r.err, H.describe(r))
+      end
+    end)
+  end)
+
+  describe("flags", function()
+    local script = 'function main() print("ran") end\n'
+
+    it("bad --workers values exit 2 with usage on stderr", function()
+      for _, flags in ipairs({ { "--workers", "-1" }, { "--workers", "abc" },
+                               { "--workers", "1.5" }, { "--workers" } }) do
+        local res = H.run(script, nil, { flags = flags })
+        assert.are.equal(2, res.code, table.concat(flags, " ") .. ": " .. H.describe(res))
+        assert.truthy(res.err:lower():find("usage", 1, true), H.describe(res))
+        assert.are.equal("", res.out)
+      end
+    end)
+
+    it("an unknown flag exits 2 naming it", function()
+      local res = H.run(script, nil, { flags = { "--frobnicate" } })
+      assert.are.equal(2, res.code, H.describe(res))
+      assert.truthy(res.err:find("frobnicate", 1, true), H.describe(res))
+      assert.truthy(res.err:lower():find("usage", 1, true), H.describe(res))
+    end)
+
+    it("bad --order and --format values exit 2 naming the value", function()
+      for _, flags in ipairs({ { "--order", "sideways" }, { "--format", "yaml" } }) do
+        local res = H.run(script, nil, { flags = flags })
+        assert.are.equal(2, res.code, H.describe(res))
+        assert.truthy(res.err:find(flags[2], 1, true), H.describe(res))
+      end
+    end)
+
+    it("good flag values are accepted", function()
+      for _, flags in ipairs({ { "--workers", "3" }, { "--order", "tree" }, { "--order", "priority" },
+                               { "--order", "completion" }, { "--format", "text" } }) do
+        local res = H.run(script, nil, { flags = flags })
+        assert.are.equal(0, res.code, H.describe(res))
+        assert.are.same({ "ran" }, res.lines)
+      end
+    end)
+  end)
+
+  it("passes the extra arguments to main as strings", function()
+    local res = H.run([[
+function main(...)
+  local luapool = require "luapool"
+  luapool.emit("n=" .. select("#", ...))
+  for i = 1, select("#", ...) do
+    local a = select(i, ...)
+    luapool.emit(type(a) .. " [" .. a .. "]")
+  end
+end
+]], { "alpha", "12", "two words", "", "-x" }, { workers = 2 })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.same({ "n=5", "string [alpha]", "string [12]", "string [two words]", "string []",
+                      "string [-x]" }, res.lines)
+  end)
+
+  describe("check", function()
+    it("accepts a good script without running main", function()
+      local marker = H.tmpname(".marker")
+      local res = H.check(string.format([[
+function main() io.open(%q, "w"):close() print("ran") end
+function helper() end
+]], marker))
+      local f = io.open(marker)
+      local ran = f ~= nil
+      if f then f:close() end
+      os.remove(marker)
+      assert.are.equal(0, res.code, H.describe(res))
+      assert.is_false(ran)
+      assert.falsy(res.out:find("ran\n", 1, true))
+    end)
+  end)
+
+  describe("failures", function()
+    it("an unawaited failing task goes to stderr with its name and exits 1", function()
+      local res = H.run([[
+local luapool = require "luapool"
+function careless(x) error("disk on fire " .. x) end
+function main()
+  luapool.emit("before")
+  luapool.spawn(careless, 17)
+end
+]], nil, { workers = 2 })
+      assert.are.equal(1, res.code, H.describe(res))
+      assert.truthy(res.err:find("careless", 1, true), H.describe(res))
+      assert.truthy(res.err:find("disk on fire 17", 1, true), H.describe(res))
+      assert.are.same({ "before" }, res.lines)
+    end)
+
+    it("a failing main exits 1 with its message", function()
+      local res = H.run("function main() error('main gave up') end\n", nil, { workers = 2 })
+      assert.are.equal(1, res.code, H.describe(res))
+      assert.truthy(res.err:find("main gave up", 1, true), H.describe(res))
+    end)
+  end)
+
+  describe("--workers 0", function()
+    it("runs inline: the output is the sequential order", function()
+      local res = H.run([[
+local luapool = require "luapool"
+function task3(i) print("\t\t>>>task3 " .. i) luapool.sleep(0.001) end
+function task2(i) print("\t>>task2 " .. i) for j = 0, 1 do luapool.spawn(task3, j) end end
+function task1(i)
+  print(">task1 " .. i)
+  local fs = {}
+  for j = 0, 2 do fs[#fs + 1] = luapool.spawn(task2, j) end
+  luapool.wait(fs)
+end
+function main() for i = 0, 4 do luapool.spawn(task1, i) end end
+]], nil, { workers = 0, timeout = 30 })
+      local want = {}
+      for i = 0, 4 do
+        want[#want + 1] = ">task1 " .. i
+        for j = 0, 2 do
+          want[#want + 1] = "\t>>task2 " .. j
+          for k = 0, 1 do want[#want + 1] = "\t\t>>>task3 " .. k end
+        end
+      end
+      assert.are.equal(0, res.code, H.describe(res))
+      assert.are.same(want, res.lines)
+    end)
+
+    it("reports a wait that nothing can satisfy as a deadlock instead of hanging", function()
+      local res = H.run([[
+local luapool = require "luapool"
+function main() luapool.channel("never filled"):pop() end
+]], nil, { workers = 0, timeout = 20 })
+      assert.is_false(res.timed_out, H.describe(res))
+      assert.are.equal(1, res.code, H.describe(res))
+      assert.truthy(res.err:lower():find("deadlock", 1, true), H.describe(res))
+    end)
+  end)
+
+  describe("a random tree of unknown size", function()
+    -- Each node draws its number of children (0-4, none below depth 9) from
+    -- an LCG seeded per node; the count can only be known by running it.
+    local function lcg(s) return (s * 1103515245 + 12345) & 0x7fffffff end
+    local function count(seed, depth)
+      local s = lcg(seed)
+      local n = depth < 9 and (s >> 16) % 5 or 0
+      local total, deepest = 1, depth
+      for i = 1, n do
+        local c, d = count(lcg(s + i), depth + 1)
+        total, deepest = total + c, math.max(deepest, d)
+      end
+      return total, deepest
+    end
+
+    local tree = [[
+local luapool = require "luapool"
+local function lcg(s) return (s * 1103515245 + 12345) & 0x7fffffff end
+function node(seed, depth)
+  local s = lcg(seed)
+  local n = depth < 9 and (s >> 16) % 5 or 0
+  local fs = {}
+  for i = 1, n do fs[i] = luapool.spawn(node, lcg(s + i), depth + 1) end
+  local total, deepest = 1, luapool.self().depth
+  for i = 1, n do
+    local c, d = fs[i]:get()
+    total, deepest = total + c, math.max(deepest, d)
+  end
+  return total, deepest
+end
+function counted(seed, depth)
+  local s = lcg(seed)
+  local n = depth < 9 and (s >> 16) % 5 or 0
+  for i = 1, n do luapool.spawn(counted, lcg(s + i), depth + 1) end
+  luapool.counter("nodes"):add(1)
+end
+function main(seed)
+  luapool.emit(string.format("count %d depth %d", luapool.spawn(node, tonumber(seed), 0):get()))
+  luapool.spawn(counted, tonumber(seed), 0)
+  luapool.join()
+  luapool.emit(string.format("joined %d", luapool.counter("nodes"):get()))
+end
+]]
+
+    for _, seed in ipairs({ 3, 10, 26 }) do
+      for _, workers in ipairs({ 2, 1, 0 }) do
+        it(string.format("seed %d on %d workers: the root counts every node", seed, workers), function()
+          local n, deepest = count(seed, 0)
+          assert.is_true(n > 100)          -- the tree is not trivial
+          local res = H.run(tree, { tostring(seed) }, { workers = workers, timeout = 120 })
+          assert.are.equal(0, res.code, H.describe(res))
+          assert.are.same({
+            string.format("count %d depth %d", n, deepest + 1),  -- main is depth 0
+            string.format("joined %d", n),
+          }, res.lines)
+        end)
+      end
+    end
+  end)
+end)

@@ -1,0 +1,191 @@
+-- map, starmap, imap, imap_unordered (SPEC §2).
+--
+-- Assumptions where the SPEC is open (also listed in the spec report):
+--  * map and starmap return one Lua list (a table) of results, result i for
+--    element i; an empty input gives an empty table.
+--  * The task function may be given by value or by name, as with spawn.
+--  * imap / imap_unordered are generic-for iterators whose first value is the
+--    task's (first) result: `for v in luapool.imap(fn, list) do`.
+--  * When a task of map fails, map raises that task's error (its message in
+--    the text) in the caller.
+--  * chunksize changes how work is grouped, never the results or their order.
+
+local H = require "helpers"
+
+local function run_ok(body, args, opts)
+  local res = H.run(H.PRELUDE .. body, args, opts or { workers = 2 })
+  assert.are.equal(0, res.code, H.describe(res))
+  return res
+end
+
+local function squares(n)
+  local t = {}
+  for i = 1, n do t[i] = tostring(i * i) end
+  return table.concat(t, " ")
+end
+
+describe("map", function()
+  it("returns results in list order", function()
+    local res = run_ok([[
+function square(x) return x * x end
+function main()
+  local list = {}
+  for i = 1, 30 do list[i] = i end
+  luapool.emit(table.concat(luapool.map(square, list), " "))
+  luapool.emit(table.concat(luapool.map("square", list), " "))
+end
+]])
+    assert.are.same({ squares(30), squares(30) }, res.lines)
+  end)
+
+  it("keeps list order when later elements finish first", function()
+    local res = run_ok([[
+function late(i) luapool.sleep(0.05 * (6 - i)) return i end
+function main() luapool.emit(table.concat(luapool.map(late, { 1, 2, 3, 4, 5 }), " ")) end
+]])
+    assert.are.same({ "1 2 3 4 5" }, res.lines)
+  end)
+
+  it("gives the same results for any chunksize", function()
+    local res = run_ok([[
+function square(x) return x * x end
+function main()
+  local list = {}
+  for i = 1, 50 do list[i] = i end
+  for _, cs in ipairs({ 1, 3, 7, 50, 1000 }) do
+    local r = luapool.map(square, list, { chunksize = cs })
+    luapool.emit(#r .. ": " .. table.concat(r, " "))
+  end
+end
+]])
+    assert.are.equal(5, #res.lines, H.describe(res))
+    for i = 1, 5 do assert.are.equal("50: " .. squares(50), res.lines[i]) end
+  end)
+
+  it("returns an empty table for an empty list", function()
+    local res = run_ok([[
+function square(x) return x * x end
+function main()
+  local r = luapool.map(square, {})
+  luapool.emit(type(r) .. " " .. #r .. " " .. tostring(next(r)))
+  luapool.emit(#luapool.map(square, {}, { chunksize = 4 }))
+end
+]])
+    assert.are.same({ "table 0 nil", "0" }, res.lines)
+  end)
+
+  it("copies table elements and results", function()
+    local res = run_ok([[
+function describe_point(p) return { sum = p.x + p.y, tag = p.tag } end
+function main()
+  local r = luapool.map(describe_point, { { x = 1, y = 2, tag = "a" }, { x = 10, y = 20, tag = "b" } })
+  luapool.emit(dump(r))
+end
+]])
+    assert.are.same({ '#1{[i:1]=#2{["sum"]=i:3,["tag"]="a"},[i:2]=#3{["sum"]=i:30,["tag"]="b"}}' },
+      res.lines)
+  end)
+
+  it("raises the error of a failing element", function()
+    local res = run_ok([[
+function picky(x) if x == 4 then error("four is not allowed") end return x end
+function main()
+  local ok, err = pcall(luapool.map, picky, { 1, 2, 3, 4, 5 })
+  luapool.emit(tostring(ok) .. " " .. oneline(err))
+end
+]])
+    assert.truthy(res.lines[1]:find("^false .*four is not allowed"), H.describe(res))
+  end)
+end)
+
+describe("starmap", function()
+  it("unpacks each element as the arguments", function()
+    local res = run_ok([[
+function add3(a, b, c) return a + b + (c or 0) end
+function main()
+  local args = { { 1, 2, 3 }, { 10, 20 }, { 100, 200, 300 } }
+  luapool.emit(table.concat(luapool.starmap(add3, args), " "))
+  luapool.emit(table.concat(luapool.starmap("add3", args, { chunksize = 2 }), " "))
+  luapool.emit(#luapool.starmap(add3, {}))
+end
+]])
+    assert.are.same({ "6 30 600", "6 30 600", "0" }, res.lines)
+  end)
+end)
+
+describe("imap", function()
+  it("yields results in list order", function()
+    local res = run_ok([[
+function late(i) luapool.sleep(0.04 * (8 - i)) return i * 10 end
+function main()
+  local got = {}
+  for v in luapool.imap(late, { 1, 2, 3, 4, 5, 6, 7 }) do got[#got + 1] = v end
+  luapool.emit(table.concat(got, " "))
+  got = {}
+  for v in luapool.imap(late, { 1, 2, 3, 4, 5, 6, 7 }, { chunksize = 3 }) do got[#got + 1] = v end
+  luapool.emit(table.concat(got, " "))
+end
+]])
+    assert.are.same({ "10 20 30 40 50 60 70", "10 20 30 40 50 60 70" }, res.lines)
+  end)
+
+  it("yields the first result before the last task has finished", function()
+    local res = run_ok([[
+function nap(s)
+  luapool.sleep(s)
+  if s > 0 then luapool.counter("slow_done"):add(1) end
+  return s
+end
+function main()
+  local slow_done = luapool.counter("slow_done")
+  -- the 1.0 s task is still asleep when the first result arrives
+  for v in luapool.imap(nap, { 0, 1.0 }) do luapool.emit(v .. " " .. slow_done:get()) end
+end
+]])
+    assert.are.same({ "0 0", "1.0 1" }, res.lines)
+  end)
+
+  it("yields nothing for an empty list", function()
+    local res = run_ok([[
+function id(x) return x end
+function main()
+  local n = 0
+  for _ in luapool.imap(id, {}) do n = n + 1 end
+  for _ in luapool.imap_unordered(id, {}) do n = n + 1 end
+  luapool.emit("count " .. n)
+end
+]])
+    assert.are.same({ "count 0" }, res.lines)
+  end)
+end)
+
+describe("imap_unordered", function()
+  it("yields results in completion order", function()
+    local res = run_ok([[
+function nap(name, s) luapool.sleep(s) return name end
+function pair(t) return nap(t[1], t[2]) end
+function main()
+  local got = {}
+  for v in luapool.imap_unordered(pair, { { "slow", 0.6 }, { "fast", 0.2 }, { "middle", 0.4 } }) do
+    got[#got + 1] = v
+  end
+  luapool.emit(table.concat(got, " "))
+end
+]])
+    assert.are.same({ "fast middle slow" }, res.lines)
+  end)
+
+  it("yields every result exactly once", function()
+    local res = run_ok([[
+function square(x) return x * x end
+function main()
+  local list, got = {}, {}
+  for i = 1, 40 do list[i] = i end
+  for v in luapool.imap_unordered(square, list, { chunksize = 6 }) do got[#got + 1] = v end
+  table.sort(got)
+  luapool.emit(table.concat(got, " "))
+end
+]])
+    assert.are.same({ squares(40) }, res.lines)
+  end)
+end)
