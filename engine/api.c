@@ -203,8 +203,6 @@ void lp_engine_unawaited_failure(luapool *eng, lp_task *t) {
            name, (unsigned long long)t->id, args, (int)len, msg);
   lp_report_failure(&eng->report, text);
   free(text);
-  free(t->failnote);
-  t->failnote = NULL;
 }
 
 _Atomic int64_t *lp_engine_counter(luapool *eng, int id) {
@@ -308,6 +306,7 @@ void luapool_close(luapool *lp) {
   lp->phase = LP_PHASE_CLOSING;
   lp_pool_stop(lp);
   lp_report_free(&lp->report);
+  lp_pool_free(lp);
   lp_sched_free(&lp->sched);
   lp_names_free(&lp->names);
   for (int i = 0; i < lp->ncounter_blocks; i++) free(lp->counters[i]);

@@ -171,7 +171,8 @@ static int l_spawn(lua_State *L) {
   int nargs = lua_gettop(L) - base;
   lp_future *f = lua_newuserdatauv(L, sizeof *f, 0);
   f->t = NULL;
-  luaL_setmetatable(L, FUTURE_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->future_mt_ref);
+  lua_setmetatable(L, -2);
   lp_buf args;
   lp_buf_init(&args);
   lp_pack_ctx ctx = lp_vm_pack_ctx(L, base + 1);
@@ -206,9 +207,19 @@ static int l_spawn(lua_State *L) {
 
 /* ---- futures ---- */
 
+/* The future at idx, or NULL. Compares metatable addresses: luaL_testudata
+ * would look the name up in the registry on every call. */
+static lp_future *to_future(lua_State *L, int idx) {
+  lp_future *f = lua_touserdata(L, idx);
+  if (!f || !lua_getmetatable(L, idx)) return NULL;
+  int ok = lua_topointer(L, -1) == worker(L)->future_mt;
+  lua_pop(L, 1);
+  return ok && f->t ? f : NULL;
+}
+
 static lp_future *check_future(lua_State *L, int idx) {
-  lp_future *f = luaL_checkudata(L, idx, FUTURE_MT);
-  if (!f->t) luaL_argerror(L, idx, "future of a spawn that failed");
+  lp_future *f = to_future(L, idx);
+  if (!f) luaL_typeerror(L, idx, "luapool future");
   return f;
 }
 
@@ -300,7 +311,7 @@ static int fut_id(lua_State *L) {
 }
 
 static int fut_gc(lua_State *L) {
-  lp_future *f = luaL_checkudata(L, 1, FUTURE_MT);
+  lp_future *f = lua_touserdata(L, 1);
   if (f->t) lp_task_unref(f->t);
   f->t = NULL;
   return 0;
@@ -330,9 +341,9 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   }
   for (; i <= n; i++) {
     lua_rawgeti(L, 1, i);
-    lp_future *f = luaL_testudata(L, -1, FUTURE_MT);
+    lp_future *f = to_future(L, -1);
     lua_pop(L, 1);
-    if (!f || !f->t) return luaL_error(L, "luapool.wait: item %d is not a future", (int)i);
+    if (!f) return luaL_error(L, "luapool.wait: item %d is not a future", (int)i);
     lua_pushinteger(L, i);
     lua_replace(L, 4);
     int r = wait_for(L, self, f->t, 3, ctx, wait_k);
@@ -356,9 +367,9 @@ static int l_wait(lua_State *L) {
   int all = 1;
   for (lua_Integer i = 1; i <= n && all; i++) {
     lua_rawgeti(L, 1, i);
-    lp_future *f = luaL_testudata(L, -1, FUTURE_MT);
+    lp_future *f = to_future(L, -1);
     lua_pop(L, 1);
-    if (!f || !f->t) return luaL_error(L, "luapool.wait: item %d is not a future", (int)i);
+    if (!f) return luaL_error(L, "luapool.wait: item %d is not a future", (int)i);
     all = lp_task_finished(f->t);
   }
   if (all) return lua_pushboolean(L, 1), 1;
@@ -602,9 +613,9 @@ static int l_watch(lua_State *L) {
   }
   for (int i = 0; i < n; i++) {
     lua_rawgeti(L, 1, i + 1);
-    lp_future *f = luaL_testudata(L, -1, FUTURE_MT);
+    lp_future *f = to_future(L, -1);
     lua_pop(L, 1);
-    if (!f || !f->t) {
+    if (!f) {
       for (int j = 0; j < i; j++) lp_task_unref(wa->nodes[j].t);
       free(wa->ready);
       free(wa->nodes);
@@ -748,7 +759,9 @@ int lp_lib_open(lua_State *L) {
   luaL_getmetatable(L, FUTURE_MT);
   lua_pushcfunction(L, fut_tostring);
   lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
+  lp_worker *w = worker(L);
+  w->future_mt = lua_topointer(L, -1);
+  w->future_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   static const luaL_Reg counter_methods[] = {{"add", counter_add}, {"get", counter_get}, {NULL, NULL}};
   new_class(L, COUNTER_MT, counter_methods, NULL);
   static const luaL_Reg watch_methods[] = {{"next", watch_next}, {NULL, NULL}};

@@ -216,7 +216,8 @@ static void run(lp_worker *w, lp_task *t) {
   luapool *eng = w->eng;
   lua_State *co = t->co;
   if (!co) { /* a new task */
-    if (lp_task_cancelled(t)) {
+    uint64_t epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
+    if (epoch != 0 && lp_task_cancelled(t)) {
       cancel_task(w, t);
       return;
     }
@@ -230,7 +231,7 @@ static void run(lp_worker *w, lp_task *t) {
     t->co = co;
     t->co_slot = slot;
     t->owner = w->index;
-    t->cancel_epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
+    t->cancel_epoch = epoch;
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
     w->tasks_run++;
@@ -309,7 +310,10 @@ static void loop(lp_worker *w) {
 }
 
 static void *worker_main(void *arg) {
-  loop(arg);
+  lp_worker *w = arg;
+  lp_task_cache_self = &w->cache;
+  loop(w);
+  lp_task_cache_self = NULL;
   return NULL;
 }
 
@@ -317,6 +321,7 @@ static void *worker_main(void *arg) {
 
 int lp_pool_run_inline(luapool *eng) {
   lp_worker *w = &eng->workers[0];
+  lp_task_cache_self = &w->cache; /* the host thread is the worker now */
   for (;;) {
     lp_task *t = lp_sched_next(&eng->sched, 0);
     if (t) {
@@ -324,7 +329,10 @@ int lp_pool_run_inline(luapool *eng) {
       lp_report_deliver(&eng->report, 0);
       continue;
     }
-    if (w->timers.n == 0) return w->nlive ? LUAPOOL_EDEADLOCK : 0;
+    if (w->timers.n == 0) {
+      lp_task_cache_self = NULL;
+      return w->nlive ? LUAPOOL_EDEADLOCK : 0;
+    }
     double next = lp_timers_next(&w->timers, lp_now());
     if (next > 0) {
       struct timespec ts = {(time_t)next, (long)((next - (double)(time_t)next) * 1e9)};
@@ -394,6 +402,12 @@ void lp_pool_stop(luapool *eng) {
     free(w->cos_empty);
     lp_buf_free(&w->result);
   }
+}
+
+void lp_pool_free(luapool *eng) {
+  if (!eng->workers) return;
+  atomic_store(&eng->caches_closed, 1);
+  for (int i = 0; i < eng->nworkers; i++) lp_task_cache_drain(&eng->workers[i].cache);
   free(eng->workers);
   eng->workers = NULL;
 }

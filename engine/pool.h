@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "pack.h"
+#include "task.h"
 #include "timer.h"
 
 struct luapool;
@@ -29,6 +30,11 @@ typedef struct lp_worker {
   size_t mem_limit;       /* 0: none */
   struct lp_task *current; /* the task running now, NULL between tasks */
   lp_timers timers;
+  lp_task_cache cache;    /* task records this worker allocates */
+  int fn_by_id_ref;       /* registry refs of the state's caches (vm.c) */
+  int id_by_name_ref;
+  int future_mt_ref;      /* registry ref of the future metatable (lib.c) */
+  const void *future_mt;  /* and its address, to recognise futures */
   /* Coroutine pool: slot i of the registry table `cos` anchors cos_ptr[i]. */
   int cos_ref;
   lua_State **cos_ptr;
@@ -54,6 +60,8 @@ typedef struct lp_worker {
 int lp_pool_start(struct luapool *eng);
 /* Stops and joins the threads, closes the states. */
 void lp_pool_stop(struct luapool *eng);
+/* Frees what is left of the workers (their task caches), last. */
+void lp_pool_free(struct luapool *eng);
 
 /* Inline mode: runs tasks on the calling (host) thread until nothing is
  * runnable. Returns 0, or LUAPOOL_EDEADLOCK if tasks remain suspended with

@@ -27,29 +27,110 @@
 #include "report.h"
 #include "spin.h"
 
+_Thread_local lp_task_cache *lp_task_cache_self;
+
+#define CACHE_KEEP 4096 /* free records a cache keeps */
+#define ID_BLOCK 1024
+
+static lp_task *alloc_record(lp_task_cache *c) {
+  if (c) {
+    if (!c->local) {
+      c->local = atomic_exchange_explicit(&c->remote, NULL, memory_order_acquire);
+      c->nlocal = 0;
+      for (lp_task *t = c->local; t; t = t->qnext) c->nlocal++;
+    }
+    if (c->local) {
+      lp_task *t = c->local;
+      c->local = t->qnext;
+      c->nlocal--;
+      return t;
+    }
+  }
+  return malloc(sizeof(lp_task));
+}
+
+static void free_record(lp_task *t) {
+  lp_task_cache *c = t->home;
+  if (!c || atomic_load_explicit(&t->eng->caches_closed, memory_order_relaxed)) {
+    free(t);
+  } else if (c == lp_task_cache_self) {
+    if (c->nlocal >= CACHE_KEEP) {
+      free(t);
+      return;
+    }
+    t->qnext = c->local;
+    c->local = t;
+    c->nlocal++;
+  } else {
+    lp_task *head = atomic_load_explicit(&c->remote, memory_order_relaxed);
+    do t->qnext = head;
+    while (!atomic_compare_exchange_weak_explicit(&c->remote, &head, t, memory_order_release,
+                                                  memory_order_relaxed));
+  }
+}
+
+void lp_task_cache_drain(lp_task_cache *c) {
+  lp_task *t = c->local;
+  while (t) {
+    lp_task *next = t->qnext;
+    free(t);
+    t = next;
+  }
+  t = atomic_exchange(&c->remote, NULL);
+  while (t) {
+    lp_task *next = t->qnext;
+    free(t);
+    t = next;
+  }
+  c->local = NULL;
+  c->nlocal = 0;
+}
+
+static uint64_t next_id(luapool *eng, lp_task_cache *c) {
+  if (!c) return atomic_fetch_add_explicit(&eng->next_id, 1, memory_order_relaxed);
+  if (c->next_id == c->end_id) {
+    c->next_id = atomic_fetch_add_explicit(&eng->next_id, ID_BLOCK, memory_order_relaxed);
+    c->end_id = c->next_id + ID_BLOCK;
+  }
+  return c->next_id++;
+}
+
 lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority,
                      lp_buf *args) {
-  lp_task *t = malloc(sizeof *t);
+  lp_task_cache *c = lp_task_cache_self;
+  lp_task *t = alloc_record(c);
   if (!t) {
     lp_buf_free(args);
     return NULL;
   }
-  memset(t, 0, sizeof *t);
-  t->id = atomic_fetch_add_explicit(&eng->next_id, 1, memory_order_relaxed);
+  /* Every field is set here; no memset of the whole record. */
+  t->id = next_id(eng, c);
+  t->home = c;
   t->eng = eng;
   t->parent = parent;
   t->fn = fn;
-  t->priority = priority;
   t->depth = parent ? parent->depth + 1 : 0;
+  t->priority = priority;
+  t->qnext = NULL;
   atomic_init(&t->refs, 1);
   atomic_init(&t->pending, 1);
   atomic_init(&t->state, LP_TASK_QUEUED);
+  atomic_init(&t->cancel, 0);
+  atomic_init(&t->awaited, 0);
+  atomic_init(&t->lock, 0);
+  t->waiters = NULL;
   lp_buf_init(&t->args);
   lp_buf_move(&t->args, args);
   lp_buf_init(&t->result);
+  t->failnote = NULL;
   t->owner = -1;
+  t->co = NULL;
   t->co_slot = -1;
   t->timer_slot = -1;
+  atomic_init(&t->armed, 0);
+  atomic_init(&t->join_waiting, 0);
+  t->self_waiter.next = t->self_waiter.prev = NULL;
+  t->cancel_epoch = 0;
   if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
   return t;
 }
@@ -60,10 +141,10 @@ void lp_task_unref(lp_task *t) {
   if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) return;
   if (atomic_load(&t->state) == LP_TASK_FAILED && !atomic_load(&t->awaited))
     lp_engine_unawaited_failure(t->eng, t);
-  lp_report_task_freed(&t->eng->report, t);
   lp_buf_free(&t->args);
   lp_buf_free(&t->result);
-  free(t);
+  free(t->failnote);
+  free_record(t);
 }
 
 /* The subtree of t is complete: tell the parent, and so on upwards. */

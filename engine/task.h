@@ -32,8 +32,20 @@ typedef struct lp_waiter {
   void (*fire)(struct lp_waiter *w, struct lp_task *done);
 } lp_waiter;
 
+/* Task records are reused through a cache per worker: the worker that
+ * allocates takes from `local`; a record freed on another thread goes back
+ * to its home cache's `remote` stack, which the home worker takes whole. */
+typedef struct lp_task_cache {
+  struct lp_task *local; /* owner-only */
+  int nlocal;
+  _Atomic(struct lp_task *) remote;
+  uint64_t next_id; /* owner-only: ids are taken from the engine in blocks */
+  uint64_t end_id;
+} lp_task_cache;
+
 typedef struct lp_task {
   uint64_t id;
+  lp_task_cache *home; /* where the record returns when freed; NULL: malloc'd */
   struct luapool *eng;
   struct lp_task *parent; /* alive while this task's subtree is pending */
   int fn;                 /* interned task function name */
@@ -64,6 +76,11 @@ typedef struct lp_task {
   uint64_t cancel_epoch;   /* engine cancel epoch last checked */
   lp_rnode rn;             /* its output sequence (tree order) */
 } lp_task;
+
+/* The cache of the calling thread (set by each worker), or NULL. */
+extern _Thread_local lp_task_cache *lp_task_cache_self;
+/* Frees the records a cache holds (the engine is closing). */
+void lp_task_cache_drain(lp_task_cache *c);
 
 /* Creates a task with refs = 1 (the pending subtree) and pending = 1,
  * taking ownership of args (left empty). parent may be NULL (a root); a child

@@ -20,11 +20,9 @@
 #include "engine.h"
 #include "pool.h"
 
-/* Registry keys of the caches. */
-#define FN_BY_ID "luapool.fn_by_id"     /* id -> function */
-#define ID_BY_NAME "luapool.id_by_name" /* name string -> id */
-#define ID_BY_FN "luapool.id_by_fn"     /* function -> id (built by scanning globals) */
-#define NAME_OF_FN "luapool.name_of_fn" /* function -> name */
+/* Caches, in the registry: w->fn_by_id_ref (id -> function),
+ * w->id_by_name_ref (name string or function value -> id), and: */
+#define NAME_OF_FN "luapool.name_of_fn" /* function -> name, built by scanning globals */
 
 static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lp_worker *w = ud;
@@ -58,16 +56,16 @@ lua_State *lp_vm_new(lp_worker *w) {
   if (!L) return NULL;
   *(lp_worker **)lua_getextraspace(L) = w;
   luaL_openlibs(L);
+  lua_gc(L, LUA_GCGEN, 0, 0);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, l_preload);
   lua_setfield(L, -2, "luapool");
   lua_pop(L, 2);
-  const char *caches[] = {FN_BY_ID, ID_BY_NAME};
-  for (int i = 0; i < 2; i++) {
-    lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, caches[i]);
-  }
+  lua_newtable(L);
+  w->fn_by_id_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  w->id_by_name_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return L;
 }
 
@@ -138,7 +136,7 @@ static void push_by_name(lua_State *L, const char *name, size_t len) {
 }
 
 int lp_vm_push_fn(lua_State *L, int fn) {
-  lua_getfield(L, LUA_REGISTRYINDEX, FN_BY_ID);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lp_worker_of(L)->fn_by_id_ref);
   if (lua_rawgeti(L, -1, fn) == LUA_TFUNCTION) {
     lua_remove(L, -2);
     return 0;
@@ -228,7 +226,7 @@ int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
   idx = lua_absindex(L, idx);
   int t = lua_type(L, idx);
   if (t == LUA_TFUNCTION) {
-    lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
     lua_pushvalue(L, idx);
     if (lua_rawget(L, -2) == LUA_TNUMBER) { /* function values are cached here too */
       int id = (int)lua_tointeger(L, -1);
@@ -251,7 +249,7 @@ int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
       snprintf(err, errlen, "out of memory");
       return -1;
     }
-    lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
     lua_pushvalue(L, idx);
     lua_pushinteger(L, id);
     lua_rawset(L, -3);
@@ -263,7 +261,7 @@ int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
              lua_typename(L, t));
     return -1;
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
   lua_pushvalue(L, idx);
   if (lua_rawget(L, -2) == LUA_TNUMBER) {
     int id = (int)lua_tointeger(L, -1);
@@ -285,7 +283,7 @@ int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, ID_BY_NAME);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
   lua_pushvalue(L, idx);
   lua_pushinteger(L, id);
   lua_rawset(L, -3);
