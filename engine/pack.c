@@ -52,7 +52,6 @@
  */
 #include "pack.h"
 
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +62,9 @@ _Static_assert(sizeof(lua_Number) == 8, "floats travel as IEEE 754 binary64");
 
 #define LP_PACK_MAXVALUES 100000 /* values in one message; keeps lua_checkstack honest */
 #define MAXPREALLOC (1 << 24)    /* largest table size the decoder preallocates */
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define TOO_DEEP "table nesting deeper than " STR(LP_PACK_MAXDEPTH)
 
 enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STRING, T_TABLE, T_REF, T_FUNC };
 
@@ -422,7 +424,7 @@ static int enc_table(enc *e, int t) {
     return put_tagu(e->out, T_REF, (uint64_t)ref) ? oom(e) : 0;
   }
   lua_pop(L, 1);
-  if (e->nframes >= LP_PACK_MAXDEPTH) return refuse(e, "table nesting deeper than 200", "");
+  if (e->nframes >= LP_PACK_MAXDEPTH) return refuse(e, TOO_DEEP, "");
   lua_pushvalue(L, t);
   lua_pushinteger(L, e->ntables++);
   lua_rawset(L, e->seen);
@@ -478,7 +480,9 @@ static int enc_table(enc *e, int t) {
 static const lp_pack_ctx default_ctx = {NULL, NULL, NULL, 1};
 
 /* Scalars push nothing, so the stack needs restoring only once the seen map
- * exists; it sits just above the caller's top. */
+ * exists; it sits just above the caller's top. A memory error raised by Lua
+ * unwinds past all this and leaves a partial message in out, which the
+ * caller, catching the error, throws away. */
 int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ctx *ctx,
                    char *err, size_t errlen) {
   size_t len0 = out->len;
@@ -496,11 +500,18 @@ int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ct
     return -1;
   }
   if (n > 0 && first < 0 && first > LUA_REGISTRYINDEX) first = lua_absindex(L, first);
+  int was_inline = out->data == out->inline_;
   if (put_tagu(out, LP_PACK_VERSION, (uint64_t)n)) return oom(&e);
   for (e.arg = 0; e.arg < n; e.arg++) {
     if (enc_value(&e, first + e.arg)) {
-      out->len = len0;
       if (e.seen) lua_settop(L, e.seen - 1);
+      out->len = len0;
+      if (was_inline && out->data != out->inline_) { /* so a caller raising at once leaks nothing */
+        memcpy(out->inline_, out->data, len0);
+        free(out->data);
+        out->data = out->inline_;
+        out->cap = LP_BUF_INLINE;
+      }
       return -1;
     }
   }
@@ -595,7 +606,7 @@ static int dec_func(dec *d, const char *name, size_t len, int iskey) {
 static int dec_table(dec *d, int depth) {
   lua_State *L = d->L;
   uint64_t narr, nhash;
-  if (depth > LP_PACK_MAXDEPTH) return bad(d, "table nesting deeper than 200");
+  if (depth > LP_PACK_MAXDEPTH) return bad(d, TOO_DEEP);
   if (getu(d, &narr) || getu(d, &nhash)) return -1;
   size_t left = (size_t)(d->end - d->p);
   /* each array value takes a byte at least, each pair two */
@@ -635,8 +646,7 @@ static int dec_table(dec *d, int depth) {
   return 0;
 }
 
-/* Reads one value (pushing it when there is a state). depth is the nesting of
- * the table holding it, 0 at the top; iskey refuses what Lua cannot index by. */
+/* The rarer tags of dec_value. */
 static int dec_other(dec *d, int tag, int depth, int iskey) {
   lua_State *L = d->L;
   uint64_t u;
@@ -679,6 +689,8 @@ static int dec_other(dec *d, int tag, int depth, int iskey) {
   }
 }
 
+/* Reads one value (pushing it when there is a state). depth is the nesting of
+ * the table holding it, 0 at the top; iskey refuses what Lua cannot index by. */
 static inline int dec_value(dec *d, int depth, int iskey) {
   uint64_t u;
   if (d->p == d->end) return bad(d, "truncated");

@@ -138,6 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (lp_pack_validate(b.data, b.len, e1, sizeof e1)) fail("re-packed bytes invalid", e1);
     if (lp_unpack_values(L, b.data, b.len, NULL, &nv2, e2, sizeof e2) || nv2 != nv)
       fail("re-packed bytes refused", e2);
+    luaL_checkstack(L, 2 * nv + 3, NULL);
     lua_getglobal(L, "deq_values");
     lua_pushinteger(L, nv);
     for (int i = 1; i <= 2 * nv; i++) lua_pushvalue(L, top + i);

@@ -21,8 +21,9 @@
 
 /* deq(a, b, m) compares two values; m maps tables of a to tables of b and
  * back, so identity (sharing, cycles) must match as well as contents. A table
- * key of a is matched to a table key of b by trial; DEQ_AMBIGUOUS says a
- * choice had to be made between several that fit (the fuzzer uses it). */
+ * key of a is matched to a table key of b by trial, which is a search with a
+ * step budget; DEQ_AMBIGUOUS says the search had a choice or ran out, so that
+ * a mismatch proves nothing. fuzz_pack.c holds the same code. */
 static const char *const helpers =
     "local function copy(m)\n"
     "  local ab, ba = {}, {}\n"
@@ -30,8 +31,11 @@ static const char *const helpers =
     "  for k, v in next, m.ba do ba[k] = v end\n"
     "  return {ab = ab, ba = ba}\n"
     "end\n"
+    "local steps = 0\n"
     "local deq\n"
     "function deq(a, b, m)\n"
+    "  steps = steps + 1\n"
+    "  if steps > 100000 then DEQ_AMBIGUOUS = true return false end\n"
     "  if type(a) ~= type(b) then return false end\n"
     "  if type(a) == 'number' then\n"
     "    if math.type(a) ~= math.type(b) then return false end\n"
@@ -83,6 +87,7 @@ static const char *const helpers =
     "end\n"
     "function deq_values(n, ...)\n"
     "  local m = {ab = {}, ba = {}}\n"
+    "  steps, DEQ_AMBIGUOUS = 0, false\n"
     "  for i = 1, n do\n"
     "    local a, b = (select(i, ...)), (select(n + i, ...))\n"
     "    if not deq(a, b, m) then return false end\n"
@@ -119,6 +124,7 @@ static int run(lua_State *L, const char *code) {
 static int values_equal(lua_State *L, int a, int b, int n) {
   a = lua_absindex(L, a);
   b = lua_absindex(L, b);
+  luaL_checkstack(L, 2 * n + 3, NULL);
   lua_getglobal(L, "deq_values");
   lua_pushinteger(L, n);
   for (int i = 0; i < n; i++) lua_pushvalue(L, a + i);
@@ -245,7 +251,8 @@ static void test_scalars(lua_State *L) {
 static void test_tables(lua_State *L) {
   CHECK_EQ(roundtrip(L, "return {}, {1, 2, 3}, {a = 1, b = 'x'}, {1, 2, x = {y = {z = true}}}"), 0);
   CHECK_EQ(roundtrip(L, "return {1, nil, 3}, {nil, nil, 3}, {[1] = 1, [1000000] = 2}"), 0);
-  CHECK_EQ(roundtrip(L, "return {[2^53] = 1, [-1] = 2, [0] = 3, [2.5] = 4, [true] = 5, [''] = 6}"), 0);
+  CHECK_EQ(roundtrip(L, "return {[2^53] = 1, [-1] = 2, [0] = 3, [2.5] = 4, [true] = 5, [''] = 6}"),
+           0);
   CHECK_EQ(roundtrip(L, "local t = {} for i = 1, 1000 do t[i] = i * 1.5 end\n"
                         "for i = 1, 1000 do t['k' .. i] = {i} end return t"),
            0);
@@ -318,16 +325,20 @@ static void test_refusals(lua_State *L) {
             "argument 1 (at [-9223372036854775808]): cannot send a function");
   CHECK_STR(refusal(L, "return {[2^63] = print}", &c1),
             "argument 1 (at [9.2233720368548e+18]): cannot send a function");
-  CHECK_STR(refusal(L, "return {[1/0] = print}", &c1), "argument 1 (at [inf]): cannot send a function");
+  CHECK_STR(refusal(L, "return {[1/0] = print}", &c1),
+            "argument 1 (at [inf]): cannot send a function");
   CHECK_STR(refusal(L, "return {['a b'] = print}", &c1),
             "argument 1 (at [\"a b\"]): cannot send a function");
   CHECK_STR(refusal(L, "return {['end'] = print}", &c1),
             "argument 1 (at [\"end\"]): cannot send a function");
   CHECK_STR(refusal(L, "return {['a\"b\\n\\0c\\0001\\\\'] = print}", &c1),
             "argument 1 (at [\"a\\\"b\\n\\0c\\0001\\\\\"]): cannot send a function");
-  CHECK_STR(refusal(L, "return {[true] = print}", &c1), "argument 1 (at [true]): cannot send a function");
-  CHECK_STR(refusal(L, "return {[{}] = print}", &c1), "argument 1 (at [table]): cannot send a function");
-  CHECK_STR(refusal(L, "return {[print] = 1}", &c1), "argument 1 (at (key)): cannot send a function");
+  CHECK_STR(refusal(L, "return {[true] = print}", &c1),
+            "argument 1 (at [true]): cannot send a function");
+  CHECK_STR(refusal(L, "return {[{}] = print}", &c1),
+            "argument 1 (at [table]): cannot send a function");
+  CHECK_STR(refusal(L, "return {[print] = 1}", &c1),
+            "argument 1 (at (key)): cannot send a function");
   CHECK_STR(refusal(L, "return {t = {[{f = print}] = 1}}", &c1),
             "argument 1 (at .t(key).f): cannot send a function");
   CHECK_STR(refusal(L, "return {_x9 = {io.stdout}}", &c1),
@@ -347,8 +358,23 @@ static void test_refusals(lua_State *L) {
   strcat(want, "): table nesting deeper than 200");
   CHECK_STR(refusal(L, "return nest(201)", &c1), want);
   CHECK_STR(refusal(L, "return 1, {a = {b = nest(199)}}", &c1),
-            "argument 2 (at .a.b[1][1][1][1][1][1][1][1][1][1][1][1]...[1][1][1][1][1][1][1][1][1][1][1][1]"
+            "argument 2 (at "
+            ".a.b[1][1][1][1][1][1][1][1][1][1][1][1]...[1][1][1][1][1][1][1][1][1][1][1][1]"
             "[1][1][1][1][1][1][1][1][1][1][1][1]): table nesting deeper than 200");
+
+  /* A refusal leaves out as it was, down to its storage: a caller that
+   * raises at once must not leak a buffer grown along the way. */
+  {
+    lp_buf o;
+    char e[128];
+    int t0 = lua_gettop(L), n = run(L, "return 1, string.rep('x', 1000), {t = print}");
+    lp_buf_init(&o);
+    lp_buf_append(&o, "ab", 2);
+    CHECK_EQ(lp_pack_values(L, t0 + 1, n, &o, NULL, e, sizeof e), -1);
+    CHECK_STR(e, "argument 3 (at .t): cannot send a function");
+    CHECK(o.data == o.inline_ && o.len == 2 && memcmp(o.data, "ab", 2) == 0);
+    lua_settop(L, t0);
+  }
 
   /* Light userdata, pushed from C. */
   char err[128];
@@ -406,13 +432,20 @@ static int push_fn(lua_State *L, const char *name, size_t len, void *ud) {
   return 0;
 }
 
+static int push_nil(lua_State *L, const char *name, size_t len, void *ud) {
+  (void)name, (void)len, (void)ud;
+  lua_pushnil(L);
+  return 0;
+}
+
 static void test_functions(lua_State *L) {
   const char *setup = "TASKS = {work = function() end, ['ns.other'] = function() end}\n"
                       "NAMES = {} for k, v in pairs(TASKS) do NAMES[v] = k end";
   run(L, setup);
   run(L2, setup);
   lp_pack_ctx ctx = {names_fn, push_fn, NULL, 1};
-  CHECK_EQ(roundtrip_ctx(L, "return TASKS.work, {f = TASKS['ns.other'], [TASKS.work] = 1}", &ctx), 0);
+  CHECK_EQ(roundtrip_ctx(L, "return TASKS.work, {f = TASKS['ns.other'], [TASKS.work] = 1}", &ctx),
+           0);
   CHECK_STR(refusal(L, "return TASKS.work, {f = print}", &ctx),
             "argument 2 (at .f): cannot send a function");
 
@@ -436,6 +469,15 @@ static void test_functions(lua_State *L) {
   CHECK_EQ(lua_gettop(L2), top2);
   CHECK_EQ(lp_pack_validate(b.data, b.len, err, sizeof err), 0);
   lp_buf_free(&b);
+
+  /* A restored function that comes back nil cannot be a key. */
+  lp_pack_ctx nilctx = {NULL, push_nil, NULL, 1};
+  static const char msg[] = "\x01\x01\x06\x00\x01\x08\x01x\x01";
+  CHECK_EQ(lp_unpack_values(L, msg, sizeof msg - 1, &nilctx, &nv, err, sizeof err), -1);
+  CHECK_STR(err, "bad message: function name restored as a nil or NaN key (at byte 8)");
+  CHECK_EQ(lua_gettop(L), top);
+  CHECK_EQ(lp_unpack_values(L, msg, sizeof msg - 1, NULL, &nv, err, sizeof err), 0);
+  lua_settop(L, top);
 }
 
 static void test_builders(lua_State *L) {
@@ -533,7 +575,7 @@ static void test_malformed(lua_State *L) {
        "bad message: varint overflows 64 bits (at byte 3)"},
       {"\x01\x01\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 13, NULL},
       {"\x01\x01\x04\x00\x00\x00\x00\x00\x00\xf0", 10, "bad message: truncated (at byte 3)"},
-      {"\x01\x01\x05\x05" "abcd", 8, "bad message: string longer than the message (at byte 4)"},
+      {"\x01\x01\x05\005abcd", 8, "bad message: string longer than the message (at byte 4)"},
       {"\x01\x01\x07\x00", 4, "bad message: back-reference to a table not yet seen (at byte 4)"},
       {"\x01\x01\x06\x00\x01\x07\x00\x01", 8, NULL},
       {"\x01\x01\x06\x00\x01\x07\x01\x01", 8,
@@ -541,7 +583,8 @@ static void test_malformed(lua_State *L) {
       {"\x01\x01\x06\x00\x01\x00\x01", 7, "bad message: nil table key (at byte 6)"},
       {"\x01\x01\x06\x00\x01\x04\x00\x00\x00\x00\x00\x00\xf8\x7f\x01", 15,
        "bad message: NaN table key (at byte 6)"},
-      {"\x01\x01\x06\x05\x00\x00\x00", 7, "bad message: table size exceeds the message (at byte 5)"},
+      {"\x01\x01\x06\x05\x00\x00\x00", 7,
+       "bad message: table size exceeds the message (at byte 5)"},
       {"\x01\x01\x06\x00\x02\x01\x01\x01", 8,
        "bad message: table size exceeds the message (at byte 5)"},
       {"\x01\x02\x00", 3, "bad message: truncated (at byte 2)"},
@@ -586,12 +629,94 @@ static int feed(lua_State *L, const char *p, size_t len) {
   return r2 == 0;
 }
 
+/* Decodes an accepted message, packs the values again and decodes that:
+ * the two decodings must be equal. Returns 0 when they are. */
+static int recode(lua_State *L, const char *p, size_t len) {
+  char err[128];
+  int top = lua_gettop(L), n, n2, r = 0;
+  lp_buf b;
+  lp_buf_init(&b);
+  if (lp_unpack_values(L, p, len, NULL, &n, err, sizeof err)) return 1;
+  if (lp_pack_values(L, top + 1, n, &b, NULL, err, sizeof err))
+    r = 2;
+  else if (lp_unpack_values(L, b.data, b.len, NULL, &n2, err, sizeof err) || n2 != n)
+    r = 3;
+  else if (!values_equal(L, top + 1, top + n + 1, n)) {
+    lua_getglobal(L, "DEQ_AMBIGUOUS");
+    r = lua_toboolean(L, -1) ? 0 : 4;
+  }
+  lua_settop(L, top);
+  lp_buf_free(&b);
+  return r;
+}
+
 static uint64_t rng = 0x9e3779b97f4a7c15u;
 static uint32_t rnd(void) { /* xorshift64*: deterministic, so failures replay */
   rng ^= rng >> 12;
   rng ^= rng << 25;
   rng ^= rng >> 27;
   return (uint32_t)((rng * 0x2545f4914f6cdd1du) >> 32);
+}
+
+/* Appends a random well-formed value: the builders, plus back-references
+ * and function names written by hand. */
+static void gen_value(lp_buf *b, int depth, int iskey, uint32_t *ntables) {
+  uint32_t r = rnd();
+  switch (r % 9) {
+  case 0:
+    if (!iskey) {
+      lp_pack_put_nil(b);
+      break;
+    }
+    /* fall through - nil is no key */
+  case 1:
+    lp_pack_put_bool(b, (int)(r >> 8) & 1);
+    break;
+  case 2: {
+    uint64_t hi = rnd(), lo = rnd(), u = (hi << 32 | lo) >> (rnd() % 64);
+    lp_pack_put_int(b, (int64_t)((r >> 8) & 1 ? 0 - u : u));
+    break;
+  }
+  case 3: {
+    uint64_t hi = rnd(), lo = rnd(), u = hi << 32 | lo;
+    double v;
+    memcpy(&v, &u, 8);
+    if (r & 0x100) v = (double)(int32_t)rnd() / 8;
+    lp_pack_put_float(b, iskey && v != v ? 0.5 : v);
+    break;
+  }
+  case 4: {
+    char s[8];
+    size_t len = rnd() % sizeof s;
+    for (size_t i = 0; i < len; i++) s[i] = (char)("ab\0\xff"[rnd() % 4]);
+    lp_pack_put_string(b, s, len);
+    break;
+  }
+  case 5:
+  case 6:
+    if (depth < 5) {
+      uint32_t narr = rnd() % 4, nhash = rnd() % 4;
+      (*ntables)++;
+      lp_pack_put_table(b, narr, nhash);
+      for (uint32_t i = 0; i < narr; i++) gen_value(b, depth + 1, 0, ntables);
+      for (uint32_t i = 0; i < nhash; i++) {
+        gen_value(b, depth + 1, 1, ntables);
+        gen_value(b, depth + 1, 0, ntables);
+      }
+      break;
+    }
+    /* fall through */
+  case 7:
+    if (*ntables) {
+      unsigned char ref[2] = {7, (unsigned char)(rnd() % *ntables)};
+      lp_buf_append(b, ref, 2);
+      break;
+    }
+    /* fall through */
+  default:
+    lp_buf_append(b, "\x08\x03" "f.g", 5);
+    break;
+  }
 }
 
 static void test_robust(lua_State *L) {
@@ -649,9 +774,67 @@ static void test_robust(lua_State *L) {
     accepted += (size_t)feed(L, copy, len);
     free(copy);
   }
-  printf("decoder robustness: %zu truncations, %zu flips, 100000 random (%zu accepted)\n", ntrunc,
-         nflip, accepted);
+  /* Random well-formed messages (up to 127 tables, so one-byte references):
+   * accepted as they are, and one mutation away, whatever happens, agreed on. */
+  size_t mutated_ok = 0;
+  for (int i = 0; i < 20000; i++) {
+    uint32_t ntables = 0, n = rnd() % 4;
+    lp_buf_reset(&b);
+    lp_pack_begin(&b, n);
+    for (uint32_t j = 0; j < n && ntables < 100; j++) gen_value(&b, 0, 0, &ntables);
+    if (ntables >= 100) continue;
+    CHECK(feed(L, b.data, b.len));
+    CHECK_EQ(recode(L, b.data, b.len), 0);
+    char *copy = malloc(b.len);
+    memcpy(copy, b.data, b.len);
+    size_t at = rnd() % b.len;
+    copy[at] = (char)rnd();
+    if (feed(L, copy, b.len)) {
+      mutated_ok++;
+      CHECK_EQ(recode(L, copy, b.len), 0);
+    }
+    free(copy);
+  }
+  printf("decoder robustness: %zu truncations, %zu flips, 100000 random (%zu accepted), "
+         "20000 generated (%zu still accepted after a mutation)\n",
+         ntrunc, nflip, accepted, mutated_ok);
   lp_buf_free(&b);
+}
+
+static size_t nallocs;
+static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud, (void)osize;
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  nallocs++;
+  return realloc(ptr, nsize);
+}
+
+/* Packing scalars and strings creates no Lua object; the first table does. */
+static void test_no_alloc(void) {
+  char err[128];
+  lua_State *L = lua_newstate(counting_alloc, NULL);
+  lp_buf b;
+  lp_buf_init(&b);
+  lua_pushinteger(L, 1);
+  lua_pushnumber(L, 2.5);
+  lua_pushstring(L, "a string of some thirty-two byte");
+  lua_pushboolean(L, 1);
+  lua_pushnil(L);
+  lua_createtable(L, 0, 0);
+  size_t before = nallocs;
+  for (int i = 0; i < 100; i++) {
+    lp_buf_reset(&b);
+    CHECK_EQ(lp_pack_values(L, 1, 5, &b, NULL, err, sizeof err), 0);
+  }
+  CHECK_EQ(nallocs, before);
+  CHECK_EQ(lp_pack_values(L, 1, 6, &b, NULL, err, sizeof err), 0);
+  CHECK(nallocs > before);
+  CHECK_EQ(lua_gettop(L), 6);
+  lp_buf_free(&b);
+  lua_close(L);
 }
 
 /* Not an assertion, a figure to watch: the best of five rounds, since a
@@ -693,6 +876,7 @@ int main(void) {
   lua_State *L = newstate();
   L2 = newstate();
   test_buf();
+  test_no_alloc();
   test_scalars(L);
   test_tables(L);
   test_refusals(L);
