@@ -166,8 +166,19 @@ static int l_spawn(lua_State *L) {
     base = 2;
   }
   char err[320];
-  int fn = lp_vm_fn_id(L, base, err, sizeof err);
-  if (fn < 0) return luaL_error(L, "luapool.spawn: argument %d: %s", base, err);
+  int fn;
+  const void *fp = lua_type(L, base) == LUA_TFUNCTION ? lua_topointer(L, base) : NULL;
+  if (fp && fp == w->last_fn) {
+    fn = w->last_fn_id;
+  } else {
+    fn = lp_vm_fn_id(L, base, err, sizeof err);
+    if (fn < 0) return luaL_error(L, "luapool.spawn: argument %d: %s", base, err);
+    if (fp) {
+      /* The id cache also anchors the function, so the address stays its. */
+      w->last_fn = fp;
+      w->last_fn_id = fn;
+    }
+  }
   int nargs = lua_gettop(L) - base;
   lp_future *f = lua_newuserdatauv(L, sizeof *f, 0);
   f->t = NULL;
@@ -270,10 +281,64 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
                     lua_tonumber(L, 2), lp_names_get(&worker(L)->eng->names, t->fn), (int)t->id);
 }
 
+/* ---- running a child inline ----
+ *
+ * When a task asks for the result of its own child that is still on top of
+ * its worker's queue (nobody stole it), the child runs right here, inside
+ * the parent's coroutine, as a protected call: no coroutine, no yield, no
+ * hand-back. The child is still a task of its own (its id, its records,
+ * its errors); if it waits, it yields the shared coroutine and is resumed
+ * as itself. The nesting is bounded so the C stack stays small. */
+#define INLINE_MAX 40
+
+static int inline_done(lua_State *L, int status, lua_KContext ctx) {
+  lp_worker *w = worker(L);
+  lp_task *t = w->current;
+  lp_task *self = (lp_task *)ctx;
+  w->inline_depth--;
+  w->tasks_run++;
+  t->co = NULL;
+  if (status == LUA_OK || status == LUA_YIELD) {
+    lp_task_finish(t, LP_TASK_OK, &w->result);
+  } else {
+    /* The message handler added the traceback. */
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    lua_pushfstring(L, "task '%s' (id %I) failed: %s", lp_names_get(&w->eng->names, t->fn),
+                    (lua_Integer)t->id, msg);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    lp_pool_fail(w, t, text, len);
+  }
+  w->current = self;
+  return push_outcome(L, t);
+}
+
+static int run_inline(lua_State *L, lp_task *self, lp_task *t) {
+  lp_worker *w = worker(L);
+  t->co = self->co;
+  t->co_base = self->co_base;
+  t->owner = w->index;
+  t->cancel_epoch = self->cancel_epoch;
+  atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
+  w->inline_depth++;
+  w->current = t;
+  lua_settop(L, 1);
+  lua_pushcfunction(L, lp_vm_traceback);
+  lua_pushcfunction(L, lp_pool_task_entry);
+  int st = lua_pcallk(L, 0, 0, 2, (lua_KContext)self, inline_done);
+  return inline_done(L, st, (lua_KContext)self);
+}
+
 static int fut_get(lua_State *L) {
   lp_future *f = check_future(L, 1);
   if (lp_task_finished(f->t)) return push_outcome(L, f->t);
   lp_task *self = waiting_task(L, "future:get");
+  lp_worker *w = worker(L);
+  if (f->t->parent == self && w->inline_depth < INLINE_MAX &&
+      atomic_load_explicit(&f->t->state, memory_order_relaxed) == LP_TASK_QUEUED &&
+      atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) == 0 &&
+      lp_sched_take(&w->eng->sched, w->index, f->t))
+    return run_inline(L, self, f->t);
   double deadline = deadline_of(L, 2);
   lua_settop(L, 2);
   lua_pushnumber(L, deadline);
@@ -377,29 +442,49 @@ static int l_wait(lua_State *L) {
   return wait_k(L, LUA_OK, 0);
 }
 
+/* luapool.join([timeout]): the deadline is at stack index 2. */
+static int join_after_k(lua_State *L, int status, lua_KContext ctx);
+
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   lp_task *self = worker(L)->current;
   if (status == LUA_YIELD) resumed(L, self);
   for (;;) {
-    if (atomic_load(&self->pending) == 1) break;
+    if (lp_task_pending(self) == 1) break;
     check_cancelled(L, self);
     double deadline = lua_tonumber(L, 2);
     if (deadline >= 0 && lp_now() >= deadline) {
-      atomic_store(&self->join_waiting, 0);
       lua_pushboolean(L, 0);
       return 1;
     }
     lp_task_arm(self);
-    atomic_store(&self->join_waiting, 1);
-    if (atomic_load(&self->pending) != 1) return suspend(L, self, deadline, ctx, join_k);
+    if (!lp_task_join_begin(self)) {
+      /* Wait for the wake; if the deadline comes first, give the flag back
+       * (or, if a child took it, its wake is already on the way). */
+      if (deadline >= 0 && lp_timers_add(&worker(L)->timers, self, deadline) != 0)
+        return luaL_error(L, "luapool: out of memory");
+      worker(L)->yield_kind = LP_YIELD_WAIT;
+      return lua_yieldk(L, 0, ctx, join_after_k);
+    }
     if (!lp_task_disarm(self)) { /* a wake is on its way: take it */
       worker(L)->yield_kind = LP_YIELD_WAIT;
       return lua_yieldk(L, 0, ctx, join_k);
     }
   }
-  atomic_store(&self->join_waiting, 0);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* Resumed from a join wait: by the child that took the flag, by the
+ * deadline, or by a cancel. */
+static int join_after_k(lua_State *L, int status, lua_KContext ctx) {
+  lp_task *self = worker(L)->current;
+  (void)status;
+  resumed(L, self);
+  /* Give the flag back if no child took it. If one did, it found us
+   * already disarmed (whoever resumed us disarmed first), so no second
+   * hand-back is on its way. Then look again. */
+  lp_task_join_end(self);
+  return join_k(L, LUA_OK, ctx);
 }
 
 static int l_join(lua_State *L) {
@@ -407,7 +492,7 @@ static int l_join(lua_State *L) {
   double deadline = deadline_of(L, 1);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
-  if (atomic_load(&self->pending) == 1) return lua_pushboolean(L, 1), 1;
+  if (lp_task_pending(self) == 1) return lua_pushboolean(L, 1), 1;
   waiting_task(L, "luapool.join");
   return join_k(L, LUA_OK, 0);
 }

@@ -99,7 +99,7 @@ static int entry_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* The coroutine's body: the task's function and arguments come from the
  * task record, the results go to w->result. */
-static int task_entry(lua_State *L) {
+int lp_pool_task_entry(lua_State *L) {
   lp_worker *w = lp_worker_of(L);
   lp_task *t = w->current;
   lua_settop(L, 0);
@@ -166,11 +166,27 @@ static int summarize_args(lua_State *L) {
   return 1;
 }
 
-static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
+void lp_pool_fail(lp_worker *w, lp_task *t, const char *text, size_t len) {
   lua_State *L = w->L;
   int top = lua_gettop(L);
   lp_buf msg;
   lp_buf_init(&msg);
+  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, len) != 0) lp_buf_reset(&msg);
+  int cancelled = lp_task_cancelled(t);
+  if (!cancelled) {
+    w->tasks_failed++;
+    lua_pushcfunction(L, summarize_args);
+    lua_pushlightuserdata(L, t);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) t->failnote = strdup(lua_tostring(L, -1));
+    lua_settop(L, top);
+  }
+  lp_task_finish(t, cancelled ? LP_TASK_CANCELLED : LP_TASK_FAILED, &msg);
+  lp_buf_free(&msg);
+}
+
+static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
+  lua_State *L = w->L;
+  int top = lua_gettop(L);
   lua_pushcfunction(L, format_failure);
   if (co) {
     lua_xmove(co, L, 1); /* the error object */
@@ -184,18 +200,8 @@ static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
   const char *text = "task failed (and its message could not be built)";
   size_t len = strlen(text);
   if (lua_pcall(L, 3, 1, 0) == LUA_OK) text = lua_tolstring(L, -1, &len);
-  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, len) != 0) lp_buf_reset(&msg);
+  lp_pool_fail(w, t, text, len);
   lua_settop(L, top);
-  int cancelled = lp_task_cancelled(t);
-  if (!cancelled) {
-    w->tasks_failed++;
-    lua_pushcfunction(L, summarize_args);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) t->failnote = strdup(lua_tostring(L, -1));
-    lua_settop(L, top);
-  }
-  lp_task_finish(t, cancelled ? LP_TASK_CANCELLED : LP_TASK_FAILED, &msg);
-  lp_buf_free(&msg);
 }
 
 static void cancel_task(lp_worker *w, lp_task *t) {
@@ -227,8 +233,9 @@ static void run(lp_worker *w, lp_task *t) {
       return;
     }
     co = w->cos_ptr[slot];
-    lua_pushcfunction(co, task_entry);
+    lua_pushcfunction(co, lp_pool_task_entry);
     t->co = co;
+    t->co_base = t;
     t->co_slot = slot;
     t->owner = w->index;
     t->cancel_epoch = epoch;
@@ -238,26 +245,31 @@ static void run(lp_worker *w, lp_task *t) {
     if (t->depth > atomic_load_explicit(&eng->max_depth, memory_order_relaxed))
       atomic_store_explicit(&eng->max_depth, t->depth, memory_order_relaxed);
   }
+  /* t may be a task run inline that ends during this resume and is freed;
+   * the coroutine's base outlives the resume. */
+  lp_task *base = t->co_base;
   lp_task *outer = w->current;
   w->current = t;
   w->yield_kind = LP_YIELD_OTHER;
   int nres = 0;
   int st = lua_resume(co, outer ? outer->co : w->L, 0, &nres);
+  lp_task *now = w->current; /* differs from t when a task run inline yielded */
   w->current = outer;
   if (st == LUA_YIELD) {
     if (w->yield_kind != LP_YIELD_WAIT) {
       lua_pop(co, nres);
-      lp_sched_yielded(&eng->sched, w->index, t);
+      lp_sched_yielded(&eng->sched, w->index, now);
     }
     return;
   }
-  /* Finishing may free the task (when nothing else holds it): it is not
-   * touched afterwards. */
-  int slot = t->co_slot;
-  t->co = NULL;
-  t->co_slot = -1;
-  if (st == LUA_OK) lp_task_finish(t, LP_TASK_OK, &w->result);
-  else fail_task(w, t, co);
+  /* The coroutine's body has ended: that is its base task's body, even when
+   * t was a task run inline (which ended inside it). Finishing may free the
+   * base (when nothing else holds it): it is not touched afterwards. */
+  int slot = base->co_slot;
+  base->co = NULL;
+  base->co_slot = -1;
+  if (st == LUA_OK) lp_task_finish(base, LP_TASK_OK, &w->result);
+  else fail_task(w, base, co);
   w->nlive--;
   co_put(w, slot, st == LUA_OK);
 }
@@ -372,6 +384,7 @@ int lp_pool_start(luapool *eng) {
     w->eng = eng;
     w->index = i;
     w->mem_limit = eng->cfg.memory_limit;
+    lp_task_cache_init(&w->cache);
     lp_buf_init(&w->result);
     int rc = start_state(eng, w);
     if (rc != 0) return rc;

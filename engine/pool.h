@@ -46,6 +46,9 @@ typedef struct lp_worker {
   int cap;
   int nlive;              /* coroutines belonging to unfinished tasks */
   int yield_kind;          /* LP_YIELD_*: why the running task yielded */
+  int inline_depth;        /* tasks being run inline by get(), nested */
+  const void *last_fn;     /* the function value spawn saw last, and its id */
+  int last_fn_id;
   lp_buf result;           /* the running task's packed return values */
   /* Statistics, owner-written. */
   uint64_t tasks_run;
@@ -74,6 +77,13 @@ static inline lp_worker *lp_worker_of(lua_State *L) { return *(lp_worker **)lua_
 /* Inline mode, when the spawning task cannot yield: runs tasks on this
  * thread until t has finished. */
 void lp_pool_run_nested(lp_worker *w, struct lp_task *t);
+
+/* The body of every task: calls w->current's function with its arguments
+ * and packs the results into w->result. Runs as a coroutine's body, or
+ * under lua_pcallk for a task run inline (lib.c). */
+int lp_pool_task_entry(lua_State *L);
+/* Finishes t as failed (or cancelled, if it was) with the message text. */
+void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len);
 
 /* Requeues the running task of w to run again after other ready tasks. */
 void lp_pool_yield_current(lp_worker *w);

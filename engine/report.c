@@ -11,9 +11,9 @@
  * the end of a sequence still being written, everything after it must wait:
  * the only records held in memory are those that cannot leave yet.
  *
- * The tree holds one reference on every task until the cursor has passed
- * it, so a task record outlives its use by the cursor. Records are freed as
- * they are delivered. In completion order each worker has one sequence and
+ * Sequences are nodes of their own, freed by the cursor once passed, so
+ * the task records themselves never wait for the cursor. Records are freed
+ * as they are delivered. In completion order each worker has one sequence and
  * records leave as the host finds them.
  *
  * Callbacks to the host (records, failures) run only on the host thread,
@@ -48,12 +48,26 @@ lp_record *lp_record_new(int kind, const lp_task *t, double priority, const void
   return rec;
 }
 
-static void seq_init(lp_rnode *n) {
+static void seq_init(lp_rnode *n, lp_rnode *parent) {
   atomic_init(&n->item.next, NULL);
   n->item.kind = LP_ITEM_CHILD;
   atomic_init(&n->first, NULL);
   n->last = NULL;
   atomic_init(&n->done, 0);
+  n->parent = parent;
+}
+
+/* A new sequence for t; on failure t has none and its records are dropped
+ * (out of memory: keeping the run going matters more). */
+static lp_rnode *seq_new(lp_task *t, lp_rnode *parent) {
+  lp_task_cache *c = lp_task_cache_self;
+  lp_rnode *n = lp_fl_alloc(c ? &c->nodes : NULL, sizeof *n);
+  if (n) {
+    seq_init(n, parent);
+    n->home = c ? &c->nodes : NULL;
+  }
+  t->rn = n;
+  return n;
 }
 
 static void seq_append(lp_rnode *n, lp_item *it) {
@@ -63,49 +77,49 @@ static void seq_append(lp_rnode *n, lp_item *it) {
   n->last = it;
 }
 
-static lp_task *item_task(lp_item *it) {
-  return (lp_task *)((char *)it - offsetof(lp_task, rn.item));
-}
-
 int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   memset(r, 0, sizeof *r);
   r->eng = eng;
   r->order = order;
-  seq_init(&r->roots);
+  seq_init(&r->roots, NULL);
+  r->cur = &r->roots;
   r->noutbox = nworkers;
   r->outbox = calloc((size_t)nworkers, sizeof *r->outbox);
   r->outpos = calloc((size_t)nworkers, sizeof *r->outpos);
   if (!r->outbox || !r->outpos) return -1;
-  for (int i = 0; i < nworkers; i++) seq_init(&r->outbox[i]);
+  for (int i = 0; i < nworkers; i++) seq_init(&r->outbox[i], NULL);
+  r->freed_home = calloc((size_t)nworkers, sizeof *r->freed_home);
+  r->freed_first = calloc((size_t)nworkers, sizeof *r->freed_first);
+  r->freed_last = calloc((size_t)nworkers, sizeof *r->freed_last);
+  r->nfreed = calloc((size_t)nworkers, sizeof *r->nfreed);
+  if (!r->freed_home || !r->freed_first || !r->freed_last || !r->nfreed) return -1;
   pthread_mutex_init(&r->fail_lock, NULL);
   return 0;
 }
 
 void lp_report_add(lp_report *r, int w, lp_task *t, lp_record *rec) {
   if (r->order == LUAPOOL_ORDER_COMPLETION) seq_append(&r->outbox[w], &rec->item);
-  else seq_append(&t->rn, &rec->item);
+  else if (t->rn) seq_append(t->rn, &rec->item);
+  else free(rec);
 }
 
 void lp_report_spawn(lp_report *r, lp_task *parent, lp_task *child) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION) return;
-  seq_init(&child->rn);
-  lp_task_ref(child); /* the tree's reference, dropped when the cursor passes */
-  seq_append(&parent->rn, &child->rn.item);
+  if (r->order == LUAPOOL_ORDER_COMPLETION || !parent->rn) return;
+  lp_rnode *n = seq_new(child, parent->rn);
+  if (n) seq_append(parent->rn, &n->item);
 }
 
 void lp_report_root(lp_report *r, lp_task *root) {
   if (r->order == LUAPOOL_ORDER_COMPLETION) return;
-  seq_init(&root->rn);
-  lp_task_ref(root);
-  seq_append(&r->roots, &root->rn.item);
+  lp_rnode *n = seq_new(root, NULL);
+  if (n) seq_append(&r->roots, &n->item);
 }
 
 void lp_report_body_done(lp_report *r, lp_task *t) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION) return;
-  atomic_store_explicit(&t->rn.done, 1, memory_order_release);
+  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
+  /* The last touch of the node by its producer: the cursor may free it. */
+  atomic_store_explicit(&t->rn->done, 1, memory_order_release);
 }
-
-void lp_report_task_freed(lp_report *r, lp_task *t) { (void)r, (void)t; }
 
 void lp_report_failure(lp_report *r, const char *text) {
   size_t n = strlen(text);
@@ -215,38 +229,80 @@ static void deliver_failures(lp_report *r) {
 
 /* ---- the cursors ---- */
 
-/* Lets go of the item the cursor leaves behind. */
-static void release_item(lp_item *it) {
+/* Nodes go back to their home lists in chains, one CAS per chain. */
+static void flush_freed(lp_report *r, int i) {
+  if (!r->nfreed[i]) return;
+  if (atomic_load_explicit(&r->eng->caches_closed, memory_order_relaxed)) {
+    void *p = r->freed_first[i];
+    while (p) {
+      void *next = *(void **)p;
+      free(p);
+      p = p == r->freed_last[i] ? NULL : next;
+    }
+  } else {
+    lp_fl_free_chain(r->freed_home[i], r->freed_first[i], r->freed_last[i]);
+  }
+  r->nfreed[i] = 0;
+}
+
+static void flush_all_freed(lp_report *r) {
+  for (int i = 0; i < r->noutbox; i++) flush_freed(r, i);
+}
+
+static void free_node(lp_report *r, lp_rnode *n) {
+  if (!n->home) {
+    free(n);
+    return;
+  }
+  for (int i = 0; i < r->noutbox; i++) {
+    if (r->nfreed[i] && r->freed_home[i] != n->home) continue;
+    if (!r->nfreed[i]) {
+      r->freed_home[i] = n->home;
+      r->freed_last[i] = n;
+      *(void **)n = NULL;
+    } else {
+      *(void **)n = r->freed_first[i];
+    }
+    r->freed_first[i] = n;
+    if (++r->nfreed[i] == 256) flush_freed(r, i);
+    return;
+  }
+  free(n); /* more homes than workers: cannot happen */
+}
+
+/* Frees the item the cursor leaves behind: a delivered record, or the node
+ * of a sequence it has walked to the end. */
+static void release_item(lp_report *r, lp_item *it) {
   if (!it) return;
   if (it->kind == LP_ITEM_RECORD) free(it);
-  else lp_task_unref(item_task(it));
+  else free_node(r, (lp_rnode *)it);
 }
 
 static long walk_tree(lp_report *r, int deliver) {
   long n = 0;
   for (;;) {
-    lp_rnode *seq = r->cur ? &r->cur->rn : &r->roots;
+    lp_rnode *seq = r->cur;
     lp_item *next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
                            : atomic_load_explicit(&seq->first, memory_order_acquire);
-    if (!next && r->cur && atomic_load_explicit(&seq->done, memory_order_acquire)) {
+    if (!next && seq != &r->roots && atomic_load_explicit(&seq->done, memory_order_acquire)) {
       /* Items are appended before `done` is set: read once more. */
       next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
                     : atomic_load_explicit(&seq->first, memory_order_acquire);
-      if (!next) { /* leave this sequence: resume after the child's place */
-        release_item(r->pos);
-        r->pos = &r->cur->rn.item;
-        r->cur = r->cur->parent;
+      if (!next) { /* leave this sequence: resume after its place in the parent */
+        release_item(r, r->pos);
+        r->pos = &seq->item;
+        r->cur = seq->parent ? seq->parent : &r->roots;
         continue;
       }
     }
     if (!next) return n;
-    release_item(r->pos);
+    release_item(r, r->pos);
     if (next->kind == LP_ITEM_RECORD) {
       if (deliver) deliver_record(r, (lp_record *)next);
       n++;
       r->pos = next;
     } else {
-      r->cur = item_task(next);
+      r->cur = (lp_rnode *)next;
       r->pos = NULL;
     }
   }
@@ -262,7 +318,7 @@ static long walk_outboxes(lp_report *r, int deliver) {
       if (!next) break;
       if (deliver) deliver_record(r, (lp_record *)next);
       n++;
-      release_item(p);
+      release_item(r, p);
       r->outpos[w] = next;
     }
   }
@@ -273,6 +329,7 @@ long lp_report_deliver(lp_report *r, int final) {
   (void)final;
   deliver_failures(r);
   long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_outboxes(r, 1) : walk_tree(r, 1);
+  flush_all_freed(r);
   deliver_failures(r);
   if (n > 0 && r->eng->cfg.on_flush) r->eng->cfg.on_flush(r->eng->cfg.ud);
   return n;
@@ -282,16 +339,21 @@ void lp_report_free(lp_report *r) {
   if (!r->eng) return;
   if (r->order == LUAPOOL_ORDER_COMPLETION) {
     walk_outboxes(r, 0);
-    for (int w = 0; w < r->noutbox; w++) release_item(r->outpos[w]);
+    for (int w = 0; w < r->noutbox; w++) release_item(r, r->outpos[w]);
   } else {
     /* Every task has finished by now, so the walk reaches the end; it stops
      * early only in the roots' sequence, which is never `done`. */
     walk_tree(r, 0);
-    release_item(r->pos);
+    if (r->pos && r->pos != &r->roots.item) release_item(r, r->pos);
+    flush_all_freed(r);
   }
   deliver_failures(r);
   free(r->outbox);
   free(r->outpos);
+  free(r->freed_home);
+  free(r->freed_first);
+  free(r->freed_last);
+  free(r->nfreed);
   if (r->fmt) lua_close(r->fmt);
   free(r->textbuf);
   pthread_mutex_destroy(&r->fail_lock);

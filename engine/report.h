@@ -26,13 +26,16 @@ typedef struct lp_item {
 } lp_item;
 
 /* A task's output sequence, in the order a sequential run would make it:
- * its records, and at each spawn the place of the child. Embedded in the
- * task record. */
+ * its records, and at each spawn the place of the child. A node of its own
+ * rather than part of the task record, so a finished task is freed at once
+ * and only these small nodes wait for the cursor. */
 typedef struct lp_rnode {
   lp_item item;              /* this task's place in its parent's sequence */
   _Atomic(lp_item *) first;  /* the sequence */
   lp_item *last;             /* producer-only */
   _Atomic int done;          /* the body has finished: the sequence is complete */
+  struct lp_rnode *parent;   /* NULL for roots */
+  struct lp_freelist *home;  /* where the node returns when the cursor frees it */
 } lp_rnode;
 
 typedef struct lp_record {
@@ -56,7 +59,7 @@ typedef struct lp_report {
   int order;
   /* Tree order: the host's cursor over the tree of sequences. */
   lp_rnode roots;            /* the sequence of root tasks, produced by the host */
-  struct lp_task *cur;       /* task whose sequence the cursor is in; NULL: roots */
+  lp_rnode *cur;             /* the sequence the cursor is in */
   lp_item *pos;              /* last item consumed there; NULL: none yet */
   /* Completion order: one sequence per worker. */
   lp_rnode *outbox;
@@ -66,6 +69,10 @@ typedef struct lp_report {
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;
   uint64_t delivered;
+  struct lp_freelist **freed_home; /* host-only: nodes freed, batched per home list */
+  void **freed_first;
+  void **freed_last;
+  int *nfreed;
   lua_State *fmt; /* host-only state that turns values into text and JSON */
   char *textbuf;
   size_t textcap;
@@ -85,7 +92,6 @@ void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child
 void lp_report_body_done(lp_report *r, struct lp_task *t);
 /* Called by the host when it submits a root. */
 void lp_report_root(lp_report *r, struct lp_task *root);
-void lp_report_task_freed(lp_report *r, struct lp_task *t);
 void lp_report_failure(lp_report *r, const char *text);
 
 /* Host side: delivers every record that may leave now through the

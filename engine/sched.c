@@ -296,6 +296,27 @@ struct lp_task *lp_sched_next(lp_sched *s, int w) {
   return list_take(&q->yielded, &q->yielded_tail);
 }
 
+int lp_sched_take(lp_sched *s, int w, struct lp_task *t) {
+  lp_wq *q = &s->wq[w];
+  if (atomic_load_explicit(&q->nready, memory_order_relaxed) == 0) return 0;
+  double prio = s->one_level ? 0 : t->priority;
+  int taken = 0;
+  lp_spin_lock(&q->lock);
+  for (int i = 0; i < q->nlevels; i++) {
+    lp_deque *d = &q->levels[i].dq;
+    if (q->levels[i].prio != prio) continue;
+    if (dq_size(d) > 0 && d->buf[(d->top - 1) & d->mask] == t) {
+      d->top--;
+      atomic_fetch_sub_explicit(&q->nready, 1, memory_order_relaxed);
+      level_trim(q, i);
+      taken = 1;
+    }
+    break;
+  }
+  lp_spin_unlock(&q->lock);
+  return taken;
+}
+
 static int has_work(lp_sched *s, int w) {
   lp_wq *q = &s->wq[w];
   if (atomic_load(&q->ninbox) || atomic_load(&q->nready) || q->yielded || atomic_load(&s->ninj))

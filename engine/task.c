@@ -27,63 +27,25 @@
 #include "report.h"
 #include "spin.h"
 
-_Thread_local lp_task_cache *lp_task_cache_self;
+_Thread_local lp_task_cache *lp_task_cache_self __attribute__((tls_model("initial-exec")));
 
-#define CACHE_KEEP 4096 /* free records a cache keeps */
 #define ID_BLOCK 1024
 
-static lp_task *alloc_record(lp_task_cache *c) {
-  if (c) {
-    if (!c->local) {
-      c->local = atomic_exchange_explicit(&c->remote, NULL, memory_order_acquire);
-      c->nlocal = 0;
-      for (lp_task *t = c->local; t; t = t->qnext) c->nlocal++;
-    }
-    if (c->local) {
-      lp_task *t = c->local;
-      c->local = t->qnext;
-      c->nlocal--;
-      return t;
-    }
-  }
-  return malloc(sizeof(lp_task));
-}
-
-static void free_record(lp_task *t) {
-  lp_task_cache *c = t->home;
-  if (!c || atomic_load_explicit(&t->eng->caches_closed, memory_order_relaxed)) {
-    free(t);
-  } else if (c == lp_task_cache_self) {
-    if (c->nlocal >= CACHE_KEEP) {
-      free(t);
-      return;
-    }
-    t->qnext = c->local;
-    c->local = t;
-    c->nlocal++;
-  } else {
-    lp_task *head = atomic_load_explicit(&c->remote, memory_order_relaxed);
-    do t->qnext = head;
-    while (!atomic_compare_exchange_weak_explicit(&c->remote, &head, t, memory_order_release,
-                                                  memory_order_relaxed));
-  }
+void lp_task_cache_init(lp_task_cache *c) {
+  lp_fl_init(&c->tasks, sizeof(lp_task));
+  lp_fl_init(&c->nodes, sizeof(lp_rnode));
+  c->next_id = c->end_id = 0;
 }
 
 void lp_task_cache_drain(lp_task_cache *c) {
-  lp_task *t = c->local;
-  while (t) {
-    lp_task *next = t->qnext;
-    free(t);
-    t = next;
-  }
-  t = atomic_exchange(&c->remote, NULL);
-  while (t) {
-    lp_task *next = t->qnext;
-    free(t);
-    t = next;
-  }
-  c->local = NULL;
-  c->nlocal = 0;
+  lp_fl_drain(&c->tasks);
+  lp_fl_drain(&c->nodes);
+}
+
+static void free_record(lp_task *t) {
+  lp_task_cache *home = t->home, *self = lp_task_cache_self;
+  if (!home || atomic_load_explicit(&t->eng->caches_closed, memory_order_relaxed)) free(t);
+  else lp_fl_free(&home->tasks, self ? &self->tasks : NULL, t);
 }
 
 static uint64_t next_id(luapool *eng, lp_task_cache *c) {
@@ -98,7 +60,7 @@ static uint64_t next_id(luapool *eng, lp_task_cache *c) {
 lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority,
                      lp_buf *args) {
   lp_task_cache *c = lp_task_cache_self;
-  lp_task *t = alloc_record(c);
+  lp_task *t = lp_fl_alloc(c ? &c->tasks : NULL, sizeof *t);
   if (!t) {
     lp_buf_free(args);
     return NULL;
@@ -125,12 +87,13 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->failnote = NULL;
   t->owner = -1;
   t->co = NULL;
+  t->co_base = NULL;
   t->co_slot = -1;
   t->timer_slot = -1;
   atomic_init(&t->armed, 0);
-  atomic_init(&t->join_waiting, 0);
   t->self_waiter.next = t->self_waiter.prev = NULL;
   t->cancel_epoch = 0;
+  t->rn = NULL;
   if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
   return t;
 }
@@ -158,9 +121,17 @@ static void subtree_done(lp_task *t) {
       return;
     }
     lp_task_unref(t);
-    long v = atomic_fetch_sub(&p->pending, 1);
-    if (v == 2 && atomic_load(&p->join_waiting)) lp_task_wake(p);
-    if (v != 1) return;
+    long v = atomic_load_explicit(&p->pending, memory_order_relaxed), nv;
+    do {
+      nv = v - 1;
+      if ((v & LP_JOIN_FLAG) && (v & ~LP_JOIN_FLAG) == 2) nv &= ~LP_JOIN_FLAG;
+    } while (!atomic_compare_exchange_weak(&p->pending, &v, nv));
+    if ((v & LP_JOIN_FLAG) && !(nv & LP_JOIN_FLAG)) { /* we own the join reference */
+      lp_task_wake(p);
+      lp_task_unref(p);
+      return;
+    }
+    if (nv != 0) return;
     t = p;
   }
 }
@@ -207,6 +178,21 @@ void lp_task_unwatch(lp_task *t, lp_waiter *w) {
     w->next = w->prev = NULL;
   }
   lp_spin_unlock(&t->lock);
+}
+
+int lp_task_join_begin(lp_task *t) {
+  lp_task_ref(t);
+  long v = atomic_fetch_or(&t->pending, LP_JOIN_FLAG);
+  if ((v & ~LP_JOIN_FLAG) != 1) return 0;
+  if (lp_task_join_end(t)) return 0; /* a child cleared it meanwhile: wait for its wake */
+  return 1;
+}
+
+int lp_task_join_end(lp_task *t) {
+  long v = atomic_fetch_and(&t->pending, ~LP_JOIN_FLAG);
+  if (!(v & LP_JOIN_FLAG)) return 1;
+  lp_task_unref(t); /* ours again; the body keeps the record alive */
+  return 0;
 }
 
 void lp_task_wake(lp_task *t) {

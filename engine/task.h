@@ -9,6 +9,7 @@
 
 #include <lua.h>
 
+#include "freelist.h"
 #include "pack.h"
 #include "report.h"
 
@@ -32,13 +33,11 @@ typedef struct lp_waiter {
   void (*fire)(struct lp_waiter *w, struct lp_task *done);
 } lp_waiter;
 
-/* Task records are reused through a cache per worker: the worker that
- * allocates takes from `local`; a record freed on another thread goes back
- * to its home cache's `remote` stack, which the home worker takes whole. */
+/* What each worker keeps for making tasks: reusable task records and
+ * report nodes (freelist.h), and a block of task ids. */
 typedef struct lp_task_cache {
-  struct lp_task *local; /* owner-only */
-  int nlocal;
-  _Atomic(struct lp_task *) remote;
+  lp_freelist tasks;
+  lp_freelist nodes;
   uint64_t next_id; /* owner-only: ids are taken from the engine in blocks */
   uint64_t end_id;
 } lp_task_cache;
@@ -54,7 +53,8 @@ typedef struct lp_task {
   struct lp_task *qnext; /* intrusive link used by the scheduler's lists */
 
   _Atomic int refs;     /* 1 for the pending subtree + 1 per future + holders */
-  _Atomic long pending; /* 1 while the body runs + 1 per unfinished child subtree */
+  _Atomic long pending; /* 1 while the body runs + 1 per unfinished child subtree,
+                           plus LP_JOIN_FLAG while the body waits in join() */
   _Atomic int state;    /* lp_task_state */
   _Atomic int cancel;   /* cancellation asked; checked at start and resume */
   _Atomic int awaited;  /* somebody observed the outcome (get, ok) */
@@ -68,17 +68,18 @@ typedef struct lp_task {
   /* Touched only by the worker that owns the task's coroutine. */
   int owner;               /* worker index, -1 before the task starts */
   lua_State *co;           /* the coroutine, while RUNNING */
+  struct lp_task *co_base; /* the task that owns co: itself, unless run inline in a parent's */
   int co_slot;             /* its anchor slot in the owner's coroutine pool */
   int timer_slot;          /* index in the owner's timer heap, or -1 */
   _Atomic uint32_t armed;  /* 1 while the task waits for a wake */
-  _Atomic int join_waiting; /* join() waits for pending to fall to 1 */
   lp_waiter self_waiter;   /* the node get() links into a child's list */
   uint64_t cancel_epoch;   /* engine cancel epoch last checked */
-  lp_rnode rn;             /* its output sequence (tree order) */
+  lp_rnode *rn;            /* its output sequence (tree and priority order) */
 } lp_task;
 
 /* The cache of the calling thread (set by each worker), or NULL. */
-extern _Thread_local lp_task_cache *lp_task_cache_self;
+extern _Thread_local lp_task_cache *lp_task_cache_self __attribute__((tls_model("initial-exec")));
+void lp_task_cache_init(lp_task_cache *c);
 /* Frees the records a cache holds (the engine is closing). */
 void lp_task_cache_drain(lp_task_cache *c);
 
@@ -111,6 +112,20 @@ void lp_task_unwatch(lp_task *t, lp_waiter *w);
 static inline void lp_task_arm(lp_task *t) { atomic_store(&t->armed, 1); }
 static inline int lp_task_disarm(lp_task *t) { return atomic_exchange(&t->armed, 0) != 0; }
 void lp_task_wake(lp_task *t);
+
+/* join(): the body sets LP_JOIN_FLAG in its own `pending` together with a
+ * reference on itself. Whoever clears the flag owns that reference: the
+ * child whose completion brings the count to 1 (it wakes the body), or the
+ * body itself when it stops waiting. Clearing and the last decrement are
+ * one atomic step, so nobody touches a record that may already be freed. */
+#define LP_JOIN_FLAG (1L << 62)
+static inline long lp_task_pending(lp_task *t) {
+  return atomic_load(&t->pending) & ~LP_JOIN_FLAG;
+}
+/* Starts a join wait; returns 1 if the subtree is already complete. */
+int lp_task_join_begin(lp_task *t);
+/* Ends it; returns 1 if a child took the flag (its wake is on the way). */
+int lp_task_join_end(lp_task *t);
 
 /* True if t or one of its ancestors was cancelled. */
 int lp_task_cancelled(lp_task *t);
