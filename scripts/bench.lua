@@ -1,0 +1,134 @@
+-- bench.lua: luapool's benchmarks, each against baselines measured in the
+-- same run. Run from the repository top after building:
+--
+--   lua5.4 scripts/bench.lua [--runs N] [--bin build/luapool] [--only NAME]
+--
+-- Every figure is the median of N runs (default 3) of a whole `luapool run`
+-- process, start-up included. These machines are shared: a figure far off
+-- its usual value usually means another process was busy; run again.
+local runs, bin, only = 3, "build/luapool", nil
+do
+  local i = 1
+  while i <= #arg do
+    if arg[i] == "--runs" then runs = tonumber(arg[i + 1]); i = i + 1
+    elseif arg[i] == "--bin" then bin = arg[i + 1]; i = i + 1
+    elseif arg[i] == "--only" then only = arg[i + 1]; i = i + 1
+    else io.stderr:write("usage: lua5.4 scripts/bench.lua [--runs N] [--bin PATH] [--only NAME]\n"); os.exit(2) end
+    i = i + 1
+  end
+end
+local dir = "scripts/bench/"
+local has_time = os.execute("test -x /usr/bin/time")
+
+local function sh(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+-- Wall seconds and peak RSS (KB, or nil without GNU time) of one command.
+local function measure(cmd)
+  local timed = has_time and ("/usr/bin/time -f '%M' -o /tmp/luapool-bench.rss " .. cmd) or cmd
+  local out = sh("s=$(date +%s%N); " .. timed .. " >/tmp/luapool-bench.out 2>&1; rc=$?; e=$(date +%s%N); echo $rc $(( (e - s) / 1000 ))")
+  local rc, us = out:match("(%d+) (%d+)")
+  if tonumber(rc) ~= 0 then
+    io.stderr:write("command failed: " .. cmd .. "\n" .. sh("cat /tmp/luapool-bench.out"))
+    os.exit(1)
+  end
+  local rss = has_time and tonumber(sh("tail -n 1 /tmp/luapool-bench.rss")) or nil
+  return tonumber(us) / 1e6, rss
+end
+
+local function median(cmd, n)
+  local ts, rss = {}, 0
+  for i = 1, n or runs do
+    local t, r = measure(cmd)
+    ts[i] = t
+    if r and r > rss then rss = r end
+  end
+  table.sort(ts)
+  return ts[(#ts + 1) // 2], rss
+end
+
+-- CPU seconds a plain-Lua baseline takes inside lua5.4 (start-up excluded).
+local function lua_seq(args)
+  local best = math.huge
+  for _ = 1, runs do
+    local t = tonumber(sh("lua5.4 " .. dir .. "sequential.lua " .. args):match("^(%S+)"))
+    if t < best then best = t end
+  end
+  return best
+end
+
+local function luapool(script, args, workers, extra)
+  return median(string.format("%s run %s%s %s --workers %d %s", bin, dir, script, args, workers,
+    extra or ""))
+end
+
+local results = {}
+local function report(name, figure, bar, ok)
+  results[#results + 1] = { name, figure, bar, ok }
+  print(string.format("%-34s %-46s %-22s %s", name, figure, bar, ok and "ok" or "BELOW BAR"))
+  io.stdout:flush()
+end
+
+local function want(name) return not only or name:find(only, 1, true) end
+
+print(string.format("luapool benchmarks, %d runs each, %s", runs, sh("nproc"):gsub("%s+$", "") .. " CPUs"))
+print(string.format("%-34s %-46s %-22s %s", "benchmark", "measured", "bar", ""))
+
+if want("spawn") then
+  local n = 1000000
+  local t = luapool("noop.lua", n, 2)
+  local rate = n / t
+  local pn = 100000
+  local pt = median(string.format("python3 %sthreadpool.py threads %d 2", dir, pn), 1)
+  local prate = pn / pt
+  report("1M trivial spawns, 2 workers", string.format("%.2f s, %.2f M tasks/s", t, rate / 1e6),
+    ">= 3 M/s", rate >= 3e6)
+  report("  vs ThreadPoolExecutor.submit", string.format("%.0fx (Python: %.0f k tasks/s)", rate / prate,
+    prate / 1e3), ">= 50x", rate / prate >= 50)
+end
+
+if want("fib") then
+  local n, tasks = 30, 1346268
+  local t2 = luapool("fib.lua", n, 2)
+  local t1 = luapool("fib.lua", n, 1)
+  local seq = lua_seq("fib " .. n)
+  report("fib(30) fork-join, 2 workers", string.format("%.3f s, %.0f ns/task (plain Lua %.3f s)", t2,
+    t2 / tasks * 1e9, seq), "<= 250 ns/task", t2 / tasks * 1e9 <= 250)
+  report("  2 workers vs 1", string.format("%.2fx (1 worker %.3f s)", t1 / t2, t1), ">= 1.8x", t1 / t2 >= 1.8)
+end
+
+if want("skynet") then
+  local tasks = 1111111
+  local t = luapool("skynet.lua", 1000000, 2)
+  local seq = lua_seq("skynet 1000000")
+  report("skynet 1M leaves, 2 workers", string.format("%.3f s, %.0f ns/task (plain Lua %.3f s)", t,
+    t / tasks * 1e9, seq), "<= 250 ns/task", t / tasks * 1e9 <= 250)
+end
+
+if want("fibs") then
+  local t = luapool("fibs.lua", "32 27", 2)
+  local seq = lua_seq("fibs 32 27")
+  report("32 x fib(27) tasks, 2 workers", string.format("%.3f s, %.2fx plain lua5.4 (%.3f s)", t, seq / t, seq),
+    ">= 1.9x", seq / t >= 1.9)
+end
+
+if want("sleep") then
+  local t, rss = luapool("sleepers.lua", "100000 1", 2)
+  report("100,000 tasks sleeping 1 s", string.format("%.2f s wall, %s", t,
+    rss and string.format("%.0f MB peak RSS", rss / 1024) or "RSS unknown (no /usr/bin/time)"),
+    "<= 1.5 s, <= 250 MB", t <= 1.5 and (not rss or rss <= 250 * 1024))
+end
+
+if want("nested") then
+  local t = median(string.format("%s run examples/nested_loops.lua --workers 2", bin), 1)
+  report("5x3x2 tree, 1 s sleeps, 2 workers", string.format("%.2f s (50 s sequentially)", t), "<= 3.1 s",
+    t <= 3.1)
+end
+
+local bad = 0
+for _, r in ipairs(results) do if not r[4] then bad = bad + 1 end end
+print(string.format("%d figures, %d at or past their bar, %d below", #results, #results - bad, bad))
