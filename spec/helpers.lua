@@ -50,8 +50,12 @@ end
 function helpers.split_lines(s)
   local lines = {}
   for line in (s or ""):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
-  local tail = (s or ""):match("([^\n]+)$")
-  if tail then lines[#lines + 1] = tail end
+  -- A last line without its newline. (A pattern anchored with `$` would
+  -- rescan every suffix: quadratic on the megabyte lines some specs make.)
+  s = s or ""
+  local last = 0
+  for pos in s:gmatch("()\n") do last = pos end
+  if last < #s then lines[#lines + 1] = s:sub(last + 1) end
   return lines
 end
 
@@ -154,9 +158,15 @@ function helpers.check(script, opts)
 end
 
 -- A short description of a run for assertion messages.
+local function clip(s)
+  if #s > 4000 then return s:sub(1, 4000) .. "\n... (" .. #s - 4000 .. " more bytes)\n" end
+  return s
+end
+
 function helpers.describe(res)
-  return string.format("exit %s after %.2fs\n--- stdout\n%s--- stderr\n%s",
-    tostring(res.code), res.elapsed or -1, res.out, res.err)
+  return string.format("exit %s after %.2fs%s\n--- stdout\n%s--- stderr\n%s",
+    tostring(res.code), res.elapsed or -1, res.timed_out and " (killed: timed out)" or "",
+    clip(res.out), clip(res.err))
 end
 
 -- Lua text to paste at the top of inline scripts: requires the module and
