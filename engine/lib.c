@@ -334,7 +334,8 @@ static int fut_get(lua_State *L) {
   if (lp_task_finished(f->t)) return push_outcome(L, f->t);
   lp_task *self = waiting_task(L, "future:get");
   lp_worker *w = worker(L);
-  if (f->t->parent == self && w->inline_depth < INLINE_MAX &&
+  /* Run inline only without a timeout: an inline run cannot be abandoned. */
+  if (lua_isnoneornil(L, 2) && f->t->parent == self && w->inline_depth < INLINE_MAX &&
       atomic_load_explicit(&f->t->state, memory_order_relaxed) == LP_TASK_QUEUED &&
       atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) == 0 &&
       lp_sched_take(&w->eng->sched, w->index, f->t))

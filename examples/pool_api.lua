@@ -16,10 +16,6 @@ function ackermann(m, n)
   return ackermann(m - 1, ackermann(m, n - 1))
 end
 
--- Returns the input with the result, for imap_unordered, whose results come
--- in completion order.
-function fib_pair(n) return { n, fib(n) } end
-
 -- fib as a tree of tasks: above the cutoff each call is two subtasks.
 function tree_fib(n)
   if n < 18 then return fib(n) end
@@ -44,14 +40,14 @@ function main()
   for i, p in ipairs(pairs_) do shown[i] = string.format("A(%d,%d)=%d", p[1], p[2], values[i]) end
   print("starmap ackermann: " .. table.concat(shown, " "))
 
-  local inputs, i = range(20, 25), 0
-  for v in luapool.imap(fib, inputs) do
-    i = i + 1
+  -- the iterators yield (index in the list, result), as ipairs does
+  local inputs = range(20, 25)
+  for i, v in luapool.imap(fib, inputs) do
     print(string.format("imap fib(%d) = %d", inputs[i], v))
   end
-
-  for r in luapool.imap_unordered(fib_pair, range(20, 25)) do
-    print(string.format("imap_unordered fib(%d) = %d", r[1], r[2]))
+  -- results in the order they are ready; the index says whose result it is
+  for i, v in luapool.imap_unordered(fib, inputs) do
+    print(string.format("imap_unordered fib(%d) = %d", inputs[i], v))
   end
 
   local f = luapool.spawn(ackermann, 2, 3)

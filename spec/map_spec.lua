@@ -4,8 +4,11 @@
 --  * map and starmap return one Lua list (a table) of results, result i for
 --    element i; an empty input gives an empty table.
 --  * The task function may be given by value or by name, as with spawn.
---  * imap / imap_unordered are generic-for iterators whose first value is the
---    task's (first) result: `for v in luapool.imap(fn, list) do`.
+--  * imap / imap_unordered are generic-for iterators yielding (index, result),
+--    index being the element's position in the list, like ipairs:
+--    `for i, v in luapool.imap(fn, list) do`. (The index first means a nil
+--    result cannot end the loop, and imap_unordered says which input each
+--    result belongs to.) The engine's Lua layer does this too.
 --  * When a task of map fails, map raises that task's error (its message in
 --    the text) in the caller.
 --  * chunksize changes how work is grouped, never the results or their order.
@@ -118,15 +121,17 @@ describe("imap", function()
     local res = run_ok([[
 function late(i) luapool.sleep(0.04 * (8 - i)) return i * 10 end
 function main()
-  local got = {}
-  for v in luapool.imap(late, { 1, 2, 3, 4, 5, 6, 7 }) do got[#got + 1] = v end
-  luapool.emit(table.concat(got, " "))
-  got = {}
-  for v in luapool.imap(late, { 1, 2, 3, 4, 5, 6, 7 }, { chunksize = 3 }) do got[#got + 1] = v end
-  luapool.emit(table.concat(got, " "))
+  for _, cs in ipairs({ 1, 3 }) do
+    local got = {}
+    for i, v in luapool.imap(late, { 1, 2, 3, 4, 5, 6, 7 }, { chunksize = cs }) do
+      got[#got + 1] = i .. "=" .. v
+    end
+    luapool.emit(table.concat(got, " "))
+  end
 end
 ]])
-    assert.are.same({ "10 20 30 40 50 60 70", "10 20 30 40 50 60 70" }, res.lines)
+    local want = "1=10 2=20 3=30 4=40 5=50 6=60 7=70"
+    assert.are.same({ want, want }, res.lines)
   end)
 
   it("yields the first result before the last task has finished", function()
@@ -139,10 +144,10 @@ end
 function main()
   local slow_done = luapool.counter("slow_done")
   -- the 1.0 s task is still asleep when the first result arrives
-  for v in luapool.imap(nap, { 0, 1.0 }) do luapool.emit(v .. " " .. slow_done:get()) end
+  for i, v in luapool.imap(nap, { 0, 1.0 }) do luapool.emit(i .. " " .. v .. " " .. slow_done:get()) end
 end
 ]])
-    assert.are.same({ "0 0", "1.0 1" }, res.lines)
+    assert.are.same({ "1 0 0", "2 1.0 1" }, res.lines)
   end)
 
   it("yields nothing for an empty list", function()
@@ -166,13 +171,13 @@ function nap(name, s) luapool.sleep(s) return name end
 function pair(t) return nap(t[1], t[2]) end
 function main()
   local got = {}
-  for v in luapool.imap_unordered(pair, { { "slow", 0.6 }, { "fast", 0.2 }, { "middle", 0.4 } }) do
-    got[#got + 1] = v
+  for i, v in luapool.imap_unordered(pair, { { "slow", 0.6 }, { "fast", 0.2 }, { "middle", 0.4 } }) do
+    got[#got + 1] = i .. "=" .. v
   end
   luapool.emit(table.concat(got, " "))
 end
 ]])
-    assert.are.same({ "fast middle slow" }, res.lines)
+    assert.are.same({ "2=fast 3=middle 1=slow" }, res.lines)
   end)
 
   it("yields every result exactly once", function()
@@ -181,11 +186,31 @@ function square(x) return x * x end
 function main()
   local list, got = {}, {}
   for i = 1, 40 do list[i] = i end
-  for v in luapool.imap_unordered(square, list, { chunksize = 6 }) do got[#got + 1] = v end
+  local right = true
+  for i, v in luapool.imap_unordered(square, list, { chunksize = 6 }) do
+    got[#got + 1] = v
+    right = right and v == list[i] * list[i]
+  end
   table.sort(got)
   luapool.emit(table.concat(got, " "))
+  luapool.emit("indices match " .. tostring(right))
 end
 ]])
-    assert.are.same({ squares(40) }, res.lines)
+    assert.are.same({ squares(40), "indices match true" }, res.lines)
+  end)
+
+  it("a nil result does not end the loop", function()
+    local res = run_ok([[
+function odd_only(x) if x % 2 == 1 then return x end end
+function main()
+  local n, seen = 0, {}
+  for i, v in luapool.imap(odd_only, { 1, 2, 3, 4 }) do n = n + 1 seen[#seen + 1] = tostring(v) end
+  luapool.emit(n .. ": " .. table.concat(seen, " "))
+  n = 0
+  for i, v in luapool.imap_unordered(odd_only, { 1, 2, 3, 4 }) do n = n + 1 end
+  luapool.emit(n)
+end
+]])
+    assert.are.same({ "4: 1 nil 3 nil", "4" }, res.lines)
   end)
 end)

@@ -3,6 +3,8 @@
 -- Assumptions where the SPEC is open (also listed in the spec report):
 --  * --format text is the default. A table is written as compact JSON; the
 --    specs compare it with all spaces removed.
+--  * --format json: "value" holds the emitted value as JSON itself (a table
+--    becomes a JSON object or array), not a string containing JSON text.
 --  * print inside a task makes one record: its arguments through tostring,
 --    joined by tabs, as Lua's print does.
 --  * A new counter starts at 0; add returns the value after adding.

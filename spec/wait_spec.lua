@@ -156,7 +156,7 @@ end
 function nap(i) luapool.sleep(0.05 * (i % 4)) return i end
 function main()
   local fs, index = {}, {}
-  for i = 1, 12 do fs[i] = luapool.spawn(nap, i) index[fs[i]] = i end
+  for i = 1, 12 do local f = luapool.spawn(nap, i) fs[i] = f index[f] = i end
   local seen, n = {}, 0
   for f in luapool.as_completed(fs) do
     n = n + 1
