@@ -21,6 +21,7 @@
 #include "pool.h"
 #include "spin.h"
 #include "timer.h"
+#include "lib.h"
 #include "vm.h"
 
 #define FUTURE_MT "luapool.future"
@@ -39,22 +40,22 @@ typedef struct lp_future {
 static lp_worker *worker(lua_State *L) { return lp_worker_of(L); }
 
 /* The task running in L, or an error naming the call. */
-static lp_task *running_task(lua_State *L, const char *what) {
+lp_task *lp_lib_running(lua_State *L, const char *what) {
   lp_worker *w = worker(L);
   if (!w || !w->current) luaL_error(L, "%s: only a running task can do this", what);
   return w->current;
 }
 
 /* The task in L, checked to be able to suspend right here. */
-static lp_task *waiting_task(lua_State *L, const char *what) {
-  lp_task *self = running_task(L, what);
+lp_task *lp_lib_waiting(lua_State *L, const char *what) {
+  lp_task *self = lp_lib_running(L, what);
   if (L != self->co || !lua_isyieldable(L))
     luaL_error(L, "%s: cannot wait here: inside a coroutine of the task's own or a C function "
                   "that cannot yield (such as a table.sort comparator)", what);
   return self;
 }
 
-static void check_cancelled(lua_State *L, lp_task *self) {
+void lp_lib_check_cancelled(lua_State *L, lp_task *self) {
   lp_worker *w = worker(L);
   uint64_t epoch = atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed);
   if (epoch == self->cancel_epoch && !atomic_load_explicit(&w->eng->stopping, memory_order_relaxed))
@@ -65,7 +66,7 @@ static void check_cancelled(lua_State *L, lp_task *self) {
 
 /* Registers a deadline (if any), then yields; the continuation k runs when
  * the task is resumed. */
-static int suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ctx,
+int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ctx,
                    lua_KFunction k) {
   lp_worker *w = worker(L);
   if (w->eng->inline_mode && deadline < 0)
@@ -77,13 +78,13 @@ static int suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ct
   return lua_yieldk(L, 0, ctx, k);
 }
 
-/* Undoes what suspend() registered; called first by every continuation. */
-static void resumed(lua_State *L, lp_task *self) {
+/* Undoes what lp_lib_suspend() registered; called first by every continuation. */
+void lp_lib_resumed(lua_State *L, lp_task *self) {
   lp_timers_remove(&worker(L)->timers, self);
   lp_task_disarm(self);
 }
 
-static double deadline_of(lua_State *L, int idx) {
+double lp_lib_deadline(lua_State *L, int idx) {
   if (lua_isnoneornil(L, idx)) return -1;
   double s = luaL_checknumber(L, idx);
   if (s != s) luaL_argerror(L, idx, "timeout is NaN");
@@ -155,7 +156,7 @@ static void check_options(lua_State *L) {
 }
 
 static int l_spawn(lua_State *L) {
-  lp_task *self = running_task(L, "luapool.spawn");
+  lp_task *self = lp_lib_running(L, "luapool.spawn");
   lp_worker *w = worker(L);
   luapool *eng = w->eng;
   int base = 1;
@@ -247,13 +248,13 @@ static int wait_for(lua_State *L, lp_task *self, lp_task *t, int di, lua_KContex
                     lua_KFunction k) {
   for (;;) {
     if (lp_task_finished(t)) return 1;
-    check_cancelled(L, self);
+    lp_lib_check_cancelled(L, self);
     double deadline = lua_tonumber(L, di);
     if (deadline >= 0 && lp_now() >= deadline) return 0;
     lp_task_arm(self);
     self->self_waiter.fire = fire_wake;
     if (lp_task_watch(t, &self->self_waiter) == 0) {
-      suspend(L, self, deadline, ctx, k);
+      lp_lib_suspend(L, self, deadline, ctx, k);
       return -1; /* not reached: lua_yieldk does not return */
     }
     /* Finished meanwhile. If a wake already took our arm, it is on its way
@@ -266,7 +267,7 @@ static int wait_for(lua_State *L, lp_task *self, lp_task *t, int di, lua_KContex
 }
 
 static void unwait(lua_State *L, lp_task *self, lp_task *t) {
-  resumed(L, self);
+  lp_lib_resumed(L, self);
   lp_task_unwatch(t, &self->self_waiter);
 }
 
@@ -332,7 +333,7 @@ static int run_inline(lua_State *L, lp_task *self, lp_task *t) {
 static int fut_get(lua_State *L) {
   lp_future *f = check_future(L, 1);
   if (lp_task_finished(f->t)) return push_outcome(L, f->t);
-  lp_task *self = waiting_task(L, "future:get");
+  lp_task *self = lp_lib_waiting(L, "future:get");
   lp_worker *w = worker(L);
   /* Run inline only without a timeout: an inline run cannot be abandoned. */
   if (lua_isnoneornil(L, 2) && f->t->parent == self && w->inline_depth < INLINE_MAX &&
@@ -340,7 +341,7 @@ static int fut_get(lua_State *L) {
       atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) == 0 &&
       lp_sched_take(&w->eng->sched, w->index, f->t))
     return run_inline(L, self, f->t);
-  double deadline = deadline_of(L, 2);
+  double deadline = lp_lib_deadline(L, 2);
   lua_settop(L, 2);
   lua_pushnumber(L, deadline);
   int r = wait_for(L, self, f->t, 3, 0, get_k);
@@ -424,7 +425,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int l_wait(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  double deadline = deadline_of(L, 2);
+  double deadline = lp_lib_deadline(L, 2);
   lua_settop(L, 2);
   lua_pushnumber(L, deadline);
   lua_pushinteger(L, 1);
@@ -439,7 +440,7 @@ static int l_wait(lua_State *L) {
     all = lp_task_finished(f->t);
   }
   if (all) return lua_pushboolean(L, 1), 1;
-  waiting_task(L, "luapool.wait");
+  lp_lib_waiting(L, "luapool.wait");
   return wait_k(L, LUA_OK, 0);
 }
 
@@ -448,10 +449,10 @@ static int join_after_k(lua_State *L, int status, lua_KContext ctx);
 
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   lp_task *self = worker(L)->current;
-  if (status == LUA_YIELD) resumed(L, self);
+  if (status == LUA_YIELD) lp_lib_resumed(L, self);
   for (;;) {
     if (lp_task_pending(self) == 1) break;
-    check_cancelled(L, self);
+    lp_lib_check_cancelled(L, self);
     double deadline = lua_tonumber(L, 2);
     if (deadline >= 0 && lp_now() >= deadline) {
       lua_pushboolean(L, 0);
@@ -480,7 +481,7 @@ static int join_k(lua_State *L, int status, lua_KContext ctx) {
 static int join_after_k(lua_State *L, int status, lua_KContext ctx) {
   lp_task *self = worker(L)->current;
   (void)status;
-  resumed(L, self);
+  lp_lib_resumed(L, self);
   /* Give the flag back if no child took it. If one did, it found us
    * already disarmed (whoever resumed us disarmed first), so no second
    * hand-back is on its way. Then look again. */
@@ -489,12 +490,12 @@ static int join_after_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int l_join(lua_State *L) {
-  lp_task *self = running_task(L, "luapool.join");
-  double deadline = deadline_of(L, 1);
+  lp_task *self = lp_lib_running(L, "luapool.join");
+  double deadline = lp_lib_deadline(L, 1);
   lua_settop(L, 1);
   lua_pushnumber(L, deadline);
   if (lp_task_pending(self) == 1) return lua_pushboolean(L, 1), 1;
-  waiting_task(L, "luapool.join");
+  lp_lib_waiting(L, "luapool.join");
   return join_k(L, LUA_OK, 0);
 }
 
@@ -502,19 +503,19 @@ static int l_join(lua_State *L) {
 
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
   lp_task *self = worker(L)->current;
-  if (status == LUA_YIELD) resumed(L, self);
-  check_cancelled(L, self);
+  if (status == LUA_YIELD) lp_lib_resumed(L, self);
+  lp_lib_check_cancelled(L, self);
   double deadline = lua_tonumber(L, 2);
   if (lp_now() >= deadline) return 0;
   lp_task_arm(self);
-  return suspend(L, self, deadline, ctx, sleep_k);
+  return lp_lib_suspend(L, self, deadline, ctx, sleep_k);
 }
 
 static int l_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   if (s != s) return luaL_argerror(L, 1, "NaN");
   lp_worker *w = worker(L);
-  lp_task *self = running_task(L, "luapool.sleep");
+  lp_task *self = lp_lib_running(L, "luapool.sleep");
   if (w->eng->inline_mode || L != self->co || !lua_isyieldable(L)) {
     /* Nothing else could run meanwhile on this thread: sleep for real. */
     if (s > 0) {
@@ -532,13 +533,13 @@ static int l_sleep(lua_State *L) {
 
 static int yield_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status, (void)ctx;
-  check_cancelled(L, worker(L)->current);
+  lp_lib_check_cancelled(L, worker(L)->current);
   return 0;
 }
 
 static int l_yield(lua_State *L) {
   lp_worker *w = worker(L);
-  lp_task *self = running_task(L, "luapool.yield");
+  lp_task *self = lp_lib_running(L, "luapool.yield");
   if (w->eng->inline_mode || L != self->co || !lua_isyieldable(L)) return 0;
   lp_pool_yield_current(w);
   return lua_yieldk(L, 0, 0, yield_k);
@@ -547,7 +548,7 @@ static int l_yield(lua_State *L) {
 /* ---- records ---- */
 
 static int l_emit(lua_State *L) {
-  lp_task *self = running_task(L, "luapool.emit");
+  lp_task *self = lp_lib_running(L, "luapool.emit");
   lp_worker *w = worker(L);
   luaL_checkany(L, 1);
   double prio = self->priority;
@@ -622,7 +623,7 @@ static int counter_get(lua_State *L) {
 /* ---- self ---- */
 
 static int l_self(lua_State *L) {
-  lp_task *t = running_task(L, "luapool.self");
+  lp_task *t = lp_lib_running(L, "luapool.self");
   lp_worker *w = worker(L);
   lua_createtable(L, 0, 7);
   lua_pushinteger(L, (lua_Integer)t->id);
@@ -743,7 +744,7 @@ static lp_watch *check_watch(lua_State *L) {
 static int watch_next_k(lua_State *L, int status, lua_KContext ctx) {
   lp_watch *wa = check_watch(L);
   lp_task *self = worker(L)->current;
-  if (status == LUA_YIELD) resumed(L, self);
+  if (status == LUA_YIELD) lp_lib_resumed(L, self);
   for (;;) {
     lp_spin_lock(&wa->lock);
     wa->waiter = NULL;
@@ -756,7 +757,7 @@ static int watch_next_k(lua_State *L, int status, lua_KContext ctx) {
     lp_spin_unlock(&wa->lock);
     if (got) return lua_pushinteger(L, got), 1;
     if (all) return lua_pushnil(L), 1;
-    check_cancelled(L, self);
+    lp_lib_check_cancelled(L, self);
     double deadline = lua_tonumber(L, 3);
     if (deadline >= 0 && lp_now() >= deadline) {
       lp_spin_lock(&wa->lock);
@@ -766,13 +767,13 @@ static int watch_next_k(lua_State *L, int status, lua_KContext ctx) {
       worker(L)->yield_kind = LP_YIELD_WAIT; /* a wake is on its way */
       return lua_yieldk(L, 0, ctx, watch_next_k);
     }
-    return suspend(L, self, deadline, ctx, watch_next_k);
+    return lp_lib_suspend(L, self, deadline, ctx, watch_next_k);
   }
 }
 
 static int watch_next(lua_State *L) {
   lp_watch *wa = check_watch(L);
-  double deadline = deadline_of(L, 2);
+  double deadline = lp_lib_deadline(L, 2);
   lua_settop(L, 2);
   lua_pushnumber(L, deadline);
   lp_spin_lock(&wa->lock);
@@ -781,7 +782,7 @@ static int watch_next(lua_State *L) {
   lp_spin_unlock(&wa->lock);
   if (got) return lua_pushinteger(L, got), 1;
   if (all) return lua_pushnil(L), 1;
-  waiting_task(L, "luapool.as_completed");
+  lp_lib_waiting(L, "luapool.as_completed");
   return watch_next_k(L, LUA_OK, 0);
 }
 

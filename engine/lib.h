@@ -1,0 +1,34 @@
+/*
+ * lib.h - the waiting machinery of the task-side module, for the files that
+ * add more of its calls (sync.c).
+ *
+ * A call that waits: checks its condition; if unmet, arms the running task
+ * (lp_task_arm), registers whatever will call lp_task_wake on it, and
+ * returns lp_lib_suspend(...) with a continuation k. The continuation first
+ * calls lp_lib_resumed, then lp_lib_check_cancelled, then checks its
+ * condition again (a wake may be spurious), looping the same way.
+ */
+#ifndef LP_LIB_H
+#define LP_LIB_H
+
+#include <lua.h>
+
+#include "task.h"
+
+/* The task running in L, or raises an error naming `what`. */
+lp_task *lp_lib_running(lua_State *L, const char *what);
+/* The same, and checks that it can suspend here (raises otherwise). */
+lp_task *lp_lib_waiting(lua_State *L, const char *what);
+/* Raises "task cancelled" if the task or an ancestor was cancelled. */
+void lp_lib_check_cancelled(lua_State *L, lp_task *self);
+/* Yields the armed task, registering `deadline` (lp_now() seconds, or < 0
+ * for none) as a wake-up; k runs when it is resumed. With --workers 0 and
+ * no deadline it raises a deadlock error instead. Does not return. */
+int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ctx,
+                   lua_KFunction k);
+/* Undoes what lp_lib_suspend registered. */
+void lp_lib_resumed(lua_State *L, lp_task *self);
+/* The deadline for an optional timeout argument at idx: -1 if none. */
+double lp_lib_deadline(lua_State *L, int idx);
+
+#endif
