@@ -16,6 +16,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "sync.h"
 #include "timer.h"
 #include "vm.h"
 
@@ -305,6 +306,7 @@ void luapool_close(luapool *lp) {
   }
   lp->phase = LP_PHASE_CLOSING;
   lp_pool_stop(lp);
+  lp_sync_free(lp);
   lp_report_free(&lp->report);
   lp_pool_free(lp);
   lp_sched_free(&lp->sched);

@@ -56,6 +56,8 @@ struct luapool {
   _Atomic int64_t **counters; /* blocks of LP_COUNTER_BLOCK, indexed by name id */
   int ncounter_blocks;
 
+  struct lp_sync *sync; /* named channels and sequencers (sync.c) */
+
   /* Statistics, summed from the workers at the end. */
   _Atomic int max_depth;
 

@@ -22,6 +22,7 @@
 #include "spin.h"
 #include "timer.h"
 #include "lib.h"
+#include "sync.h"
 #include "vm.h"
 
 #define FUTURE_MT "luapool.future"
@@ -861,6 +862,7 @@ int lp_lib_open(lua_State *L) {
       LUA_OK)
     return lua_error(L);
   luaL_newlib(L, core_funcs);
+  lp_sync_register(L);
   lua_call(L, 1, 1);
   return 1;
 }

@@ -151,6 +151,22 @@ static lua_State *fmt_state(lp_report *r) {
                        "return ok and cjson or false") != LUA_OK)
     lua_pushboolean(L, 0);
   lua_setfield(L, LUA_REGISTRYINDEX, "luapool.cjson");
+  /* One JSON object per record. A value cjson cannot encode (a cycle, a
+   * sparse table it refuses) is sent as its text. */
+  if (luaL_dostring(L, "local ok, cjson = pcall(require, 'cjson')\n"
+                       "local enc, fmt, tostring, pcall = cjson and cjson.encode, string.format, tostring, pcall\n"
+                       "local mtype = math.type\n"
+                       "return function(id, name, prio, value, text)\n"
+                       "  local ok, v = pcall(enc, value)\n"
+                       "  if not ok then v = enc(text) end\n"
+                       "  local p = mtype(prio) == 'float' and prio == prio // 1 and prio >= -2^53 and prio <= 2^53\n"
+                       "    and fmt('%d', prio) or enc(prio)\n"
+                       "  return fmt('{\"task\":%d,\"name\":%s,\"priority\":%s,\"value\":%s}', id, enc(name), p, v)\n"
+                       "end") == LUA_OK) {
+    lua_setfield(L, LUA_REGISTRYINDEX, "luapool.json_record");
+  } else {
+    lua_pop(L, 1);
+  }
   r->fmt = L;
   return L;
 }
@@ -187,27 +203,46 @@ static void deliver_record(lp_report *r, lp_record *rec) {
   out.priority = rec->priority;
   lua_State *L = NULL;
   int top = 0;
+  int json = eng->cfg.json_records;
   if (rec->kind == LUAPOOL_RECORD_PRINT) {
     out.text = rec->data;
     out.text_len = rec->len;
   } else {
     out.value = rec->data;
     out.value_len = rec->len;
-    if (!lp_pack_single_string(rec->data, rec->len, &out.text, &out.text_len)) {
+  }
+  if (rec->kind == LUAPOOL_RECORD_EMIT &&
+      (json || !lp_pack_single_string(rec->data, rec->len, &out.text, &out.text_len))) {
+    L = fmt_state(r);
+    if (!L) return;
+    top = lua_gettop(L);
+    int n = 0;
+    char err[256];
+    if (lp_unpack_values(L, rec->data, rec->len, NULL, &n, err, sizeof err) != 0 || n < 1) {
+      lua_settop(L, top);
+      lua_pushnil(L);
+    } else {
+      lua_settop(L, top + 1);
+    }
+    lua_pushvalue(L, -1);
+    value_text(L); /* stack: value, text */
+    out.text = lua_tolstring(L, -1, &out.text_len);
+  }
+  if (json) {
+    if (!L) {
       L = fmt_state(r);
       if (!L) return;
       top = lua_gettop(L);
-      int n = 0;
-      char err[256];
-      if (lp_unpack_values(L, rec->data, rec->len, NULL, &n, err, sizeof err) != 0 || n < 1) {
-        lua_settop(L, top);
-        lua_pushnil(L);
-      } else {
-        lua_settop(L, top + 1);
-      }
-      value_text(L);
-      out.text = lua_tolstring(L, -1, &out.text_len);
+      lua_pushlstring(L, out.text, out.text_len); /* a print: its text is its value */
+      lua_pushvalue(L, -1);
     }
+    lua_getfield(L, LUA_REGISTRYINDEX, "luapool.json_record");
+    lua_pushinteger(L, (lua_Integer)out.task);
+    lua_pushstring(L, out.name);
+    lua_pushnumber(L, out.priority);
+    lua_pushvalue(L, top + 1);
+    lua_pushvalue(L, top + 2);
+    if (lua_pcall(L, 5, 1, 0) == LUA_OK) out.json = lua_tolstring(L, -1, &out.json_len);
   }
   eng->cfg.on_record(eng->cfg.ud, &out);
   if (L) lua_settop(L, top);

@@ -78,6 +78,9 @@ typedef struct luapool_record {
   size_t text_len;
   const char *value; /* packed value (EMIT only) */
   size_t value_len;
+  const char *json;  /* with config json_records: the record as one JSON object,
+                        {"task":ID,"name":NAME,"priority":P,"value":VALUE} */
+  size_t json_len;
 } luapool_record;
 
 typedef void (*luapool_record_fn)(void *ud, const luapool_record *rec);
@@ -89,6 +92,7 @@ typedef struct luapool_config {
   int workers;          /* worker threads; 0 runs everything inline on the host thread */
   int order;            /* LUAPOOL_ORDER_* */
   size_t memory_limit;  /* bytes per worker Lua state; 0 for none */
+  int json_records;     /* fill luapool_record.json */
   luapool_record_fn on_record;
   luapool_failure_fn on_failure; /* NULL: written to stderr */
   void (*on_flush)(void *ud);    /* after each batch of records: a moment to flush output */
