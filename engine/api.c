@@ -50,7 +50,8 @@ const char *luapool_errmsg(luapool *lp) { return lp ? lp->errmsg : "no engine"; 
 int luapool_open(const luapool_config *cfg, luapool **out) {
   if (!out) return LUAPOOL_EINVAL;
   *out = NULL;
-  if (!cfg || cfg->workers < 0 || cfg->workers > 4096 || cfg->order < LUAPOOL_ORDER_TREE ||
+  if (!cfg || cfg->workers < 0 || cfg->workers > 4096 || cfg->task_timeout < 0 ||
+      cfg->retries < 0 || cfg->order < LUAPOOL_ORDER_TREE ||
       cfg->order > LUAPOOL_ORDER_COMPLETION)
     return LUAPOOL_EINVAL;
   luapool *eng = calloc(1, sizeof *eng);
@@ -157,6 +158,8 @@ int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *arg
   }
   lp_task *t = lp_task_new(lp, NULL, id, 0, &args);
   if (!t) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  t->timeout = lp->cfg.task_timeout;
+  t->retries = lp->cfg.retries;
   pthread_mutex_lock(&lp->host_lock);
   lp->live_roots++;
   pthread_mutex_unlock(&lp->host_lock);

@@ -58,6 +58,7 @@ lp_task *lp_lib_waiting(lua_State *L, const char *what) {
 
 void lp_lib_check_cancelled(lua_State *L, lp_task *self) {
   lp_worker *w = worker(L);
+  if (self->deadline > 0 && lp_now() >= self->deadline) lp_pool_timed_out(L, self);
   uint64_t epoch = atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed);
   if (epoch == self->cancel_epoch && !atomic_load_explicit(&w->eng->stopping, memory_order_relaxed))
     return;
@@ -73,6 +74,8 @@ int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ct
   if (w->eng->inline_mode && deadline < 0)
     return luaL_error(L, "luapool: deadlock: this wait could only be satisfied later, and "
                          "--workers 0 runs every spawn inline, in sequential order");
+  /* A task with its own time limit wakes at the limit, at the latest. */
+  if (self->deadline > 0 && (deadline < 0 || self->deadline < deadline)) deadline = self->deadline;
   if (deadline >= 0 && lp_timers_add(&w->timers, self, deadline) != 0)
     return luaL_error(L, "luapool: out of memory");
   w->yield_kind = LP_YIELD_WAIT;
@@ -115,19 +118,27 @@ static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
   return 1; /* the future, left on top before yielding */
 }
 
-static double opt_priority(lua_State *L, double dflt) {
-  if (lua_getfield(L, 1, "priority") == LUA_TNIL) {
+/* The options table at index 1 of luapool.spawn. */
+typedef struct spawn_opts {
+  double priority;
+  double timeout; /* seconds; 0: none */
+  int retries;
+} spawn_opts;
+
+static double opt_number(lua_State *L, const char *name, double dflt) {
+  int ty = lua_getfield(L, 1, name);
+  if (ty == LUA_TNIL) {
     lua_pop(L, 1);
     return dflt;
   }
-  if (!lua_isnumber(L, -1)) luaL_error(L, "luapool.spawn: option 'priority' must be a number");
-  double p = lua_tonumber(L, -1);
+  if (ty != LUA_TNUMBER) luaL_error(L, "luapool.spawn: option '%s' must be a number", name);
+  double v = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (p != p) luaL_error(L, "luapool.spawn: option 'priority' is NaN");
-  return p;
+  if (v != v) luaL_error(L, "luapool.spawn: option '%s' is NaN", name);
+  return v;
 }
 
-static void check_options(lua_State *L) {
+static void read_options(lua_State *L, spawn_opts *o) {
   static const char *known[] = {"priority", "pool", "timeout", "retries", NULL};
   lua_pushnil(L);
   while (lua_next(L, 1)) {
@@ -147,13 +158,13 @@ static void check_options(lua_State *L) {
     luaL_error(L, "luapool.spawn: no pool named '%s' (this run has only 'main')",
                luaL_tolstring(L, -1, NULL));
   lua_pop(L, 1);
-  const char *nums[] = {"timeout", "retries"};
-  for (int i = 0; i < 2; i++) {
-    int ty = lua_getfield(L, 1, nums[i]);
-    if (ty != LUA_TNIL && ty != LUA_TNUMBER)
-      luaL_error(L, "luapool.spawn: option '%s' must be a number", nums[i]);
-    lua_pop(L, 1);
-  }
+  o->priority = opt_number(L, "priority", o->priority);
+  o->timeout = opt_number(L, "timeout", o->timeout);
+  if (o->timeout < 0) luaL_error(L, "luapool.spawn: option 'timeout' must not be negative");
+  double r = opt_number(L, "retries", o->retries);
+  if (r < 0 || r > 1e6 || r != (int)r)
+    luaL_error(L, "luapool.spawn: option 'retries' must be a whole number from 0");
+  o->retries = (int)r;
 }
 
 static int l_spawn(lua_State *L) {
@@ -161,10 +172,9 @@ static int l_spawn(lua_State *L) {
   lp_worker *w = worker(L);
   luapool *eng = w->eng;
   int base = 1;
-  double prio = self->priority;
+  spawn_opts o = {self->priority, eng->cfg.task_timeout, eng->cfg.retries};
   if (lua_type(L, 1) == LUA_TTABLE) {
-    check_options(L);
-    prio = opt_priority(L, prio);
+    read_options(L, &o);
     base = 2;
   }
   char err[320];
@@ -191,8 +201,10 @@ static int l_spawn(lua_State *L) {
   lp_pack_ctx ctx = lp_vm_pack_ctx(L, base + 1);
   if (lp_pack_values(L, base + 1, nargs, &args, &ctx, err, sizeof err) != 0)
     return luaL_error(L, "luapool.spawn: %s", err);
-  lp_task *t = lp_task_new(eng, self, fn, prio, &args);
+  lp_task *t = lp_task_new(eng, self, fn, o.priority, &args);
   if (!t) return luaL_error(L, "luapool.spawn: out of memory");
+  t->timeout = o.timeout;
+  t->retries = o.retries;
   lp_task_ref(t); /* the future's */
   f->t = t;
   lp_report_spawn(&eng->report, self, t);
@@ -272,6 +284,13 @@ static void unwait(lua_State *L, lp_task *self, lp_task *t) {
   lp_task_unwatch(t, &self->self_waiter);
 }
 
+static int get_timed_out(lua_State *L, lp_task *t) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "%g", lua_tonumber(L, 2));
+  return luaL_error(L, "luapool: get: timed out after %s s waiting for task '%s' (id %I)", msg,
+                    lp_names_get(&worker(L)->eng->names, t->fn), (lua_Integer)t->id);
+}
+
 static int get_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   lp_task *self = worker(L)->current;
@@ -279,8 +298,7 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
   unwait(L, self, t);
   int r = wait_for(L, self, t, 3, ctx, get_k);
   if (r == 1) return push_outcome(L, t);
-  return luaL_error(L, "luapool: get: timed out after %g s waiting for task '%s' (id %d)",
-                    lua_tonumber(L, 2), lp_names_get(&worker(L)->eng->names, t->fn), (int)t->id);
+  return get_timed_out(L, t);
 }
 
 /* ---- running a child inline ----
@@ -338,6 +356,7 @@ static int fut_get(lua_State *L) {
   lp_worker *w = worker(L);
   /* Run inline only without a timeout: an inline run cannot be abandoned. */
   if (lua_isnoneornil(L, 2) && f->t->parent == self && w->inline_depth < INLINE_MAX &&
+      f->t->timeout == 0 && f->t->retries == 0 &&
       atomic_load_explicit(&f->t->state, memory_order_relaxed) == LP_TASK_QUEUED &&
       atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) == 0 &&
       lp_sched_take(&w->eng->sched, w->index, f->t))
@@ -347,9 +366,7 @@ static int fut_get(lua_State *L) {
   lua_pushnumber(L, deadline);
   int r = wait_for(L, self, f->t, 3, 0, get_k);
   if (r == 1) return push_outcome(L, f->t);
-  return luaL_error(L, "luapool: get: timed out after %g s waiting for task '%s' (id %d)",
-                    lua_tonumber(L, 2), lp_names_get(&worker(L)->eng->names, f->t->fn),
-                    (int)f->t->id);
+  return get_timed_out(L, f->t);
 }
 
 static int fut_done(lua_State *L) {

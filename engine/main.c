@@ -32,6 +32,8 @@ static const char usage_text[] =
     "  --order ORDER    tree (default: the order of a sequential run),\n"
     "                   priority, or completion\n"
     "  --format FORMAT  text (default) or json\n"
+    "  --retries N      run a failed task again, up to N times\n"
+    "  --task-timeout S stop a task that runs longer than S seconds\n"
     "  --memory-limit BYTES  limit of each worker's Lua state (suffix k, m, g)\n"
     "  --                    the arguments that follow are all for main\n"
     "\n"
@@ -183,6 +185,16 @@ static int cmd_run(int argc, char **argv) {
       if (strcmp(val, "text") == 0) c.json = 0;
       else if (strcmp(val, "json") == 0) c.json = 1;
       else usage_error("--format needs text or json, not '%s'", val);
+      i++;
+    } else if (strcmp(a, "--retries") == 0) {
+      cfg.retries = (int)parse_count(a, val, 1000000);
+      i++;
+    } else if (strcmp(a, "--task-timeout") == 0) {
+      char *end;
+      double v = val ? strtod(val, &end) : -1;
+      if (!val || end == val || *end || !(v > 0) || v > 1e9)
+        usage_error("--task-timeout needs a positive number of seconds, not '%s'", val ? val : "");
+      cfg.task_timeout = v;
       i++;
     } else if (strcmp(a, "--memory-limit") == 0) {
       cfg.memory_limit = parse_bytes(a, val);

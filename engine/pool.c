@@ -65,11 +65,12 @@ static int co_get(lp_worker *w) {
 
 #define CO_KEEP 1024 /* idle coroutines kept for reuse */
 
+/* A coroutine that ended in an error is not reused: if the error came out
+ * of a hook, Lua leaves hooks disabled in it for good. */
 static void co_put(lp_worker *w, int slot, int clean) {
   lua_State *co = w->cos_ptr[slot];
   if (clean) lua_settop(co, 0);
-  else lua_resetthread(co);
-  if (w->nfree < CO_KEEP) {
+  if (clean && w->nfree < CO_KEEP) {
     w->cos_free[w->nfree++] = slot;
     return;
   }
@@ -216,6 +217,46 @@ static void cancel_task(lp_worker *w, lp_task *t) {
   lp_buf_free(&msg);
 }
 
+/* ---- time limits ---- */
+
+/* The count hook of a coroutine running a task with a time limit. Once the
+ * limit has passed it raises on every instruction, so a pcall inside the
+ * task cannot swallow the error: the task ends. */
+static void limit_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lp_worker *w = lp_worker_of(L);
+  lp_task *t = w->current;
+  if (!t) return;
+  lp_task *base = t->co_base ? t->co_base : t;
+  lp_task *late = t->deadline > 0 && lp_now() >= t->deadline ? t
+                  : base->deadline > 0 && lp_now() >= base->deadline ? base : NULL;
+  if (late) lp_pool_timed_out(L, late);
+}
+
+int lp_pool_timed_out(lua_State *L, lp_task *t) {
+  lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+  char msg[64];
+  snprintf(msg, sizeof msg, "timed out after %g s", t->timeout);
+  return luaL_error(L, "%s", msg);
+}
+
+/* Gives the task its time limit: a deadline, and the hook on its coroutine. */
+static void start_limit(lp_worker *w, lp_task *t, lua_State *co) {
+  t->deadline = lp_now() + t->timeout;
+  lua_sethook(co, limit_hook, LUA_MASKCOUNT, 1000);
+  (void)w;
+}
+
+/* A failed task with runs left goes back on the queue, as new. */
+static int retry(lp_worker *w, lp_task *t) {
+  if (t->retries <= 0 || lp_task_cancelled(t)) return 0;
+  t->retries--;
+  t->deadline = 0;
+  atomic_store_explicit(&t->state, LP_TASK_QUEUED, memory_order_relaxed);
+  if (lp_sched_push(&w->eng->sched, w->index, t) != 0) return 0;
+  return 1;
+}
+
 /* ---- running ---- */
 
 static void run(lp_worker *w, lp_task *t) {
@@ -233,6 +274,8 @@ static void run(lp_worker *w, lp_task *t) {
       return;
     }
     co = w->cos_ptr[slot];
+    if (lua_gethook(co)) lua_sethook(co, NULL, 0, 0);
+    if (t->timeout > 0) start_limit(w, t, co);
     lua_pushcfunction(co, lp_pool_task_entry);
     t->co = co;
     t->co_base = t;
@@ -268,8 +311,15 @@ static void run(lp_worker *w, lp_task *t) {
   int slot = base->co_slot;
   base->co = NULL;
   base->co_slot = -1;
-  if (st == LUA_OK) lp_task_finish(base, LP_TASK_OK, &w->result);
-  else fail_task(w, base, co);
+  if (st == LUA_OK) {
+    lp_task_finish(base, LP_TASK_OK, &w->result);
+  } else if (retry(w, base)) {
+    w->nlive--;
+    co_put(w, slot, 0);
+    return;
+  } else {
+    fail_task(w, base, co);
+  }
   w->nlive--;
   co_put(w, slot, st == LUA_OK);
 }

@@ -85,6 +85,9 @@ int lp_pool_task_entry(lua_State *L);
 /* Finishes t as failed (or cancelled, if it was) with the message text. */
 void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len);
 
+/* Raises the timeout error of `t` in L (from the hook or a wait). */
+int lp_pool_timed_out(lua_State *L, struct lp_task *t);
+
 /* Requeues the running task of w to run again after other ready tasks. */
 void lp_pool_yield_current(lp_worker *w);
 

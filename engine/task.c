@@ -94,6 +94,9 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->self_waiter.next = t->self_waiter.prev = NULL;
   t->cancel_epoch = 0;
   t->rn = NULL;
+  t->timeout = 0;
+  t->deadline = 0;
+  t->retries = 0;
   if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
   return t;
 }

@@ -64,6 +64,9 @@ typedef struct lp_task {
   lp_buf args;   /* packed arguments; kept until the task finishes */
   lp_buf result; /* packed results or error message, once finished */
   char *failnote; /* a failed task's arguments, for the unawaited-failure report */
+  double timeout;  /* seconds the task may take, from its start; 0: no limit */
+  double deadline; /* lp_now() at which it times out, once started; 0: none */
+  int retries;     /* runs left after a failure */
 
   /* Touched only by the worker that owns the task's coroutine. */
   int owner;               /* worker index, -1 before the task starts */

@@ -93,6 +93,8 @@ typedef struct luapool_config {
   int order;            /* LUAPOOL_ORDER_* */
   size_t memory_limit;  /* bytes per worker Lua state; 0 for none */
   int json_records;     /* fill luapool_record.json */
+  double task_timeout;  /* seconds any task may run; 0: no limit (spawn option `timeout`) */
+  int retries;          /* runs again a failed task this many times (spawn option `retries`) */
   luapool_record_fn on_record;
   luapool_failure_fn on_failure; /* NULL: written to stderr */
   void (*on_flush)(void *ud);    /* after each batch of records: a moment to flush output */
