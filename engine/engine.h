@@ -43,7 +43,6 @@ struct luapool {
   _Atomic int stopping;          /* a cancel of the whole run was asked */
   _Atomic int interrupted;       /* set by luapool_interrupt (a signal handler) */
   _Atomic int unawaited_failures;
-  _Atomic int caches_closed;     /* task records are freed with free() from now on */
 
   /* Host side: roots in flight, guarded by host_lock. */
   pthread_mutex_t host_lock;

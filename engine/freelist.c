@@ -5,29 +5,36 @@
 
 #include <stdlib.h>
 
-#define KEEP 8192 /* objects a local list keeps; beyond, they go to free() */
-
 static inline void *link_of(void *p) { return *(void **)p; }
 static inline void set_link(void *p, void *next) { *(void **)p = next; }
 
 void lp_fl_init(lp_freelist *fl, size_t size) {
   fl->local = NULL;
-  fl->nlocal = 0;
   atomic_init(&fl->remote, NULL);
-  fl->size = size;
+  fl->slabs = NULL;
+  /* Room for the link in a free object, and 16-byte alignment. */
+  fl->size = (size < sizeof(void *) ? sizeof(void *) : size + 15) & ~(size_t)15;
+}
+
+static int grow(lp_freelist *fl) {
+  char *slab = malloc(16 + fl->size * LP_FL_SLAB);
+  if (!slab) return -1;
+  set_link(slab, fl->slabs);
+  fl->slabs = slab;
+  for (int i = LP_FL_SLAB - 1; i >= 0; i--) {
+    void *p = slab + 16 + (size_t)i * fl->size;
+    set_link(p, fl->local);
+    fl->local = p;
+  }
+  return 0;
 }
 
 void *lp_fl_alloc(lp_freelist *fl, size_t size) {
   if (!fl) return malloc(size);
-  if (!fl->local) {
-    fl->local = atomic_exchange_explicit(&fl->remote, NULL, memory_order_acquire);
-    fl->nlocal = 0;
-    for (void *p = fl->local; p; p = link_of(p)) fl->nlocal++;
-  }
+  if (!fl->local) fl->local = atomic_exchange_explicit(&fl->remote, NULL, memory_order_acquire);
+  if (!fl->local && grow(fl) != 0) return NULL;
   void *p = fl->local;
-  if (!p) return malloc(fl->size);
   fl->local = link_of(p);
-  fl->nlocal--;
   return p;
 }
 
@@ -42,31 +49,21 @@ void lp_fl_free(lp_freelist *home, lp_freelist *self, void *p) {
   if (!home) {
     free(p);
   } else if (home == self) {
-    if (self->nlocal >= KEEP) {
-      free(p);
-      return;
-    }
     set_link(p, self->local);
     self->local = p;
-    self->nlocal++;
   } else {
     lp_fl_free_chain(home, p, p);
   }
 }
 
 void lp_fl_drain(lp_freelist *fl) {
-  void *p = fl->local;
-  while (p) {
-    void *next = link_of(p);
-    free(p);
-    p = next;
+  void *s = fl->slabs;
+  while (s) {
+    void *next = link_of(s);
+    free(s);
+    s = next;
   }
-  p = atomic_exchange(&fl->remote, NULL);
-  while (p) {
-    void *next = link_of(p);
-    free(p);
-    p = next;
-  }
+  fl->slabs = NULL;
   fl->local = NULL;
-  fl->nlocal = 0;
+  atomic_store(&fl->remote, NULL);
 }

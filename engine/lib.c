@@ -311,10 +311,11 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
  * as itself. The nesting is bounded so the C stack stays small. */
 #define INLINE_MAX 40
 
-static int inline_done(lua_State *L, int status, lua_KContext ctx) {
+/* Ends a task run inline: records its outcome, makes `self` the running
+ * task again, and leaves only the future at stack index 1. */
+static void inline_end(lua_State *L, int status, lp_task *self) {
   lp_worker *w = worker(L);
   lp_task *t = w->current;
-  lp_task *self = (lp_task *)ctx;
   w->inline_depth--;
   w->tasks_run++;
   t->co = NULL;
@@ -330,10 +331,20 @@ static int inline_done(lua_State *L, int status, lua_KContext ctx) {
     lp_pool_fail(w, t, text, len);
   }
   w->current = self;
-  return push_outcome(L, t);
+  lua_settop(L, 1);
 }
 
-static int run_inline(lua_State *L, lp_task *self, lp_task *t) {
+static int fut_get(lua_State *L);
+
+/* The child yielded while running inline; it has ended now. */
+static int get_inline_k(lua_State *L, int status, lua_KContext ctx) {
+  inline_end(L, status, (lp_task *)ctx);
+  return fut_get(L);
+}
+
+/* Runs t (a child of self taken from our queue) inside self's coroutine.
+ * Returns its pcall status when it ends without yielding. */
+static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   lp_worker *w = worker(L);
   t->co = self->co;
   t->co_base = self->co_base;
@@ -345,22 +356,28 @@ static int run_inline(lua_State *L, lp_task *self, lp_task *t) {
   lua_settop(L, 1);
   lua_pushcfunction(L, lp_vm_traceback);
   lua_pushcfunction(L, lp_pool_task_entry);
-  int st = lua_pcallk(L, 0, 0, 2, (lua_KContext)self, inline_done);
-  return inline_done(L, st, (lua_KContext)self);
+  return lua_pcallk(L, 0, 0, 2, (lua_KContext)self, get_inline_k);
 }
 
+/* While a task waits for a child, its own children that nobody has stolen
+ * yet (the top of its worker's queue) run right here, inline: the awaited
+ * child itself if it is on top, otherwise the ones spawned after it, which
+ * would run before it on this worker anyway. */
 static int fut_get(lua_State *L) {
   lp_future *f = check_future(L, 1);
-  if (lp_task_finished(f->t)) return push_outcome(L, f->t);
-  lp_task *self = lp_lib_waiting(L, "future:get");
   lp_worker *w = worker(L);
-  /* Run inline only without a timeout: an inline run cannot be abandoned. */
-  if (lua_isnoneornil(L, 2) && f->t->parent == self && w->inline_depth < INLINE_MAX &&
-      f->t->timeout == 0 && f->t->retries == 0 &&
-      atomic_load_explicit(&f->t->state, memory_order_relaxed) == LP_TASK_QUEUED &&
-      atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) == 0 &&
-      lp_sched_take(&w->eng->sched, w->index, f->t))
-    return run_inline(L, self, f->t);
+  for (;;) {
+    if (lp_task_finished(f->t)) return push_outcome(L, f->t);
+    lp_task *self = lp_lib_waiting(L, "future:get");
+    /* Only without a timeout: an inline run cannot be abandoned. */
+    if (!lua_isnoneornil(L, 2) || w->inline_depth >= INLINE_MAX ||
+        atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) != 0)
+      break;
+    lp_task *c = lp_sched_take_child(&w->eng->sched, w->index, self);
+    if (!c) break;
+    inline_end(L, inline_run(L, self, c), self);
+  }
+  lp_task *self = w->current;
   double deadline = lp_lib_deadline(L, 2);
   lua_settop(L, 2);
   lua_pushnumber(L, deadline);

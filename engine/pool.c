@@ -469,7 +469,7 @@ void lp_pool_stop(luapool *eng) {
 
 void lp_pool_free(luapool *eng) {
   if (!eng->workers) return;
-  atomic_store(&eng->caches_closed, 1);
+  /* Last: every task record and report node lives in these slabs. */
   for (int i = 0; i < eng->nworkers; i++) lp_task_cache_drain(&eng->workers[i].cache);
   free(eng->workers);
   eng->workers = NULL;

@@ -267,16 +267,7 @@ static void deliver_failures(lp_report *r) {
 /* Nodes go back to their home lists in chains, one CAS per chain. */
 static void flush_freed(lp_report *r, int i) {
   if (!r->nfreed[i]) return;
-  if (atomic_load_explicit(&r->eng->caches_closed, memory_order_relaxed)) {
-    void *p = r->freed_first[i];
-    while (p) {
-      void *next = *(void **)p;
-      free(p);
-      p = p == r->freed_last[i] ? NULL : next;
-    }
-  } else {
-    lp_fl_free_chain(r->freed_home[i], r->freed_first[i], r->freed_last[i]);
-  }
+  lp_fl_free_chain(r->freed_home[i], r->freed_first[i], r->freed_last[i]);
   r->nfreed[i] = 0;
 }
 

@@ -296,25 +296,25 @@ struct lp_task *lp_sched_next(lp_sched *s, int w) {
   return list_take(&q->yielded, &q->yielded_tail);
 }
 
-int lp_sched_take(lp_sched *s, int w, struct lp_task *t) {
+struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent) {
   lp_wq *q = &s->wq[w];
-  if (atomic_load_explicit(&q->nready, memory_order_relaxed) == 0) return 0;
-  double prio = s->one_level ? 0 : t->priority;
-  int taken = 0;
+  if (atomic_load_explicit(&q->nready, memory_order_relaxed) == 0) return NULL;
+  struct lp_task *t = NULL;
   lp_spin_lock(&q->lock);
   for (int i = 0; i < q->nlevels; i++) {
     lp_deque *d = &q->levels[i].dq;
-    if (q->levels[i].prio != prio) continue;
-    if (dq_size(d) > 0 && d->buf[(d->top - 1) & d->mask] == t) {
+    if (dq_size(d) == 0) continue;
+    struct lp_task *top = d->buf[(d->top - 1) & d->mask];
+    if (top->parent == parent && top->timeout == 0 && top->retries == 0 && !top->co) {
       d->top--;
       atomic_fetch_sub_explicit(&q->nready, 1, memory_order_relaxed);
       level_trim(q, i);
-      taken = 1;
+      t = top;
     }
     break;
   }
   lp_spin_unlock(&q->lock);
-  return taken;
+  return t;
 }
 
 static int has_work(lp_sched *s, int w) {

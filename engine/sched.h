@@ -67,9 +67,9 @@ void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t);
 /* The calling worker's own luapool.yield(): run t again after others. */
 void lp_sched_yielded(lp_sched *s, int w, struct lp_task *t);
 
-/* Takes t back from the top of worker w's own queue if it is still there
- * (nobody stole it and nothing was pushed after it). Returns 1 if taken. */
-int lp_sched_take(lp_sched *s, int w, struct lp_task *t);
+/* Takes the newest task of worker w's own queue if it is a child of
+ * `parent` that may run inline (no time limit, no retries); else NULL. */
+struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent);
 
 /* The next task for worker w: resumed tasks first, then its own queue
  * (lowest priority value, newest first), then yielded, injected and stolen

@@ -44,8 +44,7 @@ void lp_task_cache_drain(lp_task_cache *c) {
 
 static void free_record(lp_task *t) {
   lp_task_cache *home = t->home, *self = lp_task_cache_self;
-  if (!home || atomic_load_explicit(&t->eng->caches_closed, memory_order_relaxed)) free(t);
-  else lp_fl_free(&home->tasks, self ? &self->tasks : NULL, t);
+  lp_fl_free(home ? &home->tasks : NULL, self ? &self->tasks : NULL, t);
 }
 
 static uint64_t next_id(luapool *eng, lp_task_cache *c) {

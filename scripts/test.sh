@@ -19,14 +19,15 @@ busted_bad=0
 suite() {
   dir=$1; label=$2; shift 2
   echo "=== $label"
-  if ! cmake -S . -B "$dir" -DLUAPOOL_WERROR=ON "$@" >"$dir.configure.log" 2>&1 ||
-     ! cmake --build "$dir" -j "$(nproc)" >"$dir.build.log" 2>&1; then
-    cat "$dir.configure.log" "$dir.build.log" 2>/dev/null | tail -40
+  mkdir -p "$dir"
+  if ! cmake -S . -B "$dir" -DLUAPOOL_WERROR=ON "$@" >"$dir/configure.log" 2>&1 ||
+     ! cmake --build "$dir" -j "$(nproc)" >"$dir/build.log" 2>&1; then
+    cat "$dir/configure.log" "$dir/build.log" 2>/dev/null | tail -40
     failed=$((failed + 1))
     return
   fi
-  ctest --test-dir "$dir" --output-on-failure $CTEST_ARGS 2>&1 | tee "$dir.ctest.log" | grep -vE '^ *(Start|Test command)'
-  p=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 \1/p' "$dir.ctest.log")
+  ctest --test-dir "$dir" --output-on-failure $CTEST_ARGS 2>&1 | tee "$dir/ctest.log" | grep -vE '^ *(Start|Test command)'
+  p=$(sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\2 \1/p' "$dir/ctest.log")
   if [ -z "$p" ]; then failed=$((failed + 1)); return; fi
   set -- $p
   passed=$((passed + $1 - $2))

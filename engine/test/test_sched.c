@@ -43,9 +43,14 @@ static void test_inbox_first_and_take(void) {
   lp_sched_push(&s, 0, b);
   lp_sched_resume(&s, 0, r);
   CHECK(lp_sched_next(&s, 0) == r); /* resumed tasks go first */
-  CHECK_EQ(lp_sched_take(&s, 0, a), 0); /* a is not on top */
-  CHECK_EQ(lp_sched_take(&s, 0, b), 1);
-  CHECK_EQ(lp_sched_take(&s, 0, b), 0);
+  lp_task parent, other;
+  a->parent = b->parent = &parent;
+  CHECK(lp_sched_take_child(&s, 0, &other) == NULL); /* not a child of `other` */
+  CHECK(lp_sched_take_child(&s, 0, &parent) == b);  /* the newest child */
+  b->timeout = 1;
+  lp_sched_push(&s, 0, b);
+  CHECK(lp_sched_take_child(&s, 0, &parent) == NULL); /* a time limit: never inline */
+  CHECK(lp_sched_next(&s, 0) == b);
   CHECK(lp_sched_next(&s, 1) == a); /* worker 1 steals it */
   CHECK(lp_sched_next(&s, 0) == NULL);
   lp_sched_free(&s);
