@@ -279,7 +279,7 @@ int luapool_wait(luapool *lp, double timeout) {
       if (live == 0) break;
     }
   }
-  lp_report_deliver(&lp->report, rc == 0);
+  lp_report_deliver(&lp->report, rc != LUAPOOL_ETIMEDOUT); /* the run is over */
   if (rc == 0 && atomic_load(&lp->interrupted)) rc = LUAPOOL_EINTERRUPTED;
   if (rc == 0 && atomic_load(&lp->unawaited_failures)) rc = LUAPOOL_ETASKFAIL;
   return rc;

@@ -304,6 +304,49 @@ static void release_item(lp_report *r, lp_item *it) {
   else free_node(r, (lp_rnode *)it);
 }
 
+/* Priority order: records are held, in tree order, until the run ends. A
+ * task may emit at any priority at any time, so no record is known to be
+ * the lowest before then. */
+static void hold(lp_report *r, lp_record *rec) {
+  if (r->nheld == r->capheld) {
+    size_t cap = r->capheld ? r->capheld * 2 : 256;
+    lp_record **h = realloc(r->held, cap * sizeof *h);
+    if (!h) {
+      deliver_record(r, rec); /* out of memory: out of order rather than lost */
+      return;
+    }
+    r->held = h;
+    r->capheld = cap;
+  }
+  lp_record *copy = malloc(sizeof *copy + rec->len + 1);
+  if (!copy) {
+    deliver_record(r, rec);
+    return;
+  }
+  memcpy(copy, rec, sizeof *copy + rec->len + 1);
+  copy->task = rec->task;
+  r->held[r->nheld] = copy;
+  copy->item.kind = (int)r->nheld; /* its tree-order rank, for ties */
+  r->nheld++;
+}
+
+static int by_priority(const void *a, const void *b) {
+  const lp_record *x = *(lp_record *const *)a, *y = *(lp_record *const *)b;
+  if (x->priority != y->priority) return x->priority < y->priority ? -1 : 1;
+  return x->item.kind < y->item.kind ? -1 : x->item.kind > y->item.kind;
+}
+
+static long release_held(lp_report *r, int deliver) {
+  if (deliver && r->nheld > 1) qsort(r->held, r->nheld, sizeof *r->held, by_priority);
+  for (size_t i = 0; i < r->nheld; i++) {
+    if (deliver) deliver_record(r, r->held[i]);
+    free(r->held[i]);
+  }
+  long n = (long)r->nheld;
+  r->nheld = 0;
+  return n;
+}
+
 static long walk_tree(lp_report *r, int deliver) {
   long n = 0;
   for (;;) {
@@ -324,8 +367,8 @@ static long walk_tree(lp_report *r, int deliver) {
     if (!next) return n;
     release_item(r, r->pos);
     if (next->kind == LP_ITEM_RECORD) {
-      if (deliver) deliver_record(r, (lp_record *)next);
-      n++;
+      if (deliver && r->order == LUAPOOL_ORDER_PRIORITY) hold(r, (lp_record *)next);
+      else if (deliver) deliver_record(r, (lp_record *)next), n++;
       r->pos = next;
     } else {
       r->cur = (lp_rnode *)next;
@@ -352,9 +395,9 @@ static long walk_outboxes(lp_report *r, int deliver) {
 }
 
 long lp_report_deliver(lp_report *r, int final) {
-  (void)final;
   deliver_failures(r);
   long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_outboxes(r, 1) : walk_tree(r, 1);
+  if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += release_held(r, 1);
   flush_all_freed(r);
   deliver_failures(r);
   if (n > 0 && r->eng->cfg.on_flush) r->eng->cfg.on_flush(r->eng->cfg.ud);
@@ -373,6 +416,8 @@ void lp_report_free(lp_report *r) {
     if (r->pos && r->pos != &r->roots.item) release_item(r, r->pos);
     flush_all_freed(r);
   }
+  release_held(r, 0);
+  free(r->held);
   deliver_failures(r);
   free(r->outbox);
   free(r->outpos);

@@ -69,6 +69,8 @@ typedef struct lp_report {
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;
   uint64_t delivered;
+  lp_record **held;  /* priority order: records waiting for the end of the run */
+  size_t nheld, capheld;
   struct lp_freelist **freed_home; /* host-only: nodes freed, batched per home list */
   void **freed_first;
   void **freed_last;
