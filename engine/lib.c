@@ -359,10 +359,10 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   return lua_pcallk(L, 0, 0, 2, (lua_KContext)self, get_inline_k);
 }
 
-/* While a task waits for a child, its own children that nobody has stolen
- * yet (the top of its worker's queue) run right here, inline: the awaited
- * child itself if it is on top, otherwise the ones spawned after it, which
- * would run before it on this worker anyway. */
+/* While a task waits for a child that nobody has stolen yet and that is the
+ * newest task of its worker's queue, the child runs right here, inline.
+ * Only the awaited child: running a sibling inline could hold the waiter
+ * hostage to a sibling that sleeps. */
 static int fut_get(lua_State *L) {
   lp_future *f = check_future(L, 1);
   lp_worker *w = worker(L);
@@ -373,7 +373,7 @@ static int fut_get(lua_State *L) {
     if (!lua_isnoneornil(L, 2) || w->inline_depth >= INLINE_MAX ||
         atomic_load_explicit(&w->eng->cancel_epoch, memory_order_relaxed) != 0)
       break;
-    lp_task *c = lp_sched_take_child(&w->eng->sched, w->index, self);
+    lp_task *c = lp_sched_take_child(&w->eng->sched, w->index, self, f->t);
     if (!c) break;
     inline_end(L, inline_run(L, self, c), self);
   }

@@ -40,7 +40,10 @@ static const char usage_text[] =
     "exit status: 0 success; 1 a task failed; 2 bad usage or an invalid\n"
     "script; 130 interrupted.\n";
 
+static const char **g_args; /* freed on every exit path, for leak checkers */
+
 static void usage_error(const char *fmt, const char *arg) {
+  free(g_args);
   fprintf(stderr, "luapool: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, "\n\n%s", usage_text);
@@ -162,6 +165,7 @@ static int cmd_run(int argc, char **argv) {
   const char **args = calloc((size_t)argc + 1, sizeof *args);
   int nargs = 0, only_args = 0;
   if (!args) return EXIT_USAGE;
+  g_args = args;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -214,6 +218,7 @@ static int cmd_run(int argc, char **argv) {
   if (rc != 0) {
     fprintf(stderr, "luapool: cannot start: %s\n", luapool_strerror(rc));
     free(args);
+    g_args = NULL;
     return EXIT_USAGE;
   }
   int exit_code = load_script(lp, script);
@@ -236,6 +241,7 @@ static int cmd_run(int argc, char **argv) {
   g_engine = NULL;
   fflush(c.out);
   free(args);
+  g_args = NULL;
   if (exit_code == 0 && c.failures > 0) exit_code = EXIT_TASKFAIL;
   return exit_code;
 }

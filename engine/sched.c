@@ -296,7 +296,8 @@ struct lp_task *lp_sched_next(lp_sched *s, int w) {
   return list_take(&q->yielded, &q->yielded_tail);
 }
 
-struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent) {
+struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
+                                   struct lp_task *want) {
   lp_wq *q = &s->wq[w];
   if (atomic_load_explicit(&q->nready, memory_order_relaxed) == 0) return NULL;
   struct lp_task *t = NULL;
@@ -305,7 +306,8 @@ struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent) 
     lp_deque *d = &q->levels[i].dq;
     if (dq_size(d) == 0) continue;
     struct lp_task *top = d->buf[(d->top - 1) & d->mask];
-    if (top->parent == parent && top->timeout == 0 && top->retries == 0 && !top->co) {
+    if ((!want || top == want) && top->parent == parent && top->timeout == 0 &&
+        top->retries == 0 && !top->co) {
       d->top--;
       atomic_fetch_sub_explicit(&q->nready, 1, memory_order_relaxed);
       level_trim(q, i);

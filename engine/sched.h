@@ -68,8 +68,10 @@ void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t);
 void lp_sched_yielded(lp_sched *s, int w, struct lp_task *t);
 
 /* Takes the newest task of worker w's own queue if it is a child of
- * `parent` that may run inline (no time limit, no retries); else NULL. */
-struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent);
+ * `parent` that may run inline (no time limit, no retries) and, unless
+ * `want` is NULL, is `want`; else NULL. */
+struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
+                                   struct lp_task *want);
 
 /* The next task for worker w: resumed tasks first, then its own queue
  * (lowest priority value, newest first), then yielded, injected and stolen

@@ -45,11 +45,12 @@ static void test_inbox_first_and_take(void) {
   CHECK(lp_sched_next(&s, 0) == r); /* resumed tasks go first */
   lp_task parent, other;
   a->parent = b->parent = &parent;
-  CHECK(lp_sched_take_child(&s, 0, &other) == NULL); /* not a child of `other` */
-  CHECK(lp_sched_take_child(&s, 0, &parent) == b);  /* the newest child */
+  CHECK(lp_sched_take_child(&s, 0, &other, NULL) == NULL); /* not a child of `other` */
+  CHECK(lp_sched_take_child(&s, 0, &parent, a) == NULL);   /* a is not the newest */
+  CHECK(lp_sched_take_child(&s, 0, &parent, b) == b);      /* the newest child */
   b->timeout = 1;
   lp_sched_push(&s, 0, b);
-  CHECK(lp_sched_take_child(&s, 0, &parent) == NULL); /* a time limit: never inline */
+  CHECK(lp_sched_take_child(&s, 0, &parent, NULL) == NULL); /* a time limit: never inline */
   CHECK(lp_sched_next(&s, 0) == b);
   CHECK(lp_sched_next(&s, 1) == a); /* worker 1 steals it */
   CHECK(lp_sched_next(&s, 0) == NULL);
