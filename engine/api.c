@@ -22,11 +22,12 @@
 
 const char *luapool_strerror(int err) {
   switch (err) {
-  case 0: return "success";
-#define LP_ERRNO_CASE(name, value, text) case LUAPOOL_E##name: return text;
-    LUAPOOL_ERRNO_MAP(LP_ERRNO_CASE)
+    case 0: return "success";
+#define LP_ERRNO_CASE(name, value, text) \
+  case LUAPOOL_E##name: return text;
+      LUAPOOL_ERRNO_MAP(LP_ERRNO_CASE)
 #undef LP_ERRNO_CASE
-  default: return "unknown error";
+    default: return "unknown error";
   }
 }
 
@@ -51,8 +52,7 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   if (!out) return LUAPOOL_EINVAL;
   *out = NULL;
   if (!cfg || cfg->workers < 0 || cfg->workers > 4096 || cfg->task_timeout < 0 ||
-      cfg->retries < 0 || cfg->order < LUAPOOL_ORDER_TREE ||
-      cfg->order > LUAPOOL_ORDER_COMPLETION)
+      cfg->retries < 0 || cfg->order < LUAPOOL_ORDER_TREE || cfg->order > LUAPOOL_ORDER_COMPLETION)
     return LUAPOOL_EINVAL;
   luapool *eng = calloc(1, sizeof *eng);
   if (!eng) return LUAPOOL_ENOMEM;
@@ -142,8 +142,7 @@ int luapool_load_file(luapool *lp, const char *path) {
 
 int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *argv) {
   if (!lp || !fn || argc < 0 || (argc > 0 && !argv)) return LUAPOOL_EINVAL;
-  if (lp->phase != LP_PHASE_RUNNING)
-    return lp_engine_error(lp, LUAPOOL_ESTATE, "no script loaded");
+  if (lp->phase != LP_PHASE_RUNNING) return lp_engine_error(lp, LUAPOOL_ESTATE, "no script loaded");
   if (!luapool_has_function(lp, fn))
     return lp_engine_error(lp, LUAPOOL_ENOTASK, "no task function named '%s' in the script", fn);
   int id = lp_names_intern(&lp->names, fn, strlen(fn));
@@ -164,8 +163,10 @@ int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *arg
   lp->live_roots++;
   pthread_mutex_unlock(&lp->host_lock);
   lp_report_root(&lp->report, t);
-  if (lp->inline_mode) lp_sched_push(&lp->sched, 0, t);
-  else lp_sched_inject(&lp->sched, t);
+  if (lp->inline_mode)
+    lp_sched_push(&lp->sched, 0, t);
+  else
+    lp_sched_inject(&lp->sched, t);
   return 0;
 }
 
@@ -202,8 +203,9 @@ void lp_engine_unawaited_failure(luapool *eng, lp_task *t) {
   size_t n = len + strlen(name) + strlen(args) + 128;
   char *text = malloc(n);
   if (!text) return;
-  snprintf(text, n, "luapool: task '%s' (id %llu) failed and nothing waited for it\n"
-                    "  arguments: %s\n  %.*s",
+  snprintf(text, n,
+           "luapool: task '%s' (id %llu) failed and nothing waited for it\n"
+           "  arguments: %s\n  %.*s",
            name, (unsigned long long)t->id, args, (int)len, msg);
   lp_report_failure(&eng->report, text);
   free(text);

@@ -25,17 +25,17 @@ typedef enum lp_engine_phase {
 struct luapool {
   luapool_config cfg;
   lp_engine_phase phase;
-  int nworkers;             /* threads; 1 in inline mode (the host's thread) */
-  int inline_mode;          /* cfg.workers == 0 */
+  int nworkers;    /* threads; 1 in inline mode (the host's thread) */
+  int inline_mode; /* cfg.workers == 0 */
   struct lp_worker *workers;
   lp_sched sched;
   lp_names names;
   lp_report report;
 
-  char *script;         /* the script's source, loaded by every worker */
+  char *script; /* the script's source, loaded by every worker */
   size_t script_len;
-  char *chunkname;      /* "@path" or the name given to load_string */
-  char **defined;       /* sorted names of the script's task functions */
+  char *chunkname; /* "@path" or the name given to load_string */
+  char **defined;  /* sorted names of the script's task functions */
   int ndefined;
 
   _Atomic uint64_t next_id;

@@ -51,8 +51,10 @@ lp_task *lp_lib_running(lua_State *L, const char *what) {
 lp_task *lp_lib_waiting(lua_State *L, const char *what) {
   lp_task *self = lp_lib_running(L, what);
   if (L != self->co || !lua_isyieldable(L))
-    luaL_error(L, "%s: cannot wait here: inside a coroutine of the task's own or a C function "
-                  "that cannot yield (such as a table.sort comparator)", what);
+    luaL_error(L,
+               "%s: cannot wait here: inside a coroutine of the task's own or a C function "
+               "that cannot yield (such as a table.sort comparator)",
+               what);
   return self;
 }
 
@@ -72,8 +74,9 @@ int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ct
                    lua_KFunction k) {
   lp_worker *w = worker(L);
   if (w->eng->inline_mode && deadline < 0)
-    return luaL_error(L, "luapool: deadlock: this wait could only be satisfied later, and "
-                         "--workers 0 runs every spawn inline, in sequential order");
+    return luaL_error(L,
+                      "luapool: deadlock: this wait could only be satisfied later, and "
+                      "--workers 0 runs every spawn inline, in sequential order");
   /* A task with its own time limit wakes at the limit, at the latest. */
   if (self->deadline > 0 && (deadline < 0 || self->deadline < deadline)) deadline = self->deadline;
   if (deadline >= 0 && lp_timers_add(&w->timers, self, deadline) != 0)
@@ -674,8 +677,10 @@ static int l_self(lua_State *L) {
   lua_pushinteger(L, t->depth);
   lua_setfield(L, -2, "depth");
   lua_Number p = t->priority;
-  if (p == floor(p) && fabs(p) < 9e15) lua_pushinteger(L, (lua_Integer)p);
-  else lua_pushnumber(L, p);
+  if (p == floor(p) && fabs(p) < 9e15)
+    lua_pushinteger(L, (lua_Integer)p);
+  else
+    lua_pushnumber(L, p);
   lua_setfield(L, -2, "priority");
   return 1;
 }
@@ -694,9 +699,9 @@ typedef struct lp_watch {
   _Atomic int lock;
   _Atomic int refs; /* the userdata + one per linked node */
   int n;
-  int head, tail;   /* ring of finished indices, in finishing order */
+  int head, tail; /* ring of finished indices, in finishing order */
   int *ready;
-  lp_task *waiter;  /* the task inside next(), or NULL */
+  lp_task *waiter; /* the task inside next(), or NULL */
   watch_node *nodes;
 } lp_watch;
 
@@ -854,17 +859,17 @@ static int l_call(lua_State *L) {
   return lua_gettop(L);
 }
 
-static const luaL_Reg future_methods[] = {
-    {"get", fut_get}, {"done", fut_done}, {"ok", fut_ok},
-    {"cancel", fut_cancel}, {"id", fut_id}, {NULL, NULL}};
+static const luaL_Reg future_methods[] = {{"get", fut_get}, {"done", fut_done},
+                                          {"ok", fut_ok},   {"cancel", fut_cancel},
+                                          {"id", fut_id},   {NULL, NULL}};
 
 static const luaL_Reg core_funcs[] = {
-    {"spawn", l_spawn},   {"wait", l_wait},   {"join", l_join},       {"sleep", l_sleep},
-    {"yield", l_yield},   {"emit", l_emit},   {"counter", l_counter}, {"self", l_self},
-    {"_watch", l_watch},  {"_call", l_call},  {NULL, NULL}};
+    {"spawn", l_spawn},     {"wait", l_wait},   {"join", l_join},
+    {"sleep", l_sleep},     {"yield", l_yield}, {"emit", l_emit},
+    {"counter", l_counter}, {"self", l_self},   {"_watch", l_watch},
+    {"_call", l_call},      {NULL, NULL}};
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction gc) {
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
   luaL_newmetatable(L, name);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
@@ -884,7 +889,8 @@ int lp_lib_open(lua_State *L) {
   lp_worker *w = worker(L);
   w->future_mt = lua_topointer(L, -1);
   w->future_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  static const luaL_Reg counter_methods[] = {{"add", counter_add}, {"get", counter_get}, {NULL, NULL}};
+  static const luaL_Reg counter_methods[] = {
+      {"add", counter_add}, {"get", counter_get}, {NULL, NULL}};
   new_class(L, COUNTER_MT, counter_methods, NULL);
   static const luaL_Reg watch_methods[] = {{"next", watch_next}, {NULL, NULL}};
   new_class(L, WATCH_MT, watch_methods, watch_gc);

@@ -24,8 +24,7 @@ void lp_lib_check_cancelled(lua_State *L, lp_task *self);
 /* Yields the armed task, registering `deadline` (lp_now() seconds, or < 0
  * for none) as a wake-up; k runs when it is resumed. With --workers 0 and
  * no deadline it raises a deadlock error instead. Does not return. */
-int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ctx,
-                   lua_KFunction k);
+int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ctx, lua_KFunction k);
 /* Undoes what lp_lib_suspend registered. */
 void lp_lib_resumed(lua_State *L, lp_task *self);
 /* The deadline for an optional timeout argument at idx: -1 if none. */

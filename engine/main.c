@@ -69,12 +69,15 @@ static size_t parse_bytes(const char *flag, const char *s) {
   double mult = 1;
   if (s && end != s && *end) {
     switch (*end) {
-    case 'k': case 'K': mult = 1024.0; break;
-    case 'm': case 'M': mult = 1024.0 * 1024; break;
-    case 'g': case 'G': mult = 1024.0 * 1024 * 1024; break;
-    default: mult = -1;
+      case 'k':
+      case 'K': mult = 1024.0; break;
+      case 'm':
+      case 'M': mult = 1024.0 * 1024; break;
+      case 'g':
+      case 'G': mult = 1024.0 * 1024 * 1024; break;
+      default: mult = -1;
     }
-    if (end[1] && !(end[1] == 'b' || end[1] == 'B') ) mult = -1;
+    if (end[1] && !(end[1] == 'b' || end[1] == 'B')) mult = -1;
     end++;
     if (*end == 'b' || *end == 'B') end++;
   }
@@ -99,8 +102,10 @@ static void on_record(void *ud, const luapool_record *rec) {
     fputc('\n', c->out);
     return;
   }
-  if (rec->json) fwrite(rec->json, 1, rec->json_len, c->out);
-  else fputs("{}", c->out); /* cannot happen: the engine renders every record */
+  if (rec->json)
+    fwrite(rec->json, 1, rec->json_len, c->out);
+  else
+    fputs("{}", c->out); /* cannot happen: the engine renders every record */
   fputc('\n', c->out);
 }
 
@@ -170,8 +175,10 @@ static int cmd_run(int argc, char **argv) {
     const char *a = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (only_args || a[0] != '-' || a[1] != '-') {
-      if (!script) script = a;
-      else args[nargs++] = a;
+      if (!script)
+        script = a;
+      else
+        args[nargs++] = a;
     } else if (strcmp(a, "--") == 0) {
       only_args = 1;
     } else if (strcmp(a, "--workers") == 0) {
@@ -179,16 +186,23 @@ static int cmd_run(int argc, char **argv) {
       i++;
     } else if (strcmp(a, "--order") == 0) {
       if (!val) usage_error("--order needs tree, priority or completion%s", "");
-      if (strcmp(val, "tree") == 0) cfg.order = LUAPOOL_ORDER_TREE;
-      else if (strcmp(val, "priority") == 0) cfg.order = LUAPOOL_ORDER_PRIORITY;
-      else if (strcmp(val, "completion") == 0) cfg.order = LUAPOOL_ORDER_COMPLETION;
-      else usage_error("--order needs tree, priority or completion, not '%s'", val);
+      if (strcmp(val, "tree") == 0)
+        cfg.order = LUAPOOL_ORDER_TREE;
+      else if (strcmp(val, "priority") == 0)
+        cfg.order = LUAPOOL_ORDER_PRIORITY;
+      else if (strcmp(val, "completion") == 0)
+        cfg.order = LUAPOOL_ORDER_COMPLETION;
+      else
+        usage_error("--order needs tree, priority or completion, not '%s'", val);
       i++;
     } else if (strcmp(a, "--format") == 0) {
       if (!val) usage_error("--format needs text or json%s", "");
-      if (strcmp(val, "text") == 0) c.json = 0;
-      else if (strcmp(val, "json") == 0) c.json = 1;
-      else usage_error("--format needs text or json, not '%s'", val);
+      if (strcmp(val, "text") == 0)
+        c.json = 0;
+      else if (strcmp(val, "json") == 0)
+        c.json = 1;
+      else
+        usage_error("--format needs text or json, not '%s'", val);
       i++;
     } else if (strcmp(a, "--retries") == 0) {
       cfg.retries = (int)parse_count(a, val, 1000000);
@@ -231,7 +245,8 @@ static int cmd_run(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     rc = luapool_submit(lp, "main", nargs, args);
     if (rc == 0) rc = luapool_wait(lp, -1);
-    if (rc == LUAPOOL_EINTERRUPTED) exit_code = EXIT_INTERRUPTED;
+    if (rc == LUAPOOL_EINTERRUPTED)
+      exit_code = EXIT_INTERRUPTED;
     else if (rc != 0 && rc != LUAPOOL_ETASKFAIL) {
       fprintf(stderr, "luapool: %s\n", luapool_errmsg(lp));
       exit_code = EXIT_TASKFAIL;

@@ -14,7 +14,7 @@
 #define LP_NAMES_MAXBLOCKS 1024
 
 typedef struct lp_names {
-  pthread_mutex_t lock; /* guards adding; reading an id once known needs no lock */
+  pthread_mutex_t lock;              /* guards adding; reading an id once known needs no lock */
   char **blocks[LP_NAMES_MAXBLOCKS]; /* id -> name, in blocks that never move */
   int count;
   int *slots; /* open-addressing hash of ids, -1 empty; guarded by lock */

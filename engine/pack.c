@@ -218,11 +218,11 @@ typedef struct enc {
   lua_State *L;
   const lp_pack_ctx *ctx;
   lp_buf *out;
-  int seen;             /* stack index of the table -> number map; 0 until a table is met */
-  lua_Integer ntables;  /* tables numbered so far */
-  int arg;              /* 0-based position of the value being packed */
-  int nframes;          /* path[0..nframes) leads from the value to where we are */
-  char *err;            /* output: the refusal */
+  int seen;            /* stack index of the table -> number map; 0 until a table is met */
+  lua_Integer ntables; /* tables numbered so far */
+  int arg;             /* 0-based position of the value being packed */
+  int nframes;         /* path[0..nframes) leads from the value to where we are */
+  char *err;           /* output: the refusal */
   size_t errlen;
   frame path[LP_PACK_MAXDEPTH];
 } enc;
@@ -230,10 +230,10 @@ typedef struct enc {
 enum { SEGMAX = 64, PATH_HEAD = 40, PATH_TAIL = 72, PATH_WHOLE = 120 };
 
 static int is_ident(const char *k, size_t len) {
-  static const char *const kw[] = {"and",   "break", "do",     "else", "elseif", "end",
-                                   "false", "for",   "function", "goto", "if",   "in",
-                                   "local", "nil",   "not",    "or",   "repeat", "return",
-                                   "then",  "true",  "until",  "while"};
+  static const char *const kw[] = {"and",   "break", "do",       "else", "elseif", "end",
+                                   "false", "for",   "function", "goto", "if",     "in",
+                                   "local", "nil",   "not",      "or",   "repeat", "return",
+                                   "then",  "true",  "until",    "while"};
   if (len == 0 || len > 40 || (k[0] >= '0' && k[0] <= '9')) return 0;
   for (size_t i = 0; i < len; i++) {
     char c = k[i];
@@ -279,35 +279,33 @@ static size_t quote(char *s, size_t cap, const char *k, size_t len) {
 static size_t key_segment(lua_State *L, int idx, char *s) {
   int n;
   switch (lua_type(L, idx)) {
-  case LUA_TSTRING: {
-    size_t len;
-    const char *k = lua_tolstring(L, idx, &len);
-    if (is_ident(k, len)) {
-      n = snprintf(s, SEGMAX, ".%s", k);
+    case LUA_TSTRING: {
+      size_t len;
+      const char *k = lua_tolstring(L, idx, &len);
+      if (is_ident(k, len)) {
+        n = snprintf(s, SEGMAX, ".%s", k);
+        break;
+      }
+      s[0] = '[';
+      size_t q = 1 + quote(s + 1, SEGMAX - 2, k, len);
+      s[q++] = ']';
+      s[q] = '\0';
+      return q;
+    }
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        n = snprintf(s, SEGMAX, "[" LUA_INTEGER_FMT "]", (LUAI_UACINT)lua_tointeger(L, idx));
+      } else {
+        char num[40];
+        snprintf(num, sizeof num, "%.14g", (double)lua_tonumber(L, idx));
+        int looks_int = num[strspn(num, "-0123456789")] == '\0';
+        n = snprintf(s, SEGMAX, "[%s%s]", num, looks_int ? ".0" : "");
+      }
       break;
-    }
-    s[0] = '[';
-    size_t q = 1 + quote(s + 1, SEGMAX - 2, k, len);
-    s[q++] = ']';
-    s[q] = '\0';
-    return q;
-  }
-  case LUA_TNUMBER:
-    if (lua_isinteger(L, idx)) {
-      n = snprintf(s, SEGMAX, "[" LUA_INTEGER_FMT "]", (LUAI_UACINT)lua_tointeger(L, idx));
-    } else {
-      char num[40];
-      snprintf(num, sizeof num, "%.14g", (double)lua_tonumber(L, idx));
-      int looks_int = num[strspn(num, "-0123456789")] == '\0';
-      n = snprintf(s, SEGMAX, "[%s%s]", num, looks_int ? ".0" : "");
-    }
-    break;
-  case LUA_TBOOLEAN:
-    n = snprintf(s, SEGMAX, "[%s]", lua_toboolean(L, idx) ? "true" : "false");
-    break;
-  default:
-    n = snprintf(s, SEGMAX, "[%s]", luaL_typename(L, idx));
-    break;
+    case LUA_TBOOLEAN:
+      n = snprintf(s, SEGMAX, "[%s]", lua_toboolean(L, idx) ? "true" : "false");
+      break;
+    default: n = snprintf(s, SEGMAX, "[%s]", luaL_typename(L, idx)); break;
   }
   return n < 0 ? 0 : (size_t)n < SEGMAX ? (size_t)n : SEGMAX - 1;
 }
@@ -483,8 +481,8 @@ static const lp_pack_ctx default_ctx = {NULL, NULL, NULL, 1};
  * exists; it sits just above the caller's top. A memory error raised by Lua
  * unwinds past all this and leaves a partial message in out, which the
  * caller, catching the error, throws away. */
-int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ctx *ctx,
-                   char *err, size_t errlen) {
+int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ctx *ctx, char *err,
+                   size_t errlen) {
   size_t len0 = out->len;
   enc e;
   e.L = L;
@@ -521,9 +519,7 @@ int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ct
 
 /* ---- the builders ---- */
 
-int lp_pack_begin(lp_buf *out, uint32_t nvalues) {
-  return put_tagu(out, LP_PACK_VERSION, nvalues);
-}
+int lp_pack_begin(lp_buf *out, uint32_t nvalues) { return put_tagu(out, LP_PACK_VERSION, nvalues); }
 
 int lp_pack_put_nil(lp_buf *out) { return put_byte(out, T_NIL); }
 int lp_pack_put_bool(lp_buf *out, int v) { return put_byte(out, v ? T_TRUE : T_FALSE); }
@@ -546,10 +542,10 @@ typedef struct dec {
   lua_State *L; /* NULL when only validating */
   const lp_pack_ctx *ctx;
   const uint8_t *start, *p, *end;
-  int refs;          /* stack index of the number -> table list; 0 until a table is met */
-  uint64_t ntables;  /* tables numbered so far */
-  size_t budget;     /* table slots left to preallocate; a bogus count cannot exceed len */
-  char *err;         /* output: what is wrong */
+  int refs;         /* stack index of the number -> table list; 0 until a table is met */
+  uint64_t ntables; /* tables numbered so far */
+  size_t budget;    /* table slots left to preallocate; a bogus count cannot exceed len */
+  char *err;        /* output: what is wrong */
   size_t errlen;
 } dec;
 
@@ -651,41 +647,38 @@ static int dec_other(dec *d, int tag, int depth, int iskey) {
   lua_State *L = d->L;
   uint64_t u;
   switch (tag) {
-  case T_NIL:
-    if (iskey) return bad(d, "nil table key");
-    if (L) lua_pushnil(L);
-    return 0;
-  case T_FALSE:
-  case T_TRUE:
-    if (L) lua_pushboolean(L, tag == T_TRUE);
-    return 0;
-  case T_FLOAT: {
-    if (d->end - d->p < 8) return bad(d, "truncated");
-    double v;
-    u = 0;
-    for (int i = 0; i < 8; i++) u |= (uint64_t)d->p[i] << (8 * i);
-    memcpy(&v, &u, 8);
-    if (iskey && v != v) return bad(d, "NaN table key");
-    d->p += 8;
-    if (L) lua_pushnumber(L, v);
-    return 0;
-  }
-  case T_FUNC: {
-    if (getu(d, &u)) return -1;
-    if (u > (uint64_t)(d->end - d->p)) return bad(d, "string longer than the message");
-    d->p += u;
-    return L ? dec_func(d, (const char *)d->p - u, (size_t)u, iskey) : 0;
-  }
-  case T_TABLE:
-    return dec_table(d, depth + 1);
-  case T_REF:
-    if (getu(d, &u)) return -1;
-    if (u >= d->ntables) return bad(d, "back-reference to a table not yet seen");
-    if (L) lua_rawgeti(L, d->refs, (lua_Integer)u + 1);
-    return 0;
-  default:
-    d->p--;
-    return bad(d, "unknown tag");
+    case T_NIL:
+      if (iskey) return bad(d, "nil table key");
+      if (L) lua_pushnil(L);
+      return 0;
+    case T_FALSE:
+    case T_TRUE:
+      if (L) lua_pushboolean(L, tag == T_TRUE);
+      return 0;
+    case T_FLOAT: {
+      if (d->end - d->p < 8) return bad(d, "truncated");
+      double v;
+      u = 0;
+      for (int i = 0; i < 8; i++) u |= (uint64_t)d->p[i] << (8 * i);
+      memcpy(&v, &u, 8);
+      if (iskey && v != v) return bad(d, "NaN table key");
+      d->p += 8;
+      if (L) lua_pushnumber(L, v);
+      return 0;
+    }
+    case T_FUNC: {
+      if (getu(d, &u)) return -1;
+      if (u > (uint64_t)(d->end - d->p)) return bad(d, "string longer than the message");
+      d->p += u;
+      return L ? dec_func(d, (const char *)d->p - u, (size_t)u, iskey) : 0;
+    }
+    case T_TABLE: return dec_table(d, depth + 1);
+    case T_REF:
+      if (getu(d, &u)) return -1;
+      if (u >= d->ntables) return bad(d, "back-reference to a table not yet seen");
+      if (L) lua_rawgeti(L, d->refs, (lua_Integer)u + 1);
+      return 0;
+    default: d->p--; return bad(d, "unknown tag");
   }
 }
 
@@ -737,8 +730,8 @@ static int dec_message(dec *d, const char *p, size_t len, int *nvalues) {
   return 0;
 }
 
-int lp_unpack_values(lua_State *L, const char *p, size_t len, const lp_pack_ctx *ctx,
-                     int *nvalues, char *err, size_t errlen) {
+int lp_unpack_values(lua_State *L, const char *p, size_t len, const lp_pack_ctx *ctx, int *nvalues,
+                     char *err, size_t errlen) {
   int top = lua_gettop(L), n = 0;
   dec d;
   d.L = L;

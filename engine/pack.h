@@ -61,14 +61,14 @@ typedef struct lp_pack_ctx {
  * stack as it was, and writes into err a message such as
  *   argument 2 (at .cfg.cb): cannot send a function
  * Never raises a Lua error except for memory errors from the Lua allocator. */
-int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ctx *ctx,
-                   char *err, size_t errlen);
+int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ctx *ctx, char *err,
+                   size_t errlen);
 
 /* Pushes the values of a message onto L and stores their count in *nvalues.
  * On malformed input returns -1 with a message in err and the stack as it
  * was. Never raises a Lua error except for memory errors. */
-int lp_unpack_values(lua_State *L, const char *p, size_t len, const lp_pack_ctx *ctx,
-                     int *nvalues, char *err, size_t errlen);
+int lp_unpack_values(lua_State *L, const char *p, size_t len, const lp_pack_ctx *ctx, int *nvalues,
+                     char *err, size_t errlen);
 
 /* Builders for C callers that have no lua_State (the embedding API, the
  * process protocol). Call lp_pack_begin with the number of values, then one

@@ -228,8 +228,9 @@ static void limit_hook(lua_State *L, lua_Debug *ar) {
   lp_task *t = w->current;
   if (!t) return;
   lp_task *base = t->co_base ? t->co_base : t;
-  lp_task *late = t->deadline > 0 && lp_now() >= t->deadline ? t
-                  : base->deadline > 0 && lp_now() >= base->deadline ? base : NULL;
+  lp_task *late = t->deadline > 0 && lp_now() >= t->deadline         ? t
+                  : base->deadline > 0 && lp_now() >= base->deadline ? base
+                                                                     : NULL;
   if (late) lp_pool_timed_out(L, late);
 }
 
@@ -419,8 +420,8 @@ static int start_state(luapool *eng, lp_worker *w) {
   if (!w->L) return lp_engine_error(eng, LUAPOOL_ENOMEM, "cannot create a Lua state");
   lua_newtable(w->L);
   w->cos_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
-  if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, w->errmsg,
-                 sizeof w->errmsg) != 0)
+  if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, w->errmsg, sizeof w->errmsg) !=
+      0)
     return lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", w->errmsg);
   return 0;
 }

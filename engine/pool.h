@@ -24,37 +24,37 @@ typedef struct lp_worker {
   struct luapool *eng;
   int index;
   pthread_t thread;
-  int started;            /* the thread exists and must be joined */
-  lua_State *L;           /* this worker's state; tasks run in its coroutines */
-  size_t mem_used;        /* bytes allocated by L (counting allocator) */
-  size_t mem_limit;       /* 0: none */
+  int started;             /* the thread exists and must be joined */
+  lua_State *L;            /* this worker's state; tasks run in its coroutines */
+  size_t mem_used;         /* bytes allocated by L (counting allocator) */
+  size_t mem_limit;        /* 0: none */
   struct lp_task *current; /* the task running now, NULL between tasks */
   lp_timers timers;
-  lp_task_cache cache;    /* task records this worker allocates */
-  int fn_by_id_ref;       /* registry refs of the state's caches (vm.c) */
+  lp_task_cache cache; /* task records this worker allocates */
+  int fn_by_id_ref;    /* registry refs of the state's caches (vm.c) */
   int id_by_name_ref;
-  int future_mt_ref;      /* registry ref of the future metatable (lib.c) */
-  const void *future_mt;  /* and its address, to recognise futures */
+  int future_mt_ref;     /* registry ref of the future metatable (lib.c) */
+  const void *future_mt; /* and its address, to recognise futures */
   /* Coroutine pool: slot i of the registry table `cos` anchors cos_ptr[i]. */
   int cos_ref;
   lua_State **cos_ptr;
-  int *cos_free;          /* slots holding an idle coroutine */
+  int *cos_free; /* slots holding an idle coroutine */
   int nfree;
-  int *cos_empty;         /* slots with no coroutine */
+  int *cos_empty; /* slots with no coroutine */
   int nempty;
-  int ncos;               /* slots in use or idle */
+  int ncos; /* slots in use or idle */
   int cap;
-  int nlive;              /* coroutines belonging to unfinished tasks */
-  int yield_kind;          /* LP_YIELD_*: why the running task yielded */
-  int inline_depth;        /* tasks being run inline by get(), nested */
-  const void *last_fn;     /* the function value spawn saw last, and its id */
+  int nlive;           /* coroutines belonging to unfinished tasks */
+  int yield_kind;      /* LP_YIELD_*: why the running task yielded */
+  int inline_depth;    /* tasks being run inline by get(), nested */
+  const void *last_fn; /* the function value spawn saw last, and its id */
   int last_fn_id;
-  lp_buf result;           /* the running task's packed return values */
+  lp_buf result; /* the running task's packed return values */
   /* Statistics, owner-written. */
   uint64_t tasks_run;
   uint64_t tasks_failed;
-  double busy;            /* seconds spent running Lua */
-  char errmsg[512];       /* why start-up failed */
+  double busy;      /* seconds spent running Lua */
+  char errmsg[512]; /* why start-up failed */
 } lp_worker;
 
 /* Creates every worker's state, loads the script into each and starts the

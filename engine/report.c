@@ -72,8 +72,10 @@ static lp_rnode *seq_new(lp_task *t, lp_rnode *parent) {
 
 static void seq_append(lp_rnode *n, lp_item *it) {
   atomic_store_explicit(&it->next, NULL, memory_order_relaxed);
-  if (n->last) atomic_store_explicit(&n->last->next, it, memory_order_release);
-  else atomic_store_explicit(&n->first, it, memory_order_release);
+  if (n->last)
+    atomic_store_explicit(&n->last->next, it, memory_order_release);
+  else
+    atomic_store_explicit(&n->first, it, memory_order_release);
   n->last = it;
 }
 
@@ -98,9 +100,12 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
 }
 
 void lp_report_add(lp_report *r, int w, lp_task *t, lp_record *rec) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION) seq_append(&r->outbox[w], &rec->item);
-  else if (t->rn) seq_append(t->rn, &rec->item);
-  else free(rec);
+  if (r->order == LUAPOOL_ORDER_COMPLETION)
+    seq_append(&r->outbox[w], &rec->item);
+  else if (t->rn)
+    seq_append(t->rn, &rec->item);
+  else
+    free(rec);
 }
 
 void lp_report_spawn(lp_report *r, lp_task *parent, lp_task *child) {
@@ -131,8 +136,10 @@ void lp_report_failure(lp_report *r, const char *text) {
   memcpy(f->text, text, n + 1);
   f->next = NULL;
   pthread_mutex_lock(&r->fail_lock);
-  if (r->fail_tail) r->fail_tail->next = f;
-  else r->fail_head = f;
+  if (r->fail_tail)
+    r->fail_tail->next = f;
+  else
+    r->fail_head = f;
   r->fail_tail = f;
   pthread_mutex_unlock(&r->fail_lock);
 }
@@ -145,24 +152,29 @@ static lua_State *fmt_state(lp_report *r) {
   if (!L) return NULL;
   luaL_openlibs(L);
   /* cjson renders tables as JSON; without it tables print as tostring would. */
-  if (luaL_dostring(L, "local ok, cjson = pcall(require, 'cjson')\n"
-                       "if ok then cjson.encode_sparse_array(true)\n"
-                       "  cjson.encode_invalid_numbers(true) end\n"
-                       "return ok and cjson or false") != LUA_OK)
+  if (luaL_dostring(L,
+                    "local ok, cjson = pcall(require, 'cjson')\n"
+                    "if ok then cjson.encode_sparse_array(true)\n"
+                    "  cjson.encode_invalid_numbers(true) end\n"
+                    "return ok and cjson or false") != LUA_OK)
     lua_pushboolean(L, 0);
   lua_setfield(L, LUA_REGISTRYINDEX, "luapool.cjson");
   /* One JSON object per record. A value cjson cannot encode (a cycle, a
    * sparse table it refuses) is sent as its text. */
-  if (luaL_dostring(L, "local ok, cjson = pcall(require, 'cjson')\n"
-                       "local enc, fmt, tostring, pcall = cjson and cjson.encode, string.format, tostring, pcall\n"
-                       "local mtype = math.type\n"
-                       "return function(id, name, prio, value, text)\n"
-                       "  local ok, v = pcall(enc, value)\n"
-                       "  if not ok then v = enc(text) end\n"
-                       "  local p = mtype(prio) == 'float' and prio == prio // 1 and prio >= -2^53 and prio <= 2^53\n"
-                       "    and fmt('%d', prio) or enc(prio)\n"
-                       "  return fmt('{\"task\":%d,\"name\":%s,\"priority\":%s,\"value\":%s}', id, enc(name), p, v)\n"
-                       "end") == LUA_OK) {
+  if (luaL_dostring(L,
+                    "local ok, cjson = pcall(require, 'cjson')\n"
+                    "local enc, fmt, tostring, pcall = cjson and cjson.encode, string.format, "
+                    "tostring, pcall\n"
+                    "local mtype = math.type\n"
+                    "return function(id, name, prio, value, text)\n"
+                    "  local ok, v = pcall(enc, value)\n"
+                    "  if not ok then v = enc(text) end\n"
+                    "  local p = mtype(prio) == 'float' and prio == prio // 1 and prio >= -2^53 "
+                    "and prio <= 2^53\n"
+                    "    and fmt('%d', prio) or enc(prio)\n"
+                    "  return fmt('{\"task\":%d,\"name\":%s,\"priority\":%s,\"value\":%s}', id, "
+                    "enc(name), p, v)\n"
+                    "end") == LUA_OK) {
     lua_setfield(L, LUA_REGISTRYINDEX, "luapool.json_record");
   } else {
     lua_pop(L, 1);
@@ -255,8 +267,10 @@ static void deliver_failures(lp_report *r) {
   pthread_mutex_unlock(&r->fail_lock);
   while (f) {
     lp_failure *next = f->next;
-    if (r->eng->cfg.on_failure) r->eng->cfg.on_failure(r->eng->cfg.ud, f->text);
-    else fprintf(stderr, "%s\n", f->text);
+    if (r->eng->cfg.on_failure)
+      r->eng->cfg.on_failure(r->eng->cfg.ud, f->text);
+    else
+      fprintf(stderr, "%s\n", f->text);
     free(f);
     f = next;
   }
@@ -300,8 +314,10 @@ static void free_node(lp_report *r, lp_rnode *n) {
  * of a sequence it has walked to the end. */
 static void release_item(lp_report *r, lp_item *it) {
   if (!it) return;
-  if (it->kind == LP_ITEM_RECORD) free(it);
-  else free_node(r, (lp_rnode *)it);
+  if (it->kind == LP_ITEM_RECORD)
+    free(it);
+  else
+    free_node(r, (lp_rnode *)it);
 }
 
 /* Priority order: records are held, in tree order, until the run ends. A
@@ -367,8 +383,10 @@ static long walk_tree(lp_report *r, int deliver) {
     if (!next) return n;
     release_item(r, r->pos);
     if (next->kind == LP_ITEM_RECORD) {
-      if (deliver && r->order == LUAPOOL_ORDER_PRIORITY) hold(r, (lp_record *)next);
-      else if (deliver) deliver_record(r, (lp_record *)next), n++;
+      if (deliver && r->order == LUAPOOL_ORDER_PRIORITY)
+        hold(r, (lp_record *)next);
+      else if (deliver)
+        deliver_record(r, (lp_record *)next), n++;
       r->pos = next;
     } else {
       r->cur = (lp_rnode *)next;

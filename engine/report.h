@@ -30,22 +30,22 @@ typedef struct lp_item {
  * rather than part of the task record, so a finished task is freed at once
  * and only these small nodes wait for the cursor. */
 typedef struct lp_rnode {
-  lp_item item;              /* this task's place in its parent's sequence */
-  _Atomic(lp_item *) first;  /* the sequence */
-  lp_item *last;             /* producer-only */
-  _Atomic int done;          /* the body has finished: the sequence is complete */
-  struct lp_rnode *parent;   /* NULL for roots */
-  struct lp_freelist *home;  /* where the node returns when the cursor frees it */
+  lp_item item;             /* this task's place in its parent's sequence */
+  _Atomic(lp_item *) first; /* the sequence */
+  lp_item *last;            /* producer-only */
+  _Atomic int done;         /* the body has finished: the sequence is complete */
+  struct lp_rnode *parent;  /* NULL for roots */
+  struct lp_freelist *home; /* where the node returns when the cursor frees it */
 } lp_rnode;
 
 typedef struct lp_record {
   lp_item item;
-  int kind;        /* LUAPOOL_RECORD_* */
+  int kind; /* LUAPOOL_RECORD_* */
   uint64_t task;
   int fn;
   double priority;
   size_t len;
-  char data[];     /* packed value (EMIT) or text (PRINT) */
+  char data[]; /* packed value (EMIT) or text (PRINT) */
 } lp_record;
 
 /* A failure report waiting for the host thread. */
@@ -58,9 +58,9 @@ typedef struct lp_report {
   struct luapool *eng;
   int order;
   /* Tree order: the host's cursor over the tree of sequences. */
-  lp_rnode roots;            /* the sequence of root tasks, produced by the host */
-  lp_rnode *cur;             /* the sequence the cursor is in */
-  lp_item *pos;              /* last item consumed there; NULL: none yet */
+  lp_rnode roots; /* the sequence of root tasks, produced by the host */
+  lp_rnode *cur;  /* the sequence the cursor is in */
+  lp_item *pos;   /* last item consumed there; NULL: none yet */
   /* Completion order: one sequence per worker. */
   lp_rnode *outbox;
   lp_item **outpos;
@@ -69,7 +69,7 @@ typedef struct lp_report {
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;
   uint64_t delivered;
-  lp_record **held;  /* priority order: records waiting for the end of the run */
+  lp_record **held; /* priority order: records waiting for the end of the run */
   size_t nheld, capheld;
   struct lp_freelist **freed_home; /* host-only: nodes freed, batched per home list */
   void **freed_first;

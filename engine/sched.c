@@ -87,8 +87,10 @@ static lp_level *level_for(lp_wq *q, double prio) {
   int lo = 0, hi = q->nlevels;
   while (lo < hi) {
     int mid = (lo + hi) / 2;
-    if (q->levels[mid].prio < prio) lo = mid + 1;
-    else hi = mid;
+    if (q->levels[mid].prio < prio)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   if (lo < q->nlevels && q->levels[lo].prio == prio) return &q->levels[lo];
   if (q->nlevels == LP_SCHED_MAXLEVELS) return &q->levels[lo < q->nlevels ? lo : lo - 1];
@@ -131,8 +133,10 @@ static struct lp_task *level_pop(lp_wq *q, int from_bottom) {
 
 static void list_append(struct lp_task **head, struct lp_task **tail, struct lp_task *t) {
   t->qnext = NULL;
-  if (*tail) (*tail)->qnext = t;
-  else *head = t;
+  if (*tail)
+    (*tail)->qnext = t;
+  else
+    *head = t;
   *tail = t;
 }
 
@@ -260,7 +264,8 @@ static struct lp_task *steal(lp_sched *s, int w) {
       /* Keep the oldest to run now; the rest go on our own queue. If the
        * ring cannot grow, the owner-only yielded list still holds them. */
       for (int i = n - 1; i >= 1; i--)
-        if (level_push(self, got[i], got[i]->priority) != 0) list_append(&self->yielded, &self->yielded_tail, got[i]);
+        if (level_push(self, got[i], got[i]->priority) != 0)
+          list_append(&self->yielded, &self->yielded_tail, got[i]);
       lp_spin_unlock(&self->lock);
       notify_one(s);
     }
@@ -297,7 +302,7 @@ struct lp_task *lp_sched_next(lp_sched *s, int w) {
 }
 
 struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
-                                   struct lp_task *want) {
+                                    struct lp_task *want) {
   lp_wq *q = &s->wq[w];
   if (atomic_load_explicit(&q->nready, memory_order_relaxed) == 0) return NULL;
   struct lp_task *t = NULL;
@@ -306,8 +311,8 @@ struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
     lp_deque *d = &q->levels[i].dq;
     if (dq_size(d) == 0) continue;
     struct lp_task *top = d->buf[(d->top - 1) & d->mask];
-    if ((!want || top == want) && top->parent == parent && top->timeout == 0 &&
-        top->retries == 0 && !top->co) {
+    if ((!want || top == want) && top->parent == parent && top->timeout == 0 && top->retries == 0 &&
+        !top->co) {
       d->top--;
       atomic_fetch_sub_explicit(&q->nready, 1, memory_order_relaxed);
       level_trim(q, i);

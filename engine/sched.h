@@ -27,12 +27,12 @@ typedef struct lp_level {
 } lp_level;
 
 typedef struct lp_wq {
-  _Atomic int lock;      /* spinlock over everything but `yielded` and `parked` */
-  lp_level *levels;      /* ascending priority; lower runs first */
+  _Atomic int lock; /* spinlock over everything but `yielded` and `parked` */
+  lp_level *levels; /* ascending priority; lower runs first */
   int nlevels;
   struct lp_task *inbox; /* tasks handed back to this worker to resume (FIFO) */
   struct lp_task *inbox_tail;
-  _Atomic long nready;   /* tasks in levels, read without the lock by thieves */
+  _Atomic long nready; /* tasks in levels, read without the lock by thieves */
   _Atomic long ninbox;
   struct lp_task *yielded; /* owner-only: tasks that called luapool.yield() */
   struct lp_task *yielded_tail;
@@ -45,14 +45,14 @@ typedef struct lp_wq {
 typedef struct lp_sched {
   int n;
   lp_wq *wq;
-  _Atomic int inj_lock;       /* spinlock over the injection list */
-  struct lp_task *inj;        /* tasks submitted from outside the workers (FIFO) */
+  _Atomic int inj_lock; /* spinlock over the injection list */
+  struct lp_task *inj;  /* tasks submitted from outside the workers (FIFO) */
   struct lp_task *inj_tail;
   _Atomic long ninj;
-  _Atomic int nparked;        /* workers asleep in lp_sched_park */
-  _Atomic int nspinning;      /* workers looking for work before parking */
-  _Atomic int stop;           /* shutting down: parked workers return */
-  int one_level;              /* inline mode: strict LIFO, priorities ignored */
+  _Atomic int nparked;   /* workers asleep in lp_sched_park */
+  _Atomic int nspinning; /* workers looking for work before parking */
+  _Atomic int stop;      /* shutting down: parked workers return */
+  int one_level;         /* inline mode: strict LIFO, priorities ignored */
 } lp_sched;
 
 int lp_sched_init(lp_sched *s, int nworkers);
@@ -71,7 +71,7 @@ void lp_sched_yielded(lp_sched *s, int w, struct lp_task *t);
  * `parent` that may run inline (no time limit, no retries) and, unless
  * `want` is NULL, is `want`; else NULL. */
 struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
-                                   struct lp_task *want);
+                                    struct lp_task *want);
 
 /* The next task for worker w: resumed tasks first, then its own queue
  * (lowest priority value, newest first), then yielded, injected and stolen

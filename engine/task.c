@@ -56,8 +56,7 @@ static uint64_t next_id(luapool *eng, lp_task_cache *c) {
   return c->next_id++;
 }
 
-lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority,
-                     lp_buf *args) {
+lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority, lp_buf *args) {
   lp_task_cache *c = lp_task_cache_self;
   lp_task *t = lp_fl_alloc(c ? &c->tasks : NULL, sizeof *t);
   if (!t) {
@@ -174,8 +173,10 @@ void lp_task_unwatch(lp_task *t, lp_waiter *w) {
   /* A fired node was unlinked by lp_task_finish before fire(). */
   int linked = w->prev || t->waiters == w;
   if (linked) {
-    if (w->prev) w->prev->next = w->next;
-    else t->waiters = w->next;
+    if (w->prev)
+      w->prev->next = w->next;
+    else
+      t->waiters = w->next;
     if (w->next) w->next->prev = w->prev;
     w->next = w->prev = NULL;
   }

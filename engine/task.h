@@ -61,9 +61,9 @@ typedef struct lp_task {
   _Atomic int lock;     /* spinlock guarding waiters and the outcome */
   lp_waiter *waiters;
 
-  lp_buf args;   /* packed arguments; kept until the task finishes */
-  lp_buf result; /* packed results or error message, once finished */
-  char *failnote; /* a failed task's arguments, for the unawaited-failure report */
+  lp_buf args;     /* packed arguments; kept until the task finishes */
+  lp_buf result;   /* packed results or error message, once finished */
+  char *failnote;  /* a failed task's arguments, for the unawaited-failure report */
   double timeout;  /* seconds the task may take, from its start; 0: no limit */
   double deadline; /* lp_now() at which it times out, once started; 0: none */
   int retries;     /* runs left after a failure */
@@ -90,8 +90,7 @@ void lp_task_cache_drain(lp_task_cache *c);
  * taking ownership of args (left empty). parent may be NULL (a root); a child
  * adds one to the parent's pending count. Returns NULL when out of memory
  * (args is freed then too). */
-lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority,
-                     lp_buf *args);
+lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priority, lp_buf *args);
 void lp_task_ref(lp_task *t);
 void lp_task_unref(lp_task *t);
 
@@ -122,9 +121,7 @@ void lp_task_wake(lp_task *t);
  * body itself when it stops waiting. Clearing and the last decrement are
  * one atomic step, so nobody touches a record that may already be freed. */
 #define LP_JOIN_FLAG (1L << 62)
-static inline long lp_task_pending(lp_task *t) {
-  return atomic_load(&t->pending) & ~LP_JOIN_FLAG;
-}
+static inline long lp_task_pending(lp_task *t) { return atomic_load(&t->pending) & ~LP_JOIN_FLAG; }
 /* Starts a join wait; returns 1 if the subtree is already complete. */
 int lp_task_join_begin(lp_task *t);
 /* Ends it; returns 1 if a child took the flag (its wake is on the way). */

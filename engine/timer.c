@@ -75,8 +75,10 @@ void lp_timers_remove(lp_timers *tm, struct lp_task *t) {
   if (i == --tm->n) return;
   double old = tm->heap[i].when;
   place(tm, i, tm->heap[tm->n]);
-  if (tm->heap[i].when < old) sift_up(tm, i);
-  else sift_down(tm, i);
+  if (tm->heap[i].when < old)
+    sift_up(tm, i);
+  else
+    sift_down(tm, i);
 }
 
 double lp_timers_next(const lp_timers *tm, double now) {

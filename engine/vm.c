@@ -237,8 +237,9 @@ int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
     push_name_of(L, idx);
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);
-      snprintf(err, errlen, "the function is not a task function (task functions are global "
-                            "functions of the script, or fields of global tables)");
+      snprintf(err, errlen,
+               "the function is not a task function (task functions are global "
+               "functions of the script, or fields of global tables)");
       return -1;
     }
     size_t len;
@@ -327,8 +328,8 @@ int lp_vm_function_names(lua_State *L, char ***names, int *n) {
     /* The standard libraries and the luapool module are not the script's. */
     int lib = strncmp(name, "luapool.", 8) == 0 || strchr(name, '.') != NULL;
     if (lib) {
-      static const char *libs[] = {"string.", "table.", "math.", "io.", "os.", "coroutine.",
-                                   "utf8.", "debug.", "lpeg.", NULL};
+      static const char *libs[] = {"string.",    "table.", "math.",  "io.",   "os.",
+                                   "coroutine.", "utf8.",  "debug.", "lpeg.", NULL};
       lib = 0;
       for (int i = 0; libs[i]; i++)
         if (strncmp(name, libs[i], strlen(libs[i])) == 0 || strncmp(name, "luapool.", 8) == 0)

@@ -38,16 +38,16 @@ extern "C" {
 typedef struct luapool luapool;
 
 /* Error codes: X(name, value, description). */
-#define LUAPOOL_ERRNO_MAP(X)                                        \
-  X(INVAL, -1, "invalid argument")                                  \
-  X(NOMEM, -2, "out of memory")                                     \
-  X(SCRIPT, -3, "the script could not be loaded")                   \
-  X(NOTASK, -4, "no such task function")                            \
-  X(STATE, -5, "not allowed in the engine's current state")         \
-  X(TIMEDOUT, -6, "timed out")                                      \
-  X(TASKFAIL, -7, "a task failed")                                  \
-  X(SYS, -8, "a system call failed")                                \
-  X(DEADLOCK, -9, "a wait can never be satisfied")                  \
+#define LUAPOOL_ERRNO_MAP(X)                                \
+  X(INVAL, -1, "invalid argument")                          \
+  X(NOMEM, -2, "out of memory")                             \
+  X(SCRIPT, -3, "the script could not be loaded")           \
+  X(NOTASK, -4, "no such task function")                    \
+  X(STATE, -5, "not allowed in the engine's current state") \
+  X(TIMEDOUT, -6, "timed out")                              \
+  X(TASKFAIL, -7, "a task failed")                          \
+  X(SYS, -8, "a system call failed")                        \
+  X(DEADLOCK, -9, "a wait can never be satisfied")          \
   X(INTERRUPTED, -10, "interrupted")
 
 enum {
@@ -71,15 +71,15 @@ enum { LUAPOOL_RECORD_EMIT = 0, LUAPOOL_RECORD_PRINT = 1 };
  * as JSON) and `value`/`value_len` its packed bytes. */
 typedef struct luapool_record {
   int kind;
-  uint64_t task;     /* id of the task that made it */
-  const char *name;  /* that task's function name */
+  uint64_t task;    /* id of the task that made it */
+  const char *name; /* that task's function name */
   double priority;
   const char *text;
   size_t text_len;
   const char *value; /* packed value (EMIT only) */
   size_t value_len;
-  const char *json;  /* with config json_records: the record as one JSON object,
-                        {"task":ID,"name":NAME,"priority":P,"value":VALUE} */
+  const char *json; /* with config json_records: the record as one JSON object,
+                       {"task":ID,"name":NAME,"priority":P,"value":VALUE} */
   size_t json_len;
 } luapool_record;
 
@@ -89,12 +89,12 @@ typedef void (*luapool_record_fn)(void *ud, const luapool_record *rec);
 typedef void (*luapool_failure_fn)(void *ud, const char *message);
 
 typedef struct luapool_config {
-  int workers;          /* worker threads; 0 runs everything inline on the host thread */
-  int order;            /* LUAPOOL_ORDER_* */
-  size_t memory_limit;  /* bytes per worker Lua state; 0 for none */
-  int json_records;     /* fill luapool_record.json */
-  double task_timeout;  /* seconds any task may run; 0: no limit (spawn option `timeout`) */
-  int retries;          /* runs again a failed task this many times (spawn option `retries`) */
+  int workers;         /* worker threads; 0 runs everything inline on the host thread */
+  int order;           /* LUAPOOL_ORDER_* */
+  size_t memory_limit; /* bytes per worker Lua state; 0 for none */
+  int json_records;    /* fill luapool_record.json */
+  double task_timeout; /* seconds any task may run; 0: no limit (spawn option `timeout`) */
+  int retries;         /* runs again a failed task this many times (spawn option `retries`) */
   luapool_record_fn on_record;
   luapool_failure_fn on_failure; /* NULL: written to stderr */
   void (*on_flush)(void *ud);    /* after each batch of records: a moment to flush output */

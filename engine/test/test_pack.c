@@ -152,13 +152,19 @@ static int roundtrip_ctx(lua_State *L, const char *code, const lp_pack_ctx *ctx)
   }
   if (lua_gettop(L) != top + n) bad = 2;
   if (lp_pack_validate(b.data, b.len, err, sizeof err)) bad = 3;
-  if (lp_unpack_values(L, b.data, b.len, ctx, &nv, err, sizeof err) || nv != n) bad = 4;
-  else if (!values_equal(L, top + 1, top + n + 1, n)) bad = 5;
+  if (lp_unpack_values(L, b.data, b.len, ctx, &nv, err, sizeof err) || nv != n)
+    bad = 4;
+  else if (!values_equal(L, top + 1, top + n + 1, n))
+    bad = 5;
   lua_settop(L, top + n);
-  if (lp_unpack_values(L2, b.data, b.len, ctx, &nv, err, sizeof err) || nv != n) bad = 6;
-  else if (lp_pack_values(L2, top2 + 1, n, &b2, ctx, err, sizeof err)) bad = 7;
-  else if (lp_unpack_values(L, b2.data, b2.len, ctx, &nv, err, sizeof err) || nv != n) bad = 8;
-  else if (!values_equal(L, top + 1, top + n + 1, n)) bad = 9;
+  if (lp_unpack_values(L2, b.data, b.len, ctx, &nv, err, sizeof err) || nv != n)
+    bad = 6;
+  else if (lp_pack_values(L2, top2 + 1, n, &b2, ctx, err, sizeof err))
+    bad = 7;
+  else if (lp_unpack_values(L, b2.data, b2.len, ctx, &nv, err, sizeof err) || nv != n)
+    bad = 8;
+  else if (!values_equal(L, top + 1, top + n + 1, n))
+    bad = 9;
   if (bad) fprintf(stderr, "roundtrip %s: failed at step %d (%s)\n", code, bad, err);
 done:
   lua_settop(L, top);
@@ -222,8 +228,9 @@ static void test_scalars(lua_State *L) {
   CHECK_EQ(roundtrip(L, "return 3, 3.0, -0.0, 0.0, 0.1, 1/0, -1/0, 0/0, math.pi, 2^53, 2^63"), 0);
   CHECK_EQ(roundtrip(L, "return math.huge, -math.huge, 5e-324, 1.7976931348623157e308"), 0);
   CHECK_EQ(roundtrip(L, "return '', 'a', 'a\\0b', '\\0', string.rep('x', 200)"), 0);
-  CHECK_EQ(roundtrip(L, "local t = {} for i = 0, 255 do t[#t + 1] = string.char(i) end\n"
-                        "return table.concat(t), table.concat(t):reverse()"),
+  CHECK_EQ(roundtrip(L,
+                     "local t = {} for i = 0, 255 do t[#t + 1] = string.char(i) end\n"
+                     "return table.concat(t), table.concat(t):reverse()"),
            0);
   CHECK_EQ(roundtrip(L, "return string.rep('\\0\\1\\255binary', 1024 * 1024 // 9)"), 0);
 
@@ -253,8 +260,9 @@ static void test_tables(lua_State *L) {
   CHECK_EQ(roundtrip(L, "return {1, nil, 3}, {nil, nil, 3}, {[1] = 1, [1000000] = 2}"), 0);
   CHECK_EQ(roundtrip(L, "return {[2^53] = 1, [-1] = 2, [0] = 3, [2.5] = 4, [true] = 5, [''] = 6}"),
            0);
-  CHECK_EQ(roundtrip(L, "local t = {} for i = 1, 1000 do t[i] = i * 1.5 end\n"
-                        "for i = 1, 1000 do t['k' .. i] = {i} end return t"),
+  CHECK_EQ(roundtrip(L,
+                     "local t = {} for i = 1, 1000 do t[i] = i * 1.5 end\n"
+                     "for i = 1, 1000 do t['k' .. i] = {i} end return t"),
            0);
   CHECK_EQ(roundtrip(L, "local s = {1} return {a = s, b = s, c = {s, s}}"), 0);
   CHECK_EQ(roundtrip(L, "local t = {} t.self = t return t"), 0);
@@ -264,8 +272,9 @@ static void test_tables(lua_State *L) {
   CHECK_EQ(roundtrip(L, "local s = {} return s, {s}, s"), 0);
   CHECK_EQ(roundtrip(L, "return setmetatable({1, x = 2}, {__index = function() end})"), 0);
   CHECK_EQ(roundtrip(L, "return nest(199), nest(200)"), 0);
-  CHECK_EQ(roundtrip(L, "local t = nest(200) local u = t while u[1] do u = u[1] end u[1] = t\n"
-                        "return t"),
+  CHECK_EQ(roundtrip(L,
+                     "local t = nest(200) local u = t while u[1] do u = u[1] end u[1] = t\n"
+                     "return t"),
            0);
 
   /* The same table twice among the values is one table after decoding. */
@@ -439,8 +448,9 @@ static int push_nil(lua_State *L, const char *name, size_t len, void *ud) {
 }
 
 static void test_functions(lua_State *L) {
-  const char *setup = "TASKS = {work = function() end, ['ns.other'] = function() end}\n"
-                      "NAMES = {} for k, v in pairs(TASKS) do NAMES[v] = k end";
+  const char *setup =
+      "TASKS = {work = function() end, ['ns.other'] = function() end}\n"
+      "NAMES = {} for k, v in pairs(TASKS) do NAMES[v] = k end";
   run(L, setup);
   run(L2, setup);
   lp_pack_ctx ctx = {names_fn, push_fn, NULL, 1};
@@ -663,59 +673,60 @@ static uint32_t rnd(void) { /* xorshift64*: deterministic, so failures replay */
 static void gen_value(lp_buf *b, int depth, int iskey, uint32_t *ntables) {
   uint32_t r = rnd();
   switch (r % 9) {
-  case 0:
-    if (!iskey) {
-      lp_pack_put_nil(b);
-      break;
-    }
-    /* fall through - nil is no key */
-  case 1:
-    lp_pack_put_bool(b, (int)(r >> 8) & 1);
-    break;
-  case 2: {
-    uint64_t hi = rnd(), lo = rnd(), u = (hi << 32 | lo) >> (rnd() % 64);
-    lp_pack_put_int(b, (int64_t)((r >> 8) & 1 ? 0 - u : u));
-    break;
-  }
-  case 3: {
-    uint64_t hi = rnd(), lo = rnd(), u = hi << 32 | lo;
-    double v;
-    memcpy(&v, &u, 8);
-    if (r & 0x100) v = (double)(int32_t)rnd() / 8;
-    lp_pack_put_float(b, iskey && v != v ? 0.5 : v);
-    break;
-  }
-  case 4: {
-    char s[8];
-    size_t len = rnd() % sizeof s;
-    for (size_t i = 0; i < len; i++) s[i] = (char)("ab\0\xff"[rnd() % 4]);
-    lp_pack_put_string(b, s, len);
-    break;
-  }
-  case 5:
-  case 6:
-    if (depth < 5) {
-      uint32_t narr = rnd() % 4, nhash = rnd() % 4;
-      (*ntables)++;
-      lp_pack_put_table(b, narr, nhash);
-      for (uint32_t i = 0; i < narr; i++) gen_value(b, depth + 1, 0, ntables);
-      for (uint32_t i = 0; i < nhash; i++) {
-        gen_value(b, depth + 1, 1, ntables);
-        gen_value(b, depth + 1, 0, ntables);
+    case 0:
+      if (!iskey) {
+        lp_pack_put_nil(b);
+        break;
       }
+      /* fall through - nil is no key */
+    case 1: lp_pack_put_bool(b, (int)(r >> 8) & 1); break;
+    case 2: {
+      uint64_t hi = rnd(), lo = rnd(), u = (hi << 32 | lo) >> (rnd() % 64);
+      lp_pack_put_int(b, (int64_t)((r >> 8) & 1 ? 0 - u : u));
       break;
     }
-    /* fall through */
-  case 7:
-    if (*ntables) {
-      unsigned char ref[2] = {7, (unsigned char)(rnd() % *ntables)};
-      lp_buf_append(b, ref, 2);
+    case 3: {
+      uint64_t hi = rnd(), lo = rnd(), u = hi << 32 | lo;
+      double v;
+      memcpy(&v, &u, 8);
+      if (r & 0x100) v = (double)(int32_t)rnd() / 8;
+      lp_pack_put_float(b, iskey && v != v ? 0.5 : v);
       break;
     }
-    /* fall through */
-  default:
-    lp_buf_append(b, "\x08\x03" "f.g", 5);
-    break;
+    case 4: {
+      char s[8];
+      size_t len = rnd() % sizeof s;
+      for (size_t i = 0; i < len; i++) s[i] = (char)("ab\0\xff"[rnd() % 4]);
+      lp_pack_put_string(b, s, len);
+      break;
+    }
+    case 5:
+    case 6:
+      if (depth < 5) {
+        uint32_t narr = rnd() % 4, nhash = rnd() % 4;
+        (*ntables)++;
+        lp_pack_put_table(b, narr, nhash);
+        for (uint32_t i = 0; i < narr; i++) gen_value(b, depth + 1, 0, ntables);
+        for (uint32_t i = 0; i < nhash; i++) {
+          gen_value(b, depth + 1, 1, ntables);
+          gen_value(b, depth + 1, 0, ntables);
+        }
+        break;
+      }
+      /* fall through */
+    case 7:
+      if (*ntables) {
+        unsigned char ref[2] = {7, (unsigned char)(rnd() % *ntables)};
+        lp_buf_append(b, ref, 2);
+        break;
+      }
+      /* fall through */
+    default:
+      lp_buf_append(b,
+                    "\x08\x03"
+                    "f.g",
+                    5);
+      break;
   }
 }
 
@@ -795,9 +806,10 @@ static void test_robust(lua_State *L) {
     }
     free(copy);
   }
-  printf("decoder robustness: %zu truncations, %zu flips, 100000 random (%zu accepted), "
-         "20000 generated (%zu still accepted after a mutation)\n",
-         ntrunc, nflip, accepted, mutated_ok);
+  printf(
+      "decoder robustness: %zu truncations, %zu flips, 100000 random (%zu accepted), "
+      "20000 generated (%zu still accepted after a mutation)\n",
+      ntrunc, nflip, accepted, mutated_ok);
   lp_buf_free(&b);
 }
 
