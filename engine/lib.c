@@ -732,8 +732,8 @@ static int l_watch(lua_State *L) {
   *ud = NULL;
   luaL_setmetatable(L, WATCH_MT);
   lp_watch *wa = calloc(1, sizeof *wa);
-  if (!wa || !(wa->ready = malloc(sizeof(int) * (size_t)(n + 1))) ||
-      !(wa->nodes = calloc((size_t)(n + 1), sizeof(watch_node)))) {
+  if (!wa || !(wa->ready = malloc(sizeof(int) * ((size_t)n + 1))) ||
+      !(wa->nodes = calloc((size_t)n + 1, sizeof(watch_node)))) {
     if (wa) free(wa->ready);
     free(wa);
     return luaL_error(L, "luapool: out of memory");
