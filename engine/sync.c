@@ -12,7 +12,10 @@
  *
  * Each object has a spinlock guarding all of its fields. Any worker thread
  * takes it, for a few pointer moves: packing, unpacking and Lua never run
- * under it (only the rare growth of a sequencer's table allocates there).
+ * under it (only the rare growth of a sequencer's table or of the worker's
+ * own timer heap allocates there). No other lock nests with it: tasks are
+ * handed back to the scheduler after unlocking, and the registry mutex is
+ * released before an object's spinlock is taken.
  *
  * Waiting follows lib.h. A task that must wait links a node (channel) or a
  * ticket slot (sequencer) under the lock, registers its timer, arms itself,
@@ -150,16 +153,53 @@ static void *check_self(lua_State *L, const char *what, const char *kind) {
   return NULL;
 }
 
-/* Pushes the cached userdata for `name` (upvalue 1 of the constructor is
- * the state's cache) or creates one holding obj. */
-static void push_handle(lua_State *L, int name_idx, void *obj) {
+/* The optional integer argument at idx: 1 and *v set if given, 0 if nil;
+ * raises if it is anything else. */
+static int opt_int(lua_State *L, int idx, const char *what, const char *param,
+                   lua_Integer *v) {
+  if (lua_isnoneornil(L, idx)) return 0;
+  int isint = 0;
+  if (lua_type(L, idx) == LUA_TNUMBER) *v = lua_tointegerx(L, idx, &isint);
+  if (!isint)
+    luaL_error(L, "%s: %s must be an integer, not %s %s", what, param, luaL_typename(L, idx),
+               luaL_tolstring(L, idx, NULL));
+  return 1;
+}
+
+typedef void *(*make_fn)(const char *name, lua_Integer arg, int given);
+
+/* Pushes this state's userdata for the object named by the string at 1 and
+ * returns the object. The constructor's upvalues are the state's cache
+ * (name -> userdata) and the metatable; `seqs` picks the registry's table,
+ * and make() creates a missing object under the registry lock. */
+static void *lookup(lua_State *L, const char *what, int seqs, make_fn make, lua_Integer arg,
+                    int given) {
+  size_t len;
+  const char *name = luaL_checklstring(L, 1, &len);
+  lua_settop(L, 1);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TUSERDATA) return *(void **)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  luapool *eng = lp_worker_of(L)->eng;
+  struct lp_sync *sy = get_sync(eng);
+  int id = lp_names_intern(&eng->names, name, len);
+  void *obj = NULL;
+  if (sy && id >= 0) {
+    void ***tab = seqs ? &sy->seqs : &sy->chans;
+    pthread_mutex_lock(&sy->lock);
+    if (reserve(tab, seqs ? &sy->nseqs : &sy->nchans, id) == 0 && !(obj = (*tab)[id]))
+      obj = (*tab)[id] = make(lp_names_get(&eng->names, id), arg, given);
+    pthread_mutex_unlock(&sy->lock);
+  }
+  if (!obj) luaL_error(L, "%s: out of memory", what);
   void **ud = lua_newuserdatauv(L, sizeof *ud, 0);
   *ud = obj;
-  lua_pushvalue(L, lua_upvalueindex(2)); /* the metatable */
+  lua_pushvalue(L, lua_upvalueindex(2));
   lua_setmetatable(L, -2);
-  lua_pushvalue(L, name_idx);
+  lua_pushvalue(L, 1);
   lua_pushvalue(L, -2);
   lua_rawset(L, lua_upvalueindex(1));
+  return obj;
 }
 
 /* ---- channels ---- */
@@ -364,7 +404,8 @@ static int push_k(lua_State *L, int status, lua_KContext ctx) {
 /* ch:push(v): appends a copy of v; yields while the channel is full. */
 static int ch_push(lua_State *L) {
   lp_chan *ch = check_chan(L, "luapool.channel:push");
-  luaL_checkany(L, 2);
+  if (lua_isnone(L, 2))
+    return luaL_error(L, "luapool.channel:push: a value expected (nil will do)");
   lua_settop(L, 2);
   lp_buf b;
   lp_buf_init(&b);
@@ -511,54 +552,36 @@ static int ch_tostring(lua_State *L) {
   return 1;
 }
 
-/* luapool.channel(name [, capacity]): upvalues are the state's cache and
- * the channel metatable. */
+static void *make_chan(const char *name, lua_Integer cap, int given) {
+  lp_chan *ch = calloc(1, sizeof *ch);
+  if (ch) {
+    ch->name = name;
+    ch->cap = cap;
+    ch->cap_explicit = given;
+  }
+  return ch;
+}
+
+/* luapool.channel(name [, capacity]). A channel made by a call without a
+ * capacity takes the first one given; after that, all must agree. */
 static int l_channel(lua_State *L) {
-  size_t len;
-  const char *name = luaL_checklstring(L, 1, &len);
   lua_Integer cap = 0;
-  int explicit_cap = !lua_isnoneornil(L, 2), isint = 0;
-  if (explicit_cap) {
-    if (lua_type(L, 2) == LUA_TNUMBER) cap = lua_tointegerx(L, 2, &isint);
-    if (!isint || cap <= 0)
-      return luaL_error(L, "luapool.channel: capacity must be a positive integer, not %s",
-                        luaL_tolstring(L, 2, NULL));
+  int given = opt_int(L, 2, "luapool.channel", "capacity", &cap);
+  if (given && cap <= 0)
+    return luaL_error(L, "luapool.channel: capacity must be positive, not %I", cap);
+  lp_chan *ch = lookup(L, "luapool.channel", 0, make_chan, cap, given);
+  if (!given) return 1;
+  lp_spin_lock(&ch->lock);
+  lua_Integer had = ch->cap;
+  int clash = ch->cap_explicit && had != cap;
+  if (!clash) {
+    ch->cap = cap;
+    ch->cap_explicit = 1;
   }
-  lua_settop(L, 1);
-  lp_chan *ch = NULL;
-  lua_pushvalue(L, 1);
-  if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TUSERDATA) ch = *(lp_chan **)lua_touserdata(L, -1);
-  else lua_pop(L, 1);
-  if (!ch) {
-    luapool *eng = lp_worker_of(L)->eng;
-    struct lp_sync *s = get_sync(eng);
-    int id = lp_names_intern(&eng->names, name, len);
-    if (!s || id < 0) return luaL_error(L, "luapool.channel: out of memory");
-    pthread_mutex_lock(&s->lock);
-    if (reserve(&s->chans, &s->nchans, id) == 0 && !(ch = s->chans[id]) &&
-        (ch = calloc(1, sizeof *ch)) != NULL) {
-      ch->name = lp_names_get(&eng->names, id);
-      s->chans[id] = ch;
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (!ch) return luaL_error(L, "luapool.channel: out of memory");
-    push_handle(L, 1, ch);
-  }
-  if (explicit_cap) {
-    lp_spin_lock(&ch->lock);
-    lua_Integer had = ch->cap;
-    /* A channel made by a call without a capacity takes the first one
-     * given; after that, every capacity given must agree. */
-    int clash = ch->cap_explicit && had != cap;
-    if (!clash) {
-      ch->cap = cap;
-      ch->cap_explicit = 1;
-    }
-    lp_spin_unlock(&ch->lock);
-    if (clash)
-      return luaL_error(L, "luapool.channel: channel '%s' has capacity %I, not %I", ch->name, had,
-                        cap);
-  }
+  lp_spin_unlock(&ch->lock);
+  if (clash)
+    return luaL_error(L, "luapool.channel: channel '%s' has capacity %I, not %I", ch->name, had,
+                      cap);
   return 1;
 }
 
@@ -696,7 +719,8 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   tslot *e = slot_find(s, ticket); /* still ours: only a grant removes it */
   if (!e) {
     lp_spin_unlock(&s->lock);
-    return luaL_error(L, "luapool.sequencer:run: ticket %I lost its place (internal error)", ticket);
+    return luaL_error(L, "luapool.sequencer:run: ticket %I lost its place (internal error)",
+                      ticket);
   }
   if (cancelled) {
     e->task = NULL; /* the sequence will skip this ticket */
@@ -719,11 +743,9 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
  * first to ticket - 1 has had its section. */
 static int seq_run(lua_State *L) {
   lp_seq *s = check_seq(L, "luapool.sequencer:run");
-  int isint = 0;
-  lua_Integer ticket = lua_type(L, 2) == LUA_TNUMBER ? lua_tointegerx(L, 2, &isint) : 0;
-  if (!isint)
-    return luaL_error(L, "luapool.sequencer:run: ticket must be an integer, not %s",
-                      luaL_tolstring(L, 2, NULL));
+  lua_Integer ticket = 0;
+  if (!opt_int(L, 2, "luapool.sequencer:run", "ticket", &ticket))
+    return luaL_error(L, "luapool.sequencer:run: ticket must be an integer, not nil");
   if (ticket == LUA_MAXINTEGER)
     return luaL_error(L, "luapool.sequencer:run: ticket %I is too large", ticket);
   if (lua_type(L, 3) != LUA_TFUNCTION)
@@ -745,7 +767,8 @@ static int seq_run(lua_State *L) {
   else if ((e = slot_find(s, ticket)) != NULL && e->task) why = "is taken by another waiting task";
   if (why) {
     lp_spin_unlock(&s->lock);
-    return luaL_error(L, "luapool.sequencer:run: ticket %I of sequencer '%s' %s (first %I, next %I)",
+    return luaL_error(L,
+                      "luapool.sequencer:run: ticket %I of sequencer '%s' %s (first %I, next %I)",
                       ticket, s->name, why, first, next);
   }
   if (lp_worker_of(L)->eng->inline_mode || L != self->co || !lua_isyieldable(L)) {
@@ -756,7 +779,8 @@ static int seq_run(lua_State *L) {
   double td = add_timer(L, self, -1, &oom);
   if (!oom) {
     if (e) e->task = self; /* an abandoned ticket, taken up again */
-    else if (slot_insert(s, ticket, self) != 0) oom = 1, lp_timers_remove(&lp_worker_of(L)->timers, self);
+    else if (slot_insert(s, ticket, self) != 0) oom = 1;
+    if (oom) lp_timers_remove(&lp_worker_of(L)->timers, self);
   }
   if (oom) {
     lp_spin_unlock(&s->lock);
@@ -776,57 +800,34 @@ static int seq_tostring(lua_State *L) {
   return 1;
 }
 
-/* luapool.sequencer(name [, first]): upvalues are the state's cache and the
- * sequencer metatable. */
+static void *make_seq(const char *name, lua_Integer first, int given) {
+  lp_seq *s = calloc(1, sizeof *s);
+  if (s) {
+    s->name = name;
+    s->first = s->next = first;
+    s->first_explicit = given;
+  }
+  return s;
+}
+
+/* luapool.sequencer(name [, first]). A sequencer made by a call without
+ * `first` takes the first one given, as long as nothing has happened in it
+ * yet; after that, all must agree. */
 static int l_sequencer(lua_State *L) {
-  size_t len;
-  const char *name = luaL_checklstring(L, 1, &len);
   lua_Integer first = 1;
-  int explicit_first = !lua_isnoneornil(L, 2), isint = 0;
-  if (explicit_first) {
-    if (lua_type(L, 2) == LUA_TNUMBER) first = lua_tointegerx(L, 2, &isint);
-    if (!isint)
-      return luaL_error(L, "luapool.sequencer: first must be an integer, not %s",
-                        luaL_tolstring(L, 2, NULL));
-  }
-  lua_settop(L, 1);
-  lp_seq *s = NULL;
-  lua_pushvalue(L, 1);
-  if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TUSERDATA) s = *(lp_seq **)lua_touserdata(L, -1);
-  else lua_pop(L, 1);
-  if (!s) {
-    luapool *eng = lp_worker_of(L)->eng;
-    struct lp_sync *sy = get_sync(eng);
-    int id = lp_names_intern(&eng->names, name, len);
-    if (!sy || id < 0) return luaL_error(L, "luapool.sequencer: out of memory");
-    pthread_mutex_lock(&sy->lock);
-    if (reserve(&sy->seqs, &sy->nseqs, id) == 0 && !(s = sy->seqs[id]) &&
-        (s = calloc(1, sizeof *s)) != NULL) {
-      s->name = lp_names_get(&eng->names, id);
-      s->first = s->next = first;
-      s->first_explicit = explicit_first;
-      sy->seqs[id] = s;
-    }
-    pthread_mutex_unlock(&sy->lock);
-    if (!s) return luaL_error(L, "luapool.sequencer: out of memory");
-    push_handle(L, 1, s);
-  }
-  if (explicit_first) {
-    lp_spin_lock(&s->lock);
-    lua_Integer had = s->first;
-    /* A sequencer made by a call without `first` takes the first explicit
-     * one, as long as nothing has happened in it yet. */
-    int fresh = s->next == s->first && !s->holder && s->n == 0;
-    int clash = had != first && (s->first_explicit || !fresh);
-    if (!clash) {
-      s->first = s->next = first;
-      s->first_explicit = 1;
-    }
-    lp_spin_unlock(&s->lock);
-    if (clash)
-      return luaL_error(L, "luapool.sequencer: sequencer '%s' starts at ticket %I, not %I", s->name,
-                        had, first);
-  }
+  int given = opt_int(L, 2, "luapool.sequencer", "first", &first);
+  lp_seq *s = lookup(L, "luapool.sequencer", 1, make_seq, first, given);
+  if (!given) return 1;
+  lp_spin_lock(&s->lock);
+  lua_Integer had = s->first;
+  int fresh = s->next == s->first && !s->holder && s->n == 0;
+  int clash = had != first && (s->first_explicit || !fresh);
+  if (!clash && had != first) s->first = s->next = first; /* fresh: adopt it */
+  if (!clash) s->first_explicit = 1;
+  lp_spin_unlock(&s->lock);
+  if (clash)
+    return luaL_error(L, "luapool.sequencer: sequencer '%s' starts at ticket %I, not %I", s->name,
+                      had, first);
   return 1;
 }
 
