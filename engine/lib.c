@@ -267,6 +267,12 @@ static int wait_for(lua_State *L, lp_task *self, lp_task *t, int di, lua_KContex
     lp_lib_check_cancelled(L, self);
     double deadline = lua_tonumber(L, di);
     if (deadline >= 0 && lp_now() >= deadline) return 0;
+    if (worker(L)->eng->inline_mode) {
+      /* Sequential run: whatever can still run, runs now, nested here. */
+      lp_pool_run_nested(worker(L), t);
+      if (lp_task_finished(t)) return 1;
+      lp_lib_suspend(L, self, -1, ctx, k); /* raises the deadlock error */
+    }
     lp_task_arm(self);
     self->self_waiter.fire = fire_wake;
     if (lp_task_watch(t, &self->self_waiter) == 0) {

@@ -408,8 +408,17 @@ int lp_pool_run_inline(luapool *eng) {
 void lp_pool_run_nested(lp_worker *w, lp_task *until) {
   while (!lp_task_finished(until)) {
     lp_task *t = lp_sched_next(&w->eng->sched, w->index);
-    if (!t) break; /* cannot happen: the child is on the stack until it ends */
-    run(w, t);
+    if (t) {
+      run(w, t);
+      continue;
+    }
+    if (w->timers.n == 0) break; /* nothing can ever run: the caller's deadlock */
+    double next = lp_timers_next(&w->timers, lp_now());
+    if (next > 0) {
+      struct timespec ts = {(time_t)next, (long)((next - (double)(time_t)next) * 1e9)};
+      nanosleep(&ts, NULL);
+    }
+    fire_timers(w, atomic_load(&w->eng->stopping));
   }
 }
 

@@ -289,25 +289,28 @@ static void flush_all_freed(lp_report *r) {
   for (int i = 0; i < r->noutbox; i++) flush_freed(r, i);
 }
 
+/* The batch of n's home list: one per home (there are at most as many
+ * homes as workers, and a home never gets two batches). */
 static void free_node(lp_report *r, lp_rnode *n) {
   if (!n->home) {
     free(n);
     return;
   }
-  for (int i = 0; i < r->noutbox; i++) {
-    if (r->nfreed[i] && r->freed_home[i] != n->home) continue;
-    if (!r->nfreed[i]) {
-      r->freed_home[i] = n->home;
-      r->freed_last[i] = n;
-      *(void **)n = NULL;
-    } else {
-      *(void **)n = r->freed_first[i];
-    }
-    r->freed_first[i] = n;
-    if (++r->nfreed[i] == 256) flush_freed(r, i);
-    return;
+  int i = 0, empty = -1;
+  for (; i < r->noutbox; i++) {
+    if (r->nfreed[i] && r->freed_home[i] == n->home) break;
+    if (!r->nfreed[i] && empty < 0) empty = i;
   }
-  free(n); /* more homes than workers: cannot happen */
+  if (i == r->noutbox) {
+    i = empty;
+    r->freed_home[i] = n->home;
+    r->freed_last[i] = n;
+    *(void **)n = NULL;
+  } else {
+    *(void **)n = r->freed_first[i];
+  }
+  r->freed_first[i] = n;
+  if (++r->nfreed[i] == 256) flush_freed(r, i);
 }
 
 /* Frees the item the cursor leaves behind: a delivered record, or the node
