@@ -35,7 +35,7 @@ suite() {
   # Individual busted tests inside the spec files, for the closing line.
   log="$dir/Testing/Temporary/LastTest.log"
   if [ -f "$log" ]; then
-    s=$(sed -n 's/^\([0-9]*\) successes* \/ \([0-9]*\) failures* \/ \([0-9]*\) errors*.*/\1 \2 \3/p' "$log" |
+    s=$(sed -n 's/^\([0-9]*\) success[es]* \/ \([0-9]*\) failures* \/ \([0-9]*\) errors*.*/\1 \2 \3/p' "$log" |
         awk '{ok += $1; bad += $2 + $3} END {print ok + 0, bad + 0}')
     set -- $s
     busted_ok=$((busted_ok + $1))
