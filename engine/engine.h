@@ -48,6 +48,7 @@ struct luapool {
   pthread_mutex_t host_lock;
   pthread_cond_t host_cond;
   long live_roots;
+  int workers_go;     /* 1: workers may run, -1: start-up failed, leave */
   int host_waiting;
 
   /* Named atomic counters shared by every task: counters[id] for name id. */

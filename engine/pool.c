@@ -372,10 +372,23 @@ static void loop(lp_worker *w) {
   }
 }
 
+static int start_state(luapool *eng, lp_worker *w);
+
+/* A worker makes its own Lua state, so everything the state allocates comes
+ * from this thread's malloc arena, not interleaved with the other workers'
+ * states. It reports, then waits for the host's go (or stop). */
 static void *worker_main(void *arg) {
   lp_worker *w = arg;
+  luapool *eng = w->eng;
   lp_task_cache_self = &w->cache;
-  loop(w);
+  int rc = start_state(eng, w);
+  pthread_mutex_lock(&eng->host_lock);
+  w->start_rc = rc ? rc : 1;
+  pthread_cond_broadcast(&eng->host_cond);
+  while (!eng->workers_go) pthread_cond_wait(&eng->host_cond, &eng->host_lock);
+  int go = eng->workers_go > 0;
+  pthread_mutex_unlock(&eng->host_lock);
+  if (go) loop(w);
   lp_task_cache_self = NULL;
   return NULL;
 }
@@ -446,17 +459,44 @@ int lp_pool_start(luapool *eng) {
     w->mem_limit = eng->cfg.memory_limit;
     lp_task_cache_init(&w->cache);
     lp_buf_init(&w->result);
-    int rc = start_state(eng, w);
-    if (rc != 0) return rc;
   }
+  if (eng->inline_mode) { /* the host's thread is the worker */
+    lp_worker *w = &eng->workers[0];
+    int rc = start_state(eng, w);
+    if (rc != 0) return lp_engine_error(eng, rc, "%s", w->errmsg);
+  } else {
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+      lp_worker *w = &eng->workers[i];
+      if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        rc = lp_engine_error(eng, LUAPOOL_ESYS, "cannot start worker thread %d", i + 1);
+      else
+        w->started = 1;
+    }
+    /* Start-up returns only when every worker has its script loaded. */
+    pthread_mutex_lock(&eng->host_lock);
+    for (int i = 0; i < n; i++) {
+      lp_worker *w = &eng->workers[i];
+      while (w->started && !w->start_rc) pthread_cond_wait(&eng->host_cond, &eng->host_lock);
+      if (rc == 0 && w->started && w->start_rc != 1) rc = lp_engine_error(eng, w->start_rc, "%s", w->errmsg);
+    }
+    pthread_mutex_unlock(&eng->host_lock);
+    if (rc != 0) {
+      pthread_mutex_lock(&eng->host_lock);
+      eng->workers_go = -1; /* every worker leaves at once */
+      pthread_cond_broadcast(&eng->host_cond);
+      pthread_mutex_unlock(&eng->host_lock);
+      return rc;
+    }
+  }
+  /* The workers wait for the go: reading worker 0's state is safe. */
   if (lp_vm_function_names(eng->workers[0].L, &eng->defined, &eng->ndefined) != 0)
     return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  if (eng->inline_mode) return 0;
-  for (int i = 0; i < n; i++) {
-    lp_worker *w = &eng->workers[i];
-    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
-      return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start worker thread %d", i + 1);
-    w->started = 1;
+  if (!eng->inline_mode) {
+    pthread_mutex_lock(&eng->host_lock);
+    eng->workers_go = 1;
+    pthread_cond_broadcast(&eng->host_cond);
+    pthread_mutex_unlock(&eng->host_lock);
   }
   return 0;
 }

@@ -25,6 +25,7 @@ typedef struct lp_worker {
   int index;
   pthread_t thread;
   int started;             /* the thread exists and must be joined */
+  int start_rc;            /* under host_lock: 0 starting, 1 ready, else LUAPOOL_E* */
   lua_State *L;            /* this worker's state; tasks run in its coroutines */
   size_t mem_used;         /* bytes allocated by L (counting allocator) */
   size_t mem_limit;        /* 0: none */

@@ -51,19 +51,12 @@ local function median(cmd, n)
   return ts[(#ts + 1) // 2], rss
 end
 
--- CPU seconds a plain-Lua baseline takes inside lua5.4 (start-up excluded).
+-- Wall seconds of the plain-Lua baseline: the same work run sequentially by
+-- lua5.4 in one state, timed like luapool (median of whole processes).
 local function lua_seq(args)
-  local best = math.huge
-  for _ = 1, runs do
-    local t = tonumber(sh("lua5.4 " .. dir .. "sequential.lua " .. args):match("^(%S+)"))
-    if t < best then best = t end
-  end
-  return best
+  return (median("lua5.4 " .. dir .. "sequential.lua " .. args))
 end
 
--- The engine-core figures are taken with --order completion: records are
--- not what they measure, and tree order's bookkeeping is measured on its own
--- below ("tree order").
 local function luapool(script, args, workers, extra)
   return median(string.format("%s run %s%s %s --workers %d %s", bin, dir, script, args, workers,
     extra or "--order completion"))
