@@ -146,61 +146,38 @@ void lp_report_failure(lp_report *r, const char *text) {
 
 /* ---- turning records into text ---- */
 
+extern const char lp_embedded_report[];
+extern const size_t lp_embedded_report_len;
+
+/* The host-only state that runs scripts/report.lua; its table of
+ * formatters is kept in the registry. NULL if it cannot be made. */
 static lua_State *fmt_state(lp_report *r) {
   if (r->fmt) return r->fmt;
   lua_State *L = luaL_newstate();
   if (!L) return NULL;
   luaL_openlibs(L);
-  /* cjson renders tables as JSON; without it tables print as tostring would. */
-  if (luaL_dostring(L,
-                    "local ok, cjson = pcall(require, 'cjson')\n"
-                    "if ok then cjson.encode_sparse_array(true)\n"
-                    "  cjson.encode_invalid_numbers(true) end\n"
-                    "return ok and cjson or false") != LUA_OK)
-    lua_pushboolean(L, 0);
-  lua_setfield(L, LUA_REGISTRYINDEX, "luapool.cjson");
-  /* One JSON object per record. A value cjson cannot encode (a cycle, a
-   * sparse table it refuses) is sent as its text. */
-  if (luaL_dostring(L,
-                    "local ok, cjson = pcall(require, 'cjson')\n"
-                    "local enc, fmt, tostring, pcall = cjson and cjson.encode, string.format, "
-                    "tostring, pcall\n"
-                    "local mtype = math.type\n"
-                    "return function(id, name, prio, value, text)\n"
-                    "  local ok, v = pcall(enc, value)\n"
-                    "  if not ok then v = enc(text) end\n"
-                    "  local p = mtype(prio) == 'float' and prio == prio // 1 and prio >= -2^53 "
-                    "and prio <= 2^53\n"
-                    "    and fmt('%d', prio) or enc(prio)\n"
-                    "  return fmt('{\"task\":%d,\"name\":%s,\"priority\":%s,\"value\":%s}', id, "
-                    "enc(name), p, v)\n"
-                    "end") == LUA_OK) {
-    lua_setfield(L, LUA_REGISTRYINDEX, "luapool.json_record");
-  } else {
-    lua_pop(L, 1);
+  if (luaL_loadbufferx(L, lp_embedded_report, lp_embedded_report_len, "=report.lua", "t") !=
+          LUA_OK ||
+      lua_pcall(L, 0, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+    lua_close(L);
+    return NULL;
   }
+  lua_setfield(L, LUA_REGISTRYINDEX, "luapool.report");
   r->fmt = L;
   return L;
 }
 
-/* Text of one Lua value at the top of L, left on the stack as a string. */
-static void value_text(lua_State *L) {
-  if (lua_type(L, -1) == LUA_TTABLE) {
-    lua_getfield(L, LUA_REGISTRYINDEX, "luapool.cjson");
-    if (lua_toboolean(L, -1)) {
-      lua_getfield(L, -1, "encode");
-      lua_pushvalue(L, -3);
-      if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-        lua_replace(L, -3);
-        lua_pop(L, 1);
-        return;
-      }
-      lua_pop(L, 1);
-    }
+/* Calls report.lua's formatter `fn` on the n values on top of L; leaves
+ * one string (or nil) in their place. */
+static void format(lua_State *L, const char *fn, int n) {
+  lua_getfield(L, LUA_REGISTRYINDEX, "luapool.report");
+  lua_getfield(L, -1, fn);
+  lua_remove(L, -2);
+  lua_insert(L, -n - 1);
+  if (lua_pcall(L, n, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
     lua_pop(L, 1);
+    lua_pushnil(L);
   }
-  luaL_tolstring(L, -1, NULL);
-  lua_replace(L, -2);
 }
 
 static void deliver_record(lp_report *r, lp_record *rec) {
@@ -237,8 +214,9 @@ static void deliver_record(lp_report *r, lp_record *rec) {
       lua_settop(L, top + 1);
     }
     lua_pushvalue(L, -1);
-    value_text(L); /* stack: value, text */
+    format(L, "text", 1); /* stack: value, text */
     out.text = lua_tolstring(L, -1, &out.text_len);
+    if (!out.text) out.text = "", out.text_len = 0;
   }
   if (json) {
     if (!L) {
@@ -248,13 +226,12 @@ static void deliver_record(lp_report *r, lp_record *rec) {
       lua_pushlstring(L, out.text, out.text_len); /* a print: its text is its value */
       lua_pushvalue(L, -1);
     }
-    lua_getfield(L, LUA_REGISTRYINDEX, "luapool.json_record");
     lua_pushinteger(L, (lua_Integer)out.task);
     lua_pushstring(L, out.name);
     lua_pushnumber(L, out.priority);
     lua_pushvalue(L, top + 1);
-    lua_pushvalue(L, top + 2);
-    if (lua_pcall(L, 5, 1, 0) == LUA_OK) out.json = lua_tolstring(L, -1, &out.json_len);
+    format(L, "record", 4);
+    out.json = lua_tolstring(L, -1, &out.json_len);
   }
   eng->cfg.on_record(eng->cfg.ud, &out);
   if (L) lua_settop(L, top);

@@ -13,7 +13,7 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"
 [ -x /usr/bin/time ] || need="$need time"
 [ -f /usr/include/lua5.4/lua.h ] || need="$need liblua5.4-dev"
 lua5.4 -e 'require "lpeg"' >/dev/null 2>&1 || need="$need lua-lpeg"
-lua5.4 -e 'require "cjson"' >/dev/null 2>&1 || need="$need lua-cjson"
+lua5.4 -e 'require "dkjson"' >/dev/null 2>&1 || need="$need lua-dkjson"
 [ -z "$need" ] && exit 0
 echo "deps.sh: installing$need"
 if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
