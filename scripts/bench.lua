@@ -128,6 +128,13 @@ if want("tree") then
     tt, tt / tasks * 1e9, tt / tc), "(reported)", true)
 end
 
+if want("records") then
+  local tc = luapool("records.lua", "1000000 100", 2, "--order completion")
+  local tt = luapool("records.lua", "1000000 100", 2, "--order tree")
+  report("1M records, tree vs completion order", string.format("%.3f s vs %.3f s: %+.0f%%", tt, tc,
+    (tt / tc - 1) * 100), "<= +10%", tt <= tc * 1.10)
+end
+
 if want("sleep") then
   local t, rss = luapool("sleepers.lua", "100000 1", 2)
   report("100,000 tasks sleeping 1 s", string.format("%.2f s wall, %s", t,
