@@ -606,7 +606,7 @@ static int l_emit(lua_State *L) {
   lp_record *rec = lp_record_new(LUAPOOL_RECORD_EMIT, self, prio, b.data, b.len);
   lp_buf_free(&b);
   if (!rec) return luaL_error(L, "luapool.emit: out of memory");
-  lp_report_add(&w->eng->report, w->index, self, rec);
+  lp_report_add(&w->eng->report, self, rec);
   return 0;
 }
 
@@ -632,7 +632,7 @@ static int l_print(lua_State *L) {
   lp_task *self = w->current;
   lp_record *rec = lp_record_new(LUAPOOL_RECORD_PRINT, self, self->priority, s, len);
   if (!rec) return luaL_error(L, "print: out of memory");
-  lp_report_add(&w->eng->report, w->index, self, rec);
+  lp_report_add(&w->eng->report, self, rec);
   return 0;
 }
 

@@ -86,10 +86,10 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   seq_init(&r->roots, NULL);
   r->cur = &r->roots;
   r->noutbox = nworkers;
-  r->outbox = calloc((size_t)nworkers, sizeof *r->outbox);
-  r->outpos = calloc((size_t)nworkers, sizeof *r->outpos);
-  if (!r->outbox || !r->outpos) return -1;
-  for (int i = 0; i < nworkers; i++) seq_init(&r->outbox[i], NULL);
+  atomic_init(&r->cstub.next, NULL);
+  r->cstub.kind = LP_ITEM_RECORD;
+  atomic_init(&r->ctail, &r->cstub);
+  r->cpos = &r->cstub;
   r->freed_home = calloc((size_t)nworkers, sizeof *r->freed_home);
   r->freed_first = calloc((size_t)nworkers, sizeof *r->freed_first);
   r->freed_last = calloc((size_t)nworkers, sizeof *r->freed_last);
@@ -99,13 +99,16 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   return 0;
 }
 
-void lp_report_add(lp_report *r, int w, lp_task *t, lp_record *rec) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION)
-    seq_append(&r->outbox[w], &rec->item);
-  else if (t->rn)
+void lp_report_add(lp_report *r, lp_task *t, lp_record *rec) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION) {
+    atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
+    lp_item *prev = atomic_exchange_explicit(&r->ctail, &rec->item, memory_order_acq_rel);
+    atomic_store_explicit(&prev->next, &rec->item, memory_order_release);
+  } else if (t->rn) {
     seq_append(t->rn, &rec->item);
-  else
+  } else {
     free(rec);
+  }
 }
 
 void lp_report_spawn(lp_report *r, lp_task *parent, lp_task *child) {
@@ -375,26 +378,23 @@ static long walk_tree(lp_report *r, int deliver) {
   }
 }
 
-static long walk_outboxes(lp_report *r, int deliver) {
+/* Completion order. Between a producer's exchange and its link the queue
+ * looks shorter than it is; the next pass picks the rest up. */
+static long walk_completion(lp_report *r, int deliver) {
   long n = 0;
-  for (int w = 0; w < r->noutbox; w++) {
-    for (;;) {
-      lp_item *p = r->outpos[w];
-      lp_item *next = p ? atomic_load_explicit(&p->next, memory_order_acquire)
-                        : atomic_load_explicit(&r->outbox[w].first, memory_order_acquire);
-      if (!next) break;
-      if (deliver) deliver_record(r, (lp_record *)next);
-      n++;
-      release_item(r, p);
-      r->outpos[w] = next;
-    }
+  lp_item *next;
+  while ((next = atomic_load_explicit(&r->cpos->next, memory_order_acquire))) {
+    if (deliver) deliver_record(r, (lp_record *)next);
+    n++;
+    if (r->cpos != &r->cstub) release_item(r, r->cpos);
+    r->cpos = next;
   }
   return n;
 }
 
 long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
-  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_outboxes(r, 1) : walk_tree(r, 1);
+  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1) : walk_tree(r, 1);
   if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += release_held(r, 1);
   flush_all_freed(r);
   deliver_failures(r);
@@ -405,8 +405,8 @@ long lp_report_deliver(lp_report *r, int final) {
 void lp_report_free(lp_report *r) {
   if (!r->eng) return;
   if (r->order == LUAPOOL_ORDER_COMPLETION) {
-    walk_outboxes(r, 0);
-    for (int w = 0; w < r->noutbox; w++) release_item(r, r->outpos[w]);
+    walk_completion(r, 0);
+    if (r->cpos != &r->cstub) release_item(r, r->cpos);
   } else {
     /* Every task has finished by now, so the walk reaches the end; it stops
      * early only in the roots' sequence, which is never `done`. */
@@ -417,8 +417,6 @@ void lp_report_free(lp_report *r) {
   release_held(r, 0);
   free(r->held);
   deliver_failures(r);
-  free(r->outbox);
-  free(r->outpos);
   free(r->freed_home);
   free(r->freed_first);
   free(r->freed_last);

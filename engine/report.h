@@ -61,10 +61,12 @@ typedef struct lp_report {
   lp_rnode roots; /* the sequence of root tasks, produced by the host */
   lp_rnode *cur;  /* the sequence the cursor is in */
   lp_item *pos;   /* last item consumed there; NULL: none yet */
-  /* Completion order: one sequence per worker. */
-  lp_rnode *outbox;
-  lp_item **outpos;
-  int noutbox;
+  /* Completion order: one queue in the order records are made, any number
+   * of producers (an exchange on `ctail` orders them), the host consuming. */
+  lp_item cstub;
+  _Atomic(lp_item *) ctail;
+  lp_item *cpos; /* host-only: the last record consumed (or &cstub) */
+  int noutbox;   /* workers: the homes of report nodes */
   /* Failures of unawaited tasks, from any thread. */
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;
@@ -88,8 +90,8 @@ void lp_report_free(lp_report *r);
 lp_record *lp_record_new(int kind, const struct lp_task *t, double priority, const void *data,
                          size_t len);
 
-/* Producer side, called by the worker running task t (worker index w). */
-void lp_report_add(lp_report *r, int w, struct lp_task *t, lp_record *rec);
+/* Producer side, called by the worker running task t. */
+void lp_report_add(lp_report *r, struct lp_task *t, lp_record *rec);
 void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child);
 void lp_report_body_done(lp_report *r, struct lp_task *t);
 /* Called by the host when it submits a root. */
