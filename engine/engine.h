@@ -48,7 +48,7 @@ struct luapool {
   pthread_mutex_t host_lock;
   pthread_cond_t host_cond;
   long live_roots;
-  int workers_go;     /* 1: workers may run, -1: start-up failed, leave */
+  int workers_go; /* 1: workers may run, -1: start-up failed, leave */
   int host_waiting;
 
   /* Named atomic counters shared by every task: counters[id] for name id. */
@@ -56,7 +56,7 @@ struct luapool {
   _Atomic int64_t **counters; /* blocks of LP_COUNTER_BLOCK, indexed by name id */
   int ncounter_blocks;
 
-  struct lp_sync *sync; /* named channels and sequencers (sync.c) */
+  struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
   /* Statistics, summed from the workers at the end. */
   _Atomic int max_depth;

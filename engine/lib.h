@@ -1,6 +1,6 @@
 /*
  * lib.h - the waiting machinery of the task-side module, for the files that
- * add more of its calls (sync.c).
+ * add more of its calls (channel.c, sequencer.c).
  *
  * A call that waits: checks its condition; if unmet, arms the running task
  * (lp_task_arm), registers whatever will call lp_task_wake on it, and
