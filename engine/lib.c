@@ -79,6 +79,17 @@ int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ct
                       "--workers 0 runs every spawn inline, in sequential order");
   /* A task with its own time limit wakes at the limit, at the latest. */
   if (self->deadline > 0 && (deadline < 0 || self->deadline < deadline)) deadline = self->deadline;
+  if (w->eng->inline_mode) {
+    /* A sequential run waits out a timed wait on the spot, as a blocking
+     * call would: nothing else runs meanwhile. Then it is resumed. */
+    double left = deadline - lp_now();
+    if (left > 0) {
+      struct timespec ts = {(time_t)left, (long)((left - floor(left)) * 1e9)};
+      while (nanosleep(&ts, &ts) != 0) {
+      }
+    }
+    return k(L, LUA_YIELD, ctx);
+  }
   if (deadline >= 0 && lp_timers_add(&w->timers, self, deadline) != 0)
     return luaL_error(L, "luapool: out of memory");
   w->yield_kind = LP_YIELD_WAIT;

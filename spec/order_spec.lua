@@ -63,3 +63,20 @@ describe("the ordering examples", function()
     for i = 2, #scores do assert.is_true(scores[i - 1] <= scores[i], table.concat(r.lines, "\n")) end
   end)
 end)
+
+describe("--workers 0", function()
+  it("waits out a timed wait on the spot, as the sequential program would", function()
+    local r = helpers.run([[
+local luapool = require "luapool"
+function w() return luapool.channel("c"):pop(0.2) end
+function main()
+  local f = luapool.spawn(w)     -- runs to its end here: the pop times out
+  luapool.channel("c"):push("hello")
+  print(f:get())
+  print(luapool.channel("c"):pop(0))
+end
+]], {}, { workers = 0 })
+    assert.are.equal(0, r.code, r.err)
+    assert.are.same({ "nil\ttimeout", "hello" }, r.lines)
+  end)
+end)
