@@ -56,7 +56,11 @@ lua_State *lp_vm_new(lp_worker *w) {
   if (!L) return NULL;
   *(lp_worker **)lua_getextraspace(L) = w;
   luaL_openlibs(L);
-  lua_gc(L, LUA_GCGEN, 0, 0);
+  /* Generational: futures die young, and minor collections free their task
+   * records promptly. LUAPOOL_GC_STRESS=1 instead collects all the time, to
+   * shake out objects used after the collector could have freed them. */
+  if (getenv("LUAPOOL_GC_STRESS")) lua_gc(L, LUA_GCINC, 1, 1000);
+  else lua_gc(L, LUA_GCGEN, 0, 0);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, l_preload);

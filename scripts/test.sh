@@ -4,8 +4,10 @@
 # busted specs through ctest, and ends with one line of counts.
 #
 #   scripts/test.sh               the default suite (a few minutes)
-#   scripts/test.sh --sanitize    also the whole suite under ASan+UBSan and
-#                                 the thread tests under TSan (much longer)
+#   scripts/test.sh --sanitize    also the whole suite under ASan+UBSan, the
+#                                 thread tests under TSan, and the specs under
+#                                 ASan with the Lua collector always running
+#                                 (LUAPOOL_GC_STRESS=1) (much longer)
 set -u
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh || { echo "luapool tests: 0 passed, 1 failed (dependencies)"; exit 1; }
@@ -50,6 +52,9 @@ if [ "${1:-}" = "--sanitize" ]; then
   suite build-asan "ASan+UBSan build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUAPOOL_SANITIZE=address+undefined
   CTEST_ARGS="-L thread"
   suite build-tsan "TSan build, thread tests" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUAPOOL_SANITIZE=thread
+  # The specs once more with the collector running all the time.
+  CTEST_ARGS="-L spec"
+  LUAPOOL_GC_STRESS=1 suite build-asan "ASan build, specs under GC pressure" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUAPOOL_SANITIZE=address+undefined
 fi
 
 echo "luapool tests: $passed passed, $failed failed (ctest); busted: $busted_ok passed, $busted_bad failed"
