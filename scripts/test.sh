@@ -54,7 +54,9 @@ if [ "${1:-}" = "--sanitize" ]; then
   suite build-tsan "TSan build, thread tests" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUAPOOL_SANITIZE=thread
   # The specs once more with the collector running all the time.
   CTEST_ARGS="-L spec"
-  LUAPOOL_GC_STRESS=1 suite build-asan "ASan build, specs under GC pressure" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUAPOOL_SANITIZE=address+undefined
+  export LUAPOOL_GC_STRESS=1
+  suite build-asan "ASan build, specs under GC pressure" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLUAPOOL_SANITIZE=address+undefined
+  unset LUAPOOL_GC_STRESS
 fi
 
 echo "luapool tests: $passed passed, $failed failed (ctest); busted: $busted_ok passed, $busted_bad failed"
