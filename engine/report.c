@@ -322,8 +322,14 @@ static void hold(lp_report *r, lp_record *rec) {
     deliver_record(r, rec);
     return;
   }
-  memcpy(copy, rec, sizeof *copy + rec->len + 1);
+  /* Field by field: rec->item.next may be being written by its producer. */
+  atomic_init(&copy->item.next, NULL);
+  copy->kind = rec->kind;
   copy->task = rec->task;
+  copy->fn = rec->fn;
+  copy->priority = rec->priority;
+  copy->len = rec->len;
+  memcpy(copy->data, rec->data, rec->len + 1);
   r->held[r->nheld] = copy;
   copy->item.kind = (int)r->nheld; /* its tree-order rank, for ties */
   r->nheld++;
