@@ -73,6 +73,19 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   return 0;
 }
 
+int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open) {
+  if (!lp || !name || !open) return LUAPOOL_EINVAL;
+  if (lp->phase != LP_PHASE_OPEN)
+    return lp_engine_error(lp, LUAPOOL_ESTATE, "modules must be registered before the script");
+  void *m = realloc(lp->modules, sizeof *lp->modules * (size_t)(lp->nmodules + 1));
+  if (!m) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp->modules = m;
+  if (!(lp->modules[lp->nmodules].name = strdup(name)))
+    return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp->modules[lp->nmodules++].open = open;
+  return 0;
+}
+
 static int cmp_names(const void *a, const void *b);
 
 static int load(luapool *lp, const char *chunk, size_t len, const char *chunkname) {
@@ -320,6 +333,8 @@ void luapool_close(luapool *lp) {
   free(lp->counters);
   free(lp->script);
   free(lp->chunkname);
+  for (int i = 0; i < lp->nmodules; i++) free(lp->modules[i].name);
+  free(lp->modules);
   for (int i = 0; i < lp->ndefined; i++) free(lp->defined[i]);
   free(lp->defined);
   pthread_mutex_destroy(&lp->host_lock);

@@ -35,7 +35,12 @@ struct luapool {
   char *script; /* the script's source, loaded by every worker */
   size_t script_len;
   char *chunkname; /* "@path" or the name given to load_string */
-  char **defined;  /* sorted names of the script's task functions */
+  struct {
+    char *name;
+    luapool_open_fn open;
+  } * modules; /* host C modules preloaded in every worker state */
+  int nmodules;
+  char **defined; /* sorted names of the script's task functions */
   int ndefined;
 
   _Atomic uint64_t next_id;

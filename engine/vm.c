@@ -59,12 +59,19 @@ lua_State *lp_vm_new(lp_worker *w) {
   /* Generational: futures die young, and minor collections free their task
    * records promptly. LUAPOOL_GC_STRESS=1 instead collects all the time, to
    * shake out objects used after the collector could have freed them. */
-  if (getenv("LUAPOOL_GC_STRESS")) lua_gc(L, LUA_GCINC, 1, 1000);
-  else lua_gc(L, LUA_GCGEN, 0, 0);
+  if (getenv("LUAPOOL_GC_STRESS"))
+    lua_gc(L, LUA_GCINC, 1, 1000);
+  else
+    lua_gc(L, LUA_GCGEN, 0, 0);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, l_preload);
   lua_setfield(L, -2, "luapool");
+  /* The host's own modules: `require "NAME"` in every worker. */
+  for (int i = 0; i < w->eng->nmodules; i++) {
+    lua_pushcfunction(L, w->eng->modules[i].open);
+    lua_setfield(L, -2, w->eng->modules[i].name);
+  }
   lua_pop(L, 2);
   lua_newtable(L);
   w->fn_by_id_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -107,6 +107,15 @@ void luapool_config_init(luapool_config *cfg);
 /* Creates an engine. *out is set to NULL on failure. */
 int luapool_open(const luapool_config *cfg, luapool **out);
 
+/* A Lua C module of the host's: a luaopen_* style function. */
+struct lua_State;
+typedef int (*luapool_open_fn)(struct lua_State *L);
+
+/* Makes `require "name"` return open()'s module in every worker state, so
+ * tasks can call the host's own C functions. Call before loading the
+ * script; open runs once per worker state, on that worker's thread. */
+int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open);
+
 /* Loads the task script into every worker and starts the workers. Returns
  * only when every worker is alive with the script loaded. Text chunks only:
  * precompiled chunks are refused. */
