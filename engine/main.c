@@ -15,7 +15,7 @@
 #define LUAPOOL_VERSION_STRING LUAPOOL_VERSION
 #endif
 
-enum { EXIT_OK = 0, EXIT_TASKFAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130 };
+enum { EXIT_OK = 0, EXIT_TASKFAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130, EXIT_TERMINATED = 143 };
 
 static const char usage_text[] =
     "usage: luapool run SCRIPT [ARGS...] [options]\n"
@@ -120,10 +120,12 @@ static void on_failure(void *ud, const char *message) {
 
 static luapool *g_engine;
 
+static volatile sig_atomic_t g_signal; /* the first stopping signal */
+
 static void on_signal(int sig) {
-  (void)sig;
   static volatile sig_atomic_t count;
-  if (++count > 1) _exit(EXIT_INTERRUPTED); /* a second ^C: leave now */
+  if (++count > 1) _exit(128 + sig); /* a second signal: leave now */
+  g_signal = sig;
   luapool_interrupt(g_engine);
 }
 
@@ -243,10 +245,11 @@ static int cmd_run(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     rc = luapool_submit(lp, "main", nargs, args);
     if (rc == 0) rc = luapool_wait(lp, -1);
     if (rc == LUAPOOL_EINTERRUPTED)
-      exit_code = EXIT_INTERRUPTED;
+      exit_code = g_signal == SIGTERM ? EXIT_TERMINATED : EXIT_INTERRUPTED;
     else if (rc != 0 && rc != LUAPOOL_ETASKFAIL) {
       fprintf(stderr, "luapool: %s\n", luapool_errmsg(lp));
       exit_code = EXIT_TASKFAIL;

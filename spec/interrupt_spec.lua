@@ -3,6 +3,39 @@
 -- order, and the exit code is 130.
 local helpers = require "helpers"
 
+local function interrupted(signal)
+  local path = helpers.write_script([[
+local luapool = require "luapool"
+function slow(i)
+  print("start " .. i)
+  luapool.sleep(30)
+  print("never " .. i)
+end
+function main()
+  for i = 1, 4 do luapool.spawn(slow, i) end
+  print("main done")
+end
+]])
+  local out = helpers.tmpname(".out")
+  local cmd = string.format("%s run %s --workers 2 > %s 2>&1 & pid=$!; sleep 0.5; kill -%s $pid; wait $pid; echo $?",
+    helpers.quote(helpers.bin), helpers.quote(path), helpers.quote(out), signal)
+  local p = io.popen(cmd)
+  local code = tonumber(p:read("a"):match("%d+"))
+  p:close()
+  local text = helpers.read_file(out)
+  os.remove(out)
+  os.remove(path)
+  return code, helpers.split_lines(text)
+end
+
+describe("SIGTERM", function()
+  it("stops the run like SIGINT and exits 143", function()
+    local code, lines = interrupted("TERM")
+    assert.are.equal(143, code)
+    assert.are.same({ "start 1", "start 2", "start 3", "start 4", "main done" }, lines)
+  end)
+end)
+
 describe("SIGINT", function()
   it("delivers the ordered output known so far and exits 130", function()
     local path = helpers.write_script([[
