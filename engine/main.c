@@ -15,7 +15,13 @@
 #define LUAPOOL_VERSION_STRING LUAPOOL_VERSION
 #endif
 
-enum { EXIT_OK = 0, EXIT_TASKFAIL = 1, EXIT_USAGE = 2, EXIT_INTERRUPTED = 130, EXIT_TERMINATED = 143 };
+enum {
+  EXIT_OK = 0,
+  EXIT_TASKFAIL = 1,
+  EXIT_USAGE = 2,
+  EXIT_INTERRUPTED = 130,
+  EXIT_TERMINATED = 143
+};
 
 static const char usage_text[] =
     "usage: luapool run SCRIPT [ARGS...] [options]\n"
@@ -38,7 +44,7 @@ static const char usage_text[] =
     "  --                    the arguments that follow are all for main\n"
     "\n"
     "exit status: 0 success; 1 a task failed; 2 bad usage or an invalid\n"
-    "script; 130 interrupted.\n";
+    "script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
 
 static const char **g_args; /* freed on every exit path, for leak checkers */
 

@@ -144,6 +144,8 @@ static inline uint64_t zigzag(int64_t v) {
   return (u << 1) ^ (0 - (u >> 63));
 }
 
+static inline int64_t unzigzag(uint64_t u) { return (int64_t)((u >> 1) ^ (0 - (u & 1))); }
+
 static inline int put_byte(lp_buf *b, int tag) {
   uint8_t *p = room(b, 1);
   if (!p) return -1;
@@ -690,7 +692,7 @@ static inline int dec_value(dec *d, int depth, int iskey) {
   int tag = *d->p++;
   if (tag == T_INT) {
     if (getu(d, &u)) return -1;
-    if (d->L) lua_pushinteger(d->L, (lua_Integer)((u >> 1) ^ (0 - (u & 1))));
+    if (d->L) lua_pushinteger(d->L, (lua_Integer)unzigzag(u));
     return 0;
   }
   if (tag == T_STRING) {
@@ -756,6 +758,38 @@ int lp_pack_validate(const char *p, size_t len, char *err, size_t errlen) {
   d.err = err;
   d.errlen = err ? errlen : 0;
   return dec_message(&d, p, len, &n);
+}
+
+int lp_pack_scalar_text(const char *p, size_t len, char *buf, size_t buflen) {
+  dec d;
+  uint64_t u;
+  if (len < 3 || buflen < 32) return 0;
+  d.start = (const uint8_t *)p;
+  d.p = d.start + 3;
+  d.end = d.start + len;
+  d.err = NULL;
+  d.errlen = 0;
+  if (d.start[0] != LP_PACK_VERSION || d.start[1] != 1) return 0;
+  switch (d.start[2]) {
+    case T_NIL: return len == 3 ? snprintf(buf, buflen, "nil") : 0;
+    case T_FALSE: return len == 3 ? snprintf(buf, buflen, "false") : 0;
+    case T_TRUE: return len == 3 ? snprintf(buf, buflen, "true") : 0;
+    case T_INT:
+      if (getu(&d, &u) || d.p != d.end) return 0;
+      return snprintf(buf, buflen, "%lld", (long long)unzigzag(u));
+    case T_FLOAT: {
+      if (len != 11) return 0;
+      uint64_t bits = 0;
+      for (int i = 7; i >= 0; i--) bits = (bits << 8) | d.p[i];
+      double v;
+      memcpy(&v, &bits, sizeof v);
+      /* As Lua's tostring: "%.14g", and ".0" when that looks like an integer. */
+      int n = snprintf(buf, buflen, LUA_NUMBER_FMT, v);
+      if (buf[strspn(buf, "-0123456789")] == '\0') n += snprintf(buf + n, buflen - (size_t)n, ".0");
+      return n;
+    }
+    default: return 0;
+  }
 }
 
 int lp_pack_single_string(const char *p, size_t len, const char **s, size_t *slen) {

@@ -86,6 +86,11 @@ int lp_pack_put_table(lp_buf *out, uint32_t narr, uint32_t nhash);
  * stores a pointer into p and its length and returns 1; otherwise 0. */
 int lp_pack_single_string(const char *p, size_t len, const char **s, size_t *slen);
 
+/* Fast path for reporters: if the message holds exactly one nil, boolean,
+ * integer or float, writes it as Lua's tostring would into buf (at least
+ * 32 bytes) and returns its length; otherwise returns 0. */
+int lp_pack_scalar_text(const char *p, size_t len, char *buf, size_t buflen);
+
 /* Checks that a message is well-formed without a lua_State. Returns 0 or -1
  * with a message in err. Used on bytes received from outside. */
 int lp_pack_validate(const char *p, size_t len, char *err, size_t errlen);

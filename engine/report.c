@@ -203,8 +203,14 @@ static void deliver_record(lp_report *r, lp_record *rec) {
     out.value = rec->data;
     out.value_len = rec->len;
   }
-  if (rec->kind == LUAPOOL_RECORD_EMIT &&
-      (json || !lp_pack_single_string(rec->data, rec->len, &out.text, &out.text_len))) {
+  char scalar[64];
+  int nscalar = 0;
+  if (rec->kind == LUAPOOL_RECORD_EMIT && !json &&
+      (nscalar = lp_pack_scalar_text(rec->data, rec->len, scalar, sizeof scalar)) > 0) {
+    out.text = scalar; /* numbers, booleans, nil: no Lua state needed */
+    out.text_len = (size_t)nscalar;
+  } else if (rec->kind == LUAPOOL_RECORD_EMIT &&
+             (json || !lp_pack_single_string(rec->data, rec->len, &out.text, &out.text_len))) {
     L = fmt_state(r);
     if (!L) return;
     top = lua_gettop(L);

@@ -884,6 +884,35 @@ static void test_timing(lua_State *L) {
   lp_buf_free(&b);
 }
 
+/* lp_pack_scalar_text writes what Lua's tostring writes. */
+static void test_scalar_text(lua_State *L) {
+  CHECK_EQ(luaL_dostring(L,
+                         "return 1, -7, 3.0, 2.5, 1e100, 1/0, 0.1, 2^53, -0.0, "
+                         "math.mininteger, true, false, nil"),
+           LUA_OK);
+  int n = lua_gettop(L);
+  for (int i = 1; i <= n; i++) {
+    lp_buf b;
+    lp_buf_init(&b);
+    CHECK_EQ(lp_pack_values(L, i, 1, &b, NULL, NULL, 0), 0);
+    char text[64];
+    int len = lp_pack_scalar_text(b.data, b.len, text, sizeof text);
+    CHECK(len > 0);
+    CHECK_STR(text, luaL_tolstring(L, i, NULL));
+    lua_pop(L, 1);
+    lp_buf_free(&b);
+  }
+  lua_settop(L, 0);
+  lp_buf b;
+  lp_buf_init(&b);
+  lua_pushstring(L, "not a scalar");
+  CHECK_EQ(lp_pack_values(L, 1, 1, &b, NULL, NULL, 0), 0);
+  char text[64];
+  CHECK_EQ(lp_pack_scalar_text(b.data, b.len, text, sizeof text), 0);
+  lua_settop(L, 0);
+  lp_buf_free(&b);
+}
+
 int main(void) {
   lua_State *L = newstate();
   L2 = newstate();
@@ -895,6 +924,7 @@ int main(void) {
   test_functions(L);
   test_builders(L);
   test_single_string(L);
+  test_scalar_text(L);
   test_malformed(L);
   /* The round trips again with the collector running all the time. */
   run(L, "collectgarbage('incremental', 1, 1000)");
