@@ -86,10 +86,10 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   seq_init(&r->roots, NULL);
   r->cur = &r->roots;
   r->noutbox = nworkers;
-  atomic_init(&r->cstub.next, NULL);
-  r->cstub.kind = LP_ITEM_RECORD;
-  atomic_init(&r->ctail, &r->cstub);
-  r->cpos = &r->cstub;
+  atomic_init(&r->csentinel.next, NULL);
+  r->csentinel.kind = LP_ITEM_RECORD;
+  atomic_init(&r->ctail, &r->csentinel);
+  r->cpos = &r->csentinel;
   r->freed_home = calloc((size_t)nworkers, sizeof *r->freed_home);
   r->freed_first = calloc((size_t)nworkers, sizeof *r->freed_first);
   r->freed_last = calloc((size_t)nworkers, sizeof *r->freed_last);
@@ -398,7 +398,7 @@ static long walk_completion(lp_report *r, int deliver) {
   while ((next = atomic_load_explicit(&r->cpos->next, memory_order_acquire))) {
     if (deliver) deliver_record(r, (lp_record *)next);
     n++;
-    if (r->cpos != &r->cstub) release_item(r, r->cpos);
+    if (r->cpos != &r->csentinel) release_item(r, r->cpos);
     r->cpos = next;
   }
   return n;
@@ -418,7 +418,7 @@ void lp_report_free(lp_report *r) {
   if (!r->eng) return;
   if (r->order == LUAPOOL_ORDER_COMPLETION) {
     walk_completion(r, 0);
-    if (r->cpos != &r->cstub) release_item(r, r->cpos);
+    if (r->cpos != &r->csentinel) release_item(r, r->cpos);
   } else {
     /* Every task has finished by now, so the walk reaches the end; it stops
      * early only in the roots' sequence, which is never `done`. */

@@ -63,9 +63,9 @@ typedef struct lp_report {
   lp_item *pos;   /* last item consumed there; NULL: none yet */
   /* Completion order: one queue in the order records are made, any number
    * of producers (an exchange on `ctail` orders them), the host consuming. */
-  lp_item cstub;
+  lp_item csentinel;
   _Atomic(lp_item *) ctail;
-  lp_item *cpos; /* host-only: the last record consumed (or &cstub) */
+  lp_item *cpos; /* host-only: the last record consumed (or &csentinel) */
   int noutbox;   /* workers: the homes of report nodes */
   /* Failures of unawaited tasks, from any thread. */
   pthread_mutex_t fail_lock;
