@@ -82,12 +82,7 @@ int lp_lib_suspend(lua_State *L, lp_task *self, double deadline, lua_KContext ct
   if (w->eng->inline_mode) {
     /* A sequential run waits out a timed wait on the spot, as a blocking
      * call would: nothing else runs meanwhile. Then it is resumed. */
-    double left = deadline - lp_now();
-    if (left > 0) {
-      struct timespec ts = {(time_t)left, (long)((left - floor(left)) * 1e9)};
-      while (nanosleep(&ts, &ts) != 0) {
-      }
-    }
+    lp_sleep(deadline - lp_now());
     return k(L, LUA_YIELD, ctx);
   }
   if (deadline >= 0 && lp_timers_add(&w->timers, self, deadline) != 0)
@@ -278,12 +273,9 @@ static int wait_for(lua_State *L, lp_task *self, lp_task *t, int di, lua_KContex
     lp_lib_check_cancelled(L, self);
     double deadline = lua_tonumber(L, di);
     if (deadline >= 0 && lp_now() >= deadline) return 0;
-    if (worker(L)->eng->inline_mode) {
-      /* Sequential run: whatever can still run, runs now, nested here. */
-      lp_pool_run_nested(worker(L), t);
-      if (lp_task_finished(t)) return 1;
-      lp_lib_suspend(L, self, -1, ctx, k); /* raises the deadlock error */
-    }
+    /* A sequential run cannot wait for later: lp_lib_suspend raises the
+     * deadlock error, or waits out the deadline, before anything is linked. */
+    if (worker(L)->eng->inline_mode) return lp_lib_suspend(L, self, deadline, ctx, k);
     lp_task_arm(self);
     self->self_waiter.fire = fire_wake;
     if (lp_task_watch(t, &self->self_waiter) == 0) {
@@ -517,10 +509,7 @@ static int join_k(lua_State *L, int status, lua_KContext ctx) {
     if (!lp_task_join_begin(self)) {
       /* Wait for the wake; if the deadline comes first, give the flag back
        * (or, if a child took it, its wake is already on the way). */
-      if (deadline >= 0 && lp_timers_add(&worker(L)->timers, self, deadline) != 0)
-        return luaL_error(L, "luapool: out of memory");
-      worker(L)->yield_kind = LP_YIELD_WAIT;
-      return lua_yieldk(L, 0, ctx, join_after_k);
+      return lp_lib_suspend(L, self, deadline, ctx, join_after_k);
     }
     if (!lp_task_disarm(self)) { /* a wake is on its way: take it */
       worker(L)->yield_kind = LP_YIELD_WAIT;
@@ -572,12 +561,7 @@ static int l_sleep(lua_State *L) {
   lp_worker *w = worker(L);
   lp_task *self = lp_lib_running(L, "luapool.sleep");
   if (w->eng->inline_mode || L != self->co || !lua_isyieldable(L)) {
-    /* Nothing else could run meanwhile on this thread: sleep for real. */
-    if (s > 0) {
-      struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)};
-      while (nanosleep(&ts, &ts) != 0) {
-      }
-    }
+    lp_sleep(s); /* nothing else could run meanwhile on this thread */
     return 0;
   }
   lua_settop(L, 1);

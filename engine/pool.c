@@ -395,44 +395,23 @@ static void *worker_main(void *arg) {
 
 /* ---- inline mode ---- */
 
+/* In inline mode nothing is ever left on a timer: timed waits are waited
+ * out on the spot (lp_lib_suspend), so an empty queue means the end. */
 int lp_pool_run_inline(luapool *eng) {
   lp_worker *w = &eng->workers[0];
   lp_task_cache_self = &w->cache; /* the host thread is the worker now */
-  for (;;) {
-    lp_task *t = lp_sched_next(&eng->sched, 0);
-    if (t) {
-      run(w, t);
-      lp_report_deliver(&eng->report, 0);
-      continue;
-    }
-    if (w->timers.n == 0) {
-      lp_task_cache_self = NULL;
-      return w->nlive ? LUAPOOL_EDEADLOCK : 0;
-    }
-    double next = lp_timers_next(&w->timers, lp_now());
-    if (next > 0) {
-      struct timespec ts = {(time_t)next, (long)((next - (double)(time_t)next) * 1e9)};
-      nanosleep(&ts, NULL);
-    }
-    fire_timers(w, atomic_load(&eng->stopping));
+  lp_task *t;
+  while ((t = lp_sched_next(&eng->sched, 0))) {
+    run(w, t);
+    lp_report_deliver(&eng->report, 0);
   }
+  lp_task_cache_self = NULL;
+  return w->nlive ? LUAPOOL_EDEADLOCK : 0;
 }
 
 void lp_pool_run_nested(lp_worker *w, lp_task *until) {
-  while (!lp_task_finished(until)) {
-    lp_task *t = lp_sched_next(&w->eng->sched, w->index);
-    if (t) {
-      run(w, t);
-      continue;
-    }
-    if (w->timers.n == 0) break; /* nothing can ever run: the caller's deadlock */
-    double next = lp_timers_next(&w->timers, lp_now());
-    if (next > 0) {
-      struct timespec ts = {(time_t)next, (long)((next - (double)(time_t)next) * 1e9)};
-      nanosleep(&ts, NULL);
-    }
-    fire_timers(w, atomic_load(&w->eng->stopping));
-  }
+  lp_task *t;
+  while (!lp_task_finished(until) && (t = lp_sched_next(&w->eng->sched, w->index))) run(w, t);
 }
 
 /* ---- start and stop ---- */
@@ -478,7 +457,8 @@ int lp_pool_start(luapool *eng) {
     for (int i = 0; i < n; i++) {
       lp_worker *w = &eng->workers[i];
       while (w->started && !w->start_rc) pthread_cond_wait(&eng->host_cond, &eng->host_lock);
-      if (rc == 0 && w->started && w->start_rc != 1) rc = lp_engine_error(eng, w->start_rc, "%s", w->errmsg);
+      if (rc == 0 && w->started && w->start_rc != 1)
+        rc = lp_engine_error(eng, w->start_rc, "%s", w->errmsg);
     }
     pthread_mutex_unlock(&eng->host_lock);
     if (rc != 0) {

@@ -75,9 +75,8 @@ int lp_pool_run_inline(struct luapool *eng);
 /* The worker whose state L belongs to, and the task it runs. */
 static inline lp_worker *lp_worker_of(lua_State *L) { return *(lp_worker **)lua_getextraspace(L); }
 
-/* Inline mode: runs tasks on this thread, nested, until t has finished or
- * nothing can run any more (when the spawning task cannot yield, or a task
- * waits for one that is runnable again). */
+/* Inline mode, when the spawning task cannot yield: runs tasks on this
+ * thread, nested, until t has finished. */
 void lp_pool_run_nested(lp_worker *w, struct lp_task *t);
 
 /* The body of every task: calls w->current's function with its arguments

@@ -42,6 +42,7 @@ lp_record *lp_record_new(int kind, const lp_task *t, double priority, const void
   rec->task = t ? t->id : 0;
   rec->fn = t ? t->fn : -1;
   rec->priority = priority;
+  rec->held = 0;
   rec->len = len;
   if (len) memcpy(rec->data, data, len);
   rec->data[len] = '\0';
@@ -300,22 +301,23 @@ static void free_node(lp_report *r, lp_rnode *n) {
 }
 
 /* Frees the item the cursor leaves behind: a delivered record, or the node
- * of a sequence it has walked to the end. */
+ * of a sequence it has walked to the end. A held record is freed later. */
 static void release_item(lp_report *r, lp_item *it) {
   if (!it) return;
-  if (it->kind == LP_ITEM_RECORD)
-    free(it);
-  else
+  if (it->kind == LP_ITEM_CHILD)
     free_node(r, (lp_rnode *)it);
+  else if (!((lp_record *)it)->held)
+    free(it);
 }
 
 /* Priority order: records are held, in tree order, until the run ends. A
  * task may emit at any priority at any time, so no record is known to be
- * the lowest before then. */
+ * the lowest before then. The record itself is kept (once the cursor has
+ * passed it, only the host touches it); its rank breaks ties. */
 static void hold(lp_report *r, lp_record *rec) {
   if (r->nheld == r->capheld) {
     size_t cap = r->capheld ? r->capheld * 2 : 256;
-    lp_record **h = realloc(r->held, cap * sizeof *h);
+    lp_held *h = realloc(r->held, cap * sizeof *h);
     if (!h) {
       deliver_record(r, rec); /* out of memory: out of order rather than lost */
       return;
@@ -323,35 +325,28 @@ static void hold(lp_report *r, lp_record *rec) {
     r->held = h;
     r->capheld = cap;
   }
-  lp_record *copy = malloc(sizeof *copy + rec->len + 1);
-  if (!copy) {
-    deliver_record(r, rec);
-    return;
-  }
-  /* Field by field: rec->item.next may be being written by its producer. */
-  atomic_init(&copy->item.next, NULL);
-  copy->kind = rec->kind;
-  copy->task = rec->task;
-  copy->fn = rec->fn;
-  copy->priority = rec->priority;
-  copy->len = rec->len;
-  memcpy(copy->data, rec->data, rec->len + 1);
-  r->held[r->nheld] = copy;
-  copy->item.kind = (int)r->nheld; /* its tree-order rank, for ties */
+  rec->held = 1;
+  r->held[r->nheld].rec = rec;
+  r->held[r->nheld].rank = r->nheld;
   r->nheld++;
 }
 
 static int by_priority(const void *a, const void *b) {
-  const lp_record *x = *(lp_record *const *)a, *y = *(lp_record *const *)b;
-  if (x->priority != y->priority) return x->priority < y->priority ? -1 : 1;
-  return x->item.kind < y->item.kind ? -1 : x->item.kind > y->item.kind;
+  const lp_held *x = a, *y = b;
+  if (x->rec->priority != y->rec->priority) return x->rec->priority < y->rec->priority ? -1 : 1;
+  return x->rank < y->rank ? -1 : x->rank > y->rank;
 }
 
 static long release_held(lp_report *r, int deliver) {
   if (deliver && r->nheld > 1) qsort(r->held, r->nheld, sizeof *r->held, by_priority);
   for (size_t i = 0; i < r->nheld; i++) {
-    if (deliver) deliver_record(r, r->held[i]);
-    free(r->held[i]);
+    if (deliver) deliver_record(r, r->held[i].rec);
+    /* The cursor's last record may still be its position: it is freed when
+     * the cursor moves on (or at the end). */
+    if (&r->held[i].rec->item == r->pos)
+      r->held[i].rec->held = 0;
+    else
+      free(r->held[i].rec);
   }
   long n = (long)r->nheld;
   r->nheld = 0;
@@ -378,8 +373,8 @@ static long walk_tree(lp_report *r, int deliver) {
     if (!next) return n;
     release_item(r, r->pos);
     if (next->kind == LP_ITEM_RECORD) {
-      if (deliver && r->order == LUAPOOL_ORDER_PRIORITY)
-        hold(r, (lp_record *)next);
+      if (r->order == LUAPOOL_ORDER_PRIORITY)
+        hold(r, (lp_record *)next); /* holding is not delivering: also when discarding */
       else if (deliver)
         deliver_record(r, (lp_record *)next), n++;
       r->pos = next;
@@ -423,10 +418,10 @@ void lp_report_free(lp_report *r) {
     /* Every task has finished by now, so the walk reaches the end; it stops
      * early only in the roots' sequence, which is never `done`. */
     walk_tree(r, 0);
+    release_held(r, 0); /* before the position: it may be a held record */
     if (r->pos && r->pos != &r->roots.item) release_item(r, r->pos);
     flush_all_freed(r);
   }
-  release_held(r, 0);
   free(r->held);
   deliver_failures(r);
   free(r->freed_home);

@@ -44,9 +44,16 @@ typedef struct lp_record {
   uint64_t task;
   int fn;
   double priority;
+  int held; /* host-only: kept for priority order, freed after it */
   size_t len;
   char data[]; /* packed value (EMIT) or text (PRINT) */
 } lp_record;
+
+/* A record held for priority order, with its place in tree order. */
+typedef struct lp_held {
+  lp_record *rec;
+  size_t rank;
+} lp_held;
 
 /* A failure report waiting for the host thread. */
 typedef struct lp_failure {
@@ -71,7 +78,7 @@ typedef struct lp_report {
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;
   uint64_t delivered;
-  lp_record **held; /* priority order: records waiting for the end of the run */
+  struct lp_held *held; /* priority order: records waiting for the end of the run */
   size_t nheld, capheld;
   struct lp_freelist **freed_home; /* host-only: nodes freed, batched per home list */
   void **freed_first;

@@ -19,6 +19,13 @@ double lp_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+void lp_sleep(double seconds) {
+  if (!(seconds > 0)) return;
+  struct timespec ts = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+  while (nanosleep(&ts, &ts) != 0) {
+  }
+}
+
 void lp_timers_free(lp_timers *tm) {
   free(tm->heap);
   tm->heap = NULL;

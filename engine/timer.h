@@ -24,6 +24,10 @@ typedef struct lp_timers {
 /* Monotonic clock, seconds. */
 double lp_now(void);
 
+/* Blocks the calling thread for `seconds` (nothing if <= 0), through
+ * signals. Only for runs where nothing else could use the thread. */
+void lp_sleep(double seconds);
+
 void lp_timers_free(lp_timers *tm);
 /* Adds (or moves) t's entry. Returns 0, or -1 when out of memory. */
 int lp_timers_add(lp_timers *tm, struct lp_task *t, double when);

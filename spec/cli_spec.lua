@@ -202,14 +202,7 @@ function task1(i)
 end
 function main() for i = 0, 4 do luapool.spawn(task1, i) end end
 ]], nil, { workers = 0, timeout = 30 })
-      local want = {}
-      for i = 0, 4 do
-        want[#want + 1] = ">task1 " .. i
-        for j = 0, 2 do
-          want[#want + 1] = "\t>>task2 " .. j
-          for k = 0, 1 do want[#want + 1] = "\t\t>>>task3 " .. k end
-        end
-      end
+      local want = H.nested_loop_lines()
       assert.are.equal(0, res.code, H.describe(res))
       assert.are.same(want, res.lines)
     end)

@@ -30,14 +30,7 @@ describe("examples", function()
   it("nested_loops.lua prints the 50 lines of the tree, in about 3 s on 2 workers", function()
     local res = H.run(example("nested_loops.lua"), nil, { workers = 2, timeout = 60 })
     assert.are.equal(0, res.code, H.describe(res))
-    local want = {}
-    for i = 0, 4 do
-      want[#want + 1] = ">task1 " .. i
-      for j = 0, 2 do
-        want[#want + 1] = "\t>>task2 " .. j
-        for k = 0, 1 do want[#want + 1] = "\t\t>>>task3 " .. k end
-      end
-    end
+    local want = H.nested_loop_lines()
     assert.are.equal(50, #want)
     assert.are.same(H.sorted(want), H.sorted(res.lines))
     assert.is_true(res.elapsed >= 2.9, H.describe(res))   -- three levels of 1 s sleeps

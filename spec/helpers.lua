@@ -157,6 +157,20 @@ function helpers.check(script, opts)
   end)
 end
 
+-- The 50 lines the sequential 5x3x2 nested loop (examples/nested_loops.lua)
+-- prints, in its order.
+function helpers.nested_loop_lines()
+  local lines = {}
+  for i = 0, 4 do
+    lines[#lines + 1] = ">task1 " .. i
+    for j = 0, 2 do
+      lines[#lines + 1] = "\t>>task2 " .. j
+      for k = 0, 1 do lines[#lines + 1] = "\t\t>>>task3 " .. k end
+    end
+  end
+  return lines
+end
+
 -- A short description of a run for assertion messages.
 local function clip(s)
   if #s > 4000 then return s:sub(1, 4000) .. "\n... (" .. #s - 4000 .. " more bytes)\n" end

@@ -1,4 +1,4 @@
--- SIGINT: the run stops, what has not started is cancelled, suspended tasks
+-- SIGINT and SIGTERM: the run stops, what has not started is cancelled, suspended tasks
 -- are cancelled where they wait, the records known so far come out in tree
 -- order, and the exit code is 130.
 local helpers = require "helpers"
@@ -38,30 +38,10 @@ end)
 
 describe("SIGINT", function()
   it("delivers the ordered output known so far and exits 130", function()
-    local path = helpers.write_script([[
-local luapool = require "luapool"
-function slow(i)
-  print("start " .. i)
-  luapool.sleep(30)
-  print("never " .. i)
-end
-function main()
-  for i = 1, 4 do luapool.spawn(slow, i) end
-  print("main done")
-end
-]])
-    local out = helpers.tmpname(".out")
     local t0 = os.time()
-    local cmd = string.format("%s run %s --workers 2 > %s 2>&1 & pid=$!; sleep 0.5; kill -INT $pid; wait $pid; echo $?",
-      helpers.quote(helpers.bin), helpers.quote(path), helpers.quote(out))
-    local p = io.popen(cmd)
-    local code = tonumber(p:read("a"):match("%d+"))
-    p:close()
-    local text = helpers.read_file(out)
-    os.remove(out)
-    os.remove(path)
+    local code, lines = interrupted("INT")
     assert.are.equal(130, code)
     assert.is_true(os.time() - t0 < 10, "the sleeping tasks were cancelled, not waited for")
-    assert.are.same({ "start 1", "start 2", "start 3", "start 4", "main done" }, helpers.split_lines(text))
+    assert.are.same({ "start 1", "start 2", "start 3", "start 4", "main done" }, lines)
   end)
 end)

@@ -4,14 +4,7 @@ local helpers = require "helpers"
 
 describe("tree order", function()
   it("prints the nested loop's 50 lines exactly as the sequential loop, in about 3 s", function()
-    local want = {}
-    for i = 0, 4 do
-      want[#want + 1] = ">task1 " .. i
-      for j = 0, 2 do
-        want[#want + 1] = "\t>>task2 " .. j
-        for k = 0, 1 do want[#want + 1] = "\t\t>>>task3 " .. k end
-      end
-    end
+    local want = helpers.nested_loop_lines()
     local r = helpers.run(helpers.root .. "/examples/nested_loops.lua", {}, { workers = 2 })
     assert.are.equal(0, r.code, r.err)
     assert.are.same(want, r.lines)
