@@ -90,6 +90,8 @@ typedef void (*luapool_failure_fn)(void *ud, const char *message);
 
 typedef struct luapool_config {
   int workers;         /* worker threads; 0 runs everything inline on the host thread */
+  int processes;       /* > 0: this many worker processes instead (workers is then ignored) */
+  int threads;         /* worker threads in each worker process; 0 means 1 */
   int order;           /* LUAPOOL_ORDER_* */
   size_t memory_limit; /* bytes per worker Lua state; 0 for none */
   int json_records;    /* fill luapool_record.json */
