@@ -198,8 +198,7 @@ int luapool_functions(luapool *lp, const char *const **names) {
   return lp->ndefined;
 }
 
-void lp_engine_root_done(luapool *eng, lp_task *root) {
-  (void)root;
+void lp_engine_root_done(luapool *eng) {
   pthread_mutex_lock(&eng->host_lock);
   eng->live_roots--;
   if (eng->live_roots == 0) pthread_cond_broadcast(&eng->host_cond);

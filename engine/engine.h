@@ -76,7 +76,7 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Called when a root's subtree completes. */
-void lp_engine_root_done(luapool *eng, lp_task *root);
+void lp_engine_root_done(luapool *eng);
 
 /* Reports a failed task that nobody awaited. */
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t);

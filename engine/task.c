@@ -117,8 +117,10 @@ static void subtree_done(lp_task *t) {
     lp_task *p = t->parent;
     luapool *eng = t->eng;
     if (!p) {
-      lp_engine_root_done(eng, t);
+      /* The body's reference goes before the host may see the root end: a
+       * failure nobody awaited is counted when the last one goes. */
       lp_task_unref(t);
+      lp_engine_root_done(eng);
       return;
     }
     lp_task_unref(t);
