@@ -1,0 +1,5 @@
+local a <const> = 1
+local b <close> = nil
+goto done
+::done::
+function main() end

@@ -1,0 +1,2 @@
+function helper() end
+-- no main

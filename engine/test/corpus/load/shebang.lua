@@ -1,0 +1,2 @@
+#!/usr/bin/env luapool
+function main() print("shebang") end

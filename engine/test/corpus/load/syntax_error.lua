@@ -1,0 +1,3 @@
+function main()
+  print("unfinished"
+end
