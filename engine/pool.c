@@ -296,7 +296,10 @@ static void run(lp_worker *w, lp_task *t) {
   w->current = t;
   w->yield_kind = LP_YIELD_OTHER;
   int nres = 0;
+  int limit_was = w->limit_on; /* a nested run (lp_pool_run_nested) is inside a resume */
+  w->limit_on = 1;
   int st = lua_resume(co, outer ? outer->co : w->L, 0, &nres);
+  w->limit_on = limit_was;
   lp_task *now = w->current; /* differs from t when a task run inline yielded */
   w->current = outer;
   if (st == LUA_YIELD) {
@@ -442,7 +445,7 @@ int lp_pool_start(luapool *eng) {
   if (eng->inline_mode) { /* the host's thread is the worker */
     lp_worker *w = &eng->workers[0];
     int rc = start_state(eng, w);
-    if (rc != 0) return lp_engine_error(eng, rc, "%s", w->errmsg);
+    if (rc != 0) return rc; /* start_state gave the message */
   } else {
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {

@@ -29,6 +29,8 @@ typedef struct lp_worker {
   lua_State *L;            /* this worker's state; tasks run in its coroutines */
   size_t mem_used;         /* bytes allocated by L (counting allocator) */
   size_t mem_limit;        /* 0: none */
+  int limit_on;            /* the limit applies: inside lua_resume or the script's load,
+                              where a memory error is caught (vm.c) */
   struct lp_task *current; /* the task running now, NULL between tasks */
   lp_timers timers;
   lp_task_cache cache; /* task records this worker allocates */

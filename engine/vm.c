@@ -32,7 +32,10 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     w->mem_used -= old;
     return NULL;
   }
-  if (w->mem_limit && nsize > old && w->mem_used + (nsize - old) > w->mem_limit) return NULL;
+  /* Only where Lua's memory error is caught: the engine's own calls
+   * between tasks (a coroutine, a failure message) are not protected. */
+  if (w->mem_limit && w->limit_on && nsize > old && w->mem_used + (nsize - old) > w->mem_limit)
+    return NULL;
   void *p = realloc(ptr, nsize);
   if (!p) return NULL;
   w->mem_used = w->mem_used - old + nsize;
@@ -86,16 +89,16 @@ static void set_err(char *err, size_t errlen, const char *msg) {
 
 int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char *err,
                size_t errlen) {
+  lp_worker *w = lp_worker_of(L);
   int top = lua_gettop(L);
   lua_pushcfunction(L, lp_vm_traceback);
-  if (luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK ||
-      lua_pcall(L, 0, 0, top + 1) != LUA_OK) {
-    set_err(err, errlen, lua_tostring(L, -1));
-    lua_settop(L, top);
-    return -1;
-  }
+  w->limit_on = 1;
+  int rc = luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK ||
+           lua_pcall(L, 0, 0, top + 1) != LUA_OK;
+  w->limit_on = 0;
+  if (rc) set_err(err, errlen, lua_tostring(L, -1));
   lua_settop(L, top);
-  return 0;
+  return rc ? -1 : 0;
 }
 
 int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char *err, size_t errlen) {
