@@ -1,6 +1,8 @@
 #!/bin/sh
 # deps.sh: installs what luapool needs to build and test, from Debian's
 # packages, when something is missing. Safe to run again.
+#   scripts/deps.sh           the build and the default suite
+#   scripts/deps.sh --fuzz    also clang with libFuzzer (the fuzz harnesses)
 set -e
 need=""
 command -v cc >/dev/null 2>&1 || need="$need gcc"
@@ -14,10 +16,33 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"
 [ -f /usr/include/lua5.4/lua.h ] || need="$need liblua5.4-dev"
 lua5.4 -e 'require "lpeg"' >/dev/null 2>&1 || need="$need lua-lpeg"
 lua5.4 -e 'require "dkjson"' >/dev/null 2>&1 || need="$need lua-dkjson"
-[ -z "$need" ] && exit 0
-echo "deps.sh: installing$need"
+if [ "${1:-}" = "--fuzz" ]; then
+  command -v clang >/dev/null 2>&1 || need="$need clang"
+fi
 if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-# shellcheck disable=SC2086
-$sudo apt-get install -y -qq --no-install-recommends $need >/dev/null
+updated=""
+install() {
+  [ -n "$updated" ] || $sudo apt-get update -qq
+  updated=1
+  echo "deps.sh: installing $*"
+  # shellcheck disable=SC2086
+  $sudo apt-get install -y -qq --no-install-recommends $* >/dev/null
+}
+[ -z "$need" ] || install $need
+[ "${1:-}" = "--fuzz" ] || exit 0
+
+# libFuzzer's runtime comes with clang's compiler-rt package, which some
+# Debian releases leave out of a --no-install-recommends install.
+fuzz_links() {
+  d=$(mktemp -d)
+  printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { return 0; }\n' >"$d/f.c"
+  clang -fsanitize=fuzzer "$d/f.c" -o "$d/f" >/dev/null 2>&1
+  rc=$?
+  rm -rf "$d"
+  return $rc
+}
+fuzz_links && exit 0
+major=$(clang -dumpversion | cut -d. -f1)
+install "libclang-rt-$major-dev" || install "libclang-common-$major-dev"
+fuzz_links || { echo "deps.sh: clang cannot link -fsanitize=fuzzer"; exit 1; }
