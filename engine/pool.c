@@ -28,6 +28,7 @@
 #include <lauxlib.h>
 
 #include "engine.h"
+#include "proc.h"
 #include "spin.h"
 #include "vm.h"
 
@@ -286,6 +287,7 @@ static void run(lp_worker *w, lp_task *t) {
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
     w->tasks_run++;
+    if (eng->link && !t->parent) lp_procworker_started(eng, t);
     if (t->depth > atomic_load_explicit(&eng->max_depth, memory_order_relaxed))
       atomic_store_explicit(&eng->max_depth, t->depth, memory_order_relaxed);
   }
@@ -368,6 +370,7 @@ static void loop(lp_worker *w) {
     }
     if (atomic_load(&s->stop) && w->nlive == 0) return;
     double next = lp_timers_next(&w->timers, lp_now());
+    if (eng->link) lp_procworker_idle(eng);
     lp_sched_park(s, w->index, next);
   }
 }
