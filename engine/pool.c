@@ -199,7 +199,12 @@ static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
     lua_pushnil(L);
   }
   lua_pushlightuserdata(L, t);
-  const char *text = "task failed (and its message could not be built)";
+  char fallback[512];
+  const char *err = co ? lua_tostring(L, -3) : NULL; /* a string error needs no memory to read */
+  snprintf(fallback, sizeof fallback, "task '%s' (id %llu) failed: %s",
+           lp_names_get(&w->eng->names, t->fn), (unsigned long long)t->id,
+           err ? err : "(its message could not be built)");
+  const char *text = fallback;
   size_t len = strlen(text);
   if (lua_pcall(L, 3, 1, 0) == LUA_OK) text = lua_tolstring(L, -1, &len);
   lp_pool_fail(w, t, text, len);
