@@ -211,7 +211,20 @@ static lp_task *queue_pop(lp_procs *ps) {
 
 /* Under lock: wakes the feeder of c if it sleeps. */
 static void poke(lp_conn *c) {
-  if (c->waiting) pthread_cond_signal(&c->cond);
+  if (c->waiting) {
+    c->waiting = 0; /* signalled: the next wake goes to another feeder */
+    pthread_cond_signal(&c->cond);
+  }
+}
+
+/* Under lock: wakes the sleeping feeder whose process has the most room. */
+static void poke_best(lp_procs *ps) {
+  lp_conn *best = NULL;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    if (c->credits > 0 && c->waiting && (!best || c->credits > best->credits)) best = c;
+  }
+  if (best) poke(best);
 }
 
 /* Finishes t with the message text as its error. */
@@ -240,11 +253,7 @@ static int push(luapool *eng, lp_task *t, int front) {
     return 0;
   }
   queue_push(ps, t, front);
-  for (int i = 0; i < ps->n; i++)
-    if (ps->conns[i].credits > 0 && ps->conns[i].waiting) {
-      pthread_cond_signal(&ps->conns[i].cond);
-      break;
-    }
+  poke_best(ps);
   pthread_mutex_unlock(&ps->lock);
   return 0;
 }
@@ -443,8 +452,11 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
   lp_task *t;
   switch (m->type) {
   case LP_MSG_READY:
+    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
     pthread_mutex_lock(&ps->lock);
     c->ready = 1;
+    c->credits += (long)v;
+    poke(c);
     pthread_cond_broadcast(&ps->ready_cond);
     pthread_mutex_unlock(&ps->lock);
     break;
@@ -666,11 +678,32 @@ static void *feeder_main(void *arg) {
     lp_buf_reset(&frames);
     lp_buf_append(&frames, c->out.data, c->out.len);
     lp_buf_reset(&c->out);
+    /* Few tasks and several processes asking: share them out, the
+     * process with the most room first. */
+    long asking = 0, room = 0;
+    lp_conn *best = c;
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *o = &ps->conns[i];
+      if (o->credits <= 0 || !o->ready) continue;
+      asking++;
+      room += o->credits;
+      if (o->credits > best->credits) best = o;
+    }
+    if (sendable && best != c && ps->nqueued < asking && !c->out.len) {
+      poke(best);
+      c->waiting = 1;
+      pthread_cond_wait(&c->cond, &ps->lock);
+      c->waiting = 0;
+      continue;
+    }
+    long share = room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
     int n = 0;
-    while (sendable && n < SEND_BATCH && c->credits > 0 && (batch[n] = queue_pop(ps))) {
+    while (sendable && n < SEND_BATCH && n < share && c->credits > 0 &&
+           (batch[n] = queue_pop(ps))) {
       c->credits--;
       n++;
     }
+    if (ps->nqueued > 0) poke_best(ps); /* what is left goes to the others */
     unsigned gen = c->gen;
     pthread_mutex_unlock(&ps->lock);
     /* Under wlock the process cannot be replaced: the batch reaches the

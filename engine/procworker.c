@@ -59,7 +59,6 @@ typedef struct lp_link {
   _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
   _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
   _Atomic int sleeping; /* the link waits in poll: kick it */
-  _Atomic int idle;     /* a worker found nothing to do */
   /* Link-only. */
   lp_exec *active;
   lp_exec *spare; /* freed execs, for reuse */
@@ -74,6 +73,9 @@ typedef struct lp_link {
   uint64_t received, ended; /* tasks received, bodies ended */
   uint64_t asked;           /* tasks asked for with WANT */
   long target;              /* tasks to keep here */
+  double rate;              /* tasks ended per second, smoothed */
+  double win_start;
+  uint64_t win_ended;
   int stopping;
 } lp_link;
 
@@ -116,11 +118,7 @@ void lp_procworker_root_done(luapool *eng, lp_task *t) {
   kick(k);
 }
 
-void lp_procworker_idle(luapool *eng) {
-  lp_link *k = eng->link;
-  atomic_store(&k->idle, 1);
-  kick(k);
-}
+void lp_procworker_idle(luapool *eng) { kick(eng->link); }
 
 /* ---- frames out ---- */
 
@@ -349,10 +347,22 @@ static void forward(lp_link *k) {
   }
 }
 
-/* Asks for more work when the window has room for a good batch. */
+/* Asks for more work when the window has room for a good batch. The
+ * window holds about WINDOW seconds of work at the rate tasks end here,
+ * never less than one task per thread: short tasks come in large batches,
+ * long ones are not hoarded while another process could run them. */
+#define WINDOW 0.002
 static void want(lp_link *k) {
+  double now = lp_now();
+  if (now - k->win_start >= 0.02) {
+    double rate = (double)(k->ended - k->win_ended) / (now - k->win_start);
+    k->rate = k->rate > 0 ? 0.5 * k->rate + 0.5 * rate : rate;
+    k->win_start = now;
+    k->win_ended = k->ended;
+    long t = (long)(k->rate * WINDOW);
+    k->target = t < k->threads ? k->threads : t > 1024 ? 1024 : t;
+  }
   long here = (long)(k->received - k->ended);
-  if (atomic_exchange(&k->idle, 0) && here <= k->threads && k->target < 1024) k->target *= 2;
   long credit = (long)(k->asked - k->received);
   long n = k->target - here - credit;
   long batch = k->target / 4 > 0 ? k->target / 4 : 1;
@@ -506,7 +516,8 @@ int lp_procworker_main(int in_fd, int out_fd) {
   k.threads = (int)threads;
   lp_task_cache_init(&k.cache);
   lp_task_cache_self = &k.cache;
-  k.target = 2 * (long)threads;
+  k.target = (long)threads;
+  k.win_start = lp_now();
   char *chunkname = strndup(name, namelen);
   int rc = chunkname ? luapool_load_string(eng, script, scriptlen, chunkname) : LUAPOOL_ENOMEM;
   free(chunkname);
@@ -522,7 +533,10 @@ int lp_procworker_main(int in_fd, int out_fd) {
   if (k.kick_fd < 0) return 2;
   fcntl(in_fd, F_SETFL, fcntl(in_fd, F_GETFL) | O_NONBLOCK);
   fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) | O_NONBLOCK);
-  put_id(&k, LP_MSG_READY, slot);
+  /* READY carries the first request for work: every process is asking
+   * from the moment the engine hears it exists. */
+  put_id(&k, LP_MSG_READY, (uint64_t)k.target);
+  k.asked = (uint64_t)k.target;
   if (read_frames(&k) != 0) return 3;
   rc = loop(&k);
   /* The engine is gone or the run is over: leave without waiting for

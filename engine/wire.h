@@ -29,7 +29,7 @@ enum {
   LP_MSG_CANCEL,   /* u64 id */
   LP_MSG_STOP,     /* the run is being cancelled: stop everything */
   /* worker process -> engine */
-  LP_MSG_READY,   /* the script is loaded */
+  LP_MSG_READY,   /* u64 n: the script is loaded, room for n tasks */
   LP_MSG_LOADERR, /* bytes message: the script could not be loaded */
   LP_MSG_WANT,    /* u64 n: room for n more tasks */
   LP_MSG_STARTED, /* u64 id: the task's body has begun */
