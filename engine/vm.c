@@ -58,9 +58,10 @@ static int l_preload(lua_State *L) { return lp_lib_open(L); }
  * and the host program with it: it fails the task instead. In a worker
  * process the real os.exit stays: the engine contains it. */
 static int l_no_exit(lua_State *L) {
-  return luaL_error(L, "os.exit is not available in a task running on a worker thread (it would "
-                       "end the whole run); return or raise an error instead, or run with "
-                       "--processes");
+  return luaL_error(L,
+                    "os.exit is not available in a task running on a worker thread (it would "
+                    "end the whole run); return or raise an error instead, or run with "
+                    "--processes");
 }
 
 lua_State *lp_vm_new(lp_worker *w) {
@@ -184,9 +185,26 @@ int lp_vm_push_fn(lua_State *L, int fn) {
   return 0;
 }
 
+/* Whether the table at the top was already walked at least `depth` deep;
+ * if not, records that it now is. `seen` maps tables to the depth walked. */
+static int walked(lua_State *L, int seen, int depth) {
+  lua_pushvalue(L, -1);
+  int done = lua_rawget(L, seen) == LUA_TNUMBER && lua_tointeger(L, -1) >= depth;
+  lua_pop(L, 1);
+  if (!done) {
+    lua_pushvalue(L, -1);
+    lua_pushinteger(L, depth);
+    lua_rawset(L, seen);
+  }
+  return done;
+}
+
 /* Walks the globals (two levels of tables deep) and the luapool module,
- * recording the dotted name of every function. */
-static void scan_tables(lua_State *L, int map, const char *prefix, int depth) {
+ * recording the dotted name of every function. A table met again (under
+ * another name) is not walked again unless deeper: its functions already
+ * have their first name, and tables that refer to one another would
+ * otherwise cost the cube of their number. */
+static void scan_tables(lua_State *L, int map, int seen, const char *prefix, int depth) {
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     if (lua_type(L, -2) == LUA_TSTRING) {
@@ -207,10 +225,10 @@ static void scan_tables(lua_State *L, int map, const char *prefix, int depth) {
       } else if (lua_type(L, -1) == LUA_TTABLE && depth > 0 && strcmp(k, "_G") != 0 &&
                  strcmp(k, "package") != 0 && strcmp(k, "luapool") != 0) {
         size_t n = strlen(name);
-        if (n + 2 < sizeof name) {
+        if (n + 2 < sizeof name && !walked(L, seen, depth - 1)) {
           name[n] = '.';
           name[n + 1] = '\0';
-          scan_tables(L, map, name, depth - 1);
+          scan_tables(L, map, seen, name, depth - 1);
         }
       }
     }
@@ -221,13 +239,16 @@ static void scan_tables(lua_State *L, int map, const char *prefix, int depth) {
 static void build_name_map(lua_State *L) {
   lua_newtable(L);
   int map = lua_gettop(L);
+  lua_newtable(L);
+  int seen = lua_gettop(L);
   lua_pushglobaltable(L);
-  scan_tables(L, map, "", 2);
+  walked(L, seen, 2);
+  scan_tables(L, map, seen, "", 2);
   lua_pop(L, 1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_getfield(L, -1, "luapool");
-  if (lua_istable(L, -1)) scan_tables(L, map, "luapool.", 0);
-  lua_pop(L, 2);
+  if (lua_istable(L, -1)) scan_tables(L, map, seen, "luapool.", 0);
+  lua_pop(L, 3); /* the module, the loaded table, seen */
   lua_setfield(L, LUA_REGISTRYINDEX, NAME_OF_FN);
 }
 

@@ -58,6 +58,8 @@ long lp_wire_frame(const void *buf, size_t len, lp_wire_msg *m) {
   if (len < 4) return 0;
   uint64_t n = get_le(p, 4);
   if (n < 1 || n > LP_WIRE_MAXFRAME) return -1;
+  /* The type byte may not have arrived yet: a read can end anywhere. */
+  if (len < 5) return 0;
   if (p[4] < LP_MSG_INIT || p[4] >= LP_MSG_MAX) return -1;
   if (len - 4 < n) return 0;
   m->type = p[4];

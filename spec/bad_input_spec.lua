@@ -186,6 +186,28 @@ describe("bad input", function()
     end
   end)
 
+  it("a script whose global tables all refer to one another loads at once", function()
+    -- Finding the task functions walks the global tables two levels deep;
+    -- walking each table again under each of its names would take the cube
+    -- of their number (here about 10^9 steps: far beyond the time limit).
+    local name = put("aliases.lua", [[
+for i = 1, 1000 do _G["alias" .. i] = _G end
+for i = 1, 100 do _G["f" .. i] = function() return i end end
+function main() print(f1() + f100()) end
+]])
+    -- And `main` keeps its own name when a global table is another name
+    -- for the globals (it used to be found as "envN.main", and the script
+    -- refused for having no main).
+    local few = put("few_aliases.lua", [[
+for i = 1, 20 do _G["env" .. i] = _G end
+function main() print("main ran") end
+]])
+    local cases = { { "check", name }, { "run", name, "--workers", "2" }, { "run", few },
+      { "run", few, "--workers", "0" }, { "check", few } }
+    local results = run_all(cases)
+    check_all(cases, results, { [0] = true })
+  end)
+
   it("10 MB scripts load and run, or are refused quickly", function()
     -- A 10 MB table constructor, a 10 MB string on one line, 10 MB of
     -- definitions, and 10 MB of bytes that are not Lua.

@@ -29,9 +29,16 @@ static int run_file(const char *path) {
   }
   int bad = ferror(f) || !buf;
   fclose(f);
-  if (!bad) LLVMFuzzerTestOneInput(buf, len);
+  /* As libFuzzer does: the input in a block of exactly its size, so that a
+   * read past its end shows under ASan. */
+  uint8_t *exact = bad ? NULL : malloc(len ? len : 1);
+  if (exact) {
+    memcpy(exact, buf, len);
+    LLVMFuzzerTestOneInput(exact, len);
+    free(exact);
+  }
   free(buf);
-  return bad ? -1 : 0;
+  return bad || !exact ? -1 : 0;
 }
 
 int main(int argc, char **argv) {
