@@ -1,6 +1,7 @@
 -- The determinism matrix: 20 seeded random trees, each run with every pool
--- shape (--workers 0, 1, 2, 4, 8, and --processes N when the binary has
--- process workers), must print byte for byte the same tree-order output,
+-- shape (--workers 0, 1, 2, 4, 8, and --processes 1, 2, 4, 8 and
+-- --processes 2 --threads 2 when the binary has process workers), must
+-- print byte for byte the same tree-order output,
 -- and that output must be the one a plain sequential Lua run of the same
 -- functions gives (every spawn a direct call).
 --
@@ -116,6 +117,7 @@ local function columns()
     for _, n in ipairs({ 1, 2, 4, 8 }) do
       cols[#cols + 1] = { "--processes", tostring(n) }
     end
+    cols[#cols + 1] = { "--processes", "2", "--threads", "2" }
   end
   return cols
 end
