@@ -10,6 +10,22 @@ local helpers = require "helpers"
 
 local STRESS = os.getenv("LUAPOOL_EDGE_STRESS") == "1"
 
+-- Process workers, when the binary has them (its --help says so).
+local PROCESSES
+do
+  local p = io.popen(helpers.quote(helpers.bin) .. " --help 2>&1")
+  PROCESSES = p:read("a"):find("--processes", 1, true) ~= nil
+  p:close()
+end
+
+-- Pool shapes: --workers N for each N given, and --processes 2.
+local function shapes(...)
+  local list = {}
+  for _, n in ipairs({ ... }) do list[#list + 1] = { "--workers", tostring(n) } end
+  if PROCESSES then list[#list + 1] = { "--processes", "2" } end
+  return list
+end
+
 -- Runs the binary under /usr/bin/time and returns the result of
 -- helpers.exec with `rss_kb` (peak resident set size) added.
 local function measured(path, args, flags, timeout)
@@ -127,9 +143,9 @@ end
 describe("a task with 100,000 children", function()
   local N = 100000
   for _, how in ipairs({ "join", "get" }) do
-    for _, w in ipairs({ 0, 2 }) do
-      it(("is counted exactly and reported in order (%s, --workers %d)"):format(how, w), function()
-        local r = run("100,000 children (" .. how .. ")", wide, { N, how }, { "--workers", w })
+    for _, shape in ipairs(shapes(0, 2)) do
+      it(("is counted exactly and reported in order (%s, %s)"):format(how, table.concat(shape, " ")), function()
+        local r = run("100,000 children (" .. how .. ")", wide, { N, how }, shape)
         assert.are.equal(N + 1, #r.lines)
         for i = 1, N do
           if r.lines[i] ~= tostring(i) then
@@ -144,9 +160,8 @@ describe("a task with 100,000 children", function()
 end)
 
 describe("a chain in which every task waits for its child", function()
-  local function check(depth, how, w)
-    local r = run(("chain %d deep (%s)"):format(depth, how), chain, { depth, how },
-      { "--workers", w }, 300)
+  local function check(depth, how, shape)
+    local r = run(("chain %d deep (%s)"):format(depth, how), chain, { depth, how }, shape, 300)
     assert.are.equal(2 * (depth + 1) + 1, #r.lines)
     for i = 0, depth do
       if r.lines[i + 1] ~= "down " .. depth - i or r.lines[2 * depth + 2 - i] ~= "up " .. depth - i then
@@ -156,22 +171,27 @@ describe("a chain in which every task waits for its child", function()
     assert.are.equal("depth " .. depth + 1, r.lines[#r.lines])
   end
   for _, how in ipairs({ "get", "pcall", "wait", "join" }) do
-    for _, w in ipairs({ 0, 1, 2 }) do
-      it(("10,000 deep ends with the exact depth (%s, --workers %d)"):format(how, w), function()
-        check(10000, how, w)
+    for _, shape in ipairs(shapes(0, 1, 2)) do
+      it(("10,000 deep ends with the exact depth (%s, %s)"):format(how, table.concat(shape, " ")), function()
+        check(10000, how, shape)
       end)
     end
   end
   if STRESS then
     for _, w in ipairs({ 0, 2 }) do
       it(("1,000,000 deep ends with the exact depth (get, --workers %d)"):format(w), function()
-        check(1000000, "get", w)
+        check(1000000, "get", { "--workers", tostring(w) })
       end)
     end
   end
 end)
 
 describe("a million tasks alive at once", function()
+  if PROCESSES then
+    -- These count with luapool.counter and gate with a channel, which the
+    -- tasks of different worker processes do not share yet.
+    pending("a million tasks alive at once under --processes (counters and channels are per process)")
+  end
   it("a million queued children all run (--workers 1)", function()
     local r = run("1,000,000 queued at once", alive, { 1000000, "queued" }, { "--workers", 1 }, 300)
     assert.are.same({ "alive 1000000, ran 0", "ran 1000000" }, r.lines)
