@@ -107,14 +107,16 @@ if [ -n "$sanitize" ]; then
   suite build-asan "ASan+UBSan build" $REL $SAN
   CTEST_ARGS="-L thread"
   suite build-tsan "TSan build, thread tests" $REL -DLUAPOOL_SANITIZE=thread
-  # The specs once more with the collector running all the time (not the
-  # ones that only test scale: under a constant collection they are
-  # quadratic, and say nothing more).
-  CTEST_ARGS="-L spec -LE scale|stress"
+  # The specs once more with the collector running all the time: not the
+  # ones that test scale, nor spec_process (whose unbounded-allocation case
+  # fills a 64 MB state under a collector that never stops: minutes); under
+  # a constant collection they are quadratic and say nothing more. Process
+  # workers still run under GC pressure in the determinism matrix.
+  CTEST_ARGS="-L spec -LE scale|stress -E ^spec_process$"
   export LUAPOOL_GC_STRESS=1
   suite build-asan "ASan build, specs under GC pressure" $REL $SAN
   unset LUAPOOL_GC_STRESS
-  CTEST_ARGS="-L fuzz"
+  CTEST_ARGS="-L fuzz -j $(nproc)"
   suite build-fuzz "libFuzzer harnesses, ${LUAPOOL_FUZZ_SECONDS:-15} s each" $REL $SAN -DCMAKE_C_COMPILER=clang \
     -DLUAPOOL_FUZZ=ON -DLUAPOOL_FUZZ_SECONDS="${LUAPOOL_FUZZ_SECONDS:-15}"
 fi

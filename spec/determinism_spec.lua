@@ -13,7 +13,7 @@
 -- from one pool shape to the next while the order may not.
 local helpers = require "helpers"
 
-local TREES = 20
+local TREES = tonumber(os.getenv("LUAPOOL_MATRIX_TREES")) or 20
 local SEED0 = tonumber(os.getenv("LUAPOOL_MATRIX_SEED")) or 20261122
 
 -- Shared by the task script and the sequential reference. `lp` is the
