@@ -221,16 +221,18 @@ static lp_inj *inj_of(lp_sched *s, int pool) {
 }
 
 void lp_sched_inject(lp_sched *s, struct lp_task *t) {
-  lp_inj *in = inj_of(s, t->pool);
+  int pool = t->pool; /* once queued, t may run and be freed at any moment */
+  lp_inj *in = inj_of(s, pool);
   lp_spin_lock(&in->lock);
   list_append(&in->head, &in->tail, t);
   atomic_fetch_add(&in->n, 1);
   lp_spin_unlock(&in->lock);
-  notify_one(s, t->pool);
+  notify_one(s, pool);
 }
 
 void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n) {
-  lp_inj *in = inj_of(s, head->pool);
+  int pool = head->pool;
+  lp_inj *in = inj_of(s, pool);
   lp_spin_lock(&in->lock);
   if (in->tail)
     in->tail->qnext = head;
@@ -239,8 +241,8 @@ void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tai
   in->tail = tail;
   atomic_fetch_add(&in->n, n);
   lp_spin_unlock(&in->lock);
-  notify_one(s, head->pool);
-  if (n > 1) notify_one(s, head->pool);
+  notify_one(s, pool);
+  if (n > 1) notify_one(s, pool);
 }
 
 void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t) {
