@@ -662,7 +662,16 @@ static int l_print(lua_State *L) {
 
 /* ---- counters ---- */
 
+void lp_lib_not_in_process(lua_State *L, const char *what) {
+  if (lp_worker_of(L)->eng->link)
+    luaL_error(L,
+               "%s is not available in a worker process: it would not be shared with the "
+               "rest of the run (use return values and records, or a pool of threads)",
+               what);
+}
+
 static int l_counter(lua_State *L) {
+  lp_lib_not_in_process(L, "luapool.counter");
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
   luapool *eng = worker(L)->eng;

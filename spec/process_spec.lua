@@ -210,6 +210,24 @@ describe("worker processes", function()
     end)
   end
 
+  it("refuse counters, channels and sequencers, which could not be shared across processes",
+    function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function try(what) return pcall(luapool[what], "x") end
+      function main()
+        for _, what in ipairs({ "counter", "channel", "sequencer" }) do
+          local ok, err = luapool.spawn(try, what):get()
+          luapool.emit(tostring(ok) .. " " .. err:gsub("^[^:]*:%d+: ", ""):match("^[^:]*"))
+        end
+      end
+    ]], {}, { flags = { "--processes", "1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "false luapool.counter is not available in a worker process",
+                      "false luapool.channel is not available in a worker process",
+                      "false luapool.sequencer is not available in a worker process" }, res.lines)
+  end)
+
   it("refuse --threads without --processes", function()
     local res = helpers.run("function main() end\n", {}, { flags = { "--threads", "2" } })
     assert.are.equal(2, res.code)
