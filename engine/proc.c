@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -551,23 +552,30 @@ static void process_died(lp_conn *c, const char *why) {
   pid_t pid = c->pid;
   int fd = c->fd;
   c->fd = -1;
+  int was_ready = c->ready;
   c->ready = 0;
   c->credits = 0;
   lp_buf_reset(&c->out);
   int closing = ps->closing;
   pthread_mutex_unlock(&ps->lock);
-  if (why) kill(pid, SIGKILL);
+  if (why && pid > 0) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   close(fd);
   char what[256];
   describe(pid, status, why, what, sizeof what);
+  /* A process that died before it was ready is not replaced: the next
+   * one would die the same way (a broken worker program, no memory). */
   int replaced = 0;
   if (!closing) {
     pthread_mutex_lock(&ps->lock);
-    replaced = spawn_process(ps, c) == 0;
-    if (!replaced) c->gone = 1;
+    replaced = was_ready && spawn_process(ps, c) == 0;
+    if (!replaced) {
+      c->gone = 1;
+      if (!c->loaderr[0]) snprintf(c->loaderr, sizeof c->loaderr, "%s before it was ready", what);
+      pthread_cond_broadcast(&ps->ready_cond);
+    }
     pthread_mutex_unlock(&ps->lock);
   }
   pthread_mutex_unlock(&c->wlock);
@@ -755,16 +763,20 @@ static int start_pool(luapool *eng, int pool) {
   snprintf(ps->exe, sizeof ps->exe, "%s", exe);
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  int rc = 0;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     c->ps = ps;
     c->slot = i;
     c->fd = -1;
+    c->pid = -1;
     lp_buf_init(&c->out);
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->wlock, NULL);
     pthread_mutex_init(&c->mlock, NULL);
+  }
+  int rc = 0;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
     pthread_mutex_lock(&ps->lock);
     int bad = spawn_process(ps, c) != 0;
     pthread_mutex_unlock(&ps->lock);
@@ -789,10 +801,11 @@ static int start_pool(luapool *eng, int pool) {
     lp_conn *c = &ps->conns[i];
     while (!c->ready && !c->loaderr[0] && !c->gone)
       pthread_cond_wait(&ps->ready_cond, &ps->lock);
-    if (c->loaderr[0])
+    if (c->loaderr[0] && !c->gone)
       rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
     else if (!c->ready)
-      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start", i + 1);
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start: %s", i + 1,
+                           c->loaderr[0] ? c->loaderr : "no reason given");
   }
   pthread_mutex_unlock(&ps->lock);
   return rc;
@@ -819,12 +832,28 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
     pthread_cond_signal(&c->cond);
   }
   pthread_mutex_unlock(&ps->lock);
+  /* A worker stuck where it cannot see its socket close (a task in a C
+   * call that never returns) gets two seconds, then SIGKILL. */
+  for (int waited = 0;; waited++) {
+    int left = 0;
+    pthread_mutex_lock(&ps->lock);
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *c = &ps->conns[i];
+      if (c->fd < 0 || c->pid <= 0) continue;
+      left++;
+      if (waited == 200) kill(c->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (!left || waited >= 200) break;
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     if (c->threads_started) {
       pthread_join(c->feeder, NULL);
       pthread_join(c->reader, NULL);
-    } else if (c->fd >= 0) {
+    } else if (c->fd >= 0 && c->pid > 0) {
       close(c->fd);
       kill(c->pid, SIGKILL);
       waitpid(c->pid, NULL, 0);
