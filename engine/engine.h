@@ -78,7 +78,7 @@ struct luapool {
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Called when a root's subtree completes. */
+/* Called when a root's subtree completes (root may be NULL: released). */
 void lp_engine_root_done(luapool *eng, lp_task *root);
 
 /* Reports a failed task that nobody awaited. */

@@ -117,8 +117,10 @@ static void subtree_done(lp_task *t) {
     lp_task *p = t->parent;
     luapool *eng = t->eng;
     if (!p) {
-      lp_engine_root_done(eng, t);
+      /* The reference goes first: a failure nobody awaited is reported
+       * before the host can see the root done. */
       lp_task_unref(t);
+      lp_engine_root_done(eng, NULL);
       return;
     }
     lp_task_unref(t);
