@@ -319,8 +319,21 @@ static int fut_tostring(lua_State *L) {
   return 1;
 }
 
+/* Returns the error message of the failed future at index 1. */
+static int error_of(lua_State *L) {
+  hfuture *h = lua_touserdata(L, 1);
+  size_t len;
+  const char *msg = luapool_future_text(h->f, &len);
+  if (msg)
+    lua_pushlstring(L, msg, len);
+  else
+    lua_pushliteral(L, "task failed");
+  return 1;
+}
+
 /* pool:map(name, list [, opts]) -> the first result of name(item) for each
- * item, in list order; raises the first error in list order. */
+ * item, in list order; raises the first error in list order, once every
+ * task has finished. */
 static int pool_map(lua_State *L) {
   pool *p = check_pool(L);
   const char *name = luaL_checkstring(L, 2);
@@ -340,13 +353,29 @@ static int pool_map(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the results */
+  lua_pushnil(L);                                    /* 6: the first error */
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 4, i); /* 6 */
-    int got = get_values(L, 6, -1);
-    lua_settop(L, 6 + (got > 0));
-    if (got > 0) lua_seti(L, 5, i);
-    lua_settop(L, 5);
+    lua_geti(L, 4, i); /* 7 */
+    hfuture *h = lua_touserdata(L, 7);
+    /* Every future is waited for, so a second failure is seen, not
+     * reported as unawaited; the first one in list order is raised. */
+    if (!lua_isnil(L, 6)) {
+      luapool_future_wait(h->f, -1);
+    } else if (luapool_future_wait(h->f, -1) == 0) {
+      if (get_values(L, 7, -1) > 0) {
+        lua_settop(L, 8);
+        lua_seti(L, 5, i);
+      }
+    } else {
+      lua_pushcfunction(L, error_of);
+      lua_pushvalue(L, 7);
+      lua_call(L, 1, 1);
+      lua_replace(L, 6);
+    }
+    lua_settop(L, 6);
   }
+  if (!lua_isnil(L, 6)) return lua_error(L);
+  lua_pop(L, 1);
   return 1;
 }
 
