@@ -18,6 +18,16 @@
  *   const char *args[] = {"10"};
  *   luapool_submit(lp, "main", 1, args);
  *   luapool_wait(lp, -1);
+ *
+ * or, with arguments built in C and the task's result read back:
+ *
+ *   luapool_values *v = luapool_values_new();
+ *   luapool_values_integer(v, 30);
+ *   luapool_future *f;
+ *   if (luapool_submit_values(lp, "fib", v, &f) == 0 && luapool_future_wait(f, 5.0) == 0)
+ *     puts(luapool_future_text(f, NULL));
+ *   luapool_future_free(f);
+ *   luapool_values_free(v);
  *   luapool_close(lp);
  *
  * Every function returns 0 or a negative LUAPOOL_E* code; luapool_errmsg()
@@ -30,7 +40,8 @@
  *
  * Handles: every function checks its handle against the list of open
  * engines and refuses one that is not open (LUAPOOL_EINVAL; functions
- * without a result ignore it). A second luapool_close of the same pointer,
+ * without a result ignore it), except luapool_interrupt, which must stay
+ * async-signal-safe. A second luapool_close of the same pointer,
  * or a submit after close, is therefore harmless. The one thing no check can
  * catch is a stale pointer whose address a later luapool_open has reused:
  * set your pointer to NULL after closing.
