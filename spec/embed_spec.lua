@@ -211,6 +211,27 @@ describe("the Lua host module", function()
     end)
   end)
 
+  describe("with worker processes", function()
+    if not os.getenv("LUAPOOL_WORKER_EXE") then
+      pending("LUAPOOL_WORKER_EXE names no luapool binary for the worker processes")
+      return
+    end
+
+    it("runs the same tasks, records and failures", function()
+      local pool <close> = assert(lp.open { processes = 2, threads = 2, script = TASKS })
+      assert.are.equal(49, pool:spawn("square", 7):get())
+      assert.are.equal(385, pool:spawn("fanout", 10):get())
+      assert.are.same({ 10, 20, 30, 40 }, pool:map("late", { 1, 2, 3, 4 }))
+      pool:spawn("tree")
+      assert.is_true(pool:wait())
+      assert.are.same(TREE, texts(drain(pool)))
+      local f = pool:spawn("boom", "in a process")
+      local ok, err = pcall(f.get, f)
+      assert.is_false(ok)
+      assert.matches("in a process", err)
+    end)
+  end)
+
   it("orders records by priority with order = 'priority'", function()
     local pool <close> = assert(lp.open { workers = 2, script = TASKS, order = "priority" })
     for _, p in ipairs({ 5, 1, 4, 2, 3 }) do pool:spawn("ranked", p) end
