@@ -138,7 +138,7 @@ static double opt_field_number(lua_State *L, int t, const char *k, double dflt) 
 
 static int opt_field_int(lua_State *L, int t, const char *k, int dflt) {
   double v = opt_field_number(L, t, k, dflt);
-  if (v < 0 || v > 1e6 || v != (int)v)
+  if (!(v >= 0 && v <= 1e6) || v != (int)v)
     luaL_error(L, "luapool.open: option '%s' must be a whole number >= 0", k);
   return (int)v;
 }
@@ -153,8 +153,11 @@ static int l_open(lua_State *L) {
   cfg.workers = opt_field_int(L, 1, "workers", cfg.workers);
   cfg.processes = opt_field_int(L, 1, "processes", 0);
   cfg.threads = opt_field_int(L, 1, "threads", 0);
-  cfg.memory_limit = (size_t)opt_field_number(L, 1, "memory_limit", 0);
+  double limit = opt_field_number(L, 1, "memory_limit", 0);
   cfg.task_timeout = opt_field_number(L, 1, "task_timeout", 0);
+  if (!(limit >= 0 && limit < 0x1p62) || !(cfg.task_timeout >= 0))
+    return luaL_error(L, "luapool.open: memory_limit and task_timeout must be >= 0");
+  cfg.memory_limit = (size_t)limit;
   cfg.retries = opt_field_int(L, 1, "retries", 0);
   static const char *const orders[] = {"tree", "priority", "completion", NULL};
   lua_getfield(L, 1, "order");
@@ -218,8 +221,10 @@ static void push_spawn(lua_State *L, pool *p, const char *name, int first, int n
   lp_buf_init(&args);
   char err[320];
   lp_pack_ctx ctx = {NULL, NULL, NULL, argbase};
-  if (lp_pack_values(L, first, n, &args, &ctx, err, sizeof err) != 0)
+  if (lp_pack_values(L, first, n, &args, &ctx, err, sizeof err) != 0) {
+    lp_buf_free(&args);
     luaL_error(L, "pool:spawn: %s", err);
+  }
   int rc = lp_engine_submit(p->lp, name, &args, priority, &h->f);
   if (rc != 0) luaL_error(L, "pool:spawn: %s", luapool_errmsg(p->lp));
 }
