@@ -178,8 +178,9 @@ luapool_values *luapool_values_new(void);
 void luapool_values_reset(luapool_values *v);
 /* Accepts NULL. */
 void luapool_values_free(luapool_values *v);
-/* Each returns 0, LUAPOOL_ENOMEM, or LUAPOOL_EINVAL (v NULL, a table nested
- * too deep). Strings are binary-safe and copied. */
+/* Each returns 0, LUAPOOL_ENOMEM, or LUAPOOL_EINVAL (v NULL, a nil or NaN
+ * where a table key is due, a table nested too deep). Strings are
+ * binary-safe and copied. */
 int luapool_values_nil(luapool_values *v);
 int luapool_values_boolean(luapool_values *v, int b);
 int luapool_values_integer(luapool_values *v, int64_t i);
