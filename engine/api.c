@@ -422,6 +422,68 @@ int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *arg
   return lp_engine_submit(lp, fn, &msg, 0, out);
 }
 
+/* ---- reading values from C (the format: pack.c) ---- */
+
+static uint64_t read_uvar(luapool_cursor *c) {
+  uint64_t v = 0;
+  for (int shift = 0; c->pos < c->end && shift < 64; shift += 7) {
+    unsigned char b = (unsigned char)*c->pos++;
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) break;
+  }
+  return v;
+}
+
+int luapool_cursor_init(luapool_cursor *c, const char *packed, size_t len) {
+  char err[128];
+  if (!c || !packed || lp_pack_validate(packed, len, err, sizeof err) != 0) return LUAPOOL_EINVAL;
+  c->pos = packed + 1; /* the version byte */
+  c->end = packed + len;
+  c->tables = 0;
+  return (int)read_uvar(c);
+}
+
+int luapool_cursor_next(luapool_cursor *c, luapool_value *v) {
+  if (!c || !v || c->pos >= c->end) return LUAPOOL_EINVAL;
+  memset(v, 0, sizeof *v);
+  /* Tags of the format, version 1: nil false true integer float string
+   * table backref function. */
+  static const int types[] = {LUAPOOL_TNIL,     LUAPOOL_TBOOLEAN, LUAPOOL_TBOOLEAN,
+                              LUAPOOL_TINTEGER, LUAPOOL_TNUMBER,  LUAPOOL_TSTRING,
+                              LUAPOOL_TTABLE,   LUAPOOL_TREF,     LUAPOOL_TFUNCTION};
+  unsigned tag = (unsigned char)*c->pos++;
+  if (tag >= sizeof types / sizeof *types) return LUAPOOL_EINVAL;
+  v->type = types[tag];
+  uint64_t u;
+  switch (tag) {
+    case 2: v->boolean = 1; break;
+    case 3:
+      u = read_uvar(c);
+      v->integer = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+      break;
+    case 4:
+      u = 0;
+      for (int i = 0; i < 8 && c->pos < c->end; i++)
+        u |= (uint64_t)(unsigned char)*c->pos++ << (8 * i);
+      memcpy(&v->number, &u, sizeof v->number);
+      break;
+    case 5:
+    case 8:
+      v->len = (size_t)read_uvar(c);
+      v->string = c->pos;
+      c->pos += v->len; /* validated: within the bytes */
+      break;
+    case 6:
+      v->narr = (uint32_t)read_uvar(c);
+      v->nhash = (uint32_t)read_uvar(c);
+      v->ref = c->tables++;
+      break;
+    case 7: v->ref = (uint32_t)read_uvar(c); break;
+    default: break;
+  }
+  return 0;
+}
+
 /* The outcome of a finished future: LP_TASK_* state and its packed bytes.
  * Returns 0 while the task has not finished. */
 static int outcome(const luapool_future *f, const lp_buf **bytes) {

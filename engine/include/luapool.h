@@ -191,6 +191,47 @@ int luapool_values_table(luapool_values *v, uint32_t narr, uint32_t nhash);
 /* How many top-level values the list holds. */
 int luapool_values_count(const luapool_values *v);
 
+/* ---- Reading values from C ----
+ *
+ * Packed values (a future's results, a record's `value`) read one at a
+ * time, in the order the builder above writes them: a table is followed by
+ * its narr array items, then its nhash key/value pairs. */
+enum {
+  LUAPOOL_TNIL = 0,
+  LUAPOOL_TBOOLEAN,
+  LUAPOOL_TINTEGER,
+  LUAPOOL_TNUMBER,
+  LUAPOOL_TSTRING,
+  LUAPOOL_TTABLE,
+  LUAPOOL_TREF,     /* a table met before (shared, or a cycle): `ref` is its number */
+  LUAPOOL_TFUNCTION /* a task function, by its name in `string` */
+};
+
+typedef struct luapool_value {
+  int type;           /* LUAPOOL_T* */
+  int boolean;        /* TBOOLEAN */
+  int64_t integer;    /* TINTEGER */
+  double number;      /* TNUMBER */
+  const char *string; /* TSTRING, TFUNCTION: into the packed bytes, not NUL-terminated */
+  size_t len;
+  uint32_t narr, nhash; /* TTABLE: the items that follow */
+  uint32_t ref;         /* TTABLE: its number (0, 1, ... in order of appearance); TREF */
+} luapool_value;
+
+/* Where a reading is; its fields are the library's. */
+typedef struct luapool_cursor {
+  const char *pos, *end;
+  uint32_t tables;
+} luapool_cursor;
+
+/* Starts reading packed bytes, after checking them whole: returns the number
+ * of top-level values, or LUAPOOL_EINVAL for bytes that are not a
+ * well-formed message. */
+int luapool_cursor_init(luapool_cursor *c, const char *packed, size_t len);
+/* Reads the next value into *v (an output parameter): 0, or LUAPOOL_EINVAL
+ * at the end. */
+int luapool_cursor_next(luapool_cursor *c, luapool_value *v);
+
 /* ---- Futures ----
  *
  * A future is the host's handle on one submitted root task: wait for it

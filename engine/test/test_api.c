@@ -60,6 +60,7 @@ static const char script[] =
     "  local v = select(i, ...) r[i] = math.type(v) or type(v) end\n"
     "  return table.concat(r, ' ') end\n"
     "function depth(t) local d = 0 while t do d = d + 1 t = t.down end return d end\n"
+    "function selfref() local t = {} t.me = t return t, leaf end\n"
     "function fanout(n) for i = 1, n or 0 do luapool.spawn(leaf, i) end return n end\n";
 
 static luapool *open_with(seen *s, int workers) {
@@ -184,6 +185,66 @@ static void test_values(int workers) {
   CHECK(t != NULL);
   CHECK_EQ(tlen, strlen("42\t2.5\t3.0\ttrue\tword\ta") + 2 + strlen("\tnil\t{}") - 0);
   CHECK(t && memcmp(t, "42\t2.5\t3.0\ttrue\tword\ta\0b\tnil\t", 29) == 0);
+  /* And read back from C, value by value. */
+  luapool_cursor c;
+  luapool_value val;
+  CHECK_EQ(luapool_cursor_init(&c, packed, len), 8);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TINTEGER && val.integer == 42);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TNUMBER && val.number == 2.5);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TNUMBER && val.number == 3.0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TBOOLEAN && val.boolean == 1);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TSTRING && val.len == 4 && memcmp(val.string, "word", 4) == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TSTRING && val.len == 3 && memcmp(val.string, "a\0b", 3) == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK_EQ(val.type, LUAPOOL_TNIL);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TTABLE && val.narr == 0 && val.nhash == 0 && val.ref == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), LUAPOOL_EINVAL);              /* the end */
+  CHECK_EQ(luapool_cursor_init(&c, "\x01\x02\x00", 3), LUAPOOL_EINVAL); /* one value short */
+  CHECK_EQ(luapool_cursor_init(&c, "\x09\x00", 2), LUAPOOL_EINVAL);     /* not version 1 */
+  CHECK_EQ(luapool_cursor_init(NULL, packed, len), LUAPOOL_EINVAL);
+  CHECK_EQ(luapool_cursor_next(NULL, &val), LUAPOOL_EINVAL);
+  luapool_future_free(f);
+
+  /* A table that holds itself, and a task function, come back as such. */
+  CHECK_EQ(luapool_submit_values(lp, "selfref", NULL, &f), 0);
+  CHECK_EQ(luapool_future_wait(f, -1), 0);
+  CHECK_EQ(luapool_future_result(f, &packed, &len), 2);
+  CHECK_EQ(luapool_cursor_init(&c, packed, len), 2);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TTABLE && val.narr == 0 && val.nhash == 1 && val.ref == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TSTRING && val.len == 2 && memcmp(val.string, "me", 2) == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TREF && val.ref == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TFUNCTION && val.len == 4 && memcmp(val.string, "leaf", 4) == 0);
+  CHECK_EQ(luapool_cursor_next(&c, &val), LUAPOOL_EINVAL);
+  luapool_future_free(f);
+
+  /* Integers at the edges keep every bit. */
+  luapool_values_reset(v);
+  CHECK_EQ(luapool_values_integer(v, INT64_MIN), 0);
+  CHECK_EQ(luapool_values_integer(v, -1), 0);
+  CHECK_EQ(luapool_values_integer(v, INT64_MAX), 0);
+  CHECK_EQ(luapool_values_number(v, -0.5), 0);
+  CHECK_EQ(luapool_submit_values(lp, "echo", v, &f), 0);
+  CHECK_EQ(luapool_future_wait(f, -1), 0);
+  CHECK_EQ(luapool_future_result(f, &packed, &len), 4);
+  CHECK_EQ(luapool_cursor_init(&c, packed, len), 4);
+  int64_t want[] = {INT64_MIN, -1, INT64_MAX};
+  for (int i = 0; i < 3; i++) {
+    CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+    CHECK(val.type == LUAPOOL_TINTEGER && val.integer == want[i]);
+  }
+  CHECK_EQ(luapool_cursor_next(&c, &val), 0);
+  CHECK(val.type == LUAPOOL_TNUMBER && val.number == -0.5);
   luapool_future_free(f);
 
   /* Nested tables: {10, 20, 30} and {name = "n", list = {1, 2}}. */
