@@ -112,6 +112,8 @@ static lp_task *idmap_take(idmap *m, uint64_t id) {
 
 /* ---- state ---- */
 
+typedef struct plevel plevel;
+
 typedef struct lp_conn {
   struct lp_procs *ps;
   int slot;
@@ -127,7 +129,8 @@ typedef struct lp_conn {
   pthread_mutex_t wlock;
   pthread_t reader, feeder;
   int threads_started;
-  idmap tasks; /* sent to this process and not DONE */
+  pthread_mutex_t mlock; /* guards `tasks` */
+  idmap tasks;           /* sent to this process and not DONE */
   char loaderr[512];
 } lp_conn;
 
@@ -137,56 +140,91 @@ typedef struct lp_procs {
   lp_conn *conns;
   pthread_mutex_t lock;
   pthread_cond_t ready_cond;
-  lp_task **heap; /* tasks not yet sent: lowest (priority, id) on top */
-  size_t nheap, capheap;
+  plevel *levels; /* tasks not yet sent */
+  int nlevels;
+  long nqueued;
   int closing;
   int stopping;
   uint64_t gens; /* processes started, for their id ranges */
   char exe[4096];
 } lp_procs;
 
-/* ---- the queue ---- */
+/* ---- the queue ----
+ * One FIFO list per priority value (through qnext), the lists in
+ * ascending priority. Tasks of a run mostly share a few priorities: a push
+ * and a pop touch one list end, not a heap of a million records. */
 
-static int before(const lp_task *a, const lp_task *b) {
-  return a->priority < b->priority || (a->priority == b->priority && a->id < b->id);
+typedef struct plevel {
+  double prio;
+  lp_task *head, *tail;
+} plevel;
+
+#define MAXLEVELS 64
+
+static plevel *level_for(lp_procs *ps, double prio) {
+  int lo = 0, hi = ps->nlevels;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (ps->levels[mid].prio < prio)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < ps->nlevels && ps->levels[lo].prio == prio) return &ps->levels[lo];
+  if (ps->nlevels == MAXLEVELS) return &ps->levels[lo < ps->nlevels ? lo : lo - 1];
+  memmove(&ps->levels[lo + 1], &ps->levels[lo], (size_t)(ps->nlevels - lo) * sizeof(plevel));
+  ps->nlevels++;
+  ps->levels[lo] = (plevel){prio, NULL, NULL};
+  return &ps->levels[lo];
 }
 
-static int heap_push(lp_procs *ps, lp_task *t) {
-  if (ps->nheap == ps->capheap) {
-    size_t cap = ps->capheap ? ps->capheap * 2 : 1024;
-    lp_task **h = realloc(ps->heap, cap * sizeof *h);
-    if (!h) return -1;
-    ps->heap = h;
-    ps->capheap = cap;
+/* A task sent back (its process died before it began) goes first. */
+static void queue_push(lp_procs *ps, lp_task *t, int front) {
+  plevel *lv = level_for(ps, t->priority);
+  t->qnext = NULL;
+  if (front && lv->head) {
+    t->qnext = lv->head;
+    lv->head = t;
+  } else {
+    if (lv->tail)
+      lv->tail->qnext = t;
+    else
+      lv->head = t;
+    lv->tail = t;
   }
-  size_t i = ps->nheap++;
-  while (i > 0 && before(t, ps->heap[(i - 1) / 2])) {
-    ps->heap[i] = ps->heap[(i - 1) / 2];
-    i = (i - 1) / 2;
-  }
-  ps->heap[i] = t;
-  return 0;
+  ps->nqueued++;
 }
 
-static lp_task *heap_pop(lp_procs *ps) {
-  if (!ps->nheap) return NULL;
-  lp_task *top = ps->heap[0], *last = ps->heap[--ps->nheap];
-  size_t i = 0;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= ps->nheap) break;
-    if (c + 1 < ps->nheap && before(ps->heap[c + 1], ps->heap[c])) c++;
-    if (!before(ps->heap[c], last)) break;
-    ps->heap[i] = ps->heap[c];
-    i = c;
+static lp_task *queue_pop(lp_procs *ps) {
+  for (int i = 0; i < ps->nlevels; i++) {
+    plevel *lv = &ps->levels[i];
+    lp_task *t = lv->head;
+    if (!t) continue;
+    lv->head = t->qnext;
+    if (!lv->head) lv->tail = NULL;
+    t->qnext = NULL;
+    ps->nqueued--;
+    return t;
   }
-  if (ps->nheap) ps->heap[i] = last;
-  return top;
+  return NULL;
 }
 
 /* Under lock: wakes the feeder of c if it sleeps. */
 static void poke(lp_conn *c) {
-  if (c->waiting) pthread_cond_signal(&c->cond);
+  if (c->waiting) {
+    c->waiting = 0; /* signalled: the next wake goes to another feeder */
+    pthread_cond_signal(&c->cond);
+  }
+}
+
+/* Under lock: wakes the sleeping feeder whose process has the most room. */
+static void poke_best(lp_procs *ps) {
+  lp_conn *best = NULL;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    if (c->credits > 0 && c->waiting && (!best || c->credits > best->credits)) best = c;
+  }
+  if (best) poke(best);
 }
 
 /* Finishes t with the message text as its error. */
@@ -206,7 +244,7 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
   finish_with(t, LP_TASK_CANCELLED, text);
 }
 
-int lp_procs_push(luapool *eng, lp_task *t) {
+static int push(luapool *eng, lp_task *t, int front) {
   lp_procs *ps = eng->procs;
   pthread_mutex_lock(&ps->lock);
   if (ps->stopping || lp_task_cancelled(t)) {
@@ -214,16 +252,13 @@ int lp_procs_push(luapool *eng, lp_task *t) {
     cancel_unsent(eng, t);
     return 0;
   }
-  int rc = heap_push(ps, t);
-  if (rc == 0)
-    for (int i = 0; i < ps->n; i++)
-      if (ps->conns[i].credits > 0 && ps->conns[i].waiting) {
-        pthread_cond_signal(&ps->conns[i].cond);
-        break;
-      }
+  queue_push(ps, t, front);
+  poke_best(ps);
   pthread_mutex_unlock(&ps->lock);
-  return rc;
+  return 0;
 }
+
+int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
 
 void lp_procs_cancel(luapool *eng, lp_task *t) {
   lp_procs *ps = eng->procs;
@@ -244,10 +279,9 @@ void lp_procs_cancel_all(luapool *eng) {
   if (!ps) return;
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
-  lp_task **unsent = ps->heap;
-  size_t n = ps->nheap;
-  ps->heap = NULL;
-  ps->nheap = ps->capheap = 0;
+  size_t n = 0;
+  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->nqueued + 1));
+  for (lp_task *t; unsent && (t = queue_pop(ps));) unsent[n++] = t;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     size_t mark;
@@ -315,10 +349,10 @@ static int spawn_process(lp_procs *ps, lp_conn *c) {
 
 /* ---- what a process reports ---- */
 
-static lp_task *lookup(lp_conn *c, uint64_t id) {
-  pthread_mutex_lock(&c->ps->lock);
-  lp_task *t = idmap_get(&c->tasks, id);
-  pthread_mutex_unlock(&c->ps->lock);
+static lp_task *lookup(lp_conn *c, uint64_t id, int take) {
+  pthread_mutex_lock(&c->mlock);
+  lp_task *t = take ? idmap_take(&c->tasks, id) : idmap_get(&c->tasks, id);
+  pthread_mutex_unlock(&c->mlock);
   return t;
 }
 
@@ -348,7 +382,7 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     t->held = t->held_tail = NULL;
     atomic_store(&t->state, LP_TASK_QUEUED);
     lp_task_remote_done(t); /* the body's unit stays: it runs again */
-    if (lp_procs_push(eng, t) != 0) finish_with(t, LP_TASK_FAILED, "out of memory");
+    push(eng, t, 0);
     lp_task_unref(t);
     return;
   }
@@ -364,19 +398,22 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
 }
 
 static void on_result(lp_conn *c, lp_wire_msg *m) {
-  uint64_t id, state;
+  uint64_t id, state, done;
   const char *res, *note;
   size_t len, notelen;
-  if (lp_wire_get_u64(m, &id) || lp_wire_get_u64(m, &state) || lp_wire_get_bytes(m, &res, &len) ||
-      lp_wire_get_bytes(m, &note, &notelen) || state < LP_TASK_OK || state > LP_TASK_CANCELLED)
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_u64(m, &state) || lp_wire_get_u64(m, &done) ||
+      lp_wire_get_bytes(m, &res, &len) || lp_wire_get_bytes(m, &note, &notelen) ||
+      state < LP_TASK_OK || state > LP_TASK_CANCELLED)
     return;
-  lp_task *t = lookup(c, id);
-  if (!t || lp_task_finished(t) || t->retry_pending) return;
-  if (state == LP_TASK_FAILED && t->retries > 0 && !lp_task_cancelled(t)) {
-    t->retry_pending = 1; /* it runs again once its subtree is over */
-    return;
+  lp_task *t = lookup(c, id, done != 0);
+  if (!t) return;
+  if (!lp_task_finished(t) && !t->retry_pending) {
+    if (state == LP_TASK_FAILED && t->retries > 0 && !lp_task_cancelled(t))
+      t->retry_pending = 1; /* it runs again once its subtree is over */
+    else
+      finish_remote(c->ps->eng, t, (int)state, res, len, note, notelen);
   }
-  finish_remote(c->ps->eng, t, (int)state, res, len, note, notelen);
+  if (done) subtree_over(c->ps, t);
 }
 
 static void on_record(lp_conn *c, lp_wire_msg *m) {
@@ -388,7 +425,7 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
       lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_f64(m, &prio) ||
       lp_wire_get_bytes(m, &data, &len) || kind > LUAPOOL_RECORD_PRINT)
     return;
-  lp_task *t = lookup(c, id);
+  lp_task *t = lookup(c, id, 0);
   if (!t) return;
   luapool *eng = c->ps->eng;
   lp_record *rec = lp_record_new((int)kind, NULL, prio, data, len);
@@ -415,8 +452,11 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
   lp_task *t;
   switch (m->type) {
   case LP_MSG_READY:
+    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
     pthread_mutex_lock(&ps->lock);
     c->ready = 1;
+    c->credits += (long)v;
+    poke(c);
     pthread_cond_broadcast(&ps->ready_cond);
     pthread_mutex_unlock(&ps->lock);
     break;
@@ -435,7 +475,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     pthread_mutex_unlock(&ps->lock);
     break;
   case LP_MSG_STARTED:
-    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v))) t->started = 1;
+    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 0))) t->started = 1;
     break;
   case LP_MSG_RESULT:
     on_result(c, m);
@@ -444,11 +484,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     on_record(c, m);
     break;
   case LP_MSG_DONE:
-    if (lp_wire_get_u64(m, &v) != 0) break;
-    pthread_mutex_lock(&ps->lock);
-    t = idmap_take(&c->tasks, v);
-    pthread_mutex_unlock(&ps->lock);
-    if (t) subtree_over(ps, t);
+    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
     break;
   case LP_MSG_FAILURE:
     if (lp_wire_get_bytes(m, &p, &n) != 0) break;
@@ -503,9 +539,11 @@ static void process_died(lp_conn *c, const char *why) {
   lp_procs *ps = c->ps;
   luapool *eng = ps->eng;
   pthread_mutex_lock(&c->wlock);
-  pthread_mutex_lock(&ps->lock);
+  pthread_mutex_lock(&c->mlock);
   idmap had = c->tasks;
   memset(&c->tasks, 0, sizeof c->tasks);
+  pthread_mutex_unlock(&c->mlock);
+  pthread_mutex_lock(&ps->lock);
   pid_t pid = c->pid;
   int fd = c->fd;
   c->fd = -1;
@@ -532,11 +570,14 @@ static void process_died(lp_conn *c, const char *why) {
   for (size_t i = 0; i < had.cap; i++) {
     lp_task *t = had.slot[i];
     if (!t) continue;
-    if (!t->started && !lp_task_finished(t)) { /* never began: nothing was lost */
+    /* Never began: nothing was lost, it goes again, once. A process dies
+     * before its STARTED frames go out too: the second time, a task that
+     * kills its process at once is taken as having begun. */
+    if (!t->started && !lp_task_finished(t) && !t->resent++) {
       t->remote = 0;
       atomic_store(&t->state, LP_TASK_QUEUED);
       lp_task_remote_done(t);
-      if (lp_procs_push(eng, t) != 0) finish_with(t, LP_TASK_FAILED, "out of memory");
+      push(eng, t, 1);
       lp_task_unref(t);
       continue;
     }
@@ -624,9 +665,10 @@ static void *feeder_main(void *arg) {
   luapool *eng = ps->eng;
   lp_buf frames;
   lp_buf_init(&frames);
+  lp_task *batch[SEND_BATCH];
   pthread_mutex_lock(&ps->lock);
   while (!ps->closing) {
-    int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nheap > 0;
+    int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nqueued > 0;
     if (!c->out.len && !sendable) {
       c->waiting = 1;
       pthread_cond_wait(&c->cond, &ps->lock);
@@ -636,13 +678,43 @@ static void *feeder_main(void *arg) {
     lp_buf_reset(&frames);
     lp_buf_append(&frames, c->out.data, c->out.len);
     lp_buf_reset(&c->out);
-    for (int i = 0; sendable && i < SEND_BATCH && c->credits > 0 && ps->nheap > 0; i++) {
-      lp_task *t = heap_pop(ps);
-      if (put_exec(&frames, eng, t) != 0 || idmap_put(&c->tasks, t) != 0) {
-        heap_push(ps, t); /* out of memory: try again later */
-        break;
-      }
+    /* Few tasks and several processes asking: share them out, the
+     * process with the most room first. */
+    long asking = 0, room = 0;
+    lp_conn *best = c;
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *o = &ps->conns[i];
+      if (o->credits <= 0 || !o->ready) continue;
+      asking++;
+      room += o->credits;
+      if (o->credits > best->credits) best = o;
+    }
+    if (sendable && best != c && ps->nqueued < asking && !c->out.len) {
+      poke(best);
+      c->waiting = 1;
+      pthread_cond_wait(&c->cond, &ps->lock);
+      c->waiting = 0;
+      continue;
+    }
+    long share = room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
+    int n = 0;
+    while (sendable && n < SEND_BATCH && n < share && c->credits > 0 &&
+           (batch[n] = queue_pop(ps))) {
       c->credits--;
+      n++;
+    }
+    if (ps->nqueued > 0) poke_best(ps); /* what is left goes to the others */
+    unsigned gen = c->gen;
+    pthread_mutex_unlock(&ps->lock);
+    /* Under wlock the process cannot be replaced: the batch reaches the
+     * process it was taken for, or goes back on the queue. */
+    pthread_mutex_lock(&c->wlock);
+    int live = c->gen == gen && c->fd >= 0;
+    int sent = 0;
+    pthread_mutex_lock(&c->mlock);
+    for (; live && sent < n; sent++) {
+      lp_task *t = batch[sent];
+      if (put_exec(&frames, eng, t) != 0 || idmap_put(&c->tasks, t) != 0) break;
       t->remote = 1;
       t->owner = c->slot;
       t->started = 0;
@@ -650,13 +722,11 @@ static void *feeder_main(void *arg) {
       lp_task_ref(t); /* the connection's, until DONE */
       lp_task_remote_begin(t);
     }
-    unsigned gen = c->gen;
-    pthread_mutex_unlock(&ps->lock);
-    pthread_mutex_lock(&c->wlock);
-    /* A replaced process never gets frames meant for the one before. */
-    if (c->gen == gen && c->fd >= 0) lp_wire_write_all(c->fd, frames.data, frames.len);
+    pthread_mutex_unlock(&c->mlock);
+    if (live) lp_wire_write_all(c->fd, frames.data, frames.len);
     pthread_mutex_unlock(&c->wlock);
     pthread_mutex_lock(&ps->lock);
+    for (int i = n - 1; i >= sent; i--) queue_push(ps, batch[i], 1);
   }
   pthread_mutex_unlock(&ps->lock);
   lp_buf_free(&frames);
@@ -671,6 +741,8 @@ int lp_procs_start(luapool *eng) {
   eng->procs = ps;
   ps->eng = eng;
   ps->n = eng->cfg.processes;
+  ps->levels = calloc(MAXLEVELS, sizeof *ps->levels);
+  if (!ps->levels) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
   pthread_cond_init(&ps->ready_cond, NULL);
   const char *exe = getenv("LUAPOOL_WORKER_EXE");
@@ -687,6 +759,7 @@ int lp_procs_start(luapool *eng) {
     lp_buf_init(&c->out);
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->wlock, NULL);
+    pthread_mutex_init(&c->mlock, NULL);
     pthread_mutex_lock(&ps->lock);
     int bad = spawn_process(ps, c) != 0;
     pthread_mutex_unlock(&ps->lock);
@@ -747,9 +820,10 @@ void lp_procs_stop(luapool *eng) {
     free(c->tasks.slot);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->wlock);
+    pthread_mutex_destroy(&c->mlock);
   }
-  for (size_t i = 0; i < ps->nheap; i++) lp_task_unref(ps->heap[i]);
-  free(ps->heap);
+  for (lp_task *t; (t = queue_pop(ps));) lp_task_unref(t);
+  free(ps->levels);
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);

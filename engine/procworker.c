@@ -30,6 +30,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "timer.h"
 #include "proc.h"
 #include "wire.h"
 
@@ -38,31 +39,43 @@ typedef struct lp_exec {
   lp_task *t;
   uint64_t id;
   lp_cursor cur;
-  int walked; /* the cursor has walked the whole subtree */
+  int walked;    /* the cursor has walked the whole subtree */
+  int is_done;   /* its subtree has ended */
+  int sent_done; /* DONE went out with its RESULT */
   struct lp_exec *prev, *next; /* the active list, link-only */
-  struct lp_exec *fin_next;    /* the finished list */
-  struct lp_exec *done_next;   /* the done list */
+  struct lp_exec *st_next;     /* the started stack */
+  struct lp_exec *fin_next;    /* the finished stack */
+  struct lp_exec *done_next;   /* the done stack, then the late list */
 } lp_exec;
 
 typedef struct lp_link {
   luapool *eng;
   int in_fd, out_fd, kick_fd;
   int threads;
-  pthread_mutex_t lock; /* guards `out`, `finished` and `done` */
-  lp_buf out;           /* frames from worker threads (STARTED) */
-  lp_exec *finished;    /* bodies that ended: RESULT to send */
-  lp_exec *done;        /* subtrees that ended: DONE to send */
+  pthread_mutex_t lock; /* guards `out` */
+  lp_buf out;           /* frames from worker threads (failures) */
+  /* Stacks the workers push on (one CAS each) and the link empties. */
+  _Atomic(lp_exec *) started; /* bodies begun: STARTED to send */
+  _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
+  _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
   _Atomic int sleeping; /* the link waits in poll: kick it */
-  _Atomic int idle;     /* a worker found nothing to do */
   /* Link-only. */
   lp_exec *active;
-  lp_exec *late; /* subtrees done whose records are still being walked */
+  lp_exec *spare; /* freed execs, for reuse */
+  lp_exec *late;
+  lp_task *inj_head, *inj_tail; /* tasks received, handed to the workers in one go */
+  long ninj;
+  double last_walk;
+  lp_task_cache cache; /* subtrees done whose records are still being walked */
   lp_buf wbuf;   /* frames not yet written */
   size_t wpos;
   lp_buf rbuf; /* bytes read, not yet a whole frame */
   uint64_t received, ended; /* tasks received, bodies ended */
   uint64_t asked;           /* tasks asked for with WANT */
   long target;              /* tasks to keep here */
+  double rate;              /* tasks ended per second, smoothed */
+  double win_start;
+  uint64_t win_ended;
   int stopping;
 } lp_link;
 
@@ -76,23 +89,24 @@ static void kick(lp_link *k) {
 
 /* ---- hooks called by the engine's threads ---- */
 
+#define PUSH(stack, x, field)                                                                  \
+  do {                                                                                         \
+    lp_exec *head_ = atomic_load_explicit(&(stack), memory_order_relaxed);                     \
+    do (x)->field = head_;                                                                     \
+    while (!atomic_compare_exchange_weak_explicit(&(stack), &head_, (x), memory_order_release, \
+                                                  memory_order_relaxed));                      \
+  } while (0)
+
 void lp_procworker_started(luapool *eng, lp_task *t) {
-  lp_link *k = eng->link;
-  size_t mark;
-  pthread_mutex_lock(&k->lock);
-  if (lp_wire_begin(&k->out, LP_MSG_STARTED, &mark) == 0 && lp_wire_u64(&k->out, t->id) == 0)
-    lp_wire_end(&k->out, mark);
-  pthread_mutex_unlock(&k->lock);
+  lp_exec *x = t->ext;
+  if (x) PUSH(eng->link->started, x, st_next);
 }
 
 static void exec_finished(lp_waiter *w, lp_task *t) {
   (void)t;
   lp_exec *x = (lp_exec *)w;
   lp_link *k = x->t->eng->link;
-  pthread_mutex_lock(&k->lock);
-  x->fin_next = k->finished;
-  k->finished = x;
-  pthread_mutex_unlock(&k->lock);
+  PUSH(k->finished, x, fin_next);
   kick(k);
 }
 
@@ -100,27 +114,21 @@ void lp_procworker_root_done(luapool *eng, lp_task *t) {
   lp_link *k = eng->link;
   lp_exec *x = t->ext;
   if (!x) return;
-  pthread_mutex_lock(&k->lock);
-  x->done_next = k->done;
-  k->done = x;
-  pthread_mutex_unlock(&k->lock);
+  PUSH(k->done, x, done_next);
   kick(k);
 }
 
-void lp_procworker_idle(luapool *eng) {
-  lp_link *k = eng->link;
-  atomic_store(&k->idle, 1);
-  kick(k);
-}
+void lp_procworker_idle(luapool *eng) { kick(eng->link); }
 
 /* ---- frames out ---- */
 
-static void put_result(lp_link *k, lp_exec *x) {
+static void put_result(lp_link *k, lp_exec *x, int done) {
   lp_task *t = x->t;
   size_t mark;
   const char *note = t->failnote ? t->failnote : "";
   if (lp_wire_begin(&k->wbuf, LP_MSG_RESULT, &mark) == 0 && lp_wire_u64(&k->wbuf, x->id) == 0 &&
       lp_wire_u64(&k->wbuf, (uint64_t)atomic_load(&t->state)) == 0 &&
+      lp_wire_u64(&k->wbuf, (uint64_t)done) == 0 &&
       lp_wire_bytes(&k->wbuf, t->result.data, t->result.len) == 0 &&
       lp_wire_bytes(&k->wbuf, note, strlen(note)) == 0)
     lp_wire_end(&k->wbuf, mark);
@@ -164,7 +172,8 @@ static void exec_free(lp_link *k, lp_exec *x) {
   if (x->next) x->next->prev = x->prev;
   x->t->ext = NULL;
   lp_task_unref(x->t);
-  free(x);
+  x->next = k->spare;
+  k->spare = x;
 }
 
 static int on_exec(lp_link *k, lp_wire_msg *m) {
@@ -180,12 +189,17 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
   int fid = lp_names_intern(&eng->names, fn, fnlen);
   lp_buf b;
   lp_buf_init(&b);
-  lp_exec *x = calloc(1, sizeof *x);
+  lp_exec *x = k->spare;
+  if (x)
+    k->spare = x->next;
+  else
+    x = malloc(sizeof *x);
   if (fid < 0 || !x || lp_buf_append(&b, args, argslen) != 0) {
     free(x);
     lp_buf_free(&b);
     return -1;
   }
+  memset(x, 0, sizeof *x);
   lp_task *t = lp_task_new(eng, NULL, fid, prio, &b);
   if (!t) {
     free(x);
@@ -206,11 +220,26 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
   if (k->active) k->active->prev = x;
   k->active = x;
   k->received++;
-  pthread_mutex_lock(&eng->host_lock);
-  eng->live_roots++;
-  pthread_mutex_unlock(&eng->host_lock);
-  lp_sched_inject(&eng->sched, t);
+  t->qnext = NULL;
+  if (k->inj_tail)
+    k->inj_tail->qnext = t;
+  else
+    k->inj_head = t;
+  k->inj_tail = t;
+  k->ninj++;
   return 0;
+}
+
+/* Hands the tasks received to the workers, in one go. */
+static void hand_over(lp_link *k) {
+  if (!k->ninj) return;
+  luapool *eng = k->eng;
+  pthread_mutex_lock(&eng->host_lock);
+  eng->live_roots += k->ninj;
+  pthread_mutex_unlock(&eng->host_lock);
+  lp_sched_inject_list(&eng->sched, k->inj_head, k->inj_tail, k->ninj);
+  k->inj_head = k->inj_tail = NULL;
+  k->ninj = 0;
 }
 
 static void on_cancel(lp_link *k, uint64_t id) {
@@ -246,47 +275,68 @@ static int read_frames(lp_link *k) {
   }
   memmove(k->rbuf.data, k->rbuf.data + off, k->rbuf.len - off);
   k->rbuf.len -= off;
+  hand_over(k);
   return 0;
 }
 
 /* ---- the link's loop ---- */
 
+static lp_exec *take_stack(_Atomic(lp_exec *) *stack) {
+  return atomic_exchange_explicit(stack, NULL, memory_order_acquire);
+}
+
+static void walk(lp_link *k, lp_exec *x) {
+  sub_sink s = {k, x->id};
+  if (!x->walked) x->walked = lp_report_walk_sub(&k->eng->report, &x->cur, sink_sub, &s);
+}
+
 /* Sends what the workers handed over: records first, so the engine has a
- * task's records before it learns that the task ended. */
+ * task's records before it learns that the task ended. A task whose
+ * subtree ended with its body gets one frame for both. */
 static void forward(lp_link *k) {
   luapool *eng = k->eng;
+  lp_exec *st = take_stack(&k->started);
+  lp_exec *done = take_stack(&k->done);
+  lp_exec *fin = take_stack(&k->finished);
   pthread_mutex_lock(&k->lock);
-  lp_exec *fin = k->finished, *done = k->done;
-  k->finished = k->done = NULL;
   if (k->out.len) lp_buf_append(&k->wbuf, k->out.data, k->out.len);
   lp_buf_reset(&k->out);
   pthread_mutex_unlock(&k->lock);
+  for (; st; st = st->st_next) put_id(k, LP_MSG_STARTED, st->id);
+  for (lp_exec *x = done; x; x = x->done_next) x->is_done = 1;
   if (eng->report.order == LUAPOOL_ORDER_COMPLETION) {
     lp_report_walk_made(&eng->report, sink_made, k);
+    for (lp_exec *x = done; x; x = x->done_next) x->walked = 1;
   } else {
-    for (lp_exec *x = k->active; x; x = x->next) {
-      sub_sink s = {k, x->id};
-      if (!x->walked) x->walked = lp_report_walk_sub(&eng->report, &x->cur, sink_sub, &s);
+    /* Every active subtree now and then (streaming); the ended ones now. */
+    double now = lp_now();
+    if (now - k->last_walk > 0.001) {
+      k->last_walk = now;
+      for (lp_exec *x = k->active; x; x = x->next) walk(k, x);
     }
+    for (lp_exec *x = fin; x; x = x->fin_next) walk(k, x);
+    for (lp_exec *x = done; x; x = x->done_next) walk(k, x);
   }
   lp_report_flush_nodes(&eng->report);
   for (; fin; fin = fin->fin_next) {
-    put_result(k, fin);
+    fin->sent_done = fin->is_done && fin->walked;
+    put_result(k, fin, fin->sent_done);
     k->ended++;
   }
   while (done) {
     lp_exec *x = done;
     done = x->done_next;
+    if (x->sent_done) {
+      exec_free(k, x);
+      continue;
+    }
     x->done_next = k->late;
     k->late = x;
   }
   lp_exec **pp = &k->late;
   while (*pp) {
     lp_exec *x = *pp;
-    if (!x->walked) { /* every record is known now; the walk ends at once */
-      sub_sink s = {k, x->id};
-      x->walked = lp_report_walk_sub(&eng->report, &x->cur, sink_sub, &s);
-    }
+    walk(k, x); /* every record is known now; the walk ends at once */
     if (!x->walked) {
       pp = &x->done_next;
       continue;
@@ -297,10 +347,22 @@ static void forward(lp_link *k) {
   }
 }
 
-/* Asks for more work when the window has room for a good batch. */
+/* Asks for more work when the window has room for a good batch. The
+ * window holds about WINDOW seconds of work at the rate tasks end here,
+ * never less than one task per thread: short tasks come in large batches,
+ * long ones are not hoarded while another process could run them. */
+#define WINDOW 0.002
 static void want(lp_link *k) {
+  double now = lp_now();
+  if (now - k->win_start >= 0.02) {
+    double rate = (double)(k->ended - k->win_ended) / (now - k->win_start);
+    k->rate = k->rate > 0 ? 0.5 * k->rate + 0.5 * rate : rate;
+    k->win_start = now;
+    k->win_ended = k->ended;
+    long t = (long)(k->rate * WINDOW);
+    k->target = t < k->threads ? k->threads : t > 1024 ? 1024 : t;
+  }
   long here = (long)(k->received - k->ended);
-  if (atomic_exchange(&k->idle, 0) && here <= k->threads && k->target < 1024) k->target *= 2;
   long credit = (long)(k->asked - k->received);
   long n = k->target - here - credit;
   long batch = k->target / 4 > 0 ? k->target / 4 : 1;
@@ -361,7 +423,7 @@ static int loop(lp_link *k) {
     /* Frames the workers queued before we said we sleep would wait for
      * the timeout: look once more. */
     pthread_mutex_lock(&k->lock);
-    int pending = k->finished || k->done || k->out.len;
+    int pending = atomic_load(&k->finished) || atomic_load(&k->done) || k->out.len;
     pthread_mutex_unlock(&k->lock);
     if (!pending) poll(p, p[2].events ? 3 : 2, k->active ? 1 : 100);
     atomic_store(&k->sleeping, 0);
@@ -452,7 +514,10 @@ int lp_procworker_main(int in_fd, int out_fd) {
   eng->link = &k;
   atomic_store(&eng->next_id, idbase);
   k.threads = (int)threads;
-  k.target = 2 * (long)threads;
+  lp_task_cache_init(&k.cache);
+  lp_task_cache_self = &k.cache;
+  k.target = (long)threads;
+  k.win_start = lp_now();
   char *chunkname = strndup(name, namelen);
   int rc = chunkname ? luapool_load_string(eng, script, scriptlen, chunkname) : LUAPOOL_ENOMEM;
   free(chunkname);
@@ -468,7 +533,10 @@ int lp_procworker_main(int in_fd, int out_fd) {
   if (k.kick_fd < 0) return 2;
   fcntl(in_fd, F_SETFL, fcntl(in_fd, F_GETFL) | O_NONBLOCK);
   fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) | O_NONBLOCK);
-  put_id(&k, LP_MSG_READY, slot);
+  /* READY carries the first request for work: every process is asking
+   * from the moment the engine hears it exists. */
+  put_id(&k, LP_MSG_READY, (uint64_t)k.target);
+  k.asked = (uint64_t)k.target;
   if (read_frames(&k) != 0) return 3;
   rc = loop(&k);
   /* The engine is gone or the run is over: leave without waiting for

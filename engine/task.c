@@ -98,6 +98,7 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->retries = 0;
   t->remote = 0;
   t->started = 0;
+  t->resent = 0;
   t->retry_pending = 0;
   t->held = t->held_tail = NULL;
   t->ext = NULL;
@@ -163,6 +164,8 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   t->waiters = NULL;
   lp_spin_unlock(&t->lock);
   lp_report_body_done(&t->eng->report, t);
+  /* --fail-fast: a failure that no task is waiting for stops the run. */
+  if (state == LP_TASK_FAILED && !w && t->eng->cfg.fail_fast) luapool_cancel(t->eng);
   while (w) {
     lp_waiter *next = w->next;
     w->next = w->prev = NULL;

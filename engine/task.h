@@ -82,6 +82,7 @@ typedef struct lp_task {
   /* A task sent to a worker process (proc.c), seen from the engine. */
   int remote;        /* 1 while a worker process has it; owner is then the process slot */
   int started;       /* the process has begun its body */
+  int resent;        /* sent again after its process died before it began */
   int retry_pending; /* failed there: runs again once its subtree has ended */
   lp_record *held;   /* its subtree's records, kept while a retry could still come */
   lp_record *held_tail;

@@ -29,11 +29,11 @@ enum {
   LP_MSG_CANCEL,   /* u64 id */
   LP_MSG_STOP,     /* the run is being cancelled: stop everything */
   /* worker process -> engine */
-  LP_MSG_READY,   /* the script is loaded */
+  LP_MSG_READY,   /* u64 n: the script is loaded, room for n tasks */
   LP_MSG_LOADERR, /* bytes message: the script could not be loaded */
   LP_MSG_WANT,    /* u64 n: room for n more tasks */
   LP_MSG_STARTED, /* u64 id: the task's body has begun */
-  LP_MSG_RESULT,  /* u64 id, u64 state, bytes result, bytes failnote */
+  LP_MSG_RESULT,  /* u64 id, u64 state, u64 done (DONE too), bytes result, bytes failnote */
   LP_MSG_RECORD,  /* u64 id (the task sent), u64 kind, u64 task, bytes fn, f64 priority,
                      bytes data */
   LP_MSG_DONE,    /* u64 id: the task's subtree has completed */
