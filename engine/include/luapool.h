@@ -100,7 +100,7 @@ typedef struct luapool_record {
   double priority;
   const char *text;
   size_t text_len;
-  const char *value; /* packed value (EMIT only) */
+  const char *value; /* packed value (EMIT only; luapool_cursor reads it) */
   size_t value_len;
   const char *json; /* with config json_records: the record as one JSON object,
                        {"task":ID,"name":NAME,"priority":P,"value":VALUE} */
