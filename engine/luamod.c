@@ -299,6 +299,13 @@ static int fut_done(lua_State *L) {
   return 1;
 }
 
+/* future:ok(): finished without error? Counts as handling a failure. */
+static int fut_ok(lua_State *L) {
+  hfuture *h = check_future(L);
+  lua_pushboolean(L, luapool_future_done(h->f) && luapool_future_wait(h->f, 0) == 0);
+  return 1;
+}
+
 static int fut_cancel(lua_State *L) {
   lua_pushboolean(L, luapool_future_cancel(check_future(L)->f));
   return 1;
@@ -516,10 +523,14 @@ int luaopen_luapool(lua_State *L) {
                                           {"__gc", pool_gc},
                                           {"__tostring", pool_tostring},
                                           {NULL, NULL}};
-  static const luaL_Reg future_methods[] = {
-      {"get", fut_get}, {"done", fut_done}, {"cancel", fut_cancel},
-      {"id", fut_id},   {"__gc", fut_gc},   {"__tostring", fut_tostring},
-      {NULL, NULL}};
+  static const luaL_Reg future_methods[] = {{"get", fut_get},
+                                            {"done", fut_done},
+                                            {"ok", fut_ok},
+                                            {"cancel", fut_cancel},
+                                            {"id", fut_id},
+                                            {"__gc", fut_gc},
+                                            {"__tostring", fut_tostring},
+                                            {NULL, NULL}};
   static const luaL_Reg funcs[] = {{"open", l_open}, {NULL, NULL}};
   new_class(L, POOL_MT, pool_methods);
   new_class(L, FUTURE_MT, future_methods);

@@ -111,7 +111,15 @@ describe("the Lua host module", function()
         assert.is_false(ok)
         assert.matches("task 'boom' %(id %d+%) failed: .*kaboom", err)
         assert.is_true(f:done())
+        assert.is_false(f:ok())
         assert.is_true(pool:wait()) -- awaited: not reported again
+        local g = pool:spawn("boom", "checked")
+        while not g:done() do pool:wait(0.01) end
+        assert.is_false(g:ok()) -- ok() handles the failure too
+        local h = pool:spawn("square", 3)
+        h:get()
+        assert.is_true(h:ok())
+        assert.is_true(pool:wait())
       end)
 
       it("refuses unknown task names and values that cannot be sent", function()
