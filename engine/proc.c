@@ -143,7 +143,7 @@ typedef struct lp_procs {
   plevel *levels; /* tasks not yet sent */
   int nlevels;
   long nqueued;
-  int closing;
+  _Atomic int closing; /* read by the readers without the lock */
   int stopping;
   uint64_t gens; /* processes started, for their id ranges */
   char exe[4096];

@@ -59,6 +59,7 @@ typedef struct lp_link {
   _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
   _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
   _Atomic int sleeping; /* the link waits in poll: kick it */
+  _Atomic unsigned nfinished; /* bodies ended, for batching wakes */
   /* Link-only. */
   lp_exec *active;
   lp_exec *spare; /* freed execs, for reuse */
@@ -102,20 +103,24 @@ void lp_procworker_started(luapool *eng, lp_task *t) {
   if (x) PUSH(eng->link->started, x, st_next);
 }
 
+/* Ending tasks do not wake the link one by one: it looks every
+ * millisecond, and a worker that runs out of work wakes it (idle). Only a
+ * large batch waiting is worth a wake of its own. */
+#define KICK_EVERY 64
+
 static void exec_finished(lp_waiter *w, lp_task *t) {
   (void)t;
   lp_exec *x = (lp_exec *)w;
   lp_link *k = x->t->eng->link;
   PUSH(k->finished, x, fin_next);
-  kick(k);
+  if (atomic_fetch_add_explicit(&k->nfinished, 1, memory_order_relaxed) % KICK_EVERY ==
+      KICK_EVERY - 1)
+    kick(k);
 }
 
 void lp_procworker_root_done(luapool *eng, lp_task *t) {
-  lp_link *k = eng->link;
   lp_exec *x = t->ext;
-  if (!x) return;
-  PUSH(k->done, x, done_next);
-  kick(k);
+  if (x) PUSH(eng->link->done, x, done_next);
 }
 
 void lp_procworker_idle(luapool *eng) { kick(eng->link); }

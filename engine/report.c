@@ -92,15 +92,15 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   r->order = order;
   seq_init(&r->roots, NULL);
   r->cur = &r->roots;
-  r->noutbox = nworkers;
+  r->noutbox = nworkers + 1; /* the workers' homes, and the one of a thread outside them */
   atomic_init(&r->csentinel.next, NULL);
   r->csentinel.kind = LP_ITEM_RECORD;
   atomic_init(&r->ctail, &r->csentinel);
   r->cpos = &r->csentinel;
-  r->freed_home = calloc((size_t)nworkers, sizeof *r->freed_home);
-  r->freed_first = calloc((size_t)nworkers, sizeof *r->freed_first);
-  r->freed_last = calloc((size_t)nworkers, sizeof *r->freed_last);
-  r->nfreed = calloc((size_t)nworkers, sizeof *r->nfreed);
+  r->freed_home = calloc((size_t)r->noutbox, sizeof *r->freed_home);
+  r->freed_first = calloc((size_t)r->noutbox, sizeof *r->freed_first);
+  r->freed_last = calloc((size_t)r->noutbox, sizeof *r->freed_last);
+  r->nfreed = calloc((size_t)r->noutbox, sizeof *r->nfreed);
   if (!r->freed_home || !r->freed_first || !r->freed_last || !r->nfreed) return -1;
   pthread_mutex_init(&r->fail_lock, NULL);
   return 0;
@@ -322,6 +322,10 @@ static void free_node(lp_report *r, lp_rnode *n) {
     if (!r->nfreed[i] && empty < 0) empty = i;
   }
   if (i == r->noutbox) {
+    if (empty < 0) { /* more homes than slots: make room */
+      flush_freed(r, 0);
+      empty = 0;
+    }
     i = empty;
     r->freed_home[i] = n->home;
     r->freed_last[i] = n;
