@@ -136,6 +136,7 @@ typedef struct lp_conn {
 
 typedef struct lp_procs {
   luapool *eng;
+  int pool; /* its index in eng->pools */
   int n;
   lp_conn *conns;
   pthread_mutex_t lock;
@@ -145,7 +146,6 @@ typedef struct lp_procs {
   long nqueued;
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
-  uint64_t gens; /* processes started, for their id ranges */
   char exe[4096];
 } lp_procs;
 
@@ -245,7 +245,7 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
-  lp_procs *ps = eng->procs;
+  lp_procs *ps = eng->pools[t->pool].procs;
   pthread_mutex_lock(&ps->lock);
   if (ps->stopping || lp_task_cancelled(t)) {
     pthread_mutex_unlock(&ps->lock);
@@ -261,7 +261,7 @@ static int push(luapool *eng, lp_task *t, int front) {
 int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
 
 void lp_procs_cancel(luapool *eng, lp_task *t) {
-  lp_procs *ps = eng->procs;
+  lp_procs *ps = eng->pools ? eng->pools[t->pool].procs : NULL;
   if (!ps) return;
   pthread_mutex_lock(&ps->lock);
   if (t->remote && t->owner >= 0 && t->owner < ps->n) {
@@ -274,9 +274,7 @@ void lp_procs_cancel(luapool *eng, lp_task *t) {
   pthread_mutex_unlock(&ps->lock);
 }
 
-void lp_procs_cancel_all(luapool *eng) {
-  lp_procs *ps = eng->procs;
-  if (!ps) return;
+static void cancel_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
   size_t n = 0;
@@ -293,19 +291,25 @@ void lp_procs_cancel_all(luapool *eng) {
   free(unsent);
 }
 
+void lp_procs_cancel_all(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++)
+    if (eng->pools[i].procs) cancel_pool(eng, eng->pools[i].procs);
+}
+
 /* ---- starting a process ---- */
 
 static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
   luapool *eng = ps->eng;
   size_t mark;
-  int threads = eng->cfg.threads > 0 ? eng->cfg.threads : 1;
-  uint64_t base = ++ps->gens << 32;
+  lp_pooldef *d = &eng->pools[ps->pool];
+  int threads = d->threads > 0 ? d->threads : 1;
+  uint64_t base = ++eng->proc_gens << 32;
   if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, (uint64_t)c->slot) ||
       lp_wire_u64(b, (uint64_t)threads) || lp_wire_u64(b, (uint64_t)eng->cfg.order) ||
       lp_wire_u64(b, eng->cfg.memory_limit) || lp_wire_u64(b, base) ||
       lp_wire_f64(b, eng->cfg.task_timeout) ||
       lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
-      lp_wire_bytes(b, eng->script, eng->script_len))
+      lp_wire_bytes(b, eng->script, eng->script_len) || lp_wire_bytes(b, d->name, strlen(d->name)))
     return -1;
   lp_wire_end(b, mark);
   return 0;
@@ -601,7 +605,7 @@ static void process_died(lp_conn *c, const char *why) {
     int alive = 0;
     for (int i = 0; i < ps->n; i++) alive += !ps->conns[i].gone;
     pthread_mutex_unlock(&ps->lock);
-    if (!alive) lp_procs_cancel_all(eng);
+    if (!alive) cancel_pool(eng, ps);
   }
 }
 
@@ -735,12 +739,13 @@ static void *feeder_main(void *arg) {
 
 /* ---- start and stop ---- */
 
-int lp_procs_start(luapool *eng) {
+static int start_pool(luapool *eng, int pool) {
   lp_procs *ps = calloc(1, sizeof *ps);
   if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  eng->procs = ps;
+  eng->pools[pool].procs = ps;
   ps->eng = eng;
-  ps->n = eng->cfg.processes;
+  ps->pool = pool;
+  ps->n = eng->pools[pool].processes;
   ps->levels = calloc(MAXLEVELS, sizeof *ps->levels);
   if (!ps->levels) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
@@ -793,9 +798,17 @@ int lp_procs_start(luapool *eng) {
   return rc;
 }
 
-void lp_procs_stop(luapool *eng) {
-  lp_procs *ps = eng->procs;
-  if (!ps) return;
+int lp_procs_start(luapool *eng) {
+  if (eng->inline_mode) return 0;
+  for (int i = 0; i < eng->npools; i++) {
+    if (!eng->pools[i].processes) continue;
+    int rc = start_pool(eng, i);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+static void stop_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->closing = 1;
   for (int i = 0; i < ps->n; i++) {
@@ -827,6 +840,11 @@ void lp_procs_stop(luapool *eng) {
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);
+  eng->pools[ps->pool].procs = NULL;
   free(ps);
-  eng->procs = NULL;
+}
+
+void lp_procs_stop(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++)
+    if (eng->pools[i].procs) stop_pool(eng, eng->pools[i].procs);
 }

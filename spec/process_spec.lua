@@ -210,6 +210,24 @@ describe("worker processes", function()
     end)
   end
 
+  it("refuse counters, channels and sequencers, which could not be shared across processes",
+    function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function try(what) return pcall(luapool[what], "x") end
+      function main()
+        for _, what in ipairs({ "counter", "channel", "sequencer" }) do
+          local ok, err = luapool.spawn(try, what):get()
+          luapool.emit(tostring(ok) .. " " .. err:gsub("^[^:]*:%d+: ", ""):match("^[^:]*"))
+        end
+      end
+    ]], {}, { flags = { "--processes", "1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "false luapool.counter is not available in a worker process",
+                      "false luapool.channel is not available in a worker process",
+                      "false luapool.sequencer is not available in a worker process" }, res.lines)
+  end)
+
   it("refuse --threads without --processes", function()
     local res = helpers.run("function main() end\n", {}, { flags = { "--threads", "2" } })
     assert.are.equal(2, res.code)
@@ -241,6 +259,84 @@ describe("worker processes", function()
     assert.truthy(kids:find("%d"), "no worker processes seen: " .. status)
     assert.is_true(#lines > 0 and #lines < 100000, #lines .. " lines")
     for i, line in ipairs(lines) do assert.are.equal(tostring(i), line) end
+  end)
+end)
+
+describe("named pools (--pool)", function()
+  local script = [[
+    local luapool = require "luapool"
+    function where(tag, depth)
+      local me = luapool.self()
+      local below = depth > 0 and luapool.spawn(where, tag, depth - 1):get() or ""
+      print(tag .. " " .. depth .. " in " .. me.pool)
+      return me.pid .. " " .. below
+    end
+    function main()
+      local mine = luapool.self().pid
+      for _, pool in ipairs({ "main", "io", "cpu" }) do
+        local pids = luapool.spawn({ pool = pool }, where, pool, 2):get()
+        local same = 0
+        for pid in pids:gmatch("%d+") do if tonumber(pid) == mine then same = same + 1 end end
+        luapool.emit(pool .. " ran here: " .. same .. " of 3")
+      end
+      local ok, err = pcall(luapool.spawn, { pool = "nope" }, where, "x", 0)
+      luapool.emit(err)
+    end
+  ]]
+
+  it("run each task in its pool, with its subtasks, and report in tree order", function()
+    local res = helpers.run(script, {}, { flags = { "--workers", "2", "--pool", "io=threads:2",
+                                                   "--pool", "cpu=processes:2x2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({
+      "cpu 0 in cpu", "cpu 1 in cpu", "cpu 2 in cpu",
+    }, { res.lines[9], res.lines[10], res.lines[11] })
+    assert.are.equal("main ran here: 3 of 3", res.lines[4])
+    assert.are.equal("io ran here: 3 of 3", res.lines[8])
+    assert.are.equal("cpu ran here: 0 of 3", res.lines[12])
+    assert.are.equal("luapool.spawn: no pool named 'nope' (pools: main, io, cpu)", res.lines[13])
+    -- The sequential reference knows no pools but the names: the order is the same.
+    local strip = function(lines)
+      local out = {}
+      for i, l in ipairs(lines) do out[i] = l:gsub("ran here: %d of 3", "") end
+      return out
+    end
+    local ref2 = helpers.run(script, {}, { workers = 0, flags = { "--pool", "io=threads:2",
+                                                                 "--pool", "cpu=processes:2x2" } })
+    assert.are.equal(0, ref2.code, helpers.describe(ref2))
+    assert.are.same(strip(ref2.lines), strip(res.lines))
+  end)
+
+  it("with the main pool made of processes", function()
+    local res = helpers.run(script, {}, { flags = { "--processes", "2", "--pool", "io=threads:1",
+                                                   "--pool", "cpu=processes:1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal("main ran here: 0 of 3", res.lines[4])
+    assert.are.equal("io ran here: 3 of 3", res.lines[8])
+    assert.are.equal("cpu ran here: 0 of 3", res.lines[12])
+  end)
+
+  it("refuse a pool a worker process cannot reach, naming its own", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function inner() return pcall(luapool.spawn, { pool = "main" }, inner) end
+      function main()
+        local ok, err = luapool.spawn({ pool = "cpu" }, inner):get()
+        luapool.emit(tostring(ok) .. " " .. err)
+      end
+    ]], {}, { flags = { "--pool", "cpu=processes:1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.truthy(res.lines[1]:find("false luapool.spawn: no pool named 'main' (a task in a worker " ..
+      "process spawns into its own pool: cpu)", 1, true), res.lines[1])
+  end)
+
+  it("refuse a bad --pool with exit 2", function()
+    for _, bad in ipairs({ "io", "io=threads", "io=threads:0", "io=procs:2", "main=threads:2",
+                           "=threads:2", "io=processes:2x" }) do
+      local res = helpers.run("function main() end\n", {}, { flags = { "--pool", bad } })
+      assert.are.equal(2, res.code, bad .. ": " .. helpers.describe(res))
+      assert.truthy(res.err:find("--pool", 1, true), res.err)
+    end
   end)
 end)
 
