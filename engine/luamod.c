@@ -143,9 +143,9 @@ static int opt_field_int(lua_State *L, int t, const char *k, int dflt) {
   return (int)v;
 }
 
-/* lp.open{workers =, processes =, threads =, script = | source =, order =,
- * memory_limit =, task_timeout =, retries =} -> pool, or nil, message when
- * the script cannot be loaded. */
+/* lp.open{workers =, processes =, threads =, pools =, script = | source =,
+ * order =, memory_limit =, task_timeout =, retries =} -> pool, or nil,
+ * message when the script cannot be loaded. */
 static int l_open(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luapool_config cfg;
@@ -195,6 +195,20 @@ static int l_open(lua_State *L) {
   cfg.ud = p;
   int rc = luapool_open(&cfg, &p->lp);
   if (rc != 0) return luaL_error(L, "luapool.open: %s", luapool_strerror(rc));
+  /* pools = {NAME = "threads:N" | "processes:N[xT]", ...}: named pools that
+   * tasks reach with the spawn option pool = NAME. */
+  if (lua_getfield(L, 1, "pools") != LUA_TNIL) {
+    if (!lua_istable(L, -1)) return luaL_error(L, "luapool.open: option 'pools' must be a table");
+    lua_pushnil(L);
+    while (rc == 0 && lua_next(L, -2)) {
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "luapool.open: pools maps names to \"threads:N\" or \"processes:N\"");
+      rc = luapool_add_pool(p->lp, lua_tostring(L, -2), lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    if (rc != 0) return luaL_error(L, "luapool.open: %s", luapool_errmsg(p->lp));
+  }
+  lua_pop(L, 1);
   rc = script ? luapool_load_file(p->lp, script)
               : luapool_load_string(p->lp, source, source_len, "=source");
   if (rc != 0) {

@@ -240,6 +240,19 @@ describe("the Lua host module", function()
     end)
   end)
 
+  it("makes the named pools of its pools option", function()
+    local src = [[
+      local luapool = require "luapool"
+      function where() return luapool.self().pool end
+      function via(name) return luapool.spawn({ pool = name }, where):get() end
+    ]]
+    local pool <close> = assert(lp.open { workers = 1, source = src, pools = { io = "threads:2" } })
+    assert.are.equal("main", pool:spawn("where"):get())
+    assert.are.equal("io", pool:spawn("via", "io"):get())
+    assert.has_error(function() lp.open { workers = 1, source = src, pools = { io = "fibers:2" } } end)
+    assert.has_error(function() lp.open { workers = 1, source = src, pools = { main = "threads:1" } } end)
+  end)
+
   it("orders records by priority with order = 'priority'", function()
     local pool <close> = assert(lp.open { workers = 2, script = TASKS, order = "priority" })
     for _, p in ipairs({ 5, 1, 4, 2, 3 }) do pool:spawn("ranked", p) end

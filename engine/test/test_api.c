@@ -422,6 +422,7 @@ static void test_closed(void) {
   CHECK_EQ(luapool_wait(lp, 0), LUAPOOL_EINVAL);
   CHECK_EQ(luapool_load_file(lp, "x.lua"), LUAPOOL_EINVAL);
   CHECK_EQ(luapool_register_module(lp, "m", open_host), LUAPOOL_EINVAL);
+  CHECK_EQ(luapool_add_pool(lp, "io", "threads:2"), LUAPOOL_EINVAL);
   CHECK(!luapool_has_function(lp, "main"));
   const char *const *names;
   CHECK_EQ(luapool_functions(lp, &names), LUAPOOL_EINVAL);
