@@ -35,10 +35,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
 #include "pool.h"
+#include "timer.h"
 #include "proc.h"
 #include "wire.h"
 
@@ -479,7 +481,13 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     pthread_mutex_unlock(&ps->lock);
     break;
   case LP_MSG_STARTED:
-    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 0))) t->started = 1;
+    if (lp_wire_get_u64(m, &v) != 0) break;
+    pthread_mutex_lock(&c->mlock);
+    if ((t = idmap_get(&c->tasks, v))) {
+      t->started = 1;
+      if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
+    }
+    pthread_mutex_unlock(&c->mlock);
     break;
   case LP_MSG_RESULT:
     on_result(c, m);
@@ -551,23 +559,30 @@ static void process_died(lp_conn *c, const char *why) {
   pid_t pid = c->pid;
   int fd = c->fd;
   c->fd = -1;
+  int was_ready = c->ready;
   c->ready = 0;
   c->credits = 0;
   lp_buf_reset(&c->out);
   int closing = ps->closing;
   pthread_mutex_unlock(&ps->lock);
-  if (why) kill(pid, SIGKILL);
+  if (why && pid > 0) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   close(fd);
   char what[256];
   describe(pid, status, why, what, sizeof what);
+  /* A process that died before it was ready is not replaced: the next
+   * one would die the same way (a broken worker program, no memory). */
   int replaced = 0;
   if (!closing) {
     pthread_mutex_lock(&ps->lock);
-    replaced = spawn_process(ps, c) == 0;
-    if (!replaced) c->gone = 1;
+    replaced = was_ready && spawn_process(ps, c) == 0;
+    if (!replaced) {
+      c->gone = 1;
+      if (!c->loaderr[0]) snprintf(c->loaderr, sizeof c->loaderr, "%s before it was ready", what);
+      pthread_cond_broadcast(&ps->ready_cond);
+    }
     pthread_mutex_unlock(&ps->lock);
   }
   pthread_mutex_unlock(&c->wlock);
@@ -590,8 +605,12 @@ static void process_died(lp_conn *c, const char *why) {
         t->retry_pending = 1;
       } else {
         char text[512];
-        snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
-                 lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
+        if (t->overtime)
+          snprintf(text, sizeof text, "task '%s' (id %llu) failed: timed out after %g s (%s)",
+                   lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, t->timeout, what);
+        else
+          snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
+                   lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
         finish_with(t, lp_task_cancelled(t) ? LP_TASK_CANCELLED : LP_TASK_FAILED, text);
       }
     }
@@ -607,6 +626,30 @@ static void process_died(lp_conn *c, const char *why) {
     pthread_mutex_unlock(&ps->lock);
     if (!alive) cancel_pool(eng, ps);
   }
+}
+
+/* ---- time limits ---- */
+
+/* The Lua hook in the worker stops a task over its time; a task stuck in C
+ * code (a blocking call, a C loop) does not reach the hook. Past its limit
+ * and this grace, its process is killed and the task fails as timed out. */
+#define KILL_GRACE 1.0
+
+/* Under lock. */
+static void watchdog(lp_conn *c) {
+  double now = lp_now();
+  int late = 0;
+  pthread_mutex_lock(&c->mlock);
+  for (size_t i = 0; i < c->tasks.cap; i++) {
+    lp_task *t = c->tasks.slot[i];
+    if (t && t->started && t->deadline > 0 && now > t->deadline + KILL_GRACE &&
+        !lp_task_finished(t) && !t->retry_pending) {
+      t->overtime = 1;
+      late = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->mlock);
+  if (late && c->pid > 0 && c->fd >= 0) kill(c->pid, SIGKILL);
 }
 
 /* ---- threads ---- */
@@ -670,13 +713,26 @@ static void *feeder_main(void *arg) {
   lp_buf frames;
   lp_buf_init(&frames);
   lp_task *batch[SEND_BATCH];
+  double watched = lp_now();
   pthread_mutex_lock(&ps->lock);
   while (!ps->closing) {
+    if (lp_now() - watched >= 0.2) {
+      watchdog(c);
+      watched = lp_now();
+    }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nqueued > 0;
     if (!c->out.len && !sendable) {
       c->waiting = 1;
-      pthread_cond_wait(&c->cond, &ps->lock);
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 200000000; /* the watchdog's round */
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&c->cond, &ps->lock, &ts);
       c->waiting = 0;
+      if (lp_now() - watched >= 0.2) {
+        watchdog(c);
+        watched = lp_now();
+      }
       continue;
     }
     lp_buf_reset(&frames);
@@ -755,16 +811,20 @@ static int start_pool(luapool *eng, int pool) {
   snprintf(ps->exe, sizeof ps->exe, "%s", exe);
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  int rc = 0;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     c->ps = ps;
     c->slot = i;
     c->fd = -1;
+    c->pid = -1;
     lp_buf_init(&c->out);
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->wlock, NULL);
     pthread_mutex_init(&c->mlock, NULL);
+  }
+  int rc = 0;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
     pthread_mutex_lock(&ps->lock);
     int bad = spawn_process(ps, c) != 0;
     pthread_mutex_unlock(&ps->lock);
@@ -789,10 +849,11 @@ static int start_pool(luapool *eng, int pool) {
     lp_conn *c = &ps->conns[i];
     while (!c->ready && !c->loaderr[0] && !c->gone)
       pthread_cond_wait(&ps->ready_cond, &ps->lock);
-    if (c->loaderr[0])
+    if (c->loaderr[0] && !c->gone)
       rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
     else if (!c->ready)
-      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start", i + 1);
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start: %s", i + 1,
+                           c->loaderr[0] ? c->loaderr : "no reason given");
   }
   pthread_mutex_unlock(&ps->lock);
   return rc;
@@ -819,12 +880,28 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
     pthread_cond_signal(&c->cond);
   }
   pthread_mutex_unlock(&ps->lock);
+  /* A worker stuck where it cannot see its socket close (a task in a C
+   * call that never returns) gets two seconds, then SIGKILL. */
+  for (int waited = 0;; waited++) {
+    int left = 0;
+    pthread_mutex_lock(&ps->lock);
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *c = &ps->conns[i];
+      if (c->fd < 0 || c->pid <= 0) continue;
+      left++;
+      if (waited == 200) kill(c->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (!left || waited >= 200) break;
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     if (c->threads_started) {
       pthread_join(c->feeder, NULL);
       pthread_join(c->reader, NULL);
-    } else if (c->fd >= 0) {
+    } else if (c->fd >= 0 && c->pid > 0) {
       close(c->fd);
       kill(c->pid, SIGKILL);
       waitpid(c->pid, NULL, 0);

@@ -481,6 +481,10 @@ static void on_failure(void *ud, const char *text) {
 int lp_procworker_main(int in_fd, int out_fd) {
   /* No worker outlives the engine, even one killed without a word. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* Programs a task starts (os.execute, io.popen) must not hold the socket:
+   * the engine would not see this process's end while they live. */
+  fcntl(in_fd, F_SETFD, FD_CLOEXEC);
+  if (out_fd != in_fd) fcntl(out_fd, F_SETFD, FD_CLOEXEC);
   if (getppid() == 1) return 1;
   signal(SIGPIPE, SIG_IGN);
   signal(SIGINT, SIG_IGN); /* the engine decides what an interrupt means */

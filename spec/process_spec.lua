@@ -146,6 +146,24 @@ describe("worker processes", function()
     end
   end)
 
+  it("kill the process of a task stuck past its time limit outside Lua, and go on", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function stuck() os.execute("sleep 20") end
+      function fine(i) return i end
+      function main()
+        local f = luapool.spawn({ timeout = 0.5 }, stuck)
+        local ok, err = pcall(f.get, f)
+        luapool.emit((tostring(err):gsub("\n.*", "")))
+        luapool.emit(luapool.spawn(fine, 7):get())
+      end
+    ]], {}, { flags = { "--processes", "1" }, timeout = 30 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.truthy(res.lines[1]:find("task 'stuck' %(id %d+%) failed: timed out after 0.5 s %(worker " ..
+      "process %d+ was killed by signal 9 %(SIGKILL%)%)"), res.lines[1])
+    assert.are.equal("7", res.lines[2])
+  end)
+
   it("run a task again after its process died, with --retries, reporting its records once", function()
     local marker = helpers.tmpname(".marker")
     local res = helpers.run([[
@@ -337,6 +355,102 @@ describe("named pools (--pool)", function()
       assert.are.equal(2, res.code, bad .. ": " .. helpers.describe(res))
       assert.truthy(res.err:find("--pool", 1, true), res.err)
     end
+  end)
+end)
+
+describe("bad messages between the engine and its workers", function()
+  local function python(code)
+    local path = helpers.tmpname(".py")
+    helpers.write_file(path, code)
+    return path
+  end
+  local frame_reader = [[
+import socket, struct, sys, time
+s = socket.socket(fileno=3)
+def frame():
+    hdr = b""
+    while len(hdr) < 4:
+        got = s.recv(4 - len(hdr))
+        if not got: sys.exit(0)
+        hdr += got
+    n = struct.unpack("<I", hdr)[0]
+    body = b""
+    while len(body) < n:
+        got = s.recv(n - len(body))
+        if not got: sys.exit(0)
+        body += got
+    return body
+]]
+  local sq = [[
+    local luapool = require "luapool"
+    function sq(i) return i * i end
+    function main()
+      local fs = {}
+      for i = 1, 3 do fs[i] = luapool.spawn(sq, i) end
+      for i = 1, 3 do
+        local ok, err = pcall(fs[i].get, fs[i])
+        luapool.emit(ok and err or (tostring(err):gsub("\n.*", "")))
+      end
+    end
+  ]]
+
+  it("fail the tasks of a worker that sends a malformed frame, and replace it", function()
+    local py = python(frame_reader .. [[
+frame()                                      # INIT
+s.sendall(struct.pack("<IBQ", 9, 5, 4))      # READY, room for 4 tasks
+frame()                                      # the first EXEC
+s.sendall(struct.pack("<IB", 1, 200))        # a frame of no known type
+while True: frame()
+]])
+    local sh = helpers.tmpname(".sh")
+    helpers.write_file(sh, "#!/bin/sh\nexec python3 " .. py .. "\n")
+    os.execute("chmod +x " .. sh)
+    local res = helpers.run(sq, {}, { flags = { "--processes", "1" }, timeout = 30,
+                                      env = { LUAPOOL_WORKER_EXE = sh } })
+    os.remove(py)
+    os.remove(sh)
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal(3, #res.lines)
+    for _, line in ipairs(res.lines) do
+      assert.truthy(line:find("task 'sq' %(id %d+%) failed: worker process %d+ sent a malformed " ..
+        "message while running it"), line)
+    end
+  end)
+
+  it("stop with exit 2 when no worker process can start", function()
+    local res = helpers.run(sq, {}, { flags = { "--processes", "2" },
+                                      env = { LUAPOOL_WORKER_EXE = "/nonexistent/luapool" } })
+    assert.are.equal(2, res.code, helpers.describe(res))
+    assert.truthy(res.err:find("cannot start worker process /nonexistent/luapool", 1, true), res.err)
+    local garbage = helpers.tmpname(".sh")
+    helpers.write_file(garbage, "#!/bin/sh\nprintf 'garbage!' >&3\nsleep 5\n")
+    os.execute("chmod +x " .. garbage)
+    res = helpers.run(sq, {}, { flags = { "--processes", "2" }, env = { LUAPOOL_WORKER_EXE = garbage } })
+    os.remove(garbage)
+    assert.are.equal(2, res.code, helpers.describe(res))
+    assert.truthy(res.err:find("could not start: worker process %d+ sent a malformed message " ..
+      "before it was ready"), res.err)
+  end)
+
+  it("end a worker whose engine sends a malformed frame, with a message", function()
+    -- The worker reads fd 3: give it a socket there whose first frame is garbage.
+    local cmd = "python3 -c " .. helpers.quote([[
+import os, socket, subprocess, sys
+a, b = socket.socketpair()
+a.sendall(b"\x05\x00\x00\x00\xc8junk")
+bfd = b.fileno()
+p = subprocess.Popen([sys.argv[1], "__worker"], pass_fds=[bfd], stderr=subprocess.PIPE,
+                     preexec_fn=lambda: os.dup2(bfd, 3))
+err = p.communicate(timeout=20)[1].decode()
+print(p.returncode)
+print(err.strip())
+]]) .. " " .. helpers.quote(helpers.bin)
+    local p = io.popen(cmd)
+    local out = p:read("a")
+    p:close()
+    local code, msg = out:match("^(%d+)\n(.*)")
+    assert.are.equal("2", code, out)
+    assert.truthy(msg:find("no valid start message", 1, true), out)
   end)
 end)
 
