@@ -83,6 +83,9 @@ struct luapool {
   /* Statistics, summed from the workers at the end. */
   _Atomic int max_depth;
 
+  struct luapool_future *futures; /* host-only: live futures, detached at close */
+  struct luapool *next_open;      /* the list of open engines (api.c) */
+
   char errmsg[1024];
 };
 
@@ -96,7 +99,7 @@ extern const char *lp_worker_exe;
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Called when a root's subtree completes. */
+/* Called when a root's subtree completes (root may be NULL: released). */
 void lp_engine_root_done(luapool *eng, lp_task *root);
 
 /* The index of the pool called name, or -1. */
@@ -104,6 +107,12 @@ int lp_engine_pool(luapool *eng, const char *name, size_t len);
 
 /* Reports a failed task that nobody awaited. */
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t);
+
+/* Submits a root task of function `fn` with packed arguments (taken: args
+ * is left empty on every path) and the given priority; with `out`, makes a
+ * future. The Lua host module (luamod.c) submits through here. */
+int lp_engine_submit(luapool *eng, const char *fn, lp_buf *args, double priority,
+                     struct luapool_future **out);
 
 /* The counter slot for a name id, created on first use. */
 _Atomic int64_t *lp_engine_counter(luapool *eng, int name_id);

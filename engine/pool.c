@@ -424,14 +424,19 @@ void lp_pool_run_nested(lp_worker *w, lp_task *until) {
 
 /* ---- start and stop ---- */
 
+/* Runs on the worker's thread: the message goes to w->errmsg only (the
+ * host copies it into the engine's), as several workers may fail at once. */
 static int start_state(luapool *eng, lp_worker *w) {
   w->L = lp_vm_new(w);
-  if (!w->L) return lp_engine_error(eng, LUAPOOL_ENOMEM, "cannot create a Lua state");
+  if (!w->L) {
+    snprintf(w->errmsg, sizeof w->errmsg, "cannot create a Lua state");
+    return LUAPOOL_ENOMEM;
+  }
   lua_newtable(w->L);
   w->cos_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
   if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, w->errmsg, sizeof w->errmsg) !=
       0)
-    return lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", w->errmsg);
+    return LUAPOOL_ESCRIPT;
   return 0;
 }
 

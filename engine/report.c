@@ -190,6 +190,33 @@ static void format(lua_State *L, const char *fn, int n) {
   }
 }
 
+int lp_report_text(lp_report *r, const char *p, size_t len, lp_buf *out) {
+  char scalar[64];
+  const char *s;
+  size_t slen;
+  int n = lp_pack_scalar_text(p, len, scalar, sizeof scalar);
+  if (n > 0) return lp_buf_append(out, scalar, (size_t)n);
+  if (lp_pack_single_string(p, len, &s, &slen)) return lp_buf_append(out, s, slen);
+  lua_State *L = fmt_state(r);
+  if (!L) return -1;
+  int top = lua_gettop(L), nv = 0, rc = 0;
+  char err[256];
+  if (lp_unpack_values(L, p, len, NULL, &nv, err, sizeof err) != 0) {
+    lua_settop(L, top);
+    return -1;
+  }
+  for (int i = 1; i <= nv && rc == 0; i++) {
+    lua_pushvalue(L, top + i);
+    format(L, "text", 1);
+    s = lua_tolstring(L, -1, &slen);
+    if (i > 1) rc = lp_buf_append(out, "\t", 1);
+    if (rc == 0 && s) rc = lp_buf_append(out, s, slen);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
 static void deliver_record(lp_report *r, lp_record *rec) {
   luapool *eng = r->eng;
   r->delivered++;

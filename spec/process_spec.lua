@@ -136,7 +136,7 @@ describe("worker processes", function()
           env[v] = (cur and cur ~= "" and cur .. ":" or "") .. "handle_segv=0"
         end
         local res = helpers.run(script, { case[1] },
-          { flags = { "--processes", "2", "--memory-limit", "64m" }, timeout = 60, env = env })
+          { flags = { "--processes", "2", "--memory-limit", "16m" }, timeout = 120, env = env })
         assert.are.equal(0, res.code, helpers.describe(res))
         assert.are.equal("false", res.lines[1], helpers.describe(res))
         assert.truthy(res.lines[2]:find("task '" .. case[1] .. "' %(id %d+%) " .. "") , res.lines[2])
