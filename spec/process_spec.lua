@@ -105,7 +105,7 @@ describe("worker processes", function()
       function exiter() os.exit(3) end
       function segv() os.execute("kill -SEGV " .. luapool.self().pid); luapool.sleep(5) end
       function spin() while true do pcall(function() while true do end end) end end
-      function hog() local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 100) .. i end end
+      function hog() local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1 << 20) .. i end end
       function fine(i) luapool.sleep(0.01) return i end
       function main(name)
         local f = luapool.spawn({ timeout = name == "spin" and 0.5 or nil }, name)
