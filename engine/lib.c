@@ -674,30 +674,39 @@ void lp_lib_not_in_process(lua_State *L, const char *what) {
                what);
 }
 
+/* A counter is a slot of the engine's; inside a worker process it is only
+ * a name, and every use asks the engine (the task waits for the answer). */
+typedef struct lp_counter {
+  _Atomic int64_t *slot; /* NULL inside a worker process */
+  int name;
+} lp_counter;
+
 static int l_counter(lua_State *L) {
-  lp_lib_not_in_process(L, "luapool.counter");
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
   luapool *eng = worker(L)->eng;
   int id = lp_names_intern(&eng->names, name, len);
-  _Atomic int64_t *slot = id >= 0 ? lp_engine_counter(eng, id) : NULL;
-  if (!slot) return luaL_error(L, "luapool.counter: out of memory");
-  _Atomic int64_t **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = slot;
+  _Atomic int64_t *slot = id >= 0 && !eng->link ? lp_engine_counter(eng, id) : NULL;
+  if (id < 0 || (!slot && !eng->link)) return luaL_error(L, "luapool.counter: out of memory");
+  lp_counter *c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->slot = slot;
+  c->name = id;
   luaL_setmetatable(L, COUNTER_MT);
   return 1;
 }
 
 static int counter_add(lua_State *L) {
-  _Atomic int64_t *c = *(_Atomic int64_t **)luaL_checkudata(L, 1, COUNTER_MT);
+  lp_counter *c = luaL_checkudata(L, 1, COUNTER_MT);
   lua_Integer n = luaL_optinteger(L, 2, 1);
-  lua_pushinteger(L, (lua_Integer)(atomic_fetch_add(c, (int64_t)n) + (int64_t)n));
+  if (!c->slot) return lp_procworker_counter(L, c->name, (int64_t)n, 1);
+  lua_pushinteger(L, (lua_Integer)(atomic_fetch_add(c->slot, (int64_t)n) + (int64_t)n));
   return 1;
 }
 
 static int counter_get(lua_State *L) {
-  _Atomic int64_t *c = *(_Atomic int64_t **)luaL_checkudata(L, 1, COUNTER_MT);
-  lua_pushinteger(L, (lua_Integer)atomic_load(c));
+  lp_counter *c = luaL_checkudata(L, 1, COUNTER_MT);
+  if (!c->slot) return lp_procworker_counter(L, c->name, 0, 0);
+  lua_pushinteger(L, (lua_Integer)atomic_load(c->slot));
   return 1;
 }
 

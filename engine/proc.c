@@ -496,6 +496,27 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     case LP_MSG_DONE:
       if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
       break;
+    case LP_MSG_COUNTER: {
+      uint64_t req, delta, add;
+      if (lp_wire_get_u64(m, &req) || lp_wire_get_bytes(m, &p, &n) || lp_wire_get_u64(m, &delta) ||
+          lp_wire_get_u64(m, &add))
+        break;
+      int id = lp_names_intern(&ps->eng->names, p, n);
+      _Atomic int64_t *slot = id >= 0 ? lp_engine_counter(ps->eng, id) : NULL;
+      int64_t value = 0;
+      if (slot && add)
+        value = atomic_fetch_add(slot, (int64_t)delta) + (int64_t)delta;
+      else if (slot)
+        value = atomic_load(slot);
+      size_t mark;
+      pthread_mutex_lock(&ps->lock);
+      if (lp_wire_begin(&c->out, LP_MSG_REPLY, &mark) == 0 && lp_wire_u64(&c->out, req) == 0 &&
+          lp_wire_u64(&c->out, (uint64_t)value) == 0)
+        lp_wire_end(&c->out, mark);
+      poke(c);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    }
     case LP_MSG_FAILURE:
       if (lp_wire_get_bytes(m, &p, &n) != 0) break;
       char *text = strndup(p, n);

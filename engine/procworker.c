@@ -28,7 +28,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
+
 #include "engine.h"
+#include "lib.h"
 #include "pool.h"
 #include "timer.h"
 #include "proc.h"
@@ -48,12 +51,24 @@ typedef struct lp_exec {
   struct lp_exec *done_next;   /* the done stack, then the late list */
 } lp_exec;
 
+/* A question to the engine that a task waits for (counters). */
+typedef struct lp_request {
+  struct lp_request *next;
+  uint64_t id;
+  lp_task *task;
+  int64_t value;
+  int done;      /* the answer is in */
+  int abandoned; /* the task stopped waiting (cancelled, timed out) */
+} lp_request;
+
 typedef struct lp_link {
   luapool *eng;
   int in_fd, out_fd, kick_fd;
   int threads;
-  pthread_mutex_t lock; /* guards `out` */
-  lp_buf out;           /* frames from worker threads (failures) */
+  pthread_mutex_t lock; /* guards `out` and `requests` */
+  lp_request *requests; /* waiting for their REPLY */
+  uint64_t next_request;
+  lp_buf out; /* frames from worker threads (failures) */
   /* Stacks the workers push on (one CAS each) and the link empties. */
   _Atomic(lp_exec *) started;  /* bodies begun: STARTED to send */
   _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
@@ -124,6 +139,71 @@ void lp_procworker_root_done(luapool *eng, lp_task *t) {
 }
 
 void lp_procworker_idle(luapool *eng) { kick(eng->link); }
+
+/* ---- counters: a round trip to the engine ---- */
+
+static int counter_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lp_request *req = (lp_request *)ctx;
+  lp_worker *w = lp_worker_of(L);
+  lp_task *self = w->current;
+  lp_link *k = w->eng->link;
+  lp_lib_resumed(L, self);
+  pthread_mutex_lock(&k->lock);
+  int done = req->done;
+  int64_t v = req->value;
+  if (done)
+    free(req);
+  else
+    req->abandoned = 1; /* the link frees it when the answer comes */
+  pthread_mutex_unlock(&k->lock);
+  if (!done) {
+    lp_lib_check_cancelled(L, self);
+    return luaL_error(L, "luapool.counter: no answer from the engine");
+  }
+  lua_pushinteger(L, (lua_Integer)v);
+  return 1;
+}
+
+int lp_procworker_counter(lua_State *L, int name, int64_t delta, int add) {
+  lp_task *self = lp_lib_waiting(L, add ? "counter:add" : "counter:get");
+  lp_link *k = lp_worker_of(L)->eng->link;
+  lp_request *req = calloc(1, sizeof *req);
+  if (!req) return luaL_error(L, "luapool.counter: out of memory");
+  req->task = self;
+  const char *nm = lp_names_get(&k->eng->names, name);
+  lp_task_arm(self);
+  size_t mark;
+  pthread_mutex_lock(&k->lock);
+  req->id = ++k->next_request;
+  req->next = k->requests;
+  k->requests = req;
+  if (lp_wire_begin(&k->out, LP_MSG_COUNTER, &mark) == 0 && lp_wire_u64(&k->out, req->id) == 0 &&
+      lp_wire_bytes(&k->out, nm, strlen(nm)) == 0 && lp_wire_u64(&k->out, (uint64_t)delta) == 0 &&
+      lp_wire_u64(&k->out, (uint64_t)add) == 0)
+    lp_wire_end(&k->out, mark);
+  pthread_mutex_unlock(&k->lock);
+  kick(k);
+  return lp_lib_suspend(L, self, -1, (lua_KContext)req, counter_k);
+}
+
+static void on_reply(lp_link *k, uint64_t id, int64_t value) {
+  pthread_mutex_lock(&k->lock);
+  lp_request **pp = &k->requests;
+  while (*pp && (*pp)->id != id) pp = &(*pp)->next;
+  lp_request *req = *pp;
+  if (req) *pp = req->next;
+  lp_task *wake = NULL;
+  if (req && req->abandoned) {
+    free(req);
+  } else if (req) {
+    req->value = value;
+    req->done = 1;
+    wake = req->task;
+  }
+  pthread_mutex_unlock(&k->lock);
+  if (wake) lp_task_wake(wake);
+}
 
 /* ---- frames out ---- */
 
@@ -274,6 +354,12 @@ static int read_frames(lp_link *k) {
         k->stopping = 1;
         luapool_cancel(k->eng);
         break;
+      case LP_MSG_REPLY: {
+        uint64_t value;
+        if (lp_wire_get_u64(&m, &v) != 0 || lp_wire_get_u64(&m, &value) != 0) return -1;
+        on_reply(k, v, (int64_t)value);
+        break;
+      }
       default: return -1;
     }
   }

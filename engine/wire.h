@@ -38,6 +38,8 @@ enum {
                      bytes data */
   LP_MSG_DONE,    /* u64 id: the task's subtree has completed */
   LP_MSG_FAILURE, /* bytes text: an unawaited failure inside the process */
+  LP_MSG_COUNTER, /* u64 request, bytes name, u64 delta (two's complement), u64 add */
+  LP_MSG_REPLY,   /* engine -> process: u64 request, u64 value (two's complement) */
   LP_MSG_MAX
 };
 

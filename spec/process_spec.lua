@@ -228,21 +228,43 @@ describe("worker processes", function()
     end)
   end
 
-  it("refuse counters, channels and sequencers, which could not be shared across processes",
-    function()
+  it("share counters with every task of the run, in every process", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function bump(n)
+        local c = luapool.counter("hits")
+        local last
+        for _ = 1, n do last = c:add() end
+        return last
+      end
+      function main()
+        local fs = {}
+        for i = 1, 20 do fs[i] = luapool.spawn(bump, 50) end
+        local seen = {}
+        for i = 1, 20 do seen[#seen + 1] = fs[i]:get() end
+        table.sort(seen)
+        luapool.emit(luapool.counter("hits"):get())
+        luapool.emit(seen[20])
+        luapool.emit(luapool.counter("hits"):add(-1000))
+      end
+    ]], {}, { flags = { "--processes", "2", "--threads", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "1000", "1000", "0" }, res.lines)
+  end)
+
+  it("refuse channels and sequencers, which could not be shared across processes", function()
     local res = helpers.run([[
       local luapool = require "luapool"
       function try(what) return pcall(luapool[what], "x") end
       function main()
-        for _, what in ipairs({ "counter", "channel", "sequencer" }) do
+        for _, what in ipairs({ "channel", "sequencer" }) do
           local ok, err = luapool.spawn(try, what):get()
           luapool.emit(tostring(ok) .. " " .. err:gsub("^[^:]*:%d+: ", ""):match("^[^:]*"))
         end
       end
     ]], {}, { flags = { "--processes", "1" } })
     assert.are.equal(0, res.code, helpers.describe(res))
-    assert.are.same({ "false luapool.counter is not available in a worker process",
-                      "false luapool.channel is not available in a worker process",
+    assert.are.same({ "false luapool.channel is not available in a worker process",
                       "false luapool.sequencer is not available in a worker process" }, res.lines)
   end)
 
