@@ -18,6 +18,7 @@
 #include "pool.h"
 #include "sync.h"
 #include "timer.h"
+#include "trace.h"
 #include "vm.h"
 
 const char *luapool_strerror(int err) {
@@ -69,6 +70,10 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
     return LUAPOOL_ENOMEM;
   }
   eng->sched.one_level = eng->inline_mode;
+  if (cfg->trace_path && lp_trace_open(eng) != 0) {
+    luapool_close(eng);
+    return LUAPOOL_ENOMEM;
+  }
   *out = eng;
   return 0;
 }
@@ -269,6 +274,7 @@ int luapool_wait(luapool *lp, double timeout) {
   } else {
     for (;;) {
       lp_report_deliver(&lp->report, 0);
+      lp_stats_tick(lp);
       if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) luapool_cancel(lp);
       pthread_mutex_lock(&lp->host_lock);
       long live = lp->live_roots;
@@ -300,17 +306,6 @@ int luapool_wait(luapool *lp, double timeout) {
   return rc;
 }
 
-void luapool_get_stats(luapool *lp, luapool_stats *out) {
-  memset(out, 0, sizeof *out);
-  if (!lp || !lp->workers) return;
-  for (int i = 0; i < lp->nworkers; i++) {
-    out->tasks_run += lp->workers[i].tasks_run;
-    out->tasks_failed += lp->workers[i].tasks_failed;
-  }
-  out->records = lp->report.delivered;
-  out->max_depth = atomic_load(&lp->max_depth);
-}
-
 void luapool_close(luapool *lp) {
   if (!lp) return;
   if (lp->phase == LP_PHASE_RUNNING) {
@@ -324,6 +319,7 @@ void luapool_close(luapool *lp) {
   }
   lp->phase = LP_PHASE_CLOSING;
   lp_pool_stop(lp);
+  lp_trace_close(lp); /* the workers are joined: their events can be read */
   lp_sync_free(lp);
   lp_report_free(&lp->report);
   lp_pool_free(lp);

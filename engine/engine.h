@@ -12,6 +12,7 @@
 #include "names.h"
 #include "report.h"
 #include "sched.h"
+#include "stats.h"
 #include "task.h"
 
 struct lp_worker;
@@ -63,8 +64,10 @@ struct luapool {
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
-  /* Statistics, summed from the workers at the end. */
+  /* Statistics, summed from the workers when asked (stats.c). */
   _Atomic int max_depth;
+  lp_stats stats;
+  struct lp_trace *trace; /* --trace: every worker's events; NULL without */
 
   char errmsg[1024];
 };

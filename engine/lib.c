@@ -217,6 +217,7 @@ static int l_spawn(lua_State *L) {
   lp_task_ref(t); /* the future's */
   f->t = t;
   lp_report_spawn(&eng->report, self, t);
+  lp_stats_spawn(&w->stats, self, t);
   if (eng->inline_mode) {
     /* Sequential reference: the child, and everything it spawns, runs to
      * its end before the parent goes on. The parent goes back on the stack
@@ -329,7 +330,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
   lp_worker *w = worker(L);
   lp_task *t = w->current;
   w->inline_depth--;
-  w->tasks_run++;
+  lp_stats_inc(&w->stats.run);
   t->co = NULL;
   if (status == LUA_OK || status == LUA_YIELD) {
     lp_task_finish(t, LP_TASK_OK, &w->result);
@@ -343,6 +344,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
     lp_pool_fail(w, t, text, len);
   }
   w->current = self;
+  lp_stats_switch(&w->stats, self);
   lua_settop(L, 1);
 }
 
@@ -365,6 +367,7 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
   w->inline_depth++;
   w->current = t;
+  lp_stats_switch(&w->stats, t);
   lua_settop(L, 1);
   lua_pushcfunction(L, lp_vm_traceback);
   lua_pushcfunction(L, lp_pool_task_entry);
