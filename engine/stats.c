@@ -124,8 +124,9 @@ void lp_stats_tick(luapool *eng) {
   } else {
     sample(eng, NULL);
   }
+  double iv = eng->cfg.progress_interval > 0 ? eng->cfg.progress_interval : 0.1;
+  if (s->next_progress == 0) s->next_progress = now + iv; /* a short run shows nothing */
   if (eng->cfg.on_progress && now >= s->next_progress) {
-    double iv = eng->cfg.progress_interval > 0 ? eng->cfg.progress_interval : 0.1;
     s->next_progress = now + iv;
     luapool_stats st;
     luapool_get_stats(eng, &st);

@@ -166,6 +166,7 @@ uint64_t lp_trace_dropped(luapool *eng) {
 typedef struct first {
   uint64_t task;
   uint64_t ts;
+  uint64_t end;
   int tid;
 } first;
 
@@ -237,7 +238,9 @@ static void write_events(luapool *eng, lp_trace *tr, FILE *f, first *tab, size_t
                 ",\n{\"ph\":\"f\",\"bp\":\"e\",\"pid\":1,\"tid\":%d,\"cat\":\"spawn\","
                 "\"name\":\"spawn\",\"id\":%" PRIu64,
                 fs->tid, e->task);
-        put_us(f, "ts", fs->ts);
+        /* 1 ns into the slice: at its very start the slice before it on
+         * the track (which ends there) would enclose it too. */
+        put_us(f, "ts", fs->ts + (fs->end - fs->ts >= 2));
         fprintf(f, "}");
       }
     }
@@ -268,7 +271,7 @@ static first *first_slices(lp_trace *tr, size_t *mask_out) {
       tev *e = at(b, k);
       if (e->kind != EV_SLICE) continue;
       first *fs = find(tab, cap - 1, e->task);
-      if (!fs->task || e->ts < fs->ts) *fs = (first){e->task, e->ts, i + 1};
+      if (!fs->task || e->ts < fs->ts) *fs = (first){e->task, e->ts, e->end, i + 1};
     }
   }
   *mask_out = cap - 1;
