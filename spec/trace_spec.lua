@@ -168,6 +168,28 @@ end
     assert.are.equal(4, check_flows(ix))
   end)
 
+  it("renders as an SVG timeline with scripts/trace_svg.lua", function()
+    local path, svg = H.tmpname(".json"), H.tmpname(".svg")
+    local res = H.run(H.root .. "/examples/nested_loops.lua", {},
+                      { workers = 2, flags = { "--trace", path } })
+    assert.are.equal(0, res.code, H.describe(res))
+    local ix = index(json.decode(H.read_file(path)))
+    local ok = os.execute("lua5.4 " .. H.quote(H.root .. "/scripts/trace_svg.lua") .. " " ..
+                          H.quote(path) .. " -o " .. H.quote(svg))
+    local text = H.read_file(svg) or ""
+    os.remove(path)
+    os.remove(svg)
+    assert.is_true(ok == true)
+    assert.truthy(text:find("^<svg "))
+    assert.truthy(text:find("</svg>\n$"))
+    local slices, titles, rows = 0, 0, 0
+    for _, list in pairs(ix.tracks) do slices = slices + #list end
+    for _ in text:gmatch("<title>") do titles = titles + 1 end
+    for _ in text:gmatch("task3 %d+</text>") do rows = rows + 1 end
+    assert.are.equal(slices, titles) -- a box with a tooltip per slice
+    assert.are.equal(30, rows) -- a row per task: 30 of them run task3
+  end)
+
   it("refuses a file it cannot write, before running (exit 2)", function()
     local res = H.run("function main() print('ran') end\n", {},
                       { flags = { "--trace", "/nonexistent/dir/t.json" } })
