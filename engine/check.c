@@ -251,7 +251,7 @@ int lp_check_globals(const char *path, FILE *out) {
                                        '\r', '\n', 0x1a, '\n', 4,    8, 8};
   lua_Integer i;
   lua_Number n;
-  int ok = len > sizeof head + 17 && memcmp(bc, head, sizeof head) == 0;
+  int ok = bc && len > sizeof head + 17 && memcmp(bc, head, sizeof head) == 0;
   if (ok) {
     memcpy(&i, bc + sizeof head, 8);
     memcpy(&n, bc + sizeof head + 8, 8);
@@ -269,7 +269,7 @@ int lp_check_globals(const char *path, FILE *out) {
     return 0;
   }
   int count = 0;
-  qsort(f.v, (size_t)f.n, sizeof *f.v, by_line);
+  if (f.n > 1) qsort(f.v, (size_t)f.n, sizeof *f.v, by_line);
   for (int j = 0; j < f.n; j++) {
     name *nm = &f.v[j];
     if (!nm->read || nm->written) continue;
