@@ -36,7 +36,7 @@ typedef struct reader {
 } reader;
 
 static unsigned byte(reader *r) {
-  if (r->p >= r->end) {
+  if (!r->p || r->p >= r->end) {
     r->bad = 1;
     return 0;
   }
@@ -244,7 +244,7 @@ int lp_check_globals(const char *path, FILE *out) {
   }
   size_t len;
   const char *bc = lua_tolstring(L, 1, &len);
-  reader r = {(const unsigned char *)bc, (const unsigned char *)bc + len, 0};
+  reader r = {NULL, NULL, 1};
   /* Header: signature, version 5.4, format 0, LUAC_DATA, sizes 4/8/8, and
    * the test integer and float. */
   static const unsigned char head[] = {0x1b, 'L',  'u',  'a',  0x54, 0, 0x19, 0x93,
@@ -259,7 +259,8 @@ int lp_check_globals(const char *path, FILE *out) {
   }
   found f = {NULL, 0, 0, 0};
   if (ok) {
-    r.p += sizeof head + 16 + 1; /* and the main function's upvalue count */
+    /* Past the header and the main function's upvalue count. */
+    r = (reader){(const unsigned char *)bc + sizeof head + 17, (const unsigned char *)bc + len, 0};
     function(&r, &f);
   }
   if (!ok || r.bad || f.bad) {
