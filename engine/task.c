@@ -123,8 +123,10 @@ static void subtree_done(lp_task *t) {
     lp_task *p = t->parent;
     luapool *eng = t->eng;
     if (!p) {
-      lp_engine_root_done(eng, t);
+      /* The host may return from its wait as soon as it hears of the
+       * root: an unawaited failure must be counted before that. */
       lp_task_unref(t);
+      lp_engine_root_done(eng, NULL);
       return;
     }
     lp_task_unref(t);
