@@ -16,6 +16,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "proc.h"
 #include "sync.h"
 #include "timer.h"
 #include "trace.h"
@@ -52,14 +53,17 @@ const char *luapool_errmsg(luapool *lp) { return lp ? lp->errmsg : "no engine"; 
 int luapool_open(const luapool_config *cfg, luapool **out) {
   if (!out) return LUAPOOL_EINVAL;
   *out = NULL;
-  if (!cfg || cfg->workers < 0 || cfg->workers > 4096 || cfg->task_timeout < 0 ||
+  if (!cfg || cfg->workers < 0 || cfg->workers > 4096 || cfg->processes < 0 ||
+      cfg->processes > 1024 || cfg->threads < 0 || cfg->threads > 4096 || cfg->task_timeout < 0 ||
       cfg->retries < 0 || cfg->order < LUAPOOL_ORDER_TREE || cfg->order > LUAPOOL_ORDER_COMPLETION)
     return LUAPOOL_EINVAL;
   luapool *eng = calloc(1, sizeof *eng);
   if (!eng) return LUAPOOL_ENOMEM;
   eng->cfg = *cfg;
-  eng->inline_mode = cfg->workers == 0;
-  eng->nworkers = eng->inline_mode ? 1 : cfg->workers;
+  /* With processes, the engine's one thread runs the roots; everything
+   * they spawn runs in the processes. */
+  eng->inline_mode = cfg->workers == 0 && cfg->processes == 0;
+  eng->nworkers = eng->inline_mode || cfg->processes > 0 ? 1 : cfg->workers;
   atomic_init(&eng->next_id, 1);
   pthread_mutex_init(&eng->host_lock, NULL);
   pthread_cond_init(&eng->host_cond, NULL);
@@ -106,6 +110,7 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
   lp->script[len] = '\0';
   lp->script_len = len;
   int rc = lp_pool_start(lp);
+  if (rc == 0 && lp->cfg.processes > 0) rc = lp_procs_start(lp);
   if (rc != 0) return rc;
   if (lp->ndefined > 1) qsort(lp->defined, (size_t)lp->ndefined, sizeof(char *), cmp_names);
   lp->phase = LP_PHASE_RUNNING;
@@ -204,7 +209,7 @@ int luapool_functions(luapool *lp, const char *const **names) {
 }
 
 void lp_engine_root_done(luapool *eng, lp_task *root) {
-  (void)root;
+  if (eng->link) lp_procworker_root_done(eng, root);
   pthread_mutex_lock(&eng->host_lock);
   eng->live_roots--;
   if (eng->live_roots == 0) pthread_cond_broadcast(&eng->host_cond);
@@ -227,6 +232,7 @@ void lp_engine_unawaited_failure(luapool *eng, lp_task *t) {
            name, (unsigned long long)t->id, args, (int)len, msg);
   lp_report_failure(&eng->report, text);
   free(text);
+  if (eng->cfg.fail_fast) luapool_cancel(eng);
 }
 
 _Atomic int64_t *lp_engine_counter(luapool *eng, int id) {
@@ -253,6 +259,7 @@ void luapool_cancel(luapool *lp) {
   if (!lp) return;
   atomic_store(&lp->stopping, 1);
   atomic_fetch_add(&lp->cancel_epoch, 1);
+  lp_procs_cancel_all(lp);
   /* Parked workers must see it: they fire all their timers at once, so
    * sleepers resume and find themselves cancelled. */
   lp_sched_wake_all(&lp->sched);
@@ -318,6 +325,7 @@ void luapool_close(luapool *lp) {
     }
   }
   lp->phase = LP_PHASE_CLOSING;
+  lp_procs_stop(lp);
   lp_pool_stop(lp);
   lp_trace_close(lp); /* the workers are joined: their events can be read */
   lp_sync_free(lp);

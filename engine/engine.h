@@ -62,6 +62,9 @@ struct luapool {
   _Atomic int64_t **counters; /* blocks of LP_COUNTER_BLOCK, indexed by name id */
   int ncounter_blocks;
 
+  struct lp_procs *procs; /* process mode: the worker processes (proc.c) */
+  struct lp_link *link;   /* inside a worker process: the pipe to the engine (procworker.c) */
+
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
   /* Statistics, summed from the workers when asked (stats.c). */
@@ -73,6 +76,10 @@ struct luapool {
 };
 
 #define LP_COUNTER_BLOCK 256
+
+/* The program run as a worker process (`luapool __worker`); the luapool
+ * binary points it at itself. LUAPOOL_WORKER_EXE overrides it. */
+extern const char *lp_worker_exe;
 
 /* Sets the handle's error message (printf-style) and returns err. */
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...)

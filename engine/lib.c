@@ -19,6 +19,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "proc.h"
 #include "spin.h"
 #include "timer.h"
 #include "lib.h"
@@ -218,6 +219,13 @@ static int l_spawn(lua_State *L) {
   f->t = t;
   lp_report_spawn(&eng->report, self, t);
   lp_stats_spawn(&w->stats, self, t);
+  if (eng->procs) {
+    if (lp_procs_push(eng, t) != 0) {
+      lp_task_finish(t, LP_TASK_FAILED, NULL);
+      return luaL_error(L, "luapool.spawn: out of memory");
+    }
+    return 1;
+  }
   if (eng->inline_mode) {
     /* Sequential reference: the child, and everything it spawns, runs to
      * its end before the parent goes on. The parent goes back on the stack

@@ -11,6 +11,8 @@
 
 #include "luapool.h"
 #include "progress.h"
+#include "engine.h"
+#include "proc.h"
 
 #ifndef LUAPOOL_VERSION_STRING
 #define LUAPOOL_VERSION_STRING LUAPOOL_VERSION
@@ -36,12 +38,16 @@ static const char usage_text[] =
     "options:\n"
     "  --workers N      worker threads (default: the number of CPUs); 0 runs\n"
     "                   every spawn inline, sequentially, on one thread\n"
+    "  --processes N    N worker processes instead of threads: a task that\n"
+    "                   crashes its process fails alone\n"
+    "  --threads T      worker threads in each worker process (default 1)\n"
     "  --order ORDER    tree (default: the order of a sequential run),\n"
     "                   priority, or completion\n"
     "  --format FORMAT  text (default) or json\n"
     "  --retries N      run a failed task again, up to N times\n"
     "  --task-timeout S stop a task that runs longer than S seconds\n"
     "  --memory-limit BYTES  limit of each worker's Lua state (suffix k, m, g)\n"
+    "  --fail-fast      cancel the run at the first failure nobody waits for\n"
     "  --progress       a live progress bar on stderr when it is a terminal\n"
     "                   (the default); --no-progress: none\n"
     "  --stats          a summary of the run on stderr at the end\n"
@@ -213,6 +219,15 @@ static int cmd_run(int argc, char **argv) {
     } else if (strcmp(a, "--workers") == 0) {
       cfg.workers = (int)parse_count(a, val, 1024);
       i++;
+    } else if (strcmp(a, "--processes") == 0) {
+      cfg.processes = (int)parse_count(a, val, 1024);
+      i++;
+    } else if (strcmp(a, "--threads") == 0) {
+      cfg.threads = (int)parse_count(a, val, 1024);
+      if (cfg.threads == 0) usage_error("--threads needs at least 1%s", "");
+      i++;
+    } else if (strcmp(a, "--fail-fast") == 0) {
+      cfg.fail_fast = 1;
     } else if (strcmp(a, "--order") == 0) {
       if (!val) usage_error("--order needs tree, priority or completion%s", "");
       if (strcmp(val, "tree") == 0)
@@ -262,6 +277,7 @@ static int cmd_run(int argc, char **argv) {
     }
   }
   if (!script) usage_error("run needs a script%s", "");
+  if (cfg.threads > 0 && cfg.processes == 0) usage_error("--threads needs --processes%s", "");
   cfg.json_records = c.json;
   cfg.on_record = on_record;
   cfg.on_failure = on_failure;
@@ -312,6 +328,9 @@ int main(int argc, char **argv) {
     return EXIT_USAGE;
   }
   const char *cmd = argv[1];
+  /* The worker-process role: the engine runs this binary, fd 3 its socket. */
+  if (strcmp(cmd, "__worker") == 0) return lp_procworker_main(3, 3);
+  lp_worker_exe = "/proc/self/exe";
   if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
     fputs(usage_text, stdout);
     return EXIT_OK;

@@ -28,6 +28,7 @@
 #include <lauxlib.h>
 
 #include "engine.h"
+#include "proc.h"
 #include "spin.h"
 #include "trace.h"
 #include "vm.h"
@@ -199,7 +200,12 @@ static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
     lua_pushnil(L);
   }
   lua_pushlightuserdata(L, t);
-  const char *text = "task failed (and its message could not be built)";
+  char fallback[512];
+  const char *err = co ? lua_tostring(L, -3) : NULL; /* a string error needs no memory to read */
+  snprintf(fallback, sizeof fallback, "task '%s' (id %llu) failed: %s",
+           lp_names_get(&w->eng->names, t->fn), (unsigned long long)t->id,
+           err ? err : "(its message could not be built)");
+  const char *text = fallback;
   size_t len = strlen(text);
   if (lua_pcall(L, 3, 1, 0) == LUA_OK) text = lua_tolstring(L, -1, &len);
   lp_pool_fail(w, t, text, len);
@@ -288,6 +294,7 @@ static void run(lp_worker *w, lp_task *t) {
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
     lp_stats_inc(&w->stats.run);
+    if (eng->link && !t->parent) lp_procworker_started(eng, t);
     if (t->depth > atomic_load_explicit(&eng->max_depth, memory_order_relaxed))
       atomic_store_explicit(&eng->max_depth, t->depth, memory_order_relaxed);
   }
@@ -374,6 +381,7 @@ static void loop(lp_worker *w) {
     }
     if (atomic_load(&s->stop) && w->nlive == 0) return;
     double next = lp_timers_next(&w->timers, lp_now());
+    if (eng->link) lp_procworker_idle(eng);
     lp_sched_park(s, w->index, next);
     lp_stats_idle(w, 0);
   }

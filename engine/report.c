@@ -40,6 +40,12 @@ lp_record *lp_record_new(int kind, const lp_task *t, double priority, const void
   rec->item.kind = LP_ITEM_RECORD;
   rec->kind = kind;
   rec->task = t ? t->id : 0;
+  rec->root = 0;
+  if (t && t->eng->link) { /* a worker process: the engine needs the subtree it belongs to */
+    const lp_task *top = t;
+    while (top->parent) top = top->parent;
+    rec->root = top->id;
+  }
   rec->fn = t ? t->fn : -1;
   rec->priority = priority;
   rec->held = 0;
@@ -86,15 +92,15 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   r->order = order;
   seq_init(&r->roots, NULL);
   r->cur = &r->roots;
-  r->noutbox = nworkers;
+  r->noutbox = nworkers + 1; /* the workers' homes, and the one of a thread outside them */
   atomic_init(&r->csentinel.next, NULL);
   r->csentinel.kind = LP_ITEM_RECORD;
   atomic_init(&r->ctail, &r->csentinel);
   r->cpos = &r->csentinel;
-  r->freed_home = calloc((size_t)nworkers, sizeof *r->freed_home);
-  r->freed_first = calloc((size_t)nworkers, sizeof *r->freed_first);
-  r->freed_last = calloc((size_t)nworkers, sizeof *r->freed_last);
-  r->nfreed = calloc((size_t)nworkers, sizeof *r->nfreed);
+  r->freed_home = calloc((size_t)r->noutbox, sizeof *r->freed_home);
+  r->freed_first = calloc((size_t)r->noutbox, sizeof *r->freed_first);
+  r->freed_last = calloc((size_t)r->noutbox, sizeof *r->freed_last);
+  r->nfreed = calloc((size_t)r->noutbox, sizeof *r->nfreed);
   if (!r->freed_home || !r->freed_first || !r->freed_last || !r->nfreed) return -1;
   pthread_mutex_init(&r->fail_lock, NULL);
   return 0;
@@ -125,7 +131,7 @@ void lp_report_root(lp_report *r, lp_task *root) {
 }
 
 void lp_report_body_done(lp_report *r, lp_task *t) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
+  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn || t->remote) return;
   /* The last touch of the node by its producer: the cursor may free it. */
   atomic_store_explicit(&t->rn->done, 1, memory_order_release);
 }
@@ -289,6 +295,10 @@ static void free_node(lp_report *r, lp_rnode *n) {
     if (!r->nfreed[i] && empty < 0) empty = i;
   }
   if (i == r->noutbox) {
+    if (empty < 0) { /* more homes than slots: make room */
+      flush_freed(r, 0);
+      empty = 0;
+    }
     i = empty;
     r->freed_home[i] = n->home;
     r->freed_last[i] = n;
@@ -353,45 +363,85 @@ static long release_held(lp_report *r, int deliver) {
   return n;
 }
 
-static long walk_tree(lp_report *r, int deliver) {
+/* Walks c as far as it can. Records go to sink when one is given, else
+ * they are delivered (or held, in priority order). Returns how many left,
+ * or -1 once the cursor has walked out of its top sequence. */
+static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink, void *ud) {
   long n = 0;
   for (;;) {
-    lp_rnode *seq = r->cur;
-    lp_item *next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
+    lp_rnode *seq = c->cur;
+    lp_item *next = c->pos ? atomic_load_explicit(&c->pos->next, memory_order_acquire)
                            : atomic_load_explicit(&seq->first, memory_order_acquire);
     if (!next && seq != &r->roots && atomic_load_explicit(&seq->done, memory_order_acquire)) {
       /* Items are appended before `done` is set: read once more. */
-      next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
+      next = c->pos ? atomic_load_explicit(&c->pos->next, memory_order_acquire)
                     : atomic_load_explicit(&seq->first, memory_order_acquire);
       if (!next) { /* leave this sequence: resume after its place in the parent */
-        release_item(r, r->pos);
-        r->pos = &seq->item;
-        r->cur = seq->parent ? seq->parent : &r->roots;
+        release_item(r, c->pos);
+        if (seq == c->top) {
+          release_item(r, &seq->item);
+          c->pos = NULL;
+          return -1;
+        }
+        c->pos = &seq->item;
+        c->cur = seq->parent ? seq->parent : &r->roots;
         continue;
       }
     }
     if (!next) return n;
-    release_item(r, r->pos);
+    release_item(r, c->pos);
     if (next->kind == LP_ITEM_RECORD) {
-      if (r->order == LUAPOOL_ORDER_PRIORITY)
+      if (sink)
+        sink(ud, (lp_record *)next), n++;
+      else if (r->order == LUAPOOL_ORDER_PRIORITY)
         hold(r, (lp_record *)next); /* holding is not delivering: also when discarding */
       else if (deliver)
         deliver_record(r, (lp_record *)next), n++;
-      r->pos = next;
+      c->pos = next;
     } else {
-      r->cur = (lp_rnode *)next;
-      r->pos = NULL;
+      c->cur = (lp_rnode *)next;
+      c->pos = NULL;
     }
   }
 }
 
+static long walk_tree(lp_report *r, int deliver) {
+  lp_cursor c = {&r->roots, r->cur, r->pos};
+  long n = walk_cursor(r, &c, deliver, NULL, NULL);
+  r->cur = c.cur;
+  r->pos = c.pos;
+  return n;
+}
+
+void lp_report_subroot(lp_report *r, lp_task *t, lp_cursor *c) {
+  c->top = c->cur = r->order == LUAPOOL_ORDER_COMPLETION ? NULL : seq_new(t, NULL);
+  c->pos = NULL;
+}
+
+int lp_report_walk_sub(lp_report *r, lp_cursor *c, lp_sink_fn sink, void *ud) {
+  if (!c->top) return 1;
+  if (walk_cursor(r, c, 0, sink, ud) >= 0) return 0;
+  c->top = NULL;
+  return 1;
+}
+
+void lp_report_flush_nodes(lp_report *r) { flush_all_freed(r); }
+
+void lp_report_remote_done(lp_report *r, lp_task *t) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
+  atomic_store_explicit(&t->rn->done, 1, memory_order_release);
+}
+
 /* Completion order. Between a producer's exchange and its link the queue
  * looks shorter than it is; the next pass picks the rest up. */
-static long walk_completion(lp_report *r, int deliver) {
+static long walk_completion(lp_report *r, int deliver, lp_sink_fn sink, void *ud) {
   long n = 0;
   lp_item *next;
   while ((next = atomic_load_explicit(&r->cpos->next, memory_order_acquire))) {
-    if (deliver) deliver_record(r, (lp_record *)next);
+    if (sink)
+      sink(ud, (lp_record *)next);
+    else if (deliver)
+      deliver_record(r, (lp_record *)next);
     n++;
     if (r->cpos != &r->csentinel) release_item(r, r->cpos);
     r->cpos = next;
@@ -399,9 +449,13 @@ static long walk_completion(lp_report *r, int deliver) {
   return n;
 }
 
+void lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud) {
+  walk_completion(r, 0, sink, ud);
+}
+
 long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
-  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1) : walk_tree(r, 1);
+  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
   if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += release_held(r, 1);
   flush_all_freed(r);
   deliver_failures(r);
@@ -412,7 +466,7 @@ long lp_report_deliver(lp_report *r, int final) {
 void lp_report_free(lp_report *r) {
   if (!r->eng) return;
   if (r->order == LUAPOOL_ORDER_COMPLETION) {
-    walk_completion(r, 0);
+    walk_completion(r, 0, NULL, NULL);
     if (r->cpos != &r->csentinel) release_item(r, r->cpos);
   } else {
     /* Every task has finished by now, so the walk reaches the end; it stops

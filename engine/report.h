@@ -42,6 +42,7 @@ typedef struct lp_record {
   lp_item item;
   int kind; /* LUAPOOL_RECORD_* */
   uint64_t task;
+  uint64_t root; /* inside a worker process: the task sent to it that this descends from */
   int fn;
   double priority;
   int held; /* host-only: kept for priority order, freed after it */
@@ -60,6 +61,17 @@ typedef struct lp_failure {
   struct lp_failure *next;
   char text[];
 } lp_failure;
+
+/* A cursor over one subtree of sequences (a worker process walks the
+ * subtree of each task it was sent, and forwards the records). */
+typedef struct lp_cursor {
+  lp_rnode *top; /* the subtree's own sequence */
+  lp_rnode *cur;
+  lp_item *pos;
+} lp_cursor;
+
+/* Where a subtree walk hands its records; the walk frees them after. */
+typedef void (*lp_sink_fn)(void *ud, const lp_record *rec);
 
 typedef struct lp_report {
   struct luapool *eng;
@@ -104,6 +116,21 @@ void lp_report_body_done(lp_report *r, struct lp_task *t);
 /* Called by the host when it submits a root. */
 void lp_report_root(lp_report *r, struct lp_task *root);
 void lp_report_failure(lp_report *r, const char *text);
+
+/* Worker processes: gives the task sent to this process a sequence of its
+ * own, walked by c. */
+void lp_report_subroot(lp_report *r, struct lp_task *t, lp_cursor *c);
+/* Hands every record of c's subtree that may leave now to sink; returns 1
+ * once the whole subtree has been walked (its node is freed then). */
+int lp_report_walk_sub(lp_report *r, lp_cursor *c, lp_sink_fn sink, void *ud);
+/* Completion order: hands every record made so far to sink. */
+void lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud);
+/* Returns the nodes the walks freed to their home lists. */
+void lp_report_flush_nodes(lp_report *r);
+/* The engine side of a task run in a worker process: its body has ended
+ * but records of its subtree may still arrive; the sequence stays open
+ * until lp_report_remote_done. */
+void lp_report_remote_done(lp_report *r, struct lp_task *t);
 
 /* Host side: delivers every record that may leave now through the
  * configured callback; returns how many. With `final` set, the run is over

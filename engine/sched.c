@@ -208,6 +208,19 @@ void lp_sched_inject(lp_sched *s, struct lp_task *t) {
   notify_one(s);
 }
 
+void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n) {
+  lp_spin_lock(&s->inj_lock);
+  if (s->inj_tail)
+    s->inj_tail->qnext = head;
+  else
+    s->inj = head;
+  s->inj_tail = tail;
+  atomic_fetch_add(&s->ninj, n);
+  lp_spin_unlock(&s->inj_lock);
+  notify_one(s);
+  if (n > 1) notify_one(s);
+}
+
 void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t) {
   lp_wq *q = &s->wq[owner];
   lp_spin_lock(&q->lock);
@@ -223,13 +236,31 @@ void lp_sched_yielded(lp_sched *s, int w, struct lp_task *t) {
   list_append(&q->yielded, &q->yielded_tail, t);
 }
 
-static struct lp_task *take_injected(lp_sched *s) {
-  if (atomic_load_explicit(&s->ninj, memory_order_relaxed) == 0) return NULL;
+#define INJ_BATCH 32
+
+/* The oldest injected task; with many waiting, a share of the others
+ * moves to w's own queue in the same step. */
+static struct lp_task *take_injected(lp_sched *s, int w) {
+  long avail = atomic_load_explicit(&s->ninj, memory_order_relaxed);
+  if (avail == 0) return NULL;
+  struct lp_task *got[INJ_BATCH];
+  long want = avail / s->n;
+  if (want < 1) want = 1;
+  if (want > INJ_BATCH) want = INJ_BATCH;
+  int n = 0;
   lp_spin_lock(&s->inj_lock);
-  struct lp_task *t = list_take(&s->inj, &s->inj_tail);
-  if (t) atomic_fetch_sub(&s->ninj, 1);
+  while (n < want && (got[n] = list_take(&s->inj, &s->inj_tail))) n++;
+  if (n) atomic_fetch_sub(&s->ninj, n);
   lp_spin_unlock(&s->inj_lock);
-  return t;
+  if (n > 1) {
+    lp_wq *q = &s->wq[w];
+    lp_spin_lock(&q->lock);
+    for (int i = n - 1; i >= 1; i--)
+      if (level_push(q, got[i], s->one_level ? 0 : got[i]->priority) != 0)
+        list_append(&q->yielded, &q->yielded_tail, got[i]);
+    lp_spin_unlock(&q->lock);
+  }
+  return n ? got[0] : NULL;
 }
 
 #define STEAL_MAX 32
@@ -287,7 +318,7 @@ struct lp_task *lp_sched_next(lp_sched *s, int w) {
   /* Now and then let outside submissions and yielded tasks go first, so a
    * busy worker cannot starve them. */
   if (++q->picks % 61 == 0) {
-    if ((t = take_injected(s))) return t;
+    if ((t = take_injected(s, w))) return t;
     if ((t = list_take(&q->yielded, &q->yielded_tail))) return t;
   }
   if (atomic_load_explicit(&q->nready, memory_order_relaxed) > 0) {
@@ -296,7 +327,7 @@ struct lp_task *lp_sched_next(lp_sched *s, int w) {
     lp_spin_unlock(&q->lock);
     if (t) return t;
   }
-  if ((t = take_injected(s))) return t;
+  if ((t = take_injected(s, w))) return t;
   if ((t = steal(s, w))) return t;
   return list_take(&q->yielded, &q->yielded_tail);
 }

@@ -62,6 +62,8 @@ void lp_sched_free(lp_sched *s);
 int lp_sched_push(lp_sched *s, int w, struct lp_task *t);
 /* Queues a task from outside the workers. */
 void lp_sched_inject(lp_sched *s, struct lp_task *t);
+/* Queues n tasks linked through qnext, from outside the workers. */
+void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n);
 /* Hands a suspended task back to its owner, from any thread. */
 void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t);
 /* The calling worker's own luapool.yield(): run t again after others. */

@@ -25,6 +25,7 @@
 
 #include "engine.h"
 #include "report.h"
+#include "proc.h"
 #include "spin.h"
 
 _Thread_local lp_task_cache *lp_task_cache_self __attribute__((tls_model("initial-exec")));
@@ -101,6 +102,12 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->timeout = 0;
   t->deadline = 0;
   t->retries = 0;
+  t->remote = 0;
+  t->started = 0;
+  t->resent = 0;
+  t->retry_pending = 0;
+  t->held = t->held_tail = NULL;
+  t->ext = NULL;
   if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
   return t;
 }
@@ -114,6 +121,10 @@ void lp_task_unref(lp_task *t) {
   lp_buf_free(&t->args);
   lp_buf_free(&t->result);
   free(t->failnote);
+  for (lp_record *r = t->held, *next; r; r = next) {
+    next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
+    free(r);
+  }
   free_record(t);
 }
 
@@ -124,9 +135,15 @@ static void subtree_done(lp_task *t) {
     luapool *eng = t->eng;
     if (!p) {
       /* The host may return from its wait as soon as it hears of the
-       * root: an unawaited failure must be counted before that. */
-      lp_task_unref(t);
-      lp_engine_root_done(eng, NULL);
+       * root: an unawaited failure must be counted before that. Inside a
+       * worker process the link still holds the record. */
+      if (eng->link) {
+        lp_engine_root_done(eng, t);
+        lp_task_unref(t);
+      } else {
+        lp_task_unref(t);
+        lp_engine_root_done(eng, NULL);
+      }
       return;
     }
     lp_task_unref(t);
@@ -157,6 +174,8 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   t->waiters = NULL;
   lp_spin_unlock(&t->lock);
   lp_report_body_done(&t->eng->report, t);
+  /* --fail-fast: a failure that no task is waiting for stops the run. */
+  if (state == LP_TASK_FAILED && !w && t->eng->cfg.fail_fast) luapool_cancel(t->eng);
   while (w) {
     lp_waiter *next = w->next;
     w->next = w->prev = NULL;
@@ -210,6 +229,12 @@ int lp_task_join_end(lp_task *t) {
   return 0;
 }
 
+void lp_task_remote_begin(lp_task *t) { atomic_fetch_add(&t->pending, 1); }
+
+void lp_task_remote_done(lp_task *t) {
+  if (atomic_fetch_sub(&t->pending, 1) == 1) subtree_done(t);
+}
+
 void lp_task_wake(lp_task *t) {
   if (lp_task_disarm(t)) lp_sched_resume(&t->eng->sched, t->owner, t);
 }
@@ -227,6 +252,11 @@ int lp_task_cancel(lp_task *t) {
   atomic_fetch_add(&t->eng->cancel_epoch, 1);
   /* A suspended task notices at its next resume; make that now. Queued
    * tasks notice when a worker takes them. */
-  if (atomic_load(&t->state) == LP_TASK_RUNNING) lp_task_wake(t);
+  if (atomic_load(&t->state) == LP_TASK_RUNNING) {
+    if (t->remote)
+      lp_procs_cancel(t->eng, t);
+    else
+      lp_task_wake(t);
+  }
   return 1;
 }

@@ -80,6 +80,15 @@ typedef struct lp_task {
   lp_waiter self_waiter;   /* the node get() links into a child's list */
   uint64_t cancel_epoch;   /* engine cancel epoch last checked */
   lp_rnode *rn;            /* its output sequence (tree and priority order) */
+
+  /* A task sent to a worker process (proc.c), seen from the engine. */
+  int remote;        /* 1 while a worker process has it; owner is then the process slot */
+  int started;       /* the process has begun its body */
+  int resent;        /* sent again after its process died before it began */
+  int retry_pending; /* failed there: runs again once its subtree has ended */
+  lp_record *held;   /* its subtree's records, kept while a retry could still come */
+  lp_record *held_tail;
+  void *ext; /* inside a worker process: the lp_exec of a task sent to it */
 } lp_task;
 
 /* The cache of the calling thread (set by each worker), or NULL. */
@@ -128,6 +137,12 @@ static inline long lp_task_pending(lp_task *t) { return atomic_load(&t->pending)
 int lp_task_join_begin(lp_task *t);
 /* Ends it; returns 1 if a child took the flag (its wake is on the way). */
 int lp_task_join_end(lp_task *t);
+
+/* A task sent to a worker process: counts its remote subtree as one more
+ * pending unit, released by lp_task_remote_done when the process says the
+ * subtree has ended. */
+void lp_task_remote_begin(lp_task *t);
+void lp_task_remote_done(lp_task *t);
 
 /* True if t or one of its ancestors was cancelled. */
 int lp_task_cancelled(lp_task *t);

@@ -51,6 +51,15 @@ int lp_vm_traceback(lua_State *L) {
 
 static int l_preload(lua_State *L) { return lp_lib_open(L); }
 
+/* os.exit in a thread worker would end the whole run, every other task
+ * and the host program with it: it fails the task instead. In a worker
+ * process the real os.exit stays: the engine contains it. */
+static int l_no_exit(lua_State *L) {
+  return luaL_error(L, "os.exit is not available in a task running on a worker thread (it would "
+                       "end the whole run); return or raise an error instead, or run with "
+                       "--processes");
+}
+
 lua_State *lp_vm_new(lp_worker *w) {
   lua_State *L = lua_newstate(counting_alloc, w);
   if (!L) return NULL;
@@ -63,6 +72,12 @@ lua_State *lp_vm_new(lp_worker *w) {
     lua_gc(L, LUA_GCINC, 1, 1000);
   else
     lua_gc(L, LUA_GCGEN, 0, 0);
+  if (!w->eng->link) {
+    lua_getglobal(L, "os");
+    lua_pushcfunction(L, l_no_exit);
+    lua_setfield(L, -2, "exit");
+    lua_pop(L, 1);
+  }
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
   lua_pushcfunction(L, l_preload);

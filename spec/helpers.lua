@@ -95,6 +95,15 @@ function helpers.exec(argv, opts)
           " (build it with cmake, or set LUAPOOL_BIN)", 2)
   end
   local words = { helpers.quote(helpers.bin) }
+  if opts.env then -- extra environment for this run: { NAME = value }
+    local names = {}
+    for k in pairs(opts.env) do names[#names + 1] = k end
+    table.sort(names)
+    for i = #names, 1, -1 do
+      table.insert(words, 1, helpers.quote(names[i] .. "=" .. opts.env[names[i]]))
+    end
+    table.insert(words, 1, "env")
+  end
   for _, a in ipairs(argv) do words[#words + 1] = helpers.quote(a) end
   local outf, errf = helpers.tmpname(".out"), helpers.tmpname(".err")
   local limit = opts.timeout or helpers.default_timeout

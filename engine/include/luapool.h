@@ -98,6 +98,7 @@ typedef struct luapool_config {
   int json_records;    /* fill luapool_record.json */
   double task_timeout; /* seconds any task may run; 0: no limit (spawn option `timeout`) */
   int retries;         /* runs again a failed task this many times (spawn option `retries`) */
+  int fail_fast;       /* the first failure that nobody awaited cancels the run */
   luapool_record_fn on_record;
   luapool_failure_fn on_failure; /* NULL: written to stderr */
   void (*on_flush)(void *ud);    /* after each batch of records: a moment to flush output */

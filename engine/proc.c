@@ -1,0 +1,832 @@
+/*
+ * proc.c - worker processes, the engine's side.
+ *
+ * DESIGN. With --processes N the engine keeps task records, completion
+ * counting and the report exactly as with threads; only the bodies run
+ * elsewhere. The script's root tasks run on one engine thread; every task
+ * they spawn goes to a queue (lowest priority first, then oldest) from
+ * which N feeders, one per process, send batches as the process asks for
+ * them (WANT). A task sent counts one more pending unit for its remote
+ * subtree; the process runs it and everything it spawns, and reports back
+ * per task: STARTED, its RECORDs, RESULT (the record's outcome, waiters
+ * woken), DONE (the subtree has ended: the pending unit goes).
+ *
+ * Processes are started by executing the luapool binary in its worker
+ * role, not by fork: the engine is multithreaded by then, and a child of a
+ * multithreaded fork may only call async-signal-safe functions until it
+ * execs. Exec gives every worker, the first ones and the replacements
+ * alike, a clean state that loads the script from its source.
+ *
+ * A process that dies (a signal, an exit, a malformed frame) is replaced.
+ * Of the tasks it had, those whose body had not begun go back on the queue
+ * as they were; the others fail with what happened, or run again while
+ * they have retries. Records of a task that may still be retried are kept
+ * until its subtree is over, so each is reported once.
+ *
+ * One mutex (`lock`) guards the queue and the connections' state; each
+ * connection's `wlock` orders writes against replacement of the process.
+ * Task callbacks (finish, wake) run with neither held.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "pool.h"
+#include "proc.h"
+#include "wire.h"
+
+extern char **environ;
+
+#ifndef LUAPOOL_BINDIR
+#define LUAPOOL_BINDIR "/usr/local/bin"
+#endif
+const char *lp_worker_exe = LUAPOOL_BINDIR "/luapool";
+
+#define SEND_BATCH 512 /* tasks per EXEC batch */
+
+/* ---- id -> task map (open addressing) ---- */
+
+typedef struct idmap {
+  lp_task **slot;
+  size_t cap, n;
+} idmap;
+
+static size_t id_hash(uint64_t id, size_t mask) { return (size_t)(id * 0x9E3779B97F4A7C15ull) & mask; }
+
+static int idmap_put(idmap *m, lp_task *t) {
+  if ((m->n + 1) * 2 > m->cap) {
+    size_t cap = m->cap ? m->cap * 2 : 256;
+    lp_task **s = calloc(cap, sizeof *s);
+    if (!s) return -1;
+    for (size_t i = 0; i < m->cap; i++) {
+      lp_task *x = m->slot[i];
+      if (!x) continue;
+      size_t j = id_hash(x->id, cap - 1);
+      while (s[j]) j = (j + 1) & (cap - 1);
+      s[j] = x;
+    }
+    free(m->slot);
+    m->slot = s;
+    m->cap = cap;
+  }
+  size_t j = id_hash(t->id, m->cap - 1);
+  while (m->slot[j]) j = (j + 1) & (m->cap - 1);
+  m->slot[j] = t;
+  m->n++;
+  return 0;
+}
+
+static lp_task *idmap_get(idmap *m, uint64_t id) {
+  if (!m->cap) return NULL;
+  for (size_t j = id_hash(id, m->cap - 1); m->slot[j]; j = (j + 1) & (m->cap - 1))
+    if (m->slot[j]->id == id) return m->slot[j];
+  return NULL;
+}
+
+static lp_task *idmap_take(idmap *m, uint64_t id) {
+  if (!m->cap) return NULL;
+  size_t mask = m->cap - 1, j = id_hash(id, mask);
+  while (m->slot[j] && m->slot[j]->id != id) j = (j + 1) & mask;
+  lp_task *t = m->slot[j];
+  if (!t) return NULL;
+  /* Backward-shift deletion keeps every probe chain whole. */
+  size_t hole = j;
+  for (size_t k = (j + 1) & mask; m->slot[k]; k = (k + 1) & mask) {
+    size_t home = id_hash(m->slot[k]->id, mask);
+    if (((k - home) & mask) >= ((k - hole) & mask)) {
+      m->slot[hole] = m->slot[k];
+      hole = k;
+    }
+  }
+  m->slot[hole] = NULL;
+  m->n--;
+  return t;
+}
+
+/* ---- state ---- */
+
+typedef struct plevel plevel;
+
+typedef struct lp_conn {
+  struct lp_procs *ps;
+  int slot;
+  pid_t pid;
+  int fd;       /* the engine's end of the socket pair */
+  unsigned gen; /* bumped when the process is replaced */
+  int ready;    /* READY seen: it has loaded the script */
+  int gone;     /* no process could be started here */
+  long credits; /* tasks it asked for and has not been sent */
+  lp_buf out;   /* frames other than EXEC waiting for the feeder */
+  int waiting;  /* the feeder sleeps on cond */
+  pthread_cond_t cond;
+  pthread_mutex_t wlock;
+  pthread_t reader, feeder;
+  int threads_started;
+  pthread_mutex_t mlock; /* guards `tasks` */
+  idmap tasks;           /* sent to this process and not DONE */
+  char loaderr[512];
+} lp_conn;
+
+typedef struct lp_procs {
+  luapool *eng;
+  int n;
+  lp_conn *conns;
+  pthread_mutex_t lock;
+  pthread_cond_t ready_cond;
+  plevel *levels; /* tasks not yet sent */
+  int nlevels;
+  long nqueued;
+  _Atomic int closing; /* read by the readers without the lock */
+  int stopping;
+  uint64_t gens; /* processes started, for their id ranges */
+  char exe[4096];
+} lp_procs;
+
+/* ---- the queue ----
+ * One FIFO list per priority value (through qnext), the lists in
+ * ascending priority. Tasks of a run mostly share a few priorities: a push
+ * and a pop touch one list end, not a heap of a million records. */
+
+typedef struct plevel {
+  double prio;
+  lp_task *head, *tail;
+} plevel;
+
+#define MAXLEVELS 64
+
+static plevel *level_for(lp_procs *ps, double prio) {
+  int lo = 0, hi = ps->nlevels;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    if (ps->levels[mid].prio < prio)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < ps->nlevels && ps->levels[lo].prio == prio) return &ps->levels[lo];
+  if (ps->nlevels == MAXLEVELS) return &ps->levels[lo < ps->nlevels ? lo : lo - 1];
+  memmove(&ps->levels[lo + 1], &ps->levels[lo], (size_t)(ps->nlevels - lo) * sizeof(plevel));
+  ps->nlevels++;
+  ps->levels[lo] = (plevel){prio, NULL, NULL};
+  return &ps->levels[lo];
+}
+
+/* A task sent back (its process died before it began) goes first. */
+static void queue_push(lp_procs *ps, lp_task *t, int front) {
+  plevel *lv = level_for(ps, t->priority);
+  t->qnext = NULL;
+  if (front && lv->head) {
+    t->qnext = lv->head;
+    lv->head = t;
+  } else {
+    if (lv->tail)
+      lv->tail->qnext = t;
+    else
+      lv->head = t;
+    lv->tail = t;
+  }
+  ps->nqueued++;
+}
+
+static lp_task *queue_pop(lp_procs *ps) {
+  for (int i = 0; i < ps->nlevels; i++) {
+    plevel *lv = &ps->levels[i];
+    lp_task *t = lv->head;
+    if (!t) continue;
+    lv->head = t->qnext;
+    if (!lv->head) lv->tail = NULL;
+    t->qnext = NULL;
+    ps->nqueued--;
+    return t;
+  }
+  return NULL;
+}
+
+/* Under lock: wakes the feeder of c if it sleeps. */
+static void poke(lp_conn *c) {
+  if (c->waiting) {
+    c->waiting = 0; /* signalled: the next wake goes to another feeder */
+    pthread_cond_signal(&c->cond);
+  }
+}
+
+/* Under lock: wakes the sleeping feeder whose process has the most room. */
+static void poke_best(lp_procs *ps) {
+  lp_conn *best = NULL;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    if (c->credits > 0 && c->waiting && (!best || c->credits > best->credits)) best = c;
+  }
+  if (best) poke(best);
+}
+
+/* Finishes t with the message text as its error. */
+static void finish_with(lp_task *t, lp_task_state state, const char *text) {
+  lp_buf msg;
+  lp_buf_init(&msg);
+  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, strlen(text)) != 0)
+    lp_buf_reset(&msg);
+  lp_task_finish(t, state, &msg);
+  lp_buf_free(&msg);
+}
+
+static void cancel_unsent(luapool *eng, lp_task *t) {
+  char text[256];
+  snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled", lp_names_get(&eng->names, t->fn),
+           (unsigned long long)t->id);
+  finish_with(t, LP_TASK_CANCELLED, text);
+}
+
+static int push(luapool *eng, lp_task *t, int front) {
+  lp_procs *ps = eng->procs;
+  pthread_mutex_lock(&ps->lock);
+  if (ps->stopping || lp_task_cancelled(t)) {
+    pthread_mutex_unlock(&ps->lock);
+    cancel_unsent(eng, t);
+    return 0;
+  }
+  queue_push(ps, t, front);
+  poke_best(ps);
+  pthread_mutex_unlock(&ps->lock);
+  return 0;
+}
+
+int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
+
+void lp_procs_cancel(luapool *eng, lp_task *t) {
+  lp_procs *ps = eng->procs;
+  if (!ps) return;
+  pthread_mutex_lock(&ps->lock);
+  if (t->remote && t->owner >= 0 && t->owner < ps->n) {
+    lp_conn *c = &ps->conns[t->owner];
+    size_t mark;
+    if (lp_wire_begin(&c->out, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(&c->out, t->id) == 0)
+      lp_wire_end(&c->out, mark);
+    poke(c);
+  }
+  pthread_mutex_unlock(&ps->lock);
+}
+
+void lp_procs_cancel_all(luapool *eng) {
+  lp_procs *ps = eng->procs;
+  if (!ps) return;
+  pthread_mutex_lock(&ps->lock);
+  ps->stopping = 1;
+  size_t n = 0;
+  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->nqueued + 1));
+  for (lp_task *t; unsent && (t = queue_pop(ps));) unsent[n++] = t;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    size_t mark;
+    if (lp_wire_begin(&c->out, LP_MSG_STOP, &mark) == 0) lp_wire_end(&c->out, mark);
+    poke(c);
+  }
+  pthread_mutex_unlock(&ps->lock);
+  for (size_t i = 0; i < n; i++) cancel_unsent(eng, unsent[i]);
+  free(unsent);
+}
+
+/* ---- starting a process ---- */
+
+static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
+  luapool *eng = ps->eng;
+  size_t mark;
+  int threads = eng->cfg.threads > 0 ? eng->cfg.threads : 1;
+  uint64_t base = ++ps->gens << 32;
+  if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, (uint64_t)c->slot) ||
+      lp_wire_u64(b, (uint64_t)threads) || lp_wire_u64(b, (uint64_t)eng->cfg.order) ||
+      lp_wire_u64(b, eng->cfg.memory_limit) || lp_wire_u64(b, base) ||
+      lp_wire_f64(b, eng->cfg.task_timeout) ||
+      lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
+      lp_wire_bytes(b, eng->script, eng->script_len))
+    return -1;
+  lp_wire_end(b, mark);
+  return 0;
+}
+
+/* Under wlock and lock: a new process for c. 0 or -1. */
+static int spawn_process(lp_procs *ps, lp_conn *c) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+  char *argv[] = {"luapool", "__worker", NULL};
+  pid_t pid;
+  int rc = posix_spawn(&pid, ps->exe, &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(sv[1]);
+  if (rc != 0) {
+    close(sv[0]);
+    return -1;
+  }
+  lp_buf init;
+  lp_buf_init(&init);
+  if (put_init(ps, c, &init) != 0 || lp_wire_write_all(sv[0], init.data, init.len) != 0) {
+    /* It will find its pipe closed and leave. */
+    lp_buf_free(&init);
+    close(sv[0]);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1;
+  }
+  lp_buf_free(&init);
+  c->pid = pid;
+  c->fd = sv[0];
+  c->gen++;
+  c->ready = 0;
+  c->credits = 0;
+  lp_buf_reset(&c->out);
+  return 0;
+}
+
+/* ---- what a process reports ---- */
+
+static lp_task *lookup(lp_conn *c, uint64_t id, int take) {
+  pthread_mutex_lock(&c->mlock);
+  lp_task *t = take ? idmap_take(&c->tasks, id) : idmap_get(&c->tasks, id);
+  pthread_mutex_unlock(&c->mlock);
+  return t;
+}
+
+static void finish_remote(luapool *eng, lp_task *t, int state, const char *res, size_t len,
+                          const char *note, size_t notelen) {
+  if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
+  lp_buf b;
+  lp_buf_init(&b);
+  if (lp_buf_append(&b, res, len) != 0) lp_buf_reset(&b);
+  lp_task_finish(t, (lp_task_state)state, &b);
+  lp_buf_free(&b);
+  (void)eng;
+}
+
+/* The subtree of t, sent to a process, has ended (or the process died). */
+static void subtree_over(lp_procs *ps, lp_task *t) {
+  luapool *eng = ps->eng;
+  if (t->retry_pending) {
+    t->retries--;
+    t->retry_pending = 0;
+    t->remote = 0;
+    t->started = 0;
+    for (lp_record *r = t->held, *next; r; r = next) {
+      next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
+      free(r);
+    }
+    t->held = t->held_tail = NULL;
+    atomic_store(&t->state, LP_TASK_QUEUED);
+    lp_task_remote_done(t); /* the body's unit stays: it runs again */
+    push(eng, t, 0);
+    lp_task_unref(t);
+    return;
+  }
+  for (lp_record *r = t->held, *next; r; r = next) {
+    next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
+    lp_report_add(&eng->report, t, r);
+  }
+  t->held = t->held_tail = NULL;
+  t->remote = 0;
+  lp_report_remote_done(&eng->report, t);
+  lp_task_remote_done(t);
+  lp_task_unref(t); /* the connection's */
+}
+
+static void on_result(lp_conn *c, lp_wire_msg *m) {
+  uint64_t id, state, done;
+  const char *res, *note;
+  size_t len, notelen;
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_u64(m, &state) || lp_wire_get_u64(m, &done) ||
+      lp_wire_get_bytes(m, &res, &len) || lp_wire_get_bytes(m, &note, &notelen) ||
+      state < LP_TASK_OK || state > LP_TASK_CANCELLED)
+    return;
+  lp_task *t = lookup(c, id, done != 0);
+  if (!t) return;
+  if (!lp_task_finished(t) && !t->retry_pending) {
+    if (state == LP_TASK_FAILED && t->retries > 0 && !lp_task_cancelled(t))
+      t->retry_pending = 1; /* it runs again once its subtree is over */
+    else
+      finish_remote(c->ps->eng, t, (int)state, res, len, note, notelen);
+  }
+  if (done) subtree_over(c->ps, t);
+}
+
+static void on_record(lp_conn *c, lp_wire_msg *m) {
+  uint64_t id, kind, task;
+  const char *fn, *data;
+  size_t fnlen, len;
+  double prio;
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_u64(m, &kind) || lp_wire_get_u64(m, &task) ||
+      lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_f64(m, &prio) ||
+      lp_wire_get_bytes(m, &data, &len) || kind > LUAPOOL_RECORD_PRINT)
+    return;
+  lp_task *t = lookup(c, id, 0);
+  if (!t) return;
+  luapool *eng = c->ps->eng;
+  lp_record *rec = lp_record_new((int)kind, NULL, prio, data, len);
+  if (!rec) return;
+  rec->task = task;
+  rec->fn = lp_names_intern(&eng->names, fn, fnlen);
+  if (t->retries > 0) { /* kept until no retry can come */
+    atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
+    if (t->held_tail)
+      atomic_store_explicit(&t->held_tail->item.next, &rec->item, memory_order_relaxed);
+    else
+      t->held = rec;
+    t->held_tail = rec;
+  } else {
+    lp_report_add(&eng->report, t, rec);
+  }
+}
+
+static void on_frame(lp_conn *c, lp_wire_msg *m) {
+  lp_procs *ps = c->ps;
+  uint64_t v;
+  const char *p;
+  size_t n;
+  lp_task *t;
+  switch (m->type) {
+  case LP_MSG_READY:
+    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
+    pthread_mutex_lock(&ps->lock);
+    c->ready = 1;
+    c->credits += (long)v;
+    poke(c);
+    pthread_cond_broadcast(&ps->ready_cond);
+    pthread_mutex_unlock(&ps->lock);
+    break;
+  case LP_MSG_LOADERR:
+    if (lp_wire_get_bytes(m, &p, &n) != 0) break;
+    pthread_mutex_lock(&ps->lock);
+    snprintf(c->loaderr, sizeof c->loaderr, "%.*s", (int)n, p);
+    pthread_cond_broadcast(&ps->ready_cond);
+    pthread_mutex_unlock(&ps->lock);
+    break;
+  case LP_MSG_WANT:
+    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
+    pthread_mutex_lock(&ps->lock);
+    c->credits += (long)v;
+    poke(c);
+    pthread_mutex_unlock(&ps->lock);
+    break;
+  case LP_MSG_STARTED:
+    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 0))) t->started = 1;
+    break;
+  case LP_MSG_RESULT:
+    on_result(c, m);
+    break;
+  case LP_MSG_RECORD:
+    on_record(c, m);
+    break;
+  case LP_MSG_DONE:
+    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
+    break;
+  case LP_MSG_FAILURE:
+    if (lp_wire_get_bytes(m, &p, &n) != 0) break;
+    char *text = strndup(p, n);
+    if (!text) break;
+    atomic_fetch_add(&ps->eng->unawaited_failures, 1);
+    lp_report_failure(&ps->eng->report, text);
+    free(text);
+    break;
+  default:
+    break;
+  }
+}
+
+/* ---- a process ends ---- */
+
+static const char *signame(int sig) {
+  switch (sig) {
+  case SIGKILL: return "SIGKILL";
+  case SIGSEGV: return "SIGSEGV";
+  case SIGABRT: return "SIGABRT";
+  case SIGBUS: return "SIGBUS";
+  case SIGFPE: return "SIGFPE";
+  case SIGILL: return "SIGILL";
+  case SIGTERM: return "SIGTERM";
+  case SIGINT: return "SIGINT";
+  case SIGHUP: return "SIGHUP";
+  case SIGPIPE: return "SIGPIPE";
+  case SIGQUIT: return "SIGQUIT";
+  case SIGUSR1: return "SIGUSR1";
+  case SIGUSR2: return "SIGUSR2";
+  case SIGXCPU: return "SIGXCPU";
+  default: return "a signal";
+  }
+}
+
+static void describe(pid_t pid, int status, const char *why, char *out, size_t n) {
+  if (why)
+    snprintf(out, n, "worker process %d %s", (int)pid, why);
+  else if (WIFSIGNALED(status))
+    snprintf(out, n, "worker process %d was killed by signal %d (%s)", (int)pid, WTERMSIG(status),
+             signame(WTERMSIG(status)));
+  else if (WIFEXITED(status))
+    snprintf(out, n, "worker process %d exited with status %d", (int)pid, WEXITSTATUS(status));
+  else
+    snprintf(out, n, "worker process %d ended", (int)pid);
+}
+
+/* Fails or sends again every task the dead process had, then replaces it
+ * (unless the engine is closing). */
+static void process_died(lp_conn *c, const char *why) {
+  lp_procs *ps = c->ps;
+  luapool *eng = ps->eng;
+  pthread_mutex_lock(&c->wlock);
+  pthread_mutex_lock(&c->mlock);
+  idmap had = c->tasks;
+  memset(&c->tasks, 0, sizeof c->tasks);
+  pthread_mutex_unlock(&c->mlock);
+  pthread_mutex_lock(&ps->lock);
+  pid_t pid = c->pid;
+  int fd = c->fd;
+  c->fd = -1;
+  c->ready = 0;
+  c->credits = 0;
+  lp_buf_reset(&c->out);
+  int closing = ps->closing;
+  pthread_mutex_unlock(&ps->lock);
+  if (why) kill(pid, SIGKILL);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  close(fd);
+  char what[256];
+  describe(pid, status, why, what, sizeof what);
+  int replaced = 0;
+  if (!closing) {
+    pthread_mutex_lock(&ps->lock);
+    replaced = spawn_process(ps, c) == 0;
+    if (!replaced) c->gone = 1;
+    pthread_mutex_unlock(&ps->lock);
+  }
+  pthread_mutex_unlock(&c->wlock);
+  for (size_t i = 0; i < had.cap; i++) {
+    lp_task *t = had.slot[i];
+    if (!t) continue;
+    /* Never began: nothing was lost, it goes again, once. A process dies
+     * before its STARTED frames go out too: the second time, a task that
+     * kills its process at once is taken as having begun. */
+    if (!t->started && !lp_task_finished(t) && !t->resent++) {
+      t->remote = 0;
+      atomic_store(&t->state, LP_TASK_QUEUED);
+      lp_task_remote_done(t);
+      push(eng, t, 1);
+      lp_task_unref(t);
+      continue;
+    }
+    if (!lp_task_finished(t) && !t->retry_pending) {
+      if (t->retries > 0 && !lp_task_cancelled(t) && !closing) {
+        t->retry_pending = 1;
+      } else {
+        char text[512];
+        snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
+                 lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
+        finish_with(t, lp_task_cancelled(t) ? LP_TASK_CANCELLED : LP_TASK_FAILED, text);
+      }
+    }
+    subtree_over(ps, t);
+  }
+  free(had.slot);
+  if (!replaced && !closing) {
+    /* No process here any more: if none is left anywhere, nothing queued
+     * can ever run. */
+    pthread_mutex_lock(&ps->lock);
+    int alive = 0;
+    for (int i = 0; i < ps->n; i++) alive += !ps->conns[i].gone;
+    pthread_mutex_unlock(&ps->lock);
+    if (!alive) lp_procs_cancel_all(eng);
+  }
+}
+
+/* ---- threads ---- */
+
+static void *reader_main(void *arg) {
+  lp_conn *c = arg;
+  lp_procs *ps = c->ps;
+  lp_buf in;
+  lp_buf_init(&in);
+  for (;;) {
+    pthread_mutex_lock(&ps->lock);
+    int fd = c->fd, gone = c->gone;
+    pthread_mutex_unlock(&ps->lock);
+    if (gone || fd < 0) break;
+    if (lp_buf_reserve(&in, 65536) != 0) break;
+    ssize_t n = read(fd, in.data + in.len, 65536);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      lp_buf_reset(&in);
+      process_died(c, NULL);
+      if (ps->closing) break;
+      continue;
+    }
+    in.len += (size_t)n;
+    size_t off = 0;
+    long k;
+    lp_wire_msg m;
+    while ((k = lp_wire_frame(in.data + off, in.len - off, &m)) > 0) {
+      on_frame(c, &m);
+      off += (size_t)k;
+    }
+    if (k < 0) {
+      lp_buf_reset(&in);
+      process_died(c, "sent a malformed message");
+      if (ps->closing) break;
+      continue;
+    }
+    memmove(in.data, in.data + off, in.len - off);
+    in.len -= off;
+  }
+  lp_buf_free(&in);
+  return NULL;
+}
+
+static int put_exec(lp_buf *b, luapool *eng, lp_task *t) {
+  size_t mark;
+  const char *fn = lp_names_get(&eng->names, t->fn);
+  if (lp_wire_begin(b, LP_MSG_EXEC, &mark) || lp_wire_u64(b, t->id) ||
+      lp_wire_bytes(b, fn, strlen(fn)) || lp_wire_u64(b, (uint64_t)t->depth) ||
+      lp_wire_f64(b, t->priority) || lp_wire_f64(b, t->timeout) ||
+      lp_wire_bytes(b, t->args.data, t->args.len))
+    return -1;
+  lp_wire_end(b, mark);
+  return 0;
+}
+
+static void *feeder_main(void *arg) {
+  lp_conn *c = arg;
+  lp_procs *ps = c->ps;
+  luapool *eng = ps->eng;
+  lp_buf frames;
+  lp_buf_init(&frames);
+  lp_task *batch[SEND_BATCH];
+  pthread_mutex_lock(&ps->lock);
+  while (!ps->closing) {
+    int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nqueued > 0;
+    if (!c->out.len && !sendable) {
+      c->waiting = 1;
+      pthread_cond_wait(&c->cond, &ps->lock);
+      c->waiting = 0;
+      continue;
+    }
+    lp_buf_reset(&frames);
+    lp_buf_append(&frames, c->out.data, c->out.len);
+    lp_buf_reset(&c->out);
+    /* Few tasks and several processes asking: share them out, the
+     * process with the most room first. */
+    long asking = 0, room = 0;
+    lp_conn *best = c;
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *o = &ps->conns[i];
+      if (o->credits <= 0 || !o->ready) continue;
+      asking++;
+      room += o->credits;
+      if (o->credits > best->credits) best = o;
+    }
+    if (sendable && best != c && ps->nqueued < asking && !c->out.len) {
+      poke(best);
+      c->waiting = 1;
+      pthread_cond_wait(&c->cond, &ps->lock);
+      c->waiting = 0;
+      continue;
+    }
+    long share = room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
+    int n = 0;
+    while (sendable && n < SEND_BATCH && n < share && c->credits > 0 &&
+           (batch[n] = queue_pop(ps))) {
+      c->credits--;
+      n++;
+    }
+    if (ps->nqueued > 0) poke_best(ps); /* what is left goes to the others */
+    unsigned gen = c->gen;
+    pthread_mutex_unlock(&ps->lock);
+    /* Under wlock the process cannot be replaced: the batch reaches the
+     * process it was taken for, or goes back on the queue. */
+    pthread_mutex_lock(&c->wlock);
+    int live = c->gen == gen && c->fd >= 0;
+    int sent = 0;
+    pthread_mutex_lock(&c->mlock);
+    for (; live && sent < n; sent++) {
+      lp_task *t = batch[sent];
+      if (put_exec(&frames, eng, t) != 0 || idmap_put(&c->tasks, t) != 0) break;
+      t->remote = 1;
+      t->owner = c->slot;
+      t->started = 0;
+      atomic_store(&t->state, LP_TASK_RUNNING);
+      lp_task_ref(t); /* the connection's, until DONE */
+      lp_task_remote_begin(t);
+    }
+    pthread_mutex_unlock(&c->mlock);
+    if (live) lp_wire_write_all(c->fd, frames.data, frames.len);
+    pthread_mutex_unlock(&c->wlock);
+    pthread_mutex_lock(&ps->lock);
+    for (int i = n - 1; i >= sent; i--) queue_push(ps, batch[i], 1);
+  }
+  pthread_mutex_unlock(&ps->lock);
+  lp_buf_free(&frames);
+  return NULL;
+}
+
+/* ---- start and stop ---- */
+
+int lp_procs_start(luapool *eng) {
+  lp_procs *ps = calloc(1, sizeof *ps);
+  if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  eng->procs = ps;
+  ps->eng = eng;
+  ps->n = eng->cfg.processes;
+  ps->levels = calloc(MAXLEVELS, sizeof *ps->levels);
+  if (!ps->levels) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  pthread_mutex_init(&ps->lock, NULL);
+  pthread_cond_init(&ps->ready_cond, NULL);
+  const char *exe = getenv("LUAPOOL_WORKER_EXE");
+  if (!exe || !*exe) exe = lp_worker_exe;
+  snprintf(ps->exe, sizeof ps->exe, "%s", exe);
+  ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
+  if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  int rc = 0;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    c->ps = ps;
+    c->slot = i;
+    c->fd = -1;
+    lp_buf_init(&c->out);
+    pthread_cond_init(&c->cond, NULL);
+    pthread_mutex_init(&c->wlock, NULL);
+    pthread_mutex_init(&c->mlock, NULL);
+    pthread_mutex_lock(&ps->lock);
+    int bad = spawn_process(ps, c) != 0;
+    pthread_mutex_unlock(&ps->lock);
+    if (bad) {
+      c->gone = 1;
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "cannot start worker process %s: %s", ps->exe,
+                           strerror(errno));
+      break;
+    }
+    if (pthread_create(&c->reader, NULL, reader_main, c) != 0 ||
+        (pthread_create(&c->feeder, NULL, feeder_main, c) != 0 &&
+         (pthread_cancel(c->reader), pthread_join(c->reader, NULL), 1))) {
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "cannot start the threads of worker process %d",
+                           i + 1);
+      break;
+    }
+    c->threads_started = 1;
+  }
+  /* Every process has loaded the script, or says why it could not. */
+  pthread_mutex_lock(&ps->lock);
+  for (int i = 0; i < ps->n && rc == 0; i++) {
+    lp_conn *c = &ps->conns[i];
+    while (!c->ready && !c->loaderr[0] && !c->gone)
+      pthread_cond_wait(&ps->ready_cond, &ps->lock);
+    if (c->loaderr[0])
+      rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
+    else if (!c->ready)
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start", i + 1);
+  }
+  pthread_mutex_unlock(&ps->lock);
+  return rc;
+}
+
+void lp_procs_stop(luapool *eng) {
+  lp_procs *ps = eng->procs;
+  if (!ps) return;
+  pthread_mutex_lock(&ps->lock);
+  ps->closing = 1;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    /* The process sees its socket close and leaves; the reader then sees
+     * the end and stops. */
+    if (c->fd >= 0) shutdown(c->fd, SHUT_WR);
+    pthread_cond_signal(&c->cond);
+  }
+  pthread_mutex_unlock(&ps->lock);
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    if (c->threads_started) {
+      pthread_join(c->feeder, NULL);
+      pthread_join(c->reader, NULL);
+    } else if (c->fd >= 0) {
+      close(c->fd);
+      kill(c->pid, SIGKILL);
+      waitpid(c->pid, NULL, 0);
+    }
+    lp_buf_free(&c->out);
+    free(c->tasks.slot);
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->wlock);
+    pthread_mutex_destroy(&c->mlock);
+  }
+  for (lp_task *t; (t = queue_pop(ps));) lp_task_unref(t);
+  free(ps->levels);
+  free(ps->conns);
+  pthread_mutex_destroy(&ps->lock);
+  pthread_cond_destroy(&ps->ready_cond);
+  free(ps);
+  eng->procs = NULL;
+}

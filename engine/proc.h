@@ -1,0 +1,31 @@
+/*
+ * proc.h - worker processes: the engine's side (proc.c) and the side of the
+ * process itself (procworker.c).
+ */
+#ifndef LP_PROC_H
+#define LP_PROC_H
+
+struct luapool;
+struct lp_task;
+
+/* Engine side. Starts cfg.processes worker processes and waits until each
+ * has loaded the script. 0 or an LUAPOOL_E* code with the message set. */
+int lp_procs_start(struct luapool *eng);
+/* Ends the processes (they exit when their pipe closes) and reaps them. */
+void lp_procs_stop(struct luapool *eng);
+/* Queues a new task for the worker processes. 0, or -1 if out of memory. */
+int lp_procs_push(struct luapool *eng, struct lp_task *t);
+/* Asks the process running t to cancel it. */
+void lp_procs_cancel(struct luapool *eng, struct lp_task *t);
+/* The run is being cancelled: tasks not sent are cancelled, processes stop. */
+void lp_procs_cancel_all(struct luapool *eng);
+
+/* Process side: the main of `luapool __worker`, reading frames on in_fd and
+ * writing frames on out_fd. Returns the process's exit status. */
+int lp_procworker_main(int in_fd, int out_fd);
+/* Hooks called by the engine inside a worker process. */
+void lp_procworker_started(struct luapool *eng, struct lp_task *t);
+void lp_procworker_root_done(struct luapool *eng, struct lp_task *t);
+void lp_procworker_idle(struct luapool *eng);
+
+#endif

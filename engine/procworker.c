@@ -1,0 +1,550 @@
+/*
+ * procworker.c - a worker process: runs the tasks the engine sends it.
+ *
+ * DESIGN. The process is a luapool engine of its own (T worker threads,
+ * each with its Lua state and the script) whose roots are the tasks the
+ * engine sends. Their subtasks run here, with the same scheduler, waits
+ * and completion counting as in thread mode. The main thread is the link:
+ * it reads EXEC frames into new roots and sends back, batched into one
+ * write, what the engine must know of each root: STARTED when its body
+ * begins (a crash before that loses nothing, the engine sends it again),
+ * its RECORDs in the order the engine's report needs (tree order of the
+ * subtree, or the order they were made), RESULT when its body ends, DONE
+ * when its whole subtree has. It asks for more work with WANT, keeping a
+ * window of tasks that grows while its workers run dry, so small tasks
+ * travel in large batches and long ones are not hoarded.
+ *
+ * Worker threads never write to the pipe. They hand finished roots over
+ * on two lists under `lock` and kick the link awake only when it sleeps.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "pool.h"
+#include "timer.h"
+#include "proc.h"
+#include "wire.h"
+
+typedef struct lp_exec {
+  lp_waiter w; /* first: the body's end fires it */
+  lp_task *t;
+  uint64_t id;
+  lp_cursor cur;
+  int walked;    /* the cursor has walked the whole subtree */
+  int is_done;   /* its subtree has ended */
+  int sent_done; /* DONE went out with its RESULT */
+  struct lp_exec *prev, *next; /* the active list, link-only */
+  struct lp_exec *st_next;     /* the started stack */
+  struct lp_exec *fin_next;    /* the finished stack */
+  struct lp_exec *done_next;   /* the done stack, then the late list */
+} lp_exec;
+
+typedef struct lp_link {
+  luapool *eng;
+  int in_fd, out_fd, kick_fd;
+  int threads;
+  pthread_mutex_t lock; /* guards `out` */
+  lp_buf out;           /* frames from worker threads (failures) */
+  /* Stacks the workers push on (one CAS each) and the link empties. */
+  _Atomic(lp_exec *) started; /* bodies begun: STARTED to send */
+  _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
+  _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
+  _Atomic int sleeping; /* the link waits in poll: kick it */
+  _Atomic unsigned nfinished; /* bodies ended, for batching wakes */
+  /* Link-only. */
+  lp_exec *active;
+  lp_exec *spare; /* freed execs, for reuse */
+  lp_exec *late;
+  lp_task *inj_head, *inj_tail; /* tasks received, handed to the workers in one go */
+  long ninj;
+  double last_walk;
+  lp_task_cache cache; /* subtrees done whose records are still being walked */
+  lp_buf wbuf;   /* frames not yet written */
+  size_t wpos;
+  lp_buf rbuf; /* bytes read, not yet a whole frame */
+  uint64_t received, ended; /* tasks received, bodies ended */
+  uint64_t asked;           /* tasks asked for with WANT */
+  long target;              /* tasks to keep here */
+  double rate;              /* tasks ended per second, smoothed */
+  double win_start;
+  uint64_t win_ended;
+  int stopping;
+} lp_link;
+
+static void kick(lp_link *k) {
+  if (atomic_exchange(&k->sleeping, 0)) {
+    uint64_t one = 1;
+    ssize_t rc = write(k->kick_fd, &one, sizeof one);
+    (void)rc;
+  }
+}
+
+/* ---- hooks called by the engine's threads ---- */
+
+#define PUSH(stack, x, field)                                                                  \
+  do {                                                                                         \
+    lp_exec *head_ = atomic_load_explicit(&(stack), memory_order_relaxed);                     \
+    do (x)->field = head_;                                                                     \
+    while (!atomic_compare_exchange_weak_explicit(&(stack), &head_, (x), memory_order_release, \
+                                                  memory_order_relaxed));                      \
+  } while (0)
+
+void lp_procworker_started(luapool *eng, lp_task *t) {
+  lp_exec *x = t->ext;
+  if (x) PUSH(eng->link->started, x, st_next);
+}
+
+/* Ending tasks do not wake the link one by one: it looks every
+ * millisecond, and a worker that runs out of work wakes it (idle). Only a
+ * large batch waiting is worth a wake of its own. */
+#define KICK_EVERY 64
+
+static void exec_finished(lp_waiter *w, lp_task *t) {
+  (void)t;
+  lp_exec *x = (lp_exec *)w;
+  lp_link *k = x->t->eng->link;
+  PUSH(k->finished, x, fin_next);
+  if (atomic_fetch_add_explicit(&k->nfinished, 1, memory_order_relaxed) % KICK_EVERY ==
+      KICK_EVERY - 1)
+    kick(k);
+}
+
+void lp_procworker_root_done(luapool *eng, lp_task *t) {
+  lp_exec *x = t->ext;
+  if (x) PUSH(eng->link->done, x, done_next);
+}
+
+void lp_procworker_idle(luapool *eng) { kick(eng->link); }
+
+/* ---- frames out ---- */
+
+static void put_result(lp_link *k, lp_exec *x, int done) {
+  lp_task *t = x->t;
+  size_t mark;
+  const char *note = t->failnote ? t->failnote : "";
+  if (lp_wire_begin(&k->wbuf, LP_MSG_RESULT, &mark) == 0 && lp_wire_u64(&k->wbuf, x->id) == 0 &&
+      lp_wire_u64(&k->wbuf, (uint64_t)atomic_load(&t->state)) == 0 &&
+      lp_wire_u64(&k->wbuf, (uint64_t)done) == 0 &&
+      lp_wire_bytes(&k->wbuf, t->result.data, t->result.len) == 0 &&
+      lp_wire_bytes(&k->wbuf, note, strlen(note)) == 0)
+    lp_wire_end(&k->wbuf, mark);
+}
+
+static void put_record(lp_link *k, uint64_t id, const lp_record *rec) {
+  size_t mark;
+  const char *fn = rec->fn >= 0 ? lp_names_get(&k->eng->names, rec->fn) : "";
+  if (lp_wire_begin(&k->wbuf, LP_MSG_RECORD, &mark) == 0 && lp_wire_u64(&k->wbuf, id) == 0 &&
+      lp_wire_u64(&k->wbuf, (uint64_t)rec->kind) == 0 && lp_wire_u64(&k->wbuf, rec->task) == 0 &&
+      lp_wire_bytes(&k->wbuf, fn, strlen(fn)) == 0 && lp_wire_f64(&k->wbuf, rec->priority) == 0 &&
+      lp_wire_bytes(&k->wbuf, rec->data, rec->len) == 0)
+    lp_wire_end(&k->wbuf, mark);
+}
+
+static void put_id(lp_link *k, int type, uint64_t v) {
+  size_t mark;
+  if (lp_wire_begin(&k->wbuf, type, &mark) == 0 && lp_wire_u64(&k->wbuf, v) == 0)
+    lp_wire_end(&k->wbuf, mark);
+}
+
+typedef struct sub_sink {
+  lp_link *k;
+  uint64_t id;
+} sub_sink;
+
+static void sink_sub(void *ud, const lp_record *rec) {
+  sub_sink *s = ud;
+  put_record(s->k, s->id, rec);
+}
+
+static void sink_made(void *ud, const lp_record *rec) { put_record(ud, rec->root, rec); }
+
+/* ---- frames in ---- */
+
+static void exec_free(lp_link *k, lp_exec *x) {
+  if (x->prev)
+    x->prev->next = x->next;
+  else
+    k->active = x->next;
+  if (x->next) x->next->prev = x->prev;
+  x->t->ext = NULL;
+  lp_task_unref(x->t);
+  x->next = k->spare;
+  k->spare = x;
+}
+
+static int on_exec(lp_link *k, lp_wire_msg *m) {
+  uint64_t id, depth;
+  double prio, timeout;
+  const char *fn, *args;
+  size_t fnlen, argslen;
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) ||
+      lp_wire_get_u64(m, &depth) || lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) ||
+      lp_wire_get_bytes(m, &args, &argslen))
+    return -1;
+  luapool *eng = k->eng;
+  int fid = lp_names_intern(&eng->names, fn, fnlen);
+  lp_buf b;
+  lp_buf_init(&b);
+  lp_exec *x = k->spare;
+  if (x)
+    k->spare = x->next;
+  else
+    x = malloc(sizeof *x);
+  if (fid < 0 || !x || lp_buf_append(&b, args, argslen) != 0) {
+    free(x);
+    lp_buf_free(&b);
+    return -1;
+  }
+  memset(x, 0, sizeof *x);
+  lp_task *t = lp_task_new(eng, NULL, fid, prio, &b);
+  if (!t) {
+    free(x);
+    return -1;
+  }
+  t->id = id;
+  t->depth = depth > 1000000 ? 1000000 : (int)depth;
+  t->timeout = timeout > 0 ? timeout : 0;
+  atomic_store(&t->awaited, 1); /* the engine reports it if nobody waits */
+  t->ext = x;
+  x->t = t;
+  x->id = id;
+  x->w.fire = exec_finished;
+  lp_task_ref(t); /* the exec's, until DONE has been sent */
+  lp_task_watch(t, &x->w);
+  lp_report_subroot(&eng->report, t, &x->cur);
+  x->next = k->active;
+  if (k->active) k->active->prev = x;
+  k->active = x;
+  k->received++;
+  t->qnext = NULL;
+  if (k->inj_tail)
+    k->inj_tail->qnext = t;
+  else
+    k->inj_head = t;
+  k->inj_tail = t;
+  k->ninj++;
+  return 0;
+}
+
+/* Hands the tasks received to the workers, in one go. */
+static void hand_over(lp_link *k) {
+  if (!k->ninj) return;
+  luapool *eng = k->eng;
+  pthread_mutex_lock(&eng->host_lock);
+  eng->live_roots += k->ninj;
+  pthread_mutex_unlock(&eng->host_lock);
+  lp_sched_inject_list(&eng->sched, k->inj_head, k->inj_tail, k->ninj);
+  k->inj_head = k->inj_tail = NULL;
+  k->ninj = 0;
+}
+
+static void on_cancel(lp_link *k, uint64_t id) {
+  for (lp_exec *x = k->active; x; x = x->next)
+    if (x->id == id) lp_task_cancel(x->t);
+}
+
+/* Handles every whole frame in rbuf. -1: a malformed frame. */
+static int read_frames(lp_link *k) {
+  size_t off = 0;
+  for (;;) {
+    lp_wire_msg m;
+    long n = lp_wire_frame(k->rbuf.data + off, k->rbuf.len - off, &m);
+    if (n == 0) break;
+    if (n < 0) return -1;
+    off += (size_t)n;
+    uint64_t v;
+    switch (m.type) {
+    case LP_MSG_EXEC:
+      if (on_exec(k, &m) != 0) return -1;
+      break;
+    case LP_MSG_CANCEL:
+      if (lp_wire_get_u64(&m, &v) != 0) return -1;
+      on_cancel(k, v);
+      break;
+    case LP_MSG_STOP:
+      k->stopping = 1;
+      luapool_cancel(k->eng);
+      break;
+    default:
+      return -1;
+    }
+  }
+  memmove(k->rbuf.data, k->rbuf.data + off, k->rbuf.len - off);
+  k->rbuf.len -= off;
+  hand_over(k);
+  return 0;
+}
+
+/* ---- the link's loop ---- */
+
+static lp_exec *take_stack(_Atomic(lp_exec *) *stack) {
+  return atomic_exchange_explicit(stack, NULL, memory_order_acquire);
+}
+
+static void walk(lp_link *k, lp_exec *x) {
+  sub_sink s = {k, x->id};
+  if (!x->walked) x->walked = lp_report_walk_sub(&k->eng->report, &x->cur, sink_sub, &s);
+}
+
+/* Sends what the workers handed over: records first, so the engine has a
+ * task's records before it learns that the task ended. A task whose
+ * subtree ended with its body gets one frame for both. */
+static void forward(lp_link *k) {
+  luapool *eng = k->eng;
+  lp_exec *st = take_stack(&k->started);
+  lp_exec *done = take_stack(&k->done);
+  lp_exec *fin = take_stack(&k->finished);
+  pthread_mutex_lock(&k->lock);
+  if (k->out.len) lp_buf_append(&k->wbuf, k->out.data, k->out.len);
+  lp_buf_reset(&k->out);
+  pthread_mutex_unlock(&k->lock);
+  for (; st; st = st->st_next) put_id(k, LP_MSG_STARTED, st->id);
+  for (lp_exec *x = done; x; x = x->done_next) x->is_done = 1;
+  if (eng->report.order == LUAPOOL_ORDER_COMPLETION) {
+    lp_report_walk_made(&eng->report, sink_made, k);
+    for (lp_exec *x = done; x; x = x->done_next) x->walked = 1;
+  } else {
+    /* Every active subtree now and then (streaming); the ended ones now. */
+    double now = lp_now();
+    if (now - k->last_walk > 0.001) {
+      k->last_walk = now;
+      for (lp_exec *x = k->active; x; x = x->next) walk(k, x);
+    }
+    for (lp_exec *x = fin; x; x = x->fin_next) walk(k, x);
+    for (lp_exec *x = done; x; x = x->done_next) walk(k, x);
+  }
+  lp_report_flush_nodes(&eng->report);
+  for (; fin; fin = fin->fin_next) {
+    fin->sent_done = fin->is_done && fin->walked;
+    put_result(k, fin, fin->sent_done);
+    k->ended++;
+  }
+  while (done) {
+    lp_exec *x = done;
+    done = x->done_next;
+    if (x->sent_done) {
+      exec_free(k, x);
+      continue;
+    }
+    x->done_next = k->late;
+    k->late = x;
+  }
+  lp_exec **pp = &k->late;
+  while (*pp) {
+    lp_exec *x = *pp;
+    walk(k, x); /* every record is known now; the walk ends at once */
+    if (!x->walked) {
+      pp = &x->done_next;
+      continue;
+    }
+    *pp = x->done_next;
+    put_id(k, LP_MSG_DONE, x->id);
+    exec_free(k, x);
+  }
+}
+
+/* Asks for more work when the window has room for a good batch. The
+ * window holds about WINDOW seconds of work at the rate tasks end here,
+ * never less than one task per thread: short tasks come in large batches,
+ * long ones are not hoarded while another process could run them. */
+#define WINDOW 0.002
+static void want(lp_link *k) {
+  double now = lp_now();
+  if (now - k->win_start >= 0.02) {
+    double rate = (double)(k->ended - k->win_ended) / (now - k->win_start);
+    k->rate = k->rate > 0 ? 0.5 * k->rate + 0.5 * rate : rate;
+    k->win_start = now;
+    k->win_ended = k->ended;
+    long t = (long)(k->rate * WINDOW);
+    k->target = t < k->threads ? k->threads : t > 1024 ? 1024 : t;
+  }
+  long here = (long)(k->received - k->ended);
+  long credit = (long)(k->asked - k->received);
+  long n = k->target - here - credit;
+  long batch = k->target / 4 > 0 ? k->target / 4 : 1;
+  if (k->stopping || n < batch) return;
+  put_id(k, LP_MSG_WANT, (uint64_t)n);
+  k->asked += (uint64_t)n;
+}
+
+/* Writes what it can without blocking. -1: the engine is gone. */
+static int flush_some(lp_link *k) {
+  while (k->wpos < k->wbuf.len) {
+    ssize_t n = write(k->out_fd, k->wbuf.data + k->wpos, k->wbuf.len - k->wpos);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return 0;
+      return -1;
+    }
+    k->wpos += (size_t)n;
+  }
+  lp_buf_reset(&k->wbuf);
+  k->wpos = 0;
+  return 0;
+}
+
+/* Reads what is there. 1: data, 0: nothing, -1: end of input or error. */
+static int read_some(lp_link *k) {
+  int got = 0;
+  for (;;) {
+    if (lp_buf_reserve(&k->rbuf, 65536) != 0) return -1;
+    ssize_t n = read(k->in_fd, k->rbuf.data + k->rbuf.len, 65536);
+    if (n > 0) {
+      k->rbuf.len += (size_t)n;
+      got = 1;
+      if (n < 65536) return got;
+      continue;
+    }
+    if (n == 0) return -1;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return got;
+    return -1;
+  }
+}
+
+static int loop(lp_link *k) {
+  for (;;) {
+    int r = read_some(k);
+    if (r < 0) return 0; /* the engine closed the pipe: the run is over */
+    if (r > 0 && read_frames(k) != 0) {
+      fprintf(stderr, "luapool worker %d: malformed message from the engine\n", (int)getpid());
+      return 3;
+    }
+    forward(k);
+    want(k);
+    if (flush_some(k) != 0) return 0;
+    struct pollfd p[3] = {{k->in_fd, POLLIN, 0}, {k->kick_fd, POLLIN, 0}, {k->out_fd, 0, 0}};
+    if (k->wpos < k->wbuf.len) p[2].events = POLLOUT;
+    atomic_store(&k->sleeping, 1);
+    /* Frames the workers queued before we said we sleep would wait for
+     * the timeout: look once more. */
+    pthread_mutex_lock(&k->lock);
+    int pending = atomic_load(&k->finished) || atomic_load(&k->done) || k->out.len;
+    pthread_mutex_unlock(&k->lock);
+    if (!pending) poll(p, p[2].events ? 3 : 2, k->active ? 1 : 100);
+    atomic_store(&k->sleeping, 0);
+    if (p[1].revents & POLLIN) {
+      uint64_t v;
+      ssize_t rc = read(k->kick_fd, &v, sizeof v);
+      (void)rc;
+    }
+  }
+}
+
+/* ---- start-up ---- */
+
+static int read_frame_blocking(int fd, lp_buf *b, lp_wire_msg *m) {
+  for (;;) {
+    long n = lp_wire_frame(b->data, b->len, m);
+    if (n > 0) return 0;
+    if (n < 0) return -1;
+    if (lp_buf_reserve(b, 65536) != 0) return -1;
+    ssize_t r = read(fd, b->data + b->len, 65536);
+    if (r <= 0) {
+      if (r < 0 && errno == EINTR) continue;
+      return -1;
+    }
+    b->len += (size_t)r;
+  }
+}
+
+static void send_now(int fd, int type, const char *text) {
+  lp_buf b;
+  lp_buf_init(&b);
+  size_t mark;
+  if (lp_wire_begin(&b, type, &mark) == 0 && (!text || lp_wire_bytes(&b, text, strlen(text)) == 0)) {
+    lp_wire_end(&b, mark);
+    lp_wire_write_all(fd, b.data, b.len);
+  }
+  lp_buf_free(&b);
+}
+
+static void on_failure(void *ud, const char *text) {
+  lp_link *k = ud;
+  size_t mark;
+  pthread_mutex_lock(&k->lock);
+  if (lp_wire_begin(&k->out, LP_MSG_FAILURE, &mark) == 0 &&
+      lp_wire_bytes(&k->out, text, strlen(text)) == 0)
+    lp_wire_end(&k->out, mark);
+  pthread_mutex_unlock(&k->lock);
+}
+
+int lp_procworker_main(int in_fd, int out_fd) {
+  /* No worker outlives the engine, even one killed without a word. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() == 1) return 1;
+  signal(SIGPIPE, SIG_IGN);
+  signal(SIGINT, SIG_IGN); /* the engine decides what an interrupt means */
+  lp_link k;
+  memset(&k, 0, sizeof k);
+  k.in_fd = in_fd;
+  k.out_fd = out_fd;
+  pthread_mutex_init(&k.lock, NULL);
+  lp_buf_init(&k.out);
+  lp_buf_init(&k.wbuf);
+  lp_buf_init(&k.rbuf);
+  lp_wire_msg m;
+  uint64_t slot, threads, order, memlimit, idbase;
+  double timeout;
+  const char *name, *script;
+  size_t namelen, scriptlen;
+  if (read_frame_blocking(in_fd, &k.rbuf, &m) != 0 || m.type != LP_MSG_INIT ||
+      lp_wire_get_u64(&m, &slot) || lp_wire_get_u64(&m, &threads) || lp_wire_get_u64(&m, &order) ||
+      lp_wire_get_u64(&m, &memlimit) || lp_wire_get_u64(&m, &idbase) ||
+      lp_wire_get_f64(&m, &timeout) || lp_wire_get_bytes(&m, &name, &namelen) ||
+      lp_wire_get_bytes(&m, &script, &scriptlen) || threads < 1 || threads > 4096) {
+    fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
+    return 2;
+  }
+  luapool_config cfg;
+  luapool_config_init(&cfg);
+  cfg.workers = (int)threads;
+  cfg.order = order == LUAPOOL_ORDER_COMPLETION ? LUAPOOL_ORDER_COMPLETION : LUAPOOL_ORDER_TREE;
+  cfg.memory_limit = (size_t)memlimit;
+  cfg.task_timeout = timeout;
+  cfg.on_failure = on_failure;
+  cfg.ud = &k;
+  luapool *eng;
+  if (luapool_open(&cfg, &eng) != 0) return 2;
+  k.eng = eng;
+  eng->link = &k;
+  atomic_store(&eng->next_id, idbase);
+  k.threads = (int)threads;
+  lp_task_cache_init(&k.cache);
+  lp_task_cache_self = &k.cache;
+  k.target = (long)threads;
+  k.win_start = lp_now();
+  char *chunkname = strndup(name, namelen);
+  int rc = chunkname ? luapool_load_string(eng, script, scriptlen, chunkname) : LUAPOOL_ENOMEM;
+  free(chunkname);
+  if (rc != 0) {
+    send_now(out_fd, LP_MSG_LOADERR, luapool_errmsg(eng));
+    return 2;
+  }
+  /* The rest of the first read may hold frames already. */
+  size_t first = (size_t)(m.end - (const unsigned char *)k.rbuf.data);
+  memmove(k.rbuf.data, k.rbuf.data + first, k.rbuf.len - first);
+  k.rbuf.len -= first;
+  k.kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (k.kick_fd < 0) return 2;
+  fcntl(in_fd, F_SETFL, fcntl(in_fd, F_GETFL) | O_NONBLOCK);
+  fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) | O_NONBLOCK);
+  /* READY carries the first request for work: every process is asking
+   * from the moment the engine hears it exists. */
+  put_id(&k, LP_MSG_READY, (uint64_t)k.target);
+  k.asked = (uint64_t)k.target;
+  if (read_frames(&k) != 0) return 3;
+  rc = loop(&k);
+  /* The engine is gone or the run is over: leave without waiting for
+   * tasks that nobody will hear from. */
+  _exit(rc);
+}

@@ -1,0 +1,73 @@
+/*
+ * wire.h - messages between the engine and its worker processes.
+ *
+ * A message on a pipe is a frame:
+ *   u32  length of what follows (little-endian), at most LP_WIRE_MAXFRAME
+ *   u8   type (LP_MSG_*)
+ *   ...  fields, in the order the type defines, each one of:
+ *        u64 (8 bytes LE), f64 (8 bytes, IEEE), bytes (u32 length + data)
+ * Frames are written back to back into one buffer and the buffer goes out
+ * in one write: many small tasks cost one system call. The reader never
+ * trusts a frame: every length is checked against the bytes present, and a
+ * malformed frame ends the connection with a message, never a crash.
+ */
+#ifndef LP_WIRE_H
+#define LP_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pack.h"
+
+#define LP_WIRE_MAXFRAME (256u << 20) /* a frame larger than this is refused */
+
+enum {
+  /* engine -> worker process */
+  LP_MSG_INIT = 1, /* u64 slot, u64 threads, u64 order, u64 memory_limit, u64 id_base,
+                      f64 task_timeout, bytes chunkname, bytes script */
+  LP_MSG_EXEC,     /* u64 id, bytes fn, u64 depth, f64 priority, f64 timeout, bytes args */
+  LP_MSG_CANCEL,   /* u64 id */
+  LP_MSG_STOP,     /* the run is being cancelled: stop everything */
+  /* worker process -> engine */
+  LP_MSG_READY,   /* u64 n: the script is loaded, room for n tasks */
+  LP_MSG_LOADERR, /* bytes message: the script could not be loaded */
+  LP_MSG_WANT,    /* u64 n: room for n more tasks */
+  LP_MSG_STARTED, /* u64 id: the task's body has begun */
+  LP_MSG_RESULT,  /* u64 id, u64 state, u64 done (DONE too), bytes result, bytes failnote */
+  LP_MSG_RECORD,  /* u64 id (the task sent), u64 kind, u64 task, bytes fn, f64 priority,
+                     bytes data */
+  LP_MSG_DONE,    /* u64 id: the task's subtree has completed */
+  LP_MSG_FAILURE, /* bytes text: an unawaited failure inside the process */
+  LP_MSG_MAX
+};
+
+/* Appending frames to a buffer. lp_wire_begin starts a frame, the put_*
+ * calls add fields, lp_wire_end patches its length. All return 0 or -1
+ * (out of memory). */
+int lp_wire_begin(lp_buf *b, int type, size_t *mark);
+int lp_wire_u64(lp_buf *b, uint64_t v);
+int lp_wire_f64(lp_buf *b, double v);
+int lp_wire_bytes(lp_buf *b, const void *p, size_t n);
+void lp_wire_end(lp_buf *b, size_t mark);
+
+/* A frame being read: lp_wire_frame finds the next complete frame in
+ * [p, p+len); the get_* calls take its fields in order and fail (-1) when
+ * the frame is shorter than the fields asked for. */
+typedef struct lp_wire_msg {
+  int type;
+  const unsigned char *p; /* next field */
+  const unsigned char *end;
+} lp_wire_msg;
+
+/* Returns the bytes the frame takes (> 0) with *m set, 0 if the buffer
+ * does not yet hold a whole frame, or -1 for a frame that can never be
+ * valid (bad length or unknown type). */
+long lp_wire_frame(const void *p, size_t len, lp_wire_msg *m);
+int lp_wire_get_u64(lp_wire_msg *m, uint64_t *v);
+int lp_wire_get_f64(lp_wire_msg *m, double *v);
+int lp_wire_get_bytes(lp_wire_msg *m, const char **p, size_t *n);
+
+/* Writes all of [p, p+n) to fd, retrying short writes and EINTR. 0 or -1. */
+int lp_wire_write_all(int fd, const void *p, size_t n);
+
+#endif

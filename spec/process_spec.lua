@@ -1,0 +1,302 @@
+-- Worker processes (--processes N [--threads T]): the same script, the same
+-- results and the same report order as threads; a task that crashes,
+-- exits, hangs or eats memory fails alone and the run goes on.
+local helpers = require "helpers"
+
+local function lines_of(res) return res.lines end
+
+-- A random tree like the one in tree_order_spec: prints, emits, sleeps and
+-- spawns at random; some children awaited, some not.
+local tree = [[
+local luapool = require "luapool"
+local function rng(s)
+  return function(n)
+    s = (s * 1103515245 + 12345) % 2147483648
+    return s % n
+  end
+end
+function node(seed, depth, path)
+  local r = rng(seed)
+  local futures = {}
+  for step = 1, 1 + r(4) do
+    local what = r(6)
+    if what == 0 then print(path .. " print " .. step)
+    elseif what == 1 then luapool.emit({ path = path, step = step }, r(3))
+    elseif what == 2 then luapool.sleep(r(3) / 1000)
+    elseif depth < 5 then
+      local f = luapool.spawn(node, seed * 31 + step, depth + 1, path .. "." .. step)
+      if what == 3 then futures[#futures + 1] = f end
+    end
+  end
+  local sum = 0
+  for _, f in ipairs(futures) do sum = sum + f:get() end
+  luapool.emit(path .. " end " .. sum)
+  return sum + 1
+end
+function main(seed) luapool.emit("total " .. node(tonumber(seed), 0, "r")) end
+]]
+
+describe("worker processes", function()
+  it("run the tasks in other processes and give the results back", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function sq(i) return i * i, luapool.self().pid end
+      function main()
+        local fs = {}
+        for i = 1, 50 do fs[i] = luapool.spawn(sq, i) end
+        local sum, pids = 0, {}
+        for i = 1, 50 do
+          local v, pid = fs[i]:get()
+          sum = sum + v
+          pids[pid] = true
+        end
+        pids[luapool.self().pid] = nil
+        local n = 0
+        for _ in pairs(pids) do n = n + 1 end
+        luapool.emit(sum)
+        luapool.emit(n >= 1 and n <= 2 and "other processes" or ("pids: " .. n))
+      end
+    ]], {}, { flags = { "--processes", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "42925", "other processes" }, res.lines)
+  end)
+
+  for _, seed in ipairs({ 1, 2, 3 }) do
+    it("report in tree order exactly as a sequential run (seed " .. seed .. ")", function()
+      local ref = helpers.run(tree, { seed }, { workers = 0 })
+      assert.are.equal(0, ref.code, helpers.describe(ref))
+      assert.is_true(#ref.lines > 3)
+      for _, flags in ipairs({ { "--processes", "1" }, { "--processes", "2" },
+                               { "--processes", "2", "--threads", "3" } }) do
+        local res = helpers.run(tree, { seed }, { flags = flags })
+        assert.are.equal(0, res.code, helpers.describe(res))
+        assert.are.same(lines_of(ref), lines_of(res), table.concat(flags, " "))
+      end
+    end)
+  end
+
+  it("report in priority and completion order", function()
+    local ref = helpers.run(tree, { 7 }, { workers = 0, order = "priority" })
+    local res = helpers.run(tree, { 7 }, { order = "priority", flags = { "--processes", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same(ref.lines, res.lines)
+    local done = helpers.run(tree, { 7 }, { order = "completion", flags = { "--processes", "2" } })
+    assert.are.equal(0, done.code, helpers.describe(done))
+    assert.are.same(helpers.sorted(ref.lines), helpers.sorted(done.lines))
+  end)
+
+  it("write records as JSON with the ids of tasks run in processes", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function leaf(i) luapool.emit({ i = i }) end
+      function main() for i = 1, 3 do luapool.spawn(leaf, i) end end
+    ]], {}, { format = "json", flags = { "--processes", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal(3, #res.lines)
+    for i, line in ipairs(res.lines) do
+      assert.truthy(line:find('"name":"leaf"', 1, true), line)
+      assert.truthy(line:find('"value":{"i":' .. i .. '}', 1, true), line)
+    end
+  end)
+
+  describe("contain a task that", function()
+    local script = [[
+      local luapool = require "luapool"
+      function exiter() os.exit(3) end
+      function segv() os.execute("kill -SEGV " .. luapool.self().pid); luapool.sleep(5) end
+      function spin() while true do pcall(function() while true do end end) end end
+      function hog() local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 100) .. i end end
+      function fine(i) luapool.sleep(0.01) return i end
+      function main(name)
+        local f = luapool.spawn({ timeout = name == "spin" and 0.5 or nil }, name)
+        local fs = {}
+        for i = 1, 20 do fs[i] = luapool.spawn(fine, i) end
+        local ok, err = pcall(f.get, f)
+        luapool.emit(tostring(ok))
+        luapool.emit((tostring(err):gsub("\n.*", "")))
+        local sum = 0
+        for i = 1, 20 do sum = sum + fs[i]:get() end
+        luapool.emit(sum)
+      end
+    ]]
+    local cases = {
+      { "exiter", "failed: worker process %d+ exited with status 3 while running it" },
+      { "segv", "failed: worker process %d+ was killed by signal 11 %(SIGSEGV%) while running it" },
+      { "spin", "timed out after 0.5 s" },
+      { "hog", "failed: not enough memory" },
+    }
+    for _, case in ipairs(cases) do
+      it(case[1] == "exiter" and "calls os.exit" or case[1] == "segv" and "kills its process (SIGSEGV)"
+         or case[1] == "spin" and "loops forever inside pcall" or "allocates without bound", function()
+        -- Under a sanitizer the SIGSEGV must kill the process as it would
+        -- without one, not become the sanitizer's report and exit.
+        local env = {}
+        for _, v in ipairs({ "ASAN_OPTIONS", "TSAN_OPTIONS", "UBSAN_OPTIONS" }) do
+          local cur = os.getenv(v)
+          env[v] = (cur and cur ~= "" and cur .. ":" or "") .. "handle_segv=0"
+        end
+        local res = helpers.run(script, { case[1] },
+          { flags = { "--processes", "2", "--memory-limit", "64m" }, timeout = 60, env = env })
+        assert.are.equal(0, res.code, helpers.describe(res))
+        assert.are.equal("false", res.lines[1], helpers.describe(res))
+        assert.truthy(res.lines[2]:find("task '" .. case[1] .. "' %(id %d+%) " .. "") , res.lines[2])
+        assert.truthy(res.lines[2]:find(case[2]), res.lines[2])
+        assert.are.equal("210", res.lines[3])
+      end)
+    end
+  end)
+
+  it("run a task again after its process died, with --retries, reporting its records once", function()
+    local marker = helpers.tmpname(".marker")
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function flaky(path)
+        luapool.emit("before")
+        local f = io.open(path)
+        if not f then
+          io.open(path, "w"):close()
+          luapool.sleep(0.05) -- let the record leave the process first
+          os.exit(9)
+        end
+        f:close()
+        luapool.emit("after")
+        return "ok"
+      end
+      function main(path) luapool.emit(luapool.spawn(flaky, path):get()) end
+    ]], { marker }, { flags = { "--processes", "2", "--retries", "1" } })
+    os.remove(marker)
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "before", "after", "ok" }, res.lines)
+  end)
+
+  it("fail an unawaited crash with the exit status and exit 1", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function boom() os.exit(5) end
+      function main() luapool.spawn(boom) luapool.emit("main done") end
+    ]], {}, { flags = { "--processes", "1" } })
+    assert.are.equal(1, res.code, helpers.describe(res))
+    assert.are.same({ "main done" }, res.lines)
+    assert.truthy(res.err:find("task 'boom' %(id %d+%) failed: worker process %d+ exited with status 5"),
+      res.err)
+  end)
+
+  for _, mode in ipairs({ { "--processes", "2" }, { "--workers", "2" } }) do
+    it("cancel the run at the first failure nobody waits for with --fail-fast (" .. mode[1] .. ")",
+      function()
+      local res = helpers.run([[
+        local luapool = require "luapool"
+        function boom() error("first failure") end
+        function slow(i) luapool.sleep(0.2) luapool.emit(i) end
+        function main()
+          luapool.spawn(boom)
+          for i = 1, 200 do luapool.spawn(slow, i) end
+        end
+      ]], {}, { flags = { mode[1], mode[2], "--fail-fast" }, timeout = 30 })
+      assert.are.equal(1, res.code, helpers.describe(res))
+      assert.truthy(res.err:find("first failure", 1, true), res.err)
+      assert.is_true(#res.lines < 200, "the run went on: " .. #res.lines .. " records")
+      local plain = helpers.run([[
+        local luapool = require "luapool"
+        function boom() error("first failure") end
+        function slow(i) luapool.sleep(0.01) luapool.emit(i) end
+        function main()
+          luapool.spawn(boom)
+          for i = 1, 20 do luapool.spawn(slow, i) end
+        end
+      ]], {}, { flags = { mode[1], mode[2] }, timeout = 30 })
+      assert.are.equal(1, plain.code, helpers.describe(plain))
+      assert.are.equal(20, #plain.lines, "without --fail-fast the run goes on")
+    end)
+  end
+
+  it("refuse --threads without --processes", function()
+    local res = helpers.run("function main() end\n", {}, { flags = { "--threads", "2" } })
+    assert.are.equal(2, res.code)
+    assert.truthy(res.err:find("--threads needs --processes", 1, true), res.err)
+  end)
+
+  it("stop on SIGINT with the ordered output so far, leaving no worker process behind", function()
+    local script = helpers.write_script([[
+      local luapool = require "luapool"
+      function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
+      function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
+    ]])
+    local out = helpers.tmpname(".out")
+    local cmd = table.concat({
+      helpers.quote(helpers.bin), "run", helpers.quote(script), "--processes 2 >", helpers.quote(out),
+      "2>/dev/null & pid=$!; sleep 1; kids=$(pgrep -P $pid | tr '\\n' ' ');",
+      "kill -INT $pid; wait $pid; rc=$?; sleep 0.5; alive=0;",
+      "for k in $kids; do kill -0 $k 2>/dev/null && alive=$((alive+1)); done;",
+      "echo \"$rc $alive $kids\"" }, " ")
+    local p = io.popen(cmd)
+    local status = p:read("a")
+    p:close()
+    local lines = helpers.split_lines(helpers.read_file(out) or "")
+    os.remove(out)
+    os.remove(script)
+    local rc, alive, kids = status:match("^(%d+) (%d+) (.*)")
+    assert.are.equal("130", rc, status)
+    assert.are.equal("0", alive, "worker processes left: " .. status)
+    assert.truthy(kids:find("%d"), "no worker processes seen: " .. status)
+    assert.is_true(#lines > 0 and #lines < 100000, #lines .. " lines")
+    for i, line in ipairs(lines) do assert.are.equal(tostring(i), line) end
+  end)
+end)
+
+describe("os.exit in a thread worker", function()
+  it("fails the task instead of ending the run", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function quit() os.exit(0) end
+      function main()
+        local f = luapool.spawn(quit)
+        local ok, err = pcall(f.get, f)
+        luapool.emit(tostring(ok))
+        luapool.emit((tostring(err):match("os.exit is not available[^(]*")))
+      end
+    ]], {}, { workers = 2 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal("false", res.lines[1])
+    assert.are.equal("os.exit is not available in a task running on a worker thread ", res.lines[2])
+  end)
+end)
+
+describe("worker processes under SIGKILL", function()
+  it("report every result exactly once with --retries 1 while a worker is killed every 200 ms",
+    function()
+    local script = helpers.write_script([[
+      local luapool = require "luapool"
+      function work(i)
+        local x = 0
+        for k = 1, 20000 do x = x + k % 7 end
+        luapool.emit(i)
+        return i
+      end
+      function main(n) for i = 1, tonumber(n) do luapool.spawn(work, i) end end
+    ]])
+    local out = helpers.tmpname(".out")
+    local cmd = table.concat({
+      helpers.quote(helpers.bin), "run", helpers.quote(script), "10000 --processes 2 --retries 1 >",
+      helpers.quote(out), "2>&1 & pid=$!; kills=0;",
+      "while kill -0 $pid 2>/dev/null; do sleep 0.2;",
+      "  k=$(pgrep -P $pid | shuf -n 1); [ -n \"$k\" ] && kill -9 $k 2>/dev/null && kills=$((kills+1));",
+      "done; wait $pid; echo \"$? $kills\"" }, " ")
+    local p = io.popen(cmd)
+    local status = p:read("a")
+    p:close()
+    local text = helpers.read_file(out) or ""
+    os.remove(out)
+    os.remove(script)
+    local rc, kills = status:match("^(%d+) (%d+)")
+    assert.are.equal("0", rc, status .. "\n" .. text:sub(1, 2000))
+    local lines = helpers.split_lines(text)
+    assert.are.equal(10000, #lines)
+    for i, line in ipairs(lines) do
+      if line ~= tostring(i) then
+        assert.are.equal(tostring(i), line, "line " .. i)
+      end
+    end
+    assert.is_true(tonumber(kills) >= 1, "no worker was killed: " .. status)
+  end)
+end)
