@@ -113,6 +113,8 @@ local function decode(text) return decoder(text)() end
 local PALETTE = { "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
                   "#ff9da7", "#9c755f", "#bab0ac" }
 
+local MERGE_ABOVE = 5000
+
 local function esc(s)
   return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
                                          ['"'] = "&quot;" }))
@@ -182,6 +184,7 @@ local function render(doc, width, max_rows)
       ends[e.id] = e
     elseif e.ph == "C" then
       samples[#samples + 1] = e
+      t1 = math.max(t1, e.ts)
     elseif e.ph == "M" and e.name == "thread_name" then
       names[e.tid] = e.args.name
     end
@@ -236,17 +239,48 @@ local function render(doc, width, max_rows)
     w('<text x="%d" y="%d" text-anchor="end" dominant-baseline="middle">%s</text>', left - 6,
       y + lane_h / 2, esc(names[tid] or ("worker " .. tid)))
   end
+  -- A big trace would make millions of boxes narrower than a pixel: above
+  -- MERGE_ABOVE slices, neighbours on a lane that touch within half a pixel
+  -- are drawn as one box (coloured by the first, titled with the count).
+  local merge = #slices > MERGE_ABOVE
+  local by_lane = {}
   for _, e in ipairs(slices) do
-    local sx, y = x(e.ts), lane_y(e.tid)
-    local sw = math.max(x(e.ts + e.dur) - sx, 0.8)
-    local depth = e.args and e.args.depth or 0
-    w('<rect x="%.2f" y="%d" width="%.2f" height="%d" fill="%s"><title>%s (id %s, depth %d): ' ..
-      '%s</title></rect>', sx, y + 2, sw, lane_h - 4, PALETTE[depth % #PALETTE + 1], esc(e.name),
-      esc(e.args and e.args.id or "?"), depth, esc(fmt_time(e.dur)))
-    if sw > 7 * #e.name + 6 then
-      w('<text x="%.1f" y="%d" fill="white" dominant-baseline="middle">%s</text>', sx + 3,
-        y + lane_h / 2, esc(e.name))
+    by_lane[e.tid] = by_lane[e.tid] or {}
+    table.insert(by_lane[e.tid], e)
+  end
+  for _, tid in ipairs(lanes) do
+    local list, y = by_lane[tid], lane_y(tid)
+    table.sort(list, function(a, b) return a.ts < b.ts end)
+    local run -- {x0, x1, colour, count}
+    local function flush()
+      if run then
+        w('<rect x="%.2f" y="%d" width="%.2f" height="%d" fill="%s"><title>%d slices</title>' ..
+          '</rect>', run[1], y + 2, math.max(run[2] - run[1], 0.8), lane_h - 4, run[3], run[4])
+        run = nil
+      end
     end
+    for _, e in ipairs(list) do
+      local sx = x(e.ts)
+      local sw = math.max(x(e.ts + e.dur) - sx, 0.8)
+      local depth = e.args and e.args.depth or 0
+      local colour = PALETTE[depth % #PALETTE + 1]
+      if merge and run and sx <= run[2] + 0.5 then
+        run[2], run[4] = math.max(run[2], sx + sw), run[4] + 1
+      elseif merge and sw < 1 then
+        flush()
+        run = { sx, sx + sw, colour, 1 }
+      else
+        flush()
+        w('<rect x="%.2f" y="%d" width="%.2f" height="%d" fill="%s"><title>%s (id %s, depth %d): ' ..
+          '%s</title></rect>', sx, y + 2, sw, lane_h - 4, colour, esc(e.name),
+          esc(e.args and e.args.id or "?"), depth, esc(fmt_time(e.dur)))
+        if sw > 7 * #e.name + 6 then
+          w('<text x="%.1f" y="%d" fill="white" dominant-baseline="middle">%s</text>', sx + 3,
+            y + lane_h / 2, esc(e.name))
+        end
+      end
+    end
+    flush()
   end
   -- Counters: step lines of queued and suspended tasks.
   if chart_h > 0 then
@@ -357,7 +391,15 @@ local function main(argv)
   end
   local text = f:read("a")
   f:close()
-  local ok, svg = pcall(function() return render(decode(text), width, rows or 0) end)
+  local ok, svg = pcall(function()
+    local doc = decode(text)
+    local dropped = doc.otherData and doc.otherData.dropped_events or 0
+    if dropped > 0 then
+      io.stderr:write(string.format("trace_svg: the trace dropped %d events (its buffers were " ..
+                                    "full): the end of the run is missing\n", dropped))
+    end
+    return render(doc, width, rows or 0)
+  end)
   if not ok then
     io.stderr:write(tostring(svg), "\n")
     return 1
