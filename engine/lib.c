@@ -374,6 +374,8 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   t->cancel_epoch = self->cancel_epoch;
   atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
   w->inline_depth++;
+  if (t->depth > atomic_load_explicit(&w->eng->max_depth, memory_order_relaxed))
+    atomic_store_explicit(&w->eng->max_depth, t->depth, memory_order_relaxed);
   w->current = t;
   lp_stats_switch(&w->stats, t);
   lua_settop(L, 1);

@@ -100,6 +100,16 @@ describe("--stats", function()
     assert.truthy(busy and busy:match("^1: *%d+%% 2: *%d+%%$"), H.describe(res))
   end)
 
+  it("counts the levels of children run inline by a waiting parent", function()
+    -- fib(n) spawns fib(n-1) and calls fib(n-2): a chain of n-1 levels under
+    -- main, most of them run inside get() on the parent's coroutine.
+    local res = H.run(H.root .. "/scripts/bench/fib.lua", { "16" },
+                      { workers = 2, flags = { "--stats" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.same({ "987" }, res.lines)
+    assert.truthy(res.err:find("deepest level +15\n"), H.describe(res))
+  end)
+
   it("counts failures and retries", function()
     local res = H.run([[
 local luapool = require "luapool"

@@ -159,8 +159,10 @@ void luapool_cancel(luapool *lp);
 /* Async-signal-safe: asks the waiting host to cancel the run. */
 void luapool_interrupt(luapool *lp);
 
-/* The run's figures, at any moment (live ones are samples: each counter is
- * exact, but they are read one after another while workers run). */
+/* The run's figures, at any moment, on the host's thread (the one that
+ * waits; on_progress gets them there too). Live figures are samples: each
+ * counter is exact, but they are read one after another while workers
+ * run; once the run has ended they are exact. */
 typedef struct luapool_stats {
   uint64_t tasks_run;     /* task bodies started (a retry counts again) */
   uint64_t tasks_failed;  /* tasks that failed (after their retries) */
