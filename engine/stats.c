@@ -39,11 +39,11 @@ void lp_stats_host_created(luapool *eng) {
   lp_stats *s = &eng->stats;
   atomic_fetch_add(&s->host_created, 1);
   uint64_t zero = 0;
-  if (atomic_load(&s->t0_ns) == 0) {
-    /* The first submit starts the run's clocks. */
-    s->cpu0 = cpu_seconds();
-    atomic_compare_exchange_strong(&s->t0_ns, &zero, lp_stats_ns());
-  }
+  /* The first submit starts the run's clocks (whoever makes the first
+   * task outside the workers, once). */
+  if (atomic_load(&s->t0_ns) == 0 &&
+      atomic_compare_exchange_strong(&s->t0_ns, &zero, lp_stats_ns()))
+    atomic_store(&s->cpu0, cpu_seconds());
 }
 
 void lp_stats_host_finished(luapool *eng) { atomic_fetch_add(&eng->stats.host_finished, 1); }
@@ -153,7 +153,7 @@ void luapool_get_stats(luapool *lp, luapool_stats *out) {
   uint64_t t0 = atomic_load(&lp->stats.t0_ns);
   if (t0) {
     out->wall = (double)(lp_stats_ns() - t0) * 1e-9;
-    out->cpu = cpu_seconds() - lp->stats.cpu0;
+    out->cpu = cpu_seconds() - atomic_load(&lp->stats.cpu0);
   }
 }
 

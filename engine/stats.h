@@ -34,8 +34,8 @@ typedef struct lp_stats {
   _Atomic uint64_t host_created;  /* tasks made outside the workers (roots) */
   _Atomic uint64_t host_finished; /* tasks finished outside the workers */
   _Atomic uint64_t t0_ns;         /* lp_stats_ns() of the first submit; 0 before */
+  _Atomic double cpu0;            /* process CPU seconds at the first submit */
   /* Host-only. */
-  double cpu0;         /* process CPU seconds at the first submit */
   long peak_queued;    /* highest sample of tasks waiting for a worker */
   long peak_suspended; /* highest sample of started tasks that wait */
   double next_progress;
