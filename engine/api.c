@@ -60,26 +60,97 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   luapool *eng = calloc(1, sizeof *eng);
   if (!eng) return LUAPOOL_ENOMEM;
   eng->cfg = *cfg;
-  /* With processes, the engine's one thread runs the roots; everything
-   * they spawn runs in the processes. */
   eng->inline_mode = cfg->workers == 0 && cfg->processes == 0;
-  eng->nworkers = eng->inline_mode || cfg->processes > 0 ? 1 : cfg->workers;
   atomic_init(&eng->next_id, 1);
   pthread_mutex_init(&eng->host_lock, NULL);
   pthread_cond_init(&eng->host_cond, NULL);
   pthread_mutex_init(&eng->counters_lock, NULL);
-  if (lp_sched_init(&eng->sched, eng->nworkers) != 0 || lp_names_init(&eng->names) != 0 ||
-      lp_report_init(&eng->report, eng, cfg->order, eng->nworkers) != 0) {
+  if (lp_names_init(&eng->names) != 0 ||
+      !(eng->pools = calloc(1, sizeof *eng->pools)) || !(eng->pools[0].name = strdup("main"))) {
     luapool_close(eng);
     return LUAPOOL_ENOMEM;
   }
-  eng->sched.one_level = eng->inline_mode;
-  if (cfg->trace_path && lp_trace_open(eng) != 0) {
-    luapool_close(eng);
-    return LUAPOOL_ENOMEM;
-  }
+  eng->npools = 1;
+  eng->pools[0].processes = cfg->processes;
+  eng->pools[0].n = cfg->workers;
+  eng->pools[0].threads = cfg->threads > 0 ? cfg->threads : 1;
   *out = eng;
   return 0;
+}
+
+int lp_engine_pool(luapool *eng, const char *name, size_t len) {
+  for (int i = 0; i < eng->npools; i++)
+    if (strlen(eng->pools[i].name) == len && memcmp(eng->pools[i].name, name, len) == 0) return i;
+  return -1;
+}
+
+int luapool_add_pool(luapool *lp, const char *name, const char *spec) {
+  if (!lp || !name || !spec) return LUAPOOL_EINVAL;
+  if (lp->phase != LP_PHASE_OPEN)
+    return lp_engine_error(lp, LUAPOOL_ESTATE, "pools must be added before the script");
+  size_t len = strlen(name);
+  if (len == 0 || len > 64 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                           "0123456789_-.") != len)
+    return lp_engine_error(lp, LUAPOOL_EINVAL,
+                           "pool name '%s': use letters, digits, '_', '-' or '.'", name);
+  if (lp_engine_pool(lp, name, len) >= 0)
+    return lp_engine_error(lp, LUAPOOL_EINVAL, "there is already a pool named '%s'", name);
+  lp_pooldef d = {0};
+  char *end;
+  long n, t = 1;
+  if (strncmp(spec, "threads:", 8) == 0) {
+    n = strtol(spec + 8, &end, 10);
+    if (end == spec + 8 || *end || n < 1 || n > 1024) goto bad;
+    d.n = (int)n;
+  } else if (strncmp(spec, "processes:", 10) == 0) {
+    n = strtol(spec + 10, &end, 10);
+    if (end == spec + 10 || n < 1 || n > 1024) goto bad;
+    if (*end == 'x') {
+      const char *ts = end + 1;
+      t = strtol(ts, &end, 10);
+      if (end == ts || t < 1 || t > 1024) goto bad;
+    }
+    if (*end) goto bad;
+    d.processes = (int)n;
+    d.threads = (int)t;
+  } else {
+    goto bad;
+  }
+  lp_pooldef *p = realloc(lp->pools, sizeof *p * (size_t)(lp->npools + 1));
+  if (!p) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp->pools = p;
+  if (!(d.name = strdup(name))) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp->pools[lp->npools++] = d;
+  return 0;
+bad:
+  return lp_engine_error(lp, LUAPOOL_EINVAL,
+                         "pool '%s': '%s' is not threads:N or processes:N or processes:NxT", name,
+                         spec);
+}
+
+/* How many engine threads each pool gets, and which: a thread pool its
+ * N workers; the main pool, when it is made of processes, one thread that
+ * runs the roots; other process pools none. In inline mode one thread runs
+ * everything. */
+static int plan_workers(luapool *lp) {
+  int total = 0;
+  for (int i = 0; i < lp->npools; i++) {
+    lp_pooldef *d = &lp->pools[i];
+    d->first_worker = total;
+    d->nworkers = lp->inline_mode ? (i == 0) : d->processes ? (i == 0) : d->n;
+    total += d->nworkers;
+  }
+  lp->nworkers = total;
+  int *pool_of = malloc(sizeof *pool_of * (size_t)total);
+  if (!pool_of) return -1;
+  for (int i = 0; i < lp->npools; i++)
+    for (int k = 0; k < lp->pools[i].nworkers; k++) pool_of[lp->pools[i].first_worker + k] = i;
+  int rc = lp_sched_init(&lp->sched, total) != 0 ||
+           (!lp->inline_mode && lp_sched_set_pools(&lp->sched, lp->npools, pool_of) != 0) ||
+           lp_report_init(&lp->report, lp, lp->cfg.order, total) != 0;
+  free(pool_of);
+  lp->sched.one_level = lp->inline_mode;
+  return rc ? -1 : 0;
 }
 
 int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open) {
@@ -109,8 +180,9 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
   memcpy(lp->script, chunk, len);
   lp->script[len] = '\0';
   lp->script_len = len;
+  if (plan_workers(lp) != 0) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   int rc = lp_pool_start(lp);
-  if (rc == 0 && lp->cfg.processes > 0) rc = lp_procs_start(lp);
+  if (rc == 0) rc = lp_procs_start(lp);
   if (rc != 0) return rc;
   if (lp->ndefined > 1) qsort(lp->defined, (size_t)lp->ndefined, sizeof(char *), cmp_names);
   lp->phase = LP_PHASE_RUNNING;
@@ -341,6 +413,8 @@ void luapool_close(luapool *lp) {
   free(lp->modules);
   for (int i = 0; i < lp->ndefined; i++) free(lp->defined[i]);
   free(lp->defined);
+  for (int i = 0; i < lp->npools; i++) free(lp->pools[i].name);
+  free(lp->pools);
   pthread_mutex_destroy(&lp->host_lock);
   pthread_cond_destroy(&lp->host_cond);
   pthread_mutex_destroy(&lp->counters_lock);

@@ -17,6 +17,18 @@
 
 struct lp_worker;
 
+/* A pool: where tasks run. Pool 0 is "main" (--workers or --processes);
+ * --pool NAME=threads:N | processes:N[xT] adds more. */
+typedef struct lp_pooldef {
+  char *name;
+  int processes;    /* worker processes; 0 for a pool of threads */
+  int n;            /* threads of a thread pool */
+  int threads;      /* threads in each worker process */
+  int first_worker; /* the engine's worker threads serving it */
+  int nworkers;
+  struct lp_procs *procs; /* a process pool's processes (proc.c) */
+} lp_pooldef;
+
 typedef enum lp_engine_phase {
   LP_PHASE_OPEN = 0, /* configured, no script yet */
   LP_PHASE_RUNNING,  /* script loaded, workers alive */
@@ -62,7 +74,9 @@ struct luapool {
   _Atomic int64_t **counters; /* blocks of LP_COUNTER_BLOCK, indexed by name id */
   int ncounter_blocks;
 
-  struct lp_procs *procs; /* process mode: the worker processes (proc.c) */
+  lp_pooldef *pools; /* pools[0] is "main" */
+  int npools;
+  uint64_t proc_gens; /* worker processes started: each gets its own range of task ids */
   struct lp_link *link;   /* inside a worker process: the pipe to the engine (procworker.c) */
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
@@ -87,6 +101,9 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
 
 /* Called when a root's subtree completes. */
 void lp_engine_root_done(luapool *eng, lp_task *root);
+
+/* The index of the pool called name, or -1. */
+int lp_engine_pool(luapool *eng, const char *name, size_t len);
 
 /* Reports a failed task that nobody awaited. */
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t);

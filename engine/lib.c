@@ -130,6 +130,7 @@ static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* The options table at index 1 of luapool.spawn. */
 typedef struct spawn_opts {
+  int pool;
   double priority;
   double timeout; /* seconds; 0: none */
   int retries;
@@ -163,10 +164,25 @@ static void read_options(lua_State *L, spawn_opts *o) {
     }
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, 1, "pool") != LUA_TNIL &&
-      (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "main") != 0))
-    luaL_error(L, "luapool.spawn: no pool named '%s' (this run has only 'main')",
-               luaL_tolstring(L, -1, NULL));
+  if (lua_getfield(L, 1, "pool") != LUA_TNIL) {
+    luapool *eng = lp_worker_of(L)->eng;
+    size_t len;
+    const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    o->pool = name ? lp_engine_pool(eng, name, len) : -1;
+    if (o->pool < 0) {
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (int i = 0; i < eng->npools; i++) {
+        if (i) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, eng->pools[i].name);
+      }
+      luaL_pushresult(&b);
+      const char *names = lua_tostring(L, -1);
+      const char *asked = luaL_tolstring(L, -2, NULL);
+      luaL_error(L, "luapool.spawn: no pool named '%s' (%s: %s)", asked,
+                 eng->link ? "a task in a worker process spawns into its own pool" : "pools", names);
+    }
+  }
   lua_pop(L, 1);
   o->priority = opt_number(L, "priority", o->priority);
   o->timeout = opt_number(L, "timeout", o->timeout);
@@ -182,7 +198,7 @@ static int l_spawn(lua_State *L) {
   lp_worker *w = worker(L);
   luapool *eng = w->eng;
   int base = 1;
-  spawn_opts o = {self->priority, eng->cfg.task_timeout, eng->cfg.retries};
+  spawn_opts o = {self->pool, self->priority, eng->cfg.task_timeout, eng->cfg.retries};
   if (lua_type(L, 1) == LUA_TTABLE) {
     read_options(L, &o);
     base = 2;
@@ -215,15 +231,20 @@ static int l_spawn(lua_State *L) {
   if (!t) return luaL_error(L, "luapool.spawn: out of memory");
   t->timeout = o.timeout;
   t->retries = o.retries;
+  t->pool = o.pool;
   lp_task_ref(t); /* the future's */
   f->t = t;
   lp_report_spawn(&eng->report, self, t);
   lp_stats_spawn(&w->stats, self, t);
-  if (eng->procs) {
+  if (!eng->inline_mode && eng->pools[t->pool].procs) {
     if (lp_procs_push(eng, t) != 0) {
       lp_task_finish(t, LP_TASK_FAILED, NULL);
       return luaL_error(L, "luapool.spawn: out of memory");
     }
+    return 1;
+  }
+  if (!eng->inline_mode && t->pool != eng->sched.wq[w->index].pool) {
+    lp_sched_inject(&eng->sched, t); /* another pool's threads */
     return 1;
   }
   if (eng->inline_mode) {
@@ -646,7 +667,16 @@ static int l_print(lua_State *L) {
 
 /* ---- counters ---- */
 
+void lp_lib_not_in_process(lua_State *L, const char *what) {
+  if (lp_worker_of(L)->eng->link)
+    luaL_error(L,
+               "%s is not available in a worker process: it would not be shared with the "
+               "rest of the run (use return values and records, or a pool of threads)",
+               what);
+}
+
 static int l_counter(lua_State *L) {
+  lp_lib_not_in_process(L, "luapool.counter");
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
   luapool *eng = worker(L)->eng;
@@ -682,7 +712,7 @@ static int l_self(lua_State *L) {
   lua_setfield(L, -2, "id");
   lua_pushstring(L, lp_names_get(&w->eng->names, t->fn));
   lua_setfield(L, -2, "name");
-  lua_pushstring(L, "main");
+  lua_pushstring(L, w->eng->pools[t->pool].name);
   lua_setfield(L, -2, "pool");
   lua_pushinteger(L, w->index + 1);
   lua_setfield(L, -2, "worker");

@@ -41,6 +41,9 @@ static const char usage_text[] =
     "  --processes N    N worker processes instead of threads: a task that\n"
     "                   crashes its process fails alone\n"
     "  --threads T      worker threads in each worker process (default 1)\n"
+    "  --pool NAME=threads:N | NAME=processes:N[xT]\n"
+    "                   an extra pool; spawn({pool = \"NAME\"}, ...) runs a task\n"
+    "                   there (the default pool is called main)\n"
     "  --order ORDER    tree (default: the order of a sequential run),\n"
     "                   priority, or completion\n"
     "  --format FORMAT  text (default) or json\n"
@@ -61,9 +64,11 @@ static const char usage_text[] =
     "or an invalid script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
 
 static const char **g_args; /* freed on every exit path, for leak checkers */
+static const char **g_pools;
 
 static void usage_error(const char *fmt, const char *arg) {
   free(g_args);
+  free(g_pools);
   fprintf(stderr, "luapool: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, "\n\n%s", usage_text);
@@ -203,7 +208,10 @@ static int cmd_run(int argc, char **argv) {
   int progress = 1, stats = 0;
   const char *script = NULL;
   const char **args = calloc((size_t)argc + 1, sizeof *args);
-  int nargs = 0, only_args = 0;
+  const char **pools = calloc((size_t)argc + 1, sizeof *pools);
+  int nargs = 0, only_args = 0, npools = 0;
+  if (!pools) return EXIT_USAGE;
+  g_pools = pools;
   if (!args) return EXIT_USAGE;
   g_args = args;
   for (int i = 0; i < argc; i++) {
@@ -225,6 +233,11 @@ static int cmd_run(int argc, char **argv) {
     } else if (strcmp(a, "--threads") == 0) {
       cfg.threads = (int)parse_count(a, val, 1024);
       if (cfg.threads == 0) usage_error("--threads needs at least 1%s", "");
+      i++;
+    } else if (strcmp(a, "--pool") == 0) {
+      const char *eq = val ? strchr(val, '=') : NULL;
+      if (!eq || eq == val) usage_error("--pool needs NAME=threads:N or NAME=processes:N[xT]%s", "");
+      pools[npools++] = val;
       i++;
     } else if (strcmp(a, "--fail-fast") == 0) {
       cfg.fail_fast = 1;
@@ -290,8 +303,22 @@ static int cmd_run(int argc, char **argv) {
   if (rc != 0) {
     fprintf(stderr, "luapool: cannot start: %s\n", luapool_strerror(rc));
     free(args);
-    g_args = NULL;
+    free(pools);
+    g_args = g_pools = NULL;
     return EXIT_USAGE;
+  }
+  for (int i = 0; i < npools; i++) {
+    const char *eq = strchr(pools[i], '=');
+    char name[128];
+    snprintf(name, sizeof name, "%.*s", (int)(eq - pools[i]), pools[i]);
+    if (luapool_add_pool(lp, name, eq + 1) != 0) {
+      fprintf(stderr, "luapool: --pool %s: %s\n\n%s", pools[i], luapool_errmsg(lp), usage_text);
+      luapool_close(lp);
+      free(args);
+      free(pools);
+      g_args = g_pools = NULL;
+      return EXIT_USAGE;
+    }
   }
   int exit_code = load_script(lp, script);
   if (exit_code == 0) {
@@ -317,7 +344,8 @@ static int cmd_run(int argc, char **argv) {
   g_engine = NULL;
   fflush(c.out);
   free(args);
-  g_args = NULL;
+  free(pools);
+  g_args = g_pools = NULL;
   if (exit_code == 0 && c.failures > 0) exit_code = EXIT_TASKFAIL;
   return exit_code;
 }

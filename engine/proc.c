@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
@@ -136,6 +137,7 @@ typedef struct lp_conn {
 
 typedef struct lp_procs {
   luapool *eng;
+  int pool; /* its index in eng->pools */
   int n;
   lp_conn *conns;
   pthread_mutex_t lock;
@@ -145,7 +147,6 @@ typedef struct lp_procs {
   long nqueued;
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
-  uint64_t gens; /* processes started, for their id ranges */
   char exe[4096];
 } lp_procs;
 
@@ -245,7 +246,7 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
-  lp_procs *ps = eng->procs;
+  lp_procs *ps = eng->pools[t->pool].procs;
   pthread_mutex_lock(&ps->lock);
   if (ps->stopping || lp_task_cancelled(t)) {
     pthread_mutex_unlock(&ps->lock);
@@ -261,7 +262,7 @@ static int push(luapool *eng, lp_task *t, int front) {
 int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
 
 void lp_procs_cancel(luapool *eng, lp_task *t) {
-  lp_procs *ps = eng->procs;
+  lp_procs *ps = eng->pools ? eng->pools[t->pool].procs : NULL;
   if (!ps) return;
   pthread_mutex_lock(&ps->lock);
   if (t->remote && t->owner >= 0 && t->owner < ps->n) {
@@ -274,9 +275,7 @@ void lp_procs_cancel(luapool *eng, lp_task *t) {
   pthread_mutex_unlock(&ps->lock);
 }
 
-void lp_procs_cancel_all(luapool *eng) {
-  lp_procs *ps = eng->procs;
-  if (!ps) return;
+static void cancel_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
   size_t n = 0;
@@ -293,19 +292,25 @@ void lp_procs_cancel_all(luapool *eng) {
   free(unsent);
 }
 
+void lp_procs_cancel_all(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++)
+    if (eng->pools[i].procs) cancel_pool(eng, eng->pools[i].procs);
+}
+
 /* ---- starting a process ---- */
 
 static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
   luapool *eng = ps->eng;
   size_t mark;
-  int threads = eng->cfg.threads > 0 ? eng->cfg.threads : 1;
-  uint64_t base = ++ps->gens << 32;
+  lp_pooldef *d = &eng->pools[ps->pool];
+  int threads = d->threads > 0 ? d->threads : 1;
+  uint64_t base = ++eng->proc_gens << 32;
   if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, (uint64_t)c->slot) ||
       lp_wire_u64(b, (uint64_t)threads) || lp_wire_u64(b, (uint64_t)eng->cfg.order) ||
       lp_wire_u64(b, eng->cfg.memory_limit) || lp_wire_u64(b, base) ||
       lp_wire_f64(b, eng->cfg.task_timeout) ||
       lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
-      lp_wire_bytes(b, eng->script, eng->script_len))
+      lp_wire_bytes(b, eng->script, eng->script_len) || lp_wire_bytes(b, d->name, strlen(d->name)))
     return -1;
   lp_wire_end(b, mark);
   return 0;
@@ -547,23 +552,30 @@ static void process_died(lp_conn *c, const char *why) {
   pid_t pid = c->pid;
   int fd = c->fd;
   c->fd = -1;
+  int was_ready = c->ready;
   c->ready = 0;
   c->credits = 0;
   lp_buf_reset(&c->out);
   int closing = ps->closing;
   pthread_mutex_unlock(&ps->lock);
-  if (why) kill(pid, SIGKILL);
+  if (why && pid > 0) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   close(fd);
   char what[256];
   describe(pid, status, why, what, sizeof what);
+  /* A process that died before it was ready is not replaced: the next
+   * one would die the same way (a broken worker program, no memory). */
   int replaced = 0;
   if (!closing) {
     pthread_mutex_lock(&ps->lock);
-    replaced = spawn_process(ps, c) == 0;
-    if (!replaced) c->gone = 1;
+    replaced = was_ready && spawn_process(ps, c) == 0;
+    if (!replaced) {
+      c->gone = 1;
+      if (!c->loaderr[0]) snprintf(c->loaderr, sizeof c->loaderr, "%s before it was ready", what);
+      pthread_cond_broadcast(&ps->ready_cond);
+    }
     pthread_mutex_unlock(&ps->lock);
   }
   pthread_mutex_unlock(&c->wlock);
@@ -601,7 +613,7 @@ static void process_died(lp_conn *c, const char *why) {
     int alive = 0;
     for (int i = 0; i < ps->n; i++) alive += !ps->conns[i].gone;
     pthread_mutex_unlock(&ps->lock);
-    if (!alive) lp_procs_cancel_all(eng);
+    if (!alive) cancel_pool(eng, ps);
   }
 }
 
@@ -735,12 +747,13 @@ static void *feeder_main(void *arg) {
 
 /* ---- start and stop ---- */
 
-int lp_procs_start(luapool *eng) {
+static int start_pool(luapool *eng, int pool) {
   lp_procs *ps = calloc(1, sizeof *ps);
   if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  eng->procs = ps;
+  eng->pools[pool].procs = ps;
   ps->eng = eng;
-  ps->n = eng->cfg.processes;
+  ps->pool = pool;
+  ps->n = eng->pools[pool].processes;
   ps->levels = calloc(MAXLEVELS, sizeof *ps->levels);
   if (!ps->levels) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
@@ -750,16 +763,20 @@ int lp_procs_start(luapool *eng) {
   snprintf(ps->exe, sizeof ps->exe, "%s", exe);
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  int rc = 0;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     c->ps = ps;
     c->slot = i;
     c->fd = -1;
+    c->pid = -1;
     lp_buf_init(&c->out);
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->wlock, NULL);
     pthread_mutex_init(&c->mlock, NULL);
+  }
+  int rc = 0;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
     pthread_mutex_lock(&ps->lock);
     int bad = spawn_process(ps, c) != 0;
     pthread_mutex_unlock(&ps->lock);
@@ -784,18 +801,27 @@ int lp_procs_start(luapool *eng) {
     lp_conn *c = &ps->conns[i];
     while (!c->ready && !c->loaderr[0] && !c->gone)
       pthread_cond_wait(&ps->ready_cond, &ps->lock);
-    if (c->loaderr[0])
+    if (c->loaderr[0] && !c->gone)
       rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
     else if (!c->ready)
-      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start", i + 1);
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start: %s", i + 1,
+                           c->loaderr[0] ? c->loaderr : "no reason given");
   }
   pthread_mutex_unlock(&ps->lock);
   return rc;
 }
 
-void lp_procs_stop(luapool *eng) {
-  lp_procs *ps = eng->procs;
-  if (!ps) return;
+int lp_procs_start(luapool *eng) {
+  if (eng->inline_mode) return 0;
+  for (int i = 0; i < eng->npools; i++) {
+    if (!eng->pools[i].processes) continue;
+    int rc = start_pool(eng, i);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+static void stop_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->closing = 1;
   for (int i = 0; i < ps->n; i++) {
@@ -806,12 +832,28 @@ void lp_procs_stop(luapool *eng) {
     pthread_cond_signal(&c->cond);
   }
   pthread_mutex_unlock(&ps->lock);
+  /* A worker stuck where it cannot see its socket close (a task in a C
+   * call that never returns) gets two seconds, then SIGKILL. */
+  for (int waited = 0;; waited++) {
+    int left = 0;
+    pthread_mutex_lock(&ps->lock);
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *c = &ps->conns[i];
+      if (c->fd < 0 || c->pid <= 0) continue;
+      left++;
+      if (waited == 200) kill(c->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (!left || waited >= 200) break;
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     if (c->threads_started) {
       pthread_join(c->feeder, NULL);
       pthread_join(c->reader, NULL);
-    } else if (c->fd >= 0) {
+    } else if (c->fd >= 0 && c->pid > 0) {
       close(c->fd);
       kill(c->pid, SIGKILL);
       waitpid(c->pid, NULL, 0);
@@ -827,6 +869,11 @@ void lp_procs_stop(luapool *eng) {
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);
+  eng->pools[ps->pool].procs = NULL;
   free(ps);
-  eng->procs = NULL;
+}
+
+void lp_procs_stop(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++)
+    if (eng->pools[i].procs) stop_pool(eng, eng->pools[i].procs);
 }

@@ -481,6 +481,10 @@ static void on_failure(void *ud, const char *text) {
 int lp_procworker_main(int in_fd, int out_fd) {
   /* No worker outlives the engine, even one killed without a word. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* Programs a task starts (os.execute, io.popen) must not hold the socket:
+   * the engine would not see this process's end while they live. */
+  fcntl(in_fd, F_SETFD, FD_CLOEXEC);
+  if (out_fd != in_fd) fcntl(out_fd, F_SETFD, FD_CLOEXEC);
   if (getppid() == 1) return 1;
   signal(SIGPIPE, SIG_IGN);
   signal(SIGINT, SIG_IGN); /* the engine decides what an interrupt means */
@@ -495,13 +499,14 @@ int lp_procworker_main(int in_fd, int out_fd) {
   lp_wire_msg m;
   uint64_t slot, threads, order, memlimit, idbase;
   double timeout;
-  const char *name, *script;
-  size_t namelen, scriptlen;
+  const char *name, *script, *pool;
+  size_t namelen, scriptlen, poollen;
   if (read_frame_blocking(in_fd, &k.rbuf, &m) != 0 || m.type != LP_MSG_INIT ||
       lp_wire_get_u64(&m, &slot) || lp_wire_get_u64(&m, &threads) || lp_wire_get_u64(&m, &order) ||
       lp_wire_get_u64(&m, &memlimit) || lp_wire_get_u64(&m, &idbase) ||
       lp_wire_get_f64(&m, &timeout) || lp_wire_get_bytes(&m, &name, &namelen) ||
-      lp_wire_get_bytes(&m, &script, &scriptlen) || threads < 1 || threads > 4096) {
+      lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
+      threads < 1 || threads > 4096) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
     return 2;
   }
@@ -517,6 +522,10 @@ int lp_procworker_main(int in_fd, int out_fd) {
   if (luapool_open(&cfg, &eng) != 0) return 2;
   k.eng = eng;
   eng->link = &k;
+  char *pname = strndup(pool, poollen); /* self().pool, and the pool its spawns go to */
+  if (!pname) return 2;
+  free(eng->pools[0].name);
+  eng->pools[0].name = pname;
   atomic_store(&eng->next_id, idbase);
   k.threads = (int)threads;
   lp_task_cache_init(&k.cache);

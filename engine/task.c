@@ -77,6 +77,7 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->parent = parent;
   t->fn = fn;
   t->depth = parent ? parent->depth + 1 : 0;
+  t->pool = parent ? parent->pool : 0;
   t->priority = priority;
   t->qnext = NULL;
   atomic_init(&t->refs, 1);

@@ -51,6 +51,7 @@ typedef struct lp_task {
   struct lp_task *parent; /* alive while this task's subtree is pending */
   int fn;                 /* interned task function name */
   int depth;              /* root 0 */
+  int pool;               /* index of the pool it runs in (engine.h), inherited */
   double priority;
   struct lp_task *qnext; /* intrusive link used by the scheduler's lists */
 

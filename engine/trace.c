@@ -91,7 +91,10 @@ int lp_trace_open(luapool *eng) {
 }
 
 struct lp_tbuf *lp_trace_buf(luapool *eng, int i) {
-  return eng->trace && i < eng->trace->n ? &eng->trace->w[i] : NULL;
+  if (!eng->cfg.trace_path) return NULL;
+  /* Made when the first worker is set up: the number of workers is known. */
+  if (!eng->trace && lp_trace_open(eng) != 0) return NULL;
+  return i < eng->trace->n ? &eng->trace->w[i] : NULL;
 }
 
 static uint64_t now(const struct lp_tbuf *b) { return lp_stats_ns() - b->tr->origin; }
@@ -288,9 +291,13 @@ static void report(luapool *eng, const char *path, const char *why) {
 }
 
 void lp_trace_close(luapool *eng) {
-  lp_trace *tr = eng->trace;
-  if (!tr) return;
   const char *path = eng->cfg.trace_path;
+  if (!path) return;
+  if (!eng->trace && lp_trace_open(eng) != 0) { /* no worker ran: an empty trace */
+    report(eng, path, "out of memory");
+    return;
+  }
+  lp_trace *tr = eng->trace;
   FILE *f = fopen(path, "w");
   if (!f) {
     report(eng, path, strerror(errno));

@@ -24,7 +24,7 @@
 enum {
   /* engine -> worker process */
   LP_MSG_INIT = 1, /* u64 slot, u64 threads, u64 order, u64 memory_limit, u64 id_base,
-                      f64 task_timeout, bytes chunkname, bytes script */
+                      f64 task_timeout, bytes chunkname, bytes script, bytes pool */
   LP_MSG_EXEC,     /* u64 id, bytes fn, u64 depth, f64 priority, f64 timeout, bytes args */
   LP_MSG_CANCEL,   /* u64 id */
   LP_MSG_STOP,     /* the run is being cancelled: stop everything */

@@ -129,6 +129,12 @@ typedef int (*luapool_open_fn)(struct lua_State *L);
  * script; open runs once per worker state, on that worker's thread. */
 int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open);
 
+/* Adds a named pool besides "main": spec is "threads:N", "processes:N" or
+ * "processes:NxT" (N processes of T threads). Tasks spawned with the
+ * option pool = name run there, and their subtasks with them. Call before
+ * loading the script. */
+int luapool_add_pool(luapool *lp, const char *name, const char *spec);
+
 /* Loads the task script into every worker and starts the workers. Returns
  * only when every worker is alive with the script loaded. Text chunks only:
  * precompiled chunks are refused. */
