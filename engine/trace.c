@@ -208,10 +208,22 @@ static void write_events(luapool *eng, lp_trace *tr, FILE *f, first *tab, size_t
   fprintf(f, "{\"traceEvents\":[\n");
   fprintf(f, "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"luapool\"}}");
   for (int i = 0; i < tr->n; i++) {
-    fprintf(f,
-            ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"name\":\"thread_name\","
-            "\"args\":{\"name\":\"worker %d\"}}",
-            i + 1, i + 1);
+    /* "worker N"; with named pools, "POOL N" counted within the pool. */
+    const char *pool = NULL;
+    int k = i + 1;
+    for (int p = 0; eng->npools > 1 && p < eng->npools; p++) {
+      lp_pooldef *d = &eng->pools[p];
+      if (i >= d->first_worker && i < d->first_worker + d->nworkers) {
+        pool = d->name;
+        k = i - d->first_worker + 1;
+      }
+    }
+    fprintf(f, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"name\":\"thread_name\",\"args\":{\"name\":",
+            i + 1);
+    char label[256];
+    snprintf(label, sizeof label, "%s %d", pool ? pool : "worker", k);
+    put_name(f, label);
+    fprintf(f, "}}");
     fprintf(f,
             ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"name\":\"thread_sort_index\","
             "\"args\":{\"sort_index\":%d}}",

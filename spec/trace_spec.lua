@@ -190,6 +190,28 @@ end
     assert.are.equal(30, rows) -- a row per task: 30 of them run task3
   end)
 
+  it("names the tracks of named pools after their pool", function()
+    local res, doc = traced([[
+local luapool = require "luapool"
+function fetch(i) luapool.sleep(0.01) return i end
+function main()
+  local fs = {}
+  for i = 1, 4 do fs[i] = luapool.spawn({ pool = "io" }, fetch, i) end
+  for _, f in ipairs(fs) do f:get() end
+end
+]], {}, { "--workers", "2", "--pool", "io=threads:2" })
+    assert.are.equal(0, res.code, H.describe(res))
+    local ix = index(doc)
+    assert.are.same({ "main 1", "main 2", "io 1", "io 2" }, ix.names)
+    for _, t in pairs(ix.tasks) do
+      if t.name == "fetch" then
+        for _, e in ipairs(t) do assert.is_true(e.tid >= 3, "fetch runs on the io pool") end
+      end
+    end
+    check_tracks(ix)
+    assert.are.equal(4, check_flows(ix))
+  end)
+
   it("refuses a file it cannot write, before running (exit 2)", function()
     local res = H.run("function main() print('ran') end\n", {},
                       { flags = { "--trace", "/nonexistent/dir/t.json" } })
