@@ -40,6 +40,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "timer.h"
 #include "proc.h"
 #include "wire.h"
 
@@ -480,7 +481,13 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     pthread_mutex_unlock(&ps->lock);
     break;
   case LP_MSG_STARTED:
-    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 0))) t->started = 1;
+    if (lp_wire_get_u64(m, &v) != 0) break;
+    pthread_mutex_lock(&c->mlock);
+    if ((t = idmap_get(&c->tasks, v))) {
+      t->started = 1;
+      if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
+    }
+    pthread_mutex_unlock(&c->mlock);
     break;
   case LP_MSG_RESULT:
     on_result(c, m);
@@ -598,8 +605,12 @@ static void process_died(lp_conn *c, const char *why) {
         t->retry_pending = 1;
       } else {
         char text[512];
-        snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
-                 lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
+        if (t->overtime)
+          snprintf(text, sizeof text, "task '%s' (id %llu) failed: timed out after %g s (%s)",
+                   lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, t->timeout, what);
+        else
+          snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
+                   lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
         finish_with(t, lp_task_cancelled(t) ? LP_TASK_CANCELLED : LP_TASK_FAILED, text);
       }
     }
@@ -615,6 +626,30 @@ static void process_died(lp_conn *c, const char *why) {
     pthread_mutex_unlock(&ps->lock);
     if (!alive) cancel_pool(eng, ps);
   }
+}
+
+/* ---- time limits ---- */
+
+/* The Lua hook in the worker stops a task over its time; a task stuck in C
+ * code (a blocking call, a C loop) does not reach the hook. Past its limit
+ * and this grace, its process is killed and the task fails as timed out. */
+#define KILL_GRACE 1.0
+
+/* Under lock. */
+static void watchdog(lp_conn *c) {
+  double now = lp_now();
+  int late = 0;
+  pthread_mutex_lock(&c->mlock);
+  for (size_t i = 0; i < c->tasks.cap; i++) {
+    lp_task *t = c->tasks.slot[i];
+    if (t && t->started && t->deadline > 0 && now > t->deadline + KILL_GRACE &&
+        !lp_task_finished(t) && !t->retry_pending) {
+      t->overtime = 1;
+      late = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->mlock);
+  if (late && c->pid > 0 && c->fd >= 0) kill(c->pid, SIGKILL);
 }
 
 /* ---- threads ---- */
@@ -678,13 +713,26 @@ static void *feeder_main(void *arg) {
   lp_buf frames;
   lp_buf_init(&frames);
   lp_task *batch[SEND_BATCH];
+  double watched = lp_now();
   pthread_mutex_lock(&ps->lock);
   while (!ps->closing) {
+    if (lp_now() - watched >= 0.2) {
+      watchdog(c);
+      watched = lp_now();
+    }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nqueued > 0;
     if (!c->out.len && !sendable) {
       c->waiting = 1;
-      pthread_cond_wait(&c->cond, &ps->lock);
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 200000000; /* the watchdog's round */
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&c->cond, &ps->lock, &ts);
       c->waiting = 0;
+      if (lp_now() - watched >= 0.2) {
+        watchdog(c);
+        watched = lp_now();
+      }
       continue;
     }
     lp_buf_reset(&frames);

@@ -106,6 +106,7 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->remote = 0;
   t->started = 0;
   t->resent = 0;
+  t->overtime = 0;
   t->retry_pending = 0;
   t->held = t->held_tail = NULL;
   t->ext = NULL;

@@ -86,6 +86,7 @@ typedef struct lp_task {
   int remote;        /* 1 while a worker process has it; owner is then the process slot */
   int started;       /* the process has begun its body */
   int resent;        /* sent again after its process died before it began */
+  int overtime;      /* its process was killed because it ran past its time limit */
   int retry_pending; /* failed there: runs again once its subtree has ended */
   lp_record *held;   /* its subtree's records, kept while a retry could still come */
   lp_record *held_tail;

@@ -146,6 +146,24 @@ describe("worker processes", function()
     end
   end)
 
+  it("kill the process of a task stuck past its time limit outside Lua, and go on", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function stuck() os.execute("sleep 20") end
+      function fine(i) return i end
+      function main()
+        local f = luapool.spawn({ timeout = 0.5 }, stuck)
+        local ok, err = pcall(f.get, f)
+        luapool.emit((tostring(err):gsub("\n.*", "")))
+        luapool.emit(luapool.spawn(fine, 7):get())
+      end
+    ]], {}, { flags = { "--processes", "1" }, timeout = 30 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.truthy(res.lines[1]:find("task 'stuck' %(id %d+%) failed: timed out after 0.5 s %(worker " ..
+      "process %d+ was killed by signal 9 %(SIGKILL%)%)"), res.lines[1])
+    assert.are.equal("7", res.lines[2])
+  end)
+
   it("run a task again after its process died, with --retries, reporting its records once", function()
     local marker = helpers.tmpname(".marker")
     local res = helpers.run([[
