@@ -30,7 +30,7 @@
 #include "task.h"
 
 #define CHUNK 4096
-#define LP_TRACE_MAX (1u << 21) /* events per worker (96 MB) */
+#define LP_TRACE_MAX (1u << 21) /* events per worker (80 MB) */
 #define COUNTER_MAX (1u << 20)
 
 enum { EV_SLICE = 0, EV_SPAWN = 1 };
