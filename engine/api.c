@@ -65,8 +65,8 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   pthread_mutex_init(&eng->host_lock, NULL);
   pthread_cond_init(&eng->host_cond, NULL);
   pthread_mutex_init(&eng->counters_lock, NULL);
-  if (lp_names_init(&eng->names) != 0 ||
-      !(eng->pools = calloc(1, sizeof *eng->pools)) || !(eng->pools[0].name = strdup("main"))) {
+  if (lp_names_init(&eng->names) != 0 || !(eng->pools = calloc(1, sizeof *eng->pools)) ||
+      !(eng->pools[0].name = strdup("main"))) {
     luapool_close(eng);
     return LUAPOOL_ENOMEM;
   }
@@ -89,8 +89,10 @@ int luapool_add_pool(luapool *lp, const char *name, const char *spec) {
   if (lp->phase != LP_PHASE_OPEN)
     return lp_engine_error(lp, LUAPOOL_ESTATE, "pools must be added before the script");
   size_t len = strlen(name);
-  if (len == 0 || len > 64 || strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                           "0123456789_-.") != len)
+  if (len == 0 || len > 64 ||
+      strspn(name,
+             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+             "0123456789_-.") != len)
     return lp_engine_error(lp, LUAPOOL_EINVAL,
                            "pool name '%s': use letters, digits, '_', '-' or '.'", name);
   if (lp_engine_pool(lp, name, len) >= 0)
@@ -141,7 +143,7 @@ static int plan_workers(luapool *lp) {
     total += d->nworkers;
   }
   lp->nworkers = total;
-  int *pool_of = malloc(sizeof *pool_of * (size_t)total);
+  int *pool_of = malloc(sizeof *pool_of * (size_t)(total > 0 ? total : 1));
   if (!pool_of) return -1;
   for (int i = 0; i < lp->npools; i++)
     for (int k = 0; k < lp->pools[i].nworkers; k++) pool_of[lp->pools[i].first_worker + k] = i;

@@ -76,8 +76,8 @@ struct luapool {
 
   lp_pooldef *pools; /* pools[0] is "main" */
   int npools;
-  uint64_t proc_gens; /* worker processes started: each gets its own range of task ids */
-  struct lp_link *link;   /* inside a worker process: the pipe to the engine (procworker.c) */
+  uint64_t proc_gens;   /* worker processes started: each gets its own range of task ids */
+  struct lp_link *link; /* inside a worker process: the pipe to the engine (procworker.c) */
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 

@@ -44,7 +44,10 @@ static lp_worker *worker(lua_State *L) { return lp_worker_of(L); }
 /* The task running in L, or an error naming the call. */
 lp_task *lp_lib_running(lua_State *L, const char *what) {
   lp_worker *w = worker(L);
-  if (!w || !w->current) luaL_error(L, "%s: only a running task can do this", what);
+  if (!w || !w->current) {
+    luaL_error(L, "%s: only a running task can do this", what);
+    return NULL; /* not reached: luaL_error does not return */
+  }
   return w->current;
 }
 
@@ -180,7 +183,8 @@ static void read_options(lua_State *L, spawn_opts *o) {
       const char *names = lua_tostring(L, -1);
       const char *asked = luaL_tolstring(L, -2, NULL);
       luaL_error(L, "luapool.spawn: no pool named '%s' (%s: %s)", asked,
-                 eng->link ? "a task in a worker process spawns into its own pool" : "pools", names);
+                 eng->link ? "a task in a worker process spawns into its own pool" : "pools",
+                 names);
     }
   }
   lua_pop(L, 1);

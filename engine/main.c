@@ -210,9 +210,12 @@ static int cmd_run(int argc, char **argv) {
   const char **args = calloc((size_t)argc + 1, sizeof *args);
   const char **pools = calloc((size_t)argc + 1, sizeof *pools);
   int nargs = 0, only_args = 0, npools = 0;
-  if (!pools) return EXIT_USAGE;
+  if (!pools || !args) {
+    free(args);
+    free(pools);
+    return EXIT_USAGE;
+  }
   g_pools = pools;
-  if (!args) return EXIT_USAGE;
   g_args = args;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
@@ -236,7 +239,8 @@ static int cmd_run(int argc, char **argv) {
       i++;
     } else if (strcmp(a, "--pool") == 0) {
       const char *eq = val ? strchr(val, '=') : NULL;
-      if (!eq || eq == val) usage_error("--pool needs NAME=threads:N or NAME=processes:N[xT]%s", "");
+      if (!eq || eq == val)
+        usage_error("--pool needs NAME=threads:N or NAME=processes:N[xT]%s", "");
       pools[npools++] = val;
       i++;
     } else if (strcmp(a, "--fail-fast") == 0) {

@@ -60,7 +60,9 @@ typedef struct idmap {
   size_t cap, n;
 } idmap;
 
-static size_t id_hash(uint64_t id, size_t mask) { return (size_t)(id * 0x9E3779B97F4A7C15ull) & mask; }
+static size_t id_hash(uint64_t id, size_t mask) {
+  return (size_t)(id * 0x9E3779B97F4A7C15ull) & mask;
+}
 
 static int idmap_put(idmap *m, lp_task *t) {
   if ((m->n + 1) * 2 > m->cap) {
@@ -457,57 +459,52 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
   size_t n;
   lp_task *t;
   switch (m->type) {
-  case LP_MSG_READY:
-    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
-    pthread_mutex_lock(&ps->lock);
-    c->ready = 1;
-    c->credits += (long)v;
-    poke(c);
-    pthread_cond_broadcast(&ps->ready_cond);
-    pthread_mutex_unlock(&ps->lock);
-    break;
-  case LP_MSG_LOADERR:
-    if (lp_wire_get_bytes(m, &p, &n) != 0) break;
-    pthread_mutex_lock(&ps->lock);
-    snprintf(c->loaderr, sizeof c->loaderr, "%.*s", (int)n, p);
-    pthread_cond_broadcast(&ps->ready_cond);
-    pthread_mutex_unlock(&ps->lock);
-    break;
-  case LP_MSG_WANT:
-    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
-    pthread_mutex_lock(&ps->lock);
-    c->credits += (long)v;
-    poke(c);
-    pthread_mutex_unlock(&ps->lock);
-    break;
-  case LP_MSG_STARTED:
-    if (lp_wire_get_u64(m, &v) != 0) break;
-    pthread_mutex_lock(&c->mlock);
-    if ((t = idmap_get(&c->tasks, v))) {
-      t->started = 1;
-      if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
-    }
-    pthread_mutex_unlock(&c->mlock);
-    break;
-  case LP_MSG_RESULT:
-    on_result(c, m);
-    break;
-  case LP_MSG_RECORD:
-    on_record(c, m);
-    break;
-  case LP_MSG_DONE:
-    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
-    break;
-  case LP_MSG_FAILURE:
-    if (lp_wire_get_bytes(m, &p, &n) != 0) break;
-    char *text = strndup(p, n);
-    if (!text) break;
-    atomic_fetch_add(&ps->eng->unawaited_failures, 1);
-    lp_report_failure(&ps->eng->report, text);
-    free(text);
-    break;
-  default:
-    break;
+    case LP_MSG_READY:
+      if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
+      pthread_mutex_lock(&ps->lock);
+      c->ready = 1;
+      c->credits += (long)v;
+      poke(c);
+      pthread_cond_broadcast(&ps->ready_cond);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    case LP_MSG_LOADERR:
+      if (lp_wire_get_bytes(m, &p, &n) != 0) break;
+      pthread_mutex_lock(&ps->lock);
+      snprintf(c->loaderr, sizeof c->loaderr, "%.*s", (int)n, p);
+      pthread_cond_broadcast(&ps->ready_cond);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    case LP_MSG_WANT:
+      if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
+      pthread_mutex_lock(&ps->lock);
+      c->credits += (long)v;
+      poke(c);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    case LP_MSG_STARTED:
+      if (lp_wire_get_u64(m, &v) != 0) break;
+      pthread_mutex_lock(&c->mlock);
+      if ((t = idmap_get(&c->tasks, v))) {
+        t->started = 1;
+        if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
+      }
+      pthread_mutex_unlock(&c->mlock);
+      break;
+    case LP_MSG_RESULT: on_result(c, m); break;
+    case LP_MSG_RECORD: on_record(c, m); break;
+    case LP_MSG_DONE:
+      if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
+      break;
+    case LP_MSG_FAILURE:
+      if (lp_wire_get_bytes(m, &p, &n) != 0) break;
+      char *text = strndup(p, n);
+      if (!text) break;
+      atomic_fetch_add(&ps->eng->unawaited_failures, 1);
+      lp_report_failure(&ps->eng->report, text);
+      free(text);
+      break;
+    default: break;
   }
 }
 
@@ -515,21 +512,21 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
 
 static const char *signame(int sig) {
   switch (sig) {
-  case SIGKILL: return "SIGKILL";
-  case SIGSEGV: return "SIGSEGV";
-  case SIGABRT: return "SIGABRT";
-  case SIGBUS: return "SIGBUS";
-  case SIGFPE: return "SIGFPE";
-  case SIGILL: return "SIGILL";
-  case SIGTERM: return "SIGTERM";
-  case SIGINT: return "SIGINT";
-  case SIGHUP: return "SIGHUP";
-  case SIGPIPE: return "SIGPIPE";
-  case SIGQUIT: return "SIGQUIT";
-  case SIGUSR1: return "SIGUSR1";
-  case SIGUSR2: return "SIGUSR2";
-  case SIGXCPU: return "SIGXCPU";
-  default: return "a signal";
+    case SIGKILL: return "SIGKILL";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGXCPU: return "SIGXCPU";
+    default: return "a signal";
   }
 }
 
@@ -756,7 +753,8 @@ static void *feeder_main(void *arg) {
       c->waiting = 0;
       continue;
     }
-    long share = room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
+    long share =
+        room > 0 && room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
     int n = 0;
     while (sendable && n < SEND_BATCH && n < share && c->credits > 0 &&
            (batch[n] = queue_pop(ps))) {
@@ -847,8 +845,7 @@ static int start_pool(luapool *eng, int pool) {
   pthread_mutex_lock(&ps->lock);
   for (int i = 0; i < ps->n && rc == 0; i++) {
     lp_conn *c = &ps->conns[i];
-    while (!c->ready && !c->loaderr[0] && !c->gone)
-      pthread_cond_wait(&ps->ready_cond, &ps->lock);
+    while (!c->ready && !c->loaderr[0] && !c->gone) pthread_cond_wait(&ps->ready_cond, &ps->lock);
     if (c->loaderr[0] && !c->gone)
       rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
     else if (!c->ready)

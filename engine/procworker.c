@@ -39,9 +39,9 @@ typedef struct lp_exec {
   lp_task *t;
   uint64_t id;
   lp_cursor cur;
-  int walked;    /* the cursor has walked the whole subtree */
-  int is_done;   /* its subtree has ended */
-  int sent_done; /* DONE went out with its RESULT */
+  int walked;                  /* the cursor has walked the whole subtree */
+  int is_done;                 /* its subtree has ended */
+  int sent_done;               /* DONE went out with its RESULT */
   struct lp_exec *prev, *next; /* the active list, link-only */
   struct lp_exec *st_next;     /* the started stack */
   struct lp_exec *fin_next;    /* the finished stack */
@@ -55,11 +55,11 @@ typedef struct lp_link {
   pthread_mutex_t lock; /* guards `out` */
   lp_buf out;           /* frames from worker threads (failures) */
   /* Stacks the workers push on (one CAS each) and the link empties. */
-  _Atomic(lp_exec *) started; /* bodies begun: STARTED to send */
+  _Atomic(lp_exec *) started;  /* bodies begun: STARTED to send */
   _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
   _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
-  _Atomic int sleeping; /* the link waits in poll: kick it */
-  _Atomic unsigned nfinished; /* bodies ended, for batching wakes */
+  _Atomic int sleeping;        /* the link waits in poll: kick it */
+  _Atomic unsigned nfinished;  /* bodies ended, for batching wakes */
   /* Link-only. */
   lp_exec *active;
   lp_exec *spare; /* freed execs, for reuse */
@@ -68,9 +68,9 @@ typedef struct lp_link {
   long ninj;
   double last_walk;
   lp_task_cache cache; /* subtrees done whose records are still being walked */
-  lp_buf wbuf;   /* frames not yet written */
+  lp_buf wbuf;         /* frames not yet written */
   size_t wpos;
-  lp_buf rbuf; /* bytes read, not yet a whole frame */
+  lp_buf rbuf;              /* bytes read, not yet a whole frame */
   uint64_t received, ended; /* tasks received, bodies ended */
   uint64_t asked;           /* tasks asked for with WANT */
   long target;              /* tasks to keep here */
@@ -186,8 +186,8 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
   double prio, timeout;
   const char *fn, *args;
   size_t fnlen, argslen;
-  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) ||
-      lp_wire_get_u64(m, &depth) || lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) ||
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_u64(m, &depth) ||
+      lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) ||
       lp_wire_get_bytes(m, &args, &argslen))
     return -1;
   luapool *eng = k->eng;
@@ -263,19 +263,18 @@ static int read_frames(lp_link *k) {
     off += (size_t)n;
     uint64_t v;
     switch (m.type) {
-    case LP_MSG_EXEC:
-      if (on_exec(k, &m) != 0) return -1;
-      break;
-    case LP_MSG_CANCEL:
-      if (lp_wire_get_u64(&m, &v) != 0) return -1;
-      on_cancel(k, v);
-      break;
-    case LP_MSG_STOP:
-      k->stopping = 1;
-      luapool_cancel(k->eng);
-      break;
-    default:
-      return -1;
+      case LP_MSG_EXEC:
+        if (on_exec(k, &m) != 0) return -1;
+        break;
+      case LP_MSG_CANCEL:
+        if (lp_wire_get_u64(&m, &v) != 0) return -1;
+        on_cancel(k, v);
+        break;
+      case LP_MSG_STOP:
+        k->stopping = 1;
+        luapool_cancel(k->eng);
+        break;
+      default: return -1;
     }
   }
   memmove(k->rbuf.data, k->rbuf.data + off, k->rbuf.len - off);
@@ -461,7 +460,8 @@ static void send_now(int fd, int type, const char *text) {
   lp_buf b;
   lp_buf_init(&b);
   size_t mark;
-  if (lp_wire_begin(&b, type, &mark) == 0 && (!text || lp_wire_bytes(&b, text, strlen(text)) == 0)) {
+  if (lp_wire_begin(&b, type, &mark) == 0 &&
+      (!text || lp_wire_bytes(&b, text, strlen(text)) == 0)) {
     lp_wire_end(&b, mark);
     lp_wire_write_all(fd, b.data, b.len);
   }

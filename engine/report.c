@@ -350,13 +350,15 @@ static int by_priority(const void *a, const void *b) {
 static long release_held(lp_report *r, int deliver) {
   if (deliver && r->nheld > 1) qsort(r->held, r->nheld, sizeof *r->held, by_priority);
   for (size_t i = 0; i < r->nheld; i++) {
-    if (deliver) deliver_record(r, r->held[i].rec);
+    lp_record *rec = r->held[i].rec;
+    if (!rec) continue;
+    if (deliver) deliver_record(r, rec);
     /* The cursor's last record may still be its position: it is freed when
      * the cursor moves on (or at the end). */
-    if (&r->held[i].rec->item == r->pos)
-      r->held[i].rec->held = 0;
+    if (&rec->item == r->pos)
+      rec->held = 0;
     else
-      free(r->held[i].rec);
+      free(rec);
   }
   long n = (long)r->nheld;
   r->nheld = 0;
@@ -455,7 +457,8 @@ void lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud) {
 
 long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
-  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
+  long n =
+      r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
   if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += release_held(r, 1);
   flush_all_freed(r);
   deliver_failures(r);

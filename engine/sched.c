@@ -10,9 +10,9 @@
  * injection list. Every lp_wq field except `yielded` (owner-only) and
  * `parked` (the futex word) is guarded by the lp_wq's spinlock; the
  * injection lists (one per pool) by their own locks. A worker serves one
- * pool: it takes injected tasks of that pool and steals only from its workers. No lock is held while Lua runs, and no two
- * locks are held at once except a thief's victim lock followed, after its
- * release, by its own.
+ * pool: it takes injected tasks of that pool and steals only from its workers. No lock is held
+ * while Lua runs, and no two locks are held at once except a thief's victim lock followed, after
+ * its release, by its own.
  *
  * Parking: a worker with nothing to do spins for a while (a wake on these
  * VMs costs ~28 us, a spin hand-off ~75 ns), then sets its `parked` word,
@@ -58,7 +58,7 @@ static int dq_push(lp_deque *d, struct lp_task *t) {
     struct lp_task **nb = malloc(cap * sizeof *nb);
     if (!nb) return -1;
     size_t n = dq_size(d);
-    for (size_t i = 0; i < n; i++) nb[i] = d->buf[(d->bottom + i) & d->mask];
+    for (size_t i = 0; d->buf && i < n; i++) nb[i] = d->buf[(d->bottom + i) & d->mask];
     free(d->buf);
     d->buf = nb;
     d->mask = cap - 1;

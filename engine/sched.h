@@ -55,7 +55,7 @@ typedef struct lp_sched {
   int n;
   lp_wq *wq;
   int npools;
-  lp_inj *inj; /* per pool */
+  lp_inj *inj;           /* per pool */
   _Atomic int nparked;   /* workers asleep in lp_sched_park */
   _Atomic int nspinning; /* workers looking for work before parking */
   _Atomic int stop;      /* shutting down: parked workers return */

@@ -55,9 +55,10 @@ static int l_preload(lua_State *L) { return lp_lib_open(L); }
  * and the host program with it: it fails the task instead. In a worker
  * process the real os.exit stays: the engine contains it. */
 static int l_no_exit(lua_State *L) {
-  return luaL_error(L, "os.exit is not available in a task running on a worker thread (it would "
-                       "end the whole run); return or raise an error instead, or run with "
-                       "--processes");
+  return luaL_error(L,
+                    "os.exit is not available in a task running on a worker thread (it would "
+                    "end the whole run); return or raise an error instead, or run with "
+                    "--processes");
 }
 
 lua_State *lp_vm_new(lp_worker *w) {
