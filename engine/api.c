@@ -26,6 +26,7 @@
 #include "proc.h"
 #include "sync.h"
 #include "timer.h"
+#include "trace.h"
 #include "vm.h"
 
 /* ---- the list of open engines ---- */
@@ -33,7 +34,9 @@
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
 static luapool *open_list;
 
-static int is_open(const luapool *lp) {
+static int is_open(const luapool *lp) { return lp_engine_is_open(lp); }
+
+int lp_engine_is_open(const luapool *lp) {
   if (!lp) return 0;
   pthread_mutex_lock(&open_lock);
   const luapool *e = open_list;
@@ -789,6 +792,7 @@ static int wait_run(luapool *lp, double timeout, luapool_future *until) {
   } else {
     for (;;) {
       lp_report_deliver(&lp->report, 0);
+      lp_stats_tick(lp);
       if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) cancel_run(lp);
       pthread_mutex_lock(&lp->host_lock);
       live = lp->live_roots;
@@ -832,18 +836,6 @@ int luapool_wait(luapool *lp, double timeout) {
   return wait_run(lp, timeout, NULL);
 }
 
-void luapool_get_stats(luapool *lp, luapool_stats *out) {
-  if (!out) return;
-  memset(out, 0, sizeof *out);
-  if (!is_open(lp) || !lp->workers) return;
-  for (int i = 0; i < lp->nworkers; i++) {
-    out->tasks_run += lp->workers[i].tasks_run;
-    out->tasks_failed += lp->workers[i].tasks_failed;
-  }
-  out->records = lp->report.delivered;
-  out->max_depth = atomic_load(&lp->max_depth);
-}
-
 int luapool_close(luapool *lp) {
   if (!lp) return 0;
   if (!remove_open(lp)) return LUAPOOL_EINVAL;
@@ -867,6 +859,7 @@ static void destroy(luapool *lp) {
   lp->phase = LP_PHASE_CLOSING;
   lp_procs_stop(lp);
   lp_pool_stop(lp);
+  lp_trace_close(lp); /* the workers are joined: their events can be read */
   lp_sync_free(lp);
   lp_report_free(&lp->report);
   lp_pool_free(lp);

@@ -12,6 +12,7 @@
 #include "names.h"
 #include "report.h"
 #include "sched.h"
+#include "stats.h"
 #include "task.h"
 
 struct lp_worker;
@@ -80,8 +81,10 @@ struct luapool {
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
-  /* Statistics, summed from the workers at the end. */
+  /* Statistics, summed from the workers when asked (stats.c). */
   _Atomic int max_depth;
+  lp_stats stats;
+  struct lp_trace *trace; /* --trace: every worker's events; NULL without */
 
   struct luapool_future *futures; /* host-only: live futures, detached at close */
   struct luapool *next_open;      /* the list of open engines (api.c) */
@@ -101,6 +104,9 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
 
 /* Called when a root's subtree completes (root may be NULL: released). */
 void lp_engine_root_done(luapool *eng, lp_task *root);
+
+/* Whether lp is an engine that is open (not closed, not a stray pointer). */
+int lp_engine_is_open(const luapool *lp);
 
 /* The index of the pool called name, or -1. */
 int lp_engine_pool(luapool *eng, const char *name, size_t len);

@@ -239,6 +239,7 @@ static int l_spawn(lua_State *L) {
   lp_task_ref(t); /* the future's */
   f->t = t;
   lp_report_spawn(&eng->report, self, t);
+  lp_stats_spawn(&w->stats, self, t);
   if (!eng->inline_mode && eng->pools[t->pool].procs) {
     if (lp_procs_push(eng, t) != 0) {
       lp_task_finish(t, LP_TASK_FAILED, NULL);
@@ -362,7 +363,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
   lp_worker *w = worker(L);
   lp_task *t = w->current;
   w->inline_depth--;
-  w->tasks_run++;
+  lp_stats_inc(&w->stats.run);
   t->co = NULL;
   if (status == LUA_OK || status == LUA_YIELD) {
     lp_task_finish(t, LP_TASK_OK, &w->result);
@@ -376,6 +377,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
     lp_pool_fail(w, t, text, len);
   }
   w->current = self;
+  lp_stats_switch(&w->stats, self);
   lua_settop(L, 1);
 }
 
@@ -397,7 +399,10 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   t->cancel_epoch = self->cancel_epoch;
   atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
   w->inline_depth++;
+  if (t->depth > atomic_load_explicit(&w->eng->max_depth, memory_order_relaxed))
+    atomic_store_explicit(&w->eng->max_depth, t->depth, memory_order_relaxed);
   w->current = t;
+  lp_stats_switch(&w->stats, t);
   lua_settop(L, 1);
   lua_pushcfunction(L, lp_vm_traceback);
   lua_pushcfunction(L, lp_pool_task_entry);

@@ -40,6 +40,8 @@ typedef struct lp_task_cache {
   lp_freelist nodes;
   uint64_t next_id; /* owner-only: ids are taken from the engine in blocks */
   uint64_t end_id;
+  _Atomic uint64_t created;  /* tasks this thread made, and finished (owner-written, */
+  _Atomic uint64_t finished; /* relaxed: the host reads them for progress and stats) */
 } lp_task_cache;
 
 typedef struct lp_task {

@@ -108,6 +108,7 @@ typedef struct luapool_record {
 } luapool_record;
 
 typedef void (*luapool_record_fn)(void *ud, const luapool_record *rec);
+struct luapool_stats;
 /* Receives the report of a failed task that nobody awaited: one message
  * with the task's name, id, arguments and traceback. */
 typedef void (*luapool_failure_fn)(void *ud, const char *message);
@@ -125,7 +126,16 @@ typedef struct luapool_config {
   luapool_record_fn on_record;
   luapool_failure_fn on_failure; /* NULL: written to stderr */
   void (*on_flush)(void *ud);    /* after each batch of records: a moment to flush output */
-  void *ud;                      /* passed to the callbacks */
+  /* Called on the waiting host thread about every progress_interval seconds
+   * (0: 0.1) with the run's live figures (see luapool_get_stats). */
+  void (*on_progress)(void *ud, const struct luapool_stats *stats);
+  double progress_interval;
+  /* Writes a Chrome trace-event JSON file here when the engine closes: every
+   * slice of every task's execution on its worker, spawn arrows, queue
+   * depths. Tracing costs two clock reads per slice; NULL: none. A failure
+   * to write it is reported through on_failure. */
+  const char *trace_path;
+  void *ud; /* passed to the callbacks */
 } luapool_config;
 
 /* Fills cfg with the defaults: one worker per CPU, tree order. */
@@ -300,13 +310,37 @@ void luapool_cancel(luapool *lp);
 /* Async-signal-safe: asks the waiting host to cancel the run. */
 void luapool_interrupt(luapool *lp);
 
+/* The run's figures, at any moment, on the host's thread (the one that
+ * waits; on_progress gets them there too). Live figures are samples: each
+ * counter is exact, but they are read one after another while workers
+ * run; once the run has ended they are exact. */
 typedef struct luapool_stats {
-  uint64_t tasks_run;
-  uint64_t tasks_failed;
-  uint64_t records;
-  int max_depth;
+  uint64_t tasks_run;     /* task bodies started (a retry counts again) */
+  uint64_t tasks_failed;  /* tasks that failed (after their retries) */
+  uint64_t tasks_retried; /* failed runs started again */
+  uint64_t tasks_known;   /* tasks created so far, roots included */
+  uint64_t tasks_done;    /* tasks finished: ok, failed or cancelled */
+  uint64_t records;       /* records delivered */
+  int max_depth;          /* deepest level reached (a root is level 0) */
+  int workers;            /* worker threads (1 when everything runs inline) */
+  long running;           /* tasks whose code runs on a worker now */
+  long queued;            /* tasks waiting for a worker now */
+  long suspended;         /* started tasks waiting for something now */
+  long peak_queued;       /* highest `queued` seen (sampled by the waiting host) */
+  long peak_suspended;    /* highest `suspended` seen (likewise) */
+  double wall;            /* seconds since the first submit */
+  double cpu;             /* CPU seconds of the process since the first submit */
 } luapool_stats;
 void luapool_get_stats(luapool *lp, luapool_stats *out);
+
+/* One worker's share of the run. */
+typedef struct luapool_worker_stats {
+  uint64_t tasks_run; /* task bodies it started */
+  double busy;        /* seconds it was not idle since the first submit */
+} luapool_worker_stats;
+/* Fills out[0 .. n-1] for the first n workers; returns the number of workers
+ * (or a negative error). */
+int luapool_get_worker_stats(luapool *lp, luapool_worker_stats *out, int n);
 
 /* The message of the last error on this handle ("" if none). */
 const char *luapool_errmsg(luapool *lp);
