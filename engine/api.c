@@ -1,9 +1,16 @@
 /*
  * api.c - the public C API of luapool.h.
  *
- * The host thread submits roots, then waits in luapool_wait, which is also
- * where records and failure reports are delivered (report.c), so callbacks
- * always run on the host's own thread.
+ * The host thread submits roots, then waits in luapool_wait or
+ * luapool_future_wait, which is also where records and failure reports are
+ * delivered (report.c), so callbacks always run on the host's own thread.
+ *
+ * Open engines are kept in one list under open_lock, and every entry point
+ * checks its handle against it, so a handle used after luapool_close is
+ * refused rather than dereferenced. A future holds a reference on its root
+ * task and sits in its engine's list of futures (host thread only); close
+ * copies each one's outcome into it and drops the reference, so a future
+ * outlives its engine safely.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -19,7 +26,42 @@
 #include "proc.h"
 #include "sync.h"
 #include "timer.h"
+#include "trace.h"
 #include "vm.h"
+
+/* ---- the list of open engines ---- */
+
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static luapool *open_list;
+
+static int is_open(const luapool *lp) { return lp_engine_is_open(lp); }
+
+int lp_engine_is_open(const luapool *lp) {
+  if (!lp) return 0;
+  pthread_mutex_lock(&open_lock);
+  const luapool *e = open_list;
+  while (e && e != lp) e = e->next_open;
+  pthread_mutex_unlock(&open_lock);
+  return e != NULL;
+}
+
+static void add_open(luapool *lp) {
+  pthread_mutex_lock(&open_lock);
+  lp->next_open = open_list;
+  open_list = lp;
+  pthread_mutex_unlock(&open_lock);
+}
+
+/* Takes lp off the list; 1 if it was there. */
+static int remove_open(luapool *lp) {
+  pthread_mutex_lock(&open_lock);
+  luapool **pp = &open_list;
+  while (*pp && *pp != lp) pp = &(*pp)->next_open;
+  int found = *pp != NULL;
+  if (found) *pp = lp->next_open;
+  pthread_mutex_unlock(&open_lock);
+  return found;
+}
 
 const char *luapool_strerror(int err) {
   switch (err) {
@@ -47,7 +89,12 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...) {
   return err;
 }
 
-const char *luapool_errmsg(luapool *lp) { return lp ? lp->errmsg : "no engine"; }
+const char *luapool_errmsg(luapool *lp) {
+  if (!lp) return "no engine";
+  return is_open(lp) ? lp->errmsg : "not an open luapool handle";
+}
+
+static void destroy(luapool *lp);
 
 int luapool_open(const luapool_config *cfg, luapool **out) {
   if (!out) return LUAPOOL_EINVAL;
@@ -59,26 +106,104 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   luapool *eng = calloc(1, sizeof *eng);
   if (!eng) return LUAPOOL_ENOMEM;
   eng->cfg = *cfg;
-  /* With processes, the engine's one thread runs the roots; everything
-   * they spawn runs in the processes. */
   eng->inline_mode = cfg->workers == 0 && cfg->processes == 0;
-  eng->nworkers = eng->inline_mode || cfg->processes > 0 ? 1 : cfg->workers;
   atomic_init(&eng->next_id, 1);
   pthread_mutex_init(&eng->host_lock, NULL);
   pthread_cond_init(&eng->host_cond, NULL);
   pthread_mutex_init(&eng->counters_lock, NULL);
-  if (lp_sched_init(&eng->sched, eng->nworkers) != 0 || lp_names_init(&eng->names) != 0 ||
-      lp_report_init(&eng->report, eng, cfg->order, eng->nworkers) != 0) {
-    luapool_close(eng);
+  if (lp_names_init(&eng->names) != 0 || !(eng->pools = calloc(1, sizeof *eng->pools)) ||
+      !(eng->pools[0].name = strdup("main"))) {
+    destroy(eng);
     return LUAPOOL_ENOMEM;
   }
-  eng->sched.one_level = eng->inline_mode;
+  eng->npools = 1;
+  eng->pools[0].processes = cfg->processes;
+  eng->pools[0].n = cfg->workers;
+  eng->pools[0].threads = cfg->threads > 0 ? cfg->threads : 1;
+  add_open(eng);
   *out = eng;
   return 0;
 }
 
+int lp_engine_pool(luapool *eng, const char *name, size_t len) {
+  for (int i = 0; i < eng->npools; i++)
+    if (strlen(eng->pools[i].name) == len && memcmp(eng->pools[i].name, name, len) == 0) return i;
+  return -1;
+}
+
+int luapool_add_pool(luapool *lp, const char *name, const char *spec) {
+  if (!is_open(lp) || !name || !spec) return LUAPOOL_EINVAL;
+  if (lp->phase != LP_PHASE_OPEN)
+    return lp_engine_error(lp, LUAPOOL_ESTATE, "pools must be added before the script");
+  size_t len = strlen(name);
+  if (len == 0 || len > 64 ||
+      strspn(name,
+             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+             "0123456789_-.") != len)
+    return lp_engine_error(lp, LUAPOOL_EINVAL,
+                           "pool name '%s': use letters, digits, '_', '-' or '.'", name);
+  if (lp_engine_pool(lp, name, len) >= 0)
+    return lp_engine_error(lp, LUAPOOL_EINVAL, "there is already a pool named '%s'", name);
+  lp_pooldef d = {0};
+  char *end;
+  long n, t = 1;
+  if (strncmp(spec, "threads:", 8) == 0) {
+    n = strtol(spec + 8, &end, 10);
+    if (end == spec + 8 || *end || n < 1 || n > 1024) goto bad;
+    d.n = (int)n;
+  } else if (strncmp(spec, "processes:", 10) == 0) {
+    n = strtol(spec + 10, &end, 10);
+    if (end == spec + 10 || n < 1 || n > 1024) goto bad;
+    if (*end == 'x') {
+      const char *ts = end + 1;
+      t = strtol(ts, &end, 10);
+      if (end == ts || t < 1 || t > 1024) goto bad;
+    }
+    if (*end) goto bad;
+    d.processes = (int)n;
+    d.threads = (int)t;
+  } else {
+    goto bad;
+  }
+  lp_pooldef *p = realloc(lp->pools, sizeof *p * (size_t)(lp->npools + 1));
+  if (!p) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp->pools = p;
+  if (!(d.name = strdup(name))) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp->pools[lp->npools++] = d;
+  return 0;
+bad:
+  return lp_engine_error(lp, LUAPOOL_EINVAL,
+                         "pool '%s': '%s' is not threads:N or processes:N or processes:NxT", name,
+                         spec);
+}
+
+/* How many engine threads each pool gets, and which: a thread pool its
+ * N workers; the main pool, when it is made of processes, one thread that
+ * runs the roots; other process pools none. In inline mode one thread runs
+ * everything. */
+static int plan_workers(luapool *lp) {
+  int total = 0;
+  for (int i = 0; i < lp->npools; i++) {
+    lp_pooldef *d = &lp->pools[i];
+    d->first_worker = total;
+    d->nworkers = lp->inline_mode ? (i == 0) : d->processes ? (i == 0) : d->n;
+    total += d->nworkers;
+  }
+  lp->nworkers = total;
+  int *pool_of = malloc(sizeof *pool_of * (size_t)(total > 0 ? total : 1));
+  if (!pool_of) return -1;
+  for (int i = 0; i < lp->npools; i++)
+    for (int k = 0; k < lp->pools[i].nworkers; k++) pool_of[lp->pools[i].first_worker + k] = i;
+  int rc = lp_sched_init(&lp->sched, total) != 0 ||
+           (!lp->inline_mode && lp_sched_set_pools(&lp->sched, lp->npools, pool_of) != 0) ||
+           lp_report_init(&lp->report, lp, lp->cfg.order, total) != 0;
+  free(pool_of);
+  lp->sched.one_level = lp->inline_mode;
+  return rc ? -1 : 0;
+}
+
 int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open) {
-  if (!lp || !name || !open) return LUAPOOL_EINVAL;
+  if (!is_open(lp) || !name || !open) return LUAPOOL_EINVAL;
   if (lp->phase != LP_PHASE_OPEN)
     return lp_engine_error(lp, LUAPOOL_ESTATE, "modules must be registered before the script");
   void *m = realloc(lp->modules, sizeof *lp->modules * (size_t)(lp->nmodules + 1));
@@ -104,8 +229,9 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
   memcpy(lp->script, chunk, len);
   lp->script[len] = '\0';
   lp->script_len = len;
+  if (plan_workers(lp) != 0) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   int rc = lp_pool_start(lp);
-  if (rc == 0 && lp->cfg.processes > 0) rc = lp_procs_start(lp);
+  if (rc == 0) rc = lp_procs_start(lp);
   if (rc != 0) return rc;
   if (lp->ndefined > 1) qsort(lp->defined, (size_t)lp->ndefined, sizeof(char *), cmp_names);
   lp->phase = LP_PHASE_RUNNING;
@@ -113,12 +239,12 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
 }
 
 int luapool_load_string(luapool *lp, const char *chunk, size_t len, const char *chunkname) {
-  if (!lp || !chunk) return LUAPOOL_EINVAL;
+  if (!is_open(lp) || !chunk) return LUAPOOL_EINVAL;
   return load(lp, chunk, len, chunkname ? chunkname : "=script");
 }
 
 int luapool_load_file(luapool *lp, const char *path) {
-  if (!lp || !path) return LUAPOOL_EINVAL;
+  if (!is_open(lp) || !path) return LUAPOOL_EINVAL;
   FILE *f = fopen(path, "rb");
   if (!f) return lp_engine_error(lp, LUAPOOL_ESCRIPT, "cannot open %s: %s", path, strerror(errno));
   size_t cap = 65536, len = 0;
@@ -158,25 +284,72 @@ int luapool_load_file(luapool *lp, const char *path) {
   return rc;
 }
 
-int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *argv) {
-  if (!lp || !fn || argc < 0 || (argc > 0 && !argv)) return LUAPOOL_EINVAL;
-  if (lp->phase != LP_PHASE_RUNNING) return lp_engine_error(lp, LUAPOOL_ESTATE, "no script loaded");
-  if (!luapool_has_function(lp, fn))
+/* ---- futures ---- */
+
+struct luapool_future {
+  luapool *eng;  /* NULL once detached (the engine has closed) */
+  lp_task *task; /* a reference, while attached */
+  uint64_t id;
+  struct luapool_future *prev, *next; /* the engine's list of live futures */
+  int state;                          /* a detached future's outcome (LP_TASK_*) */
+  lp_buf result;                      /* and its packed values or message */
+  lp_buf text;                        /* luapool_future_text, made on first use (NUL-terminated) */
+  int has_text;
+};
+
+/* A task's waiter that wakes the host when the task finishes. It belongs
+ * to the task's waiter list until it fires, and frees itself then, so a
+ * future may be freed at any moment without racing the finishing worker. */
+static void fire_host(lp_waiter *w, lp_task *done) {
+  luapool *eng = done->eng;
+  pthread_mutex_lock(&eng->host_lock);
+  pthread_cond_broadcast(&eng->host_cond);
+  pthread_mutex_unlock(&eng->host_lock);
+  free(w);
+}
+
+int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
+                     luapool_future **out) {
+  if (out) *out = NULL;
+  if (lp->phase != LP_PHASE_RUNNING) {
+    lp_buf_free(args);
+    return lp_engine_error(lp, LUAPOOL_ESTATE, "no script loaded");
+  }
+  if (!luapool_has_function(lp, fn)) {
+    lp_buf_free(args);
     return lp_engine_error(lp, LUAPOOL_ENOTASK, "no task function named '%s' in the script", fn);
+  }
   int id = lp_names_intern(&lp->names, fn, strlen(fn));
-  lp_buf args;
-  lp_buf_init(&args);
-  int bad = id < 0 || lp_pack_begin(&args, (uint32_t)argc) != 0;
-  for (int i = 0; i < argc && !bad; i++)
-    bad = lp_pack_put_string(&args, argv[i], strlen(argv[i])) != 0;
-  if (bad) {
-    lp_buf_free(&args);
+  luapool_future *f = out ? calloc(1, sizeof *f) : NULL;
+  lp_waiter *wake = out ? malloc(sizeof *wake) : NULL;
+  if (id < 0 || (out && (!f || !wake))) {
+    free(f);
+    free(wake);
+    lp_buf_free(args);
     return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
-  lp_task *t = lp_task_new(lp, NULL, id, 0, &args);
-  if (!t) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  lp_task *t = lp_task_new(lp, NULL, id, priority, args);
+  if (!t) {
+    free(f);
+    free(wake);
+    return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  }
   t->timeout = lp->cfg.task_timeout;
   t->retries = lp->cfg.retries;
+  if (f) {
+    lp_task_ref(t);
+    f->eng = lp;
+    f->task = t;
+    f->id = t->id;
+    lp_buf_init(&f->result);
+    lp_buf_init(&f->text);
+    f->next = lp->futures;
+    if (f->next) f->next->prev = f;
+    lp->futures = f;
+    wake->fire = fire_host;
+    lp_task_watch(t, wake); /* not yet queued: it cannot have finished */
+    *out = f;
+  }
   pthread_mutex_lock(&lp->host_lock);
   lp->live_roots++;
   pthread_mutex_unlock(&lp->host_lock);
@@ -188,17 +361,351 @@ int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *arg
   return 0;
 }
 
+int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *argv) {
+  if (!is_open(lp) || !fn || argc < 0 || (argc > 0 && !argv)) return LUAPOOL_EINVAL;
+  lp_buf args;
+  lp_buf_init(&args);
+  int bad = lp_pack_begin(&args, (uint32_t)argc) != 0;
+  for (int i = 0; i < argc && !bad; i++)
+    bad = lp_pack_put_string(&args, argv[i], strlen(argv[i])) != 0;
+  if (bad) {
+    lp_buf_free(&args);
+    return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  }
+  return lp_engine_submit(lp, fn, &args, 0, NULL);
+}
+
+/* ---- values built from C ---- */
+
+/* The values still owed to an open table: array items, then hash keys and
+ * values alternating (a key when hash is even). */
+typedef struct owed {
+  uint32_t arr;
+  uint64_t hash;
+} owed;
+
+struct luapool_values {
+  lp_buf body;                 /* the encoded values, without the message header */
+  uint32_t count;              /* top-level values */
+  owed open[LP_PACK_MAXDEPTH]; /* tables still being filled, innermost last */
+  int depth;
+};
+
+luapool_values *luapool_values_new(void) {
+  luapool_values *v = malloc(sizeof *v);
+  if (!v) return NULL;
+  lp_buf_init(&v->body);
+  v->count = 0;
+  v->depth = 0;
+  return v;
+}
+
+void luapool_values_reset(luapool_values *v) {
+  if (!v) return;
+  lp_buf_reset(&v->body);
+  v->count = 0;
+  v->depth = 0;
+}
+
+void luapool_values_free(luapool_values *v) {
+  if (!v) return;
+  lp_buf_free(&v->body);
+  free(v);
+}
+
+int luapool_values_count(const luapool_values *v) { return v ? (int)v->count : 0; }
+
+/* Whether the next value is a table key. */
+static int next_is_key(const luapool_values *v) {
+  if (v->depth == 0) return 0;
+  const owed *o = &v->open[v->depth - 1];
+  return o->arr == 0 && o->hash % 2 == 0;
+}
+
+/* One value has been written: count it against the innermost open table,
+ * closing every table it completes. */
+static void placed(luapool_values *v) {
+  for (;;) {
+    if (v->depth == 0) {
+      v->count++;
+      return;
+    }
+    owed *o = &v->open[v->depth - 1];
+    if (o->arr > 0)
+      o->arr--;
+    else
+      o->hash--;
+    if (o->arr > 0 || o->hash > 0) return;
+    v->depth--; /* the table is complete: it is one value of its parent */
+  }
+}
+
+static int put_done(luapool_values *v, int rc) {
+  if (rc != 0) return LUAPOOL_ENOMEM;
+  placed(v);
+  return 0;
+}
+
+int luapool_values_nil(luapool_values *v) {
+  if (!v || next_is_key(v)) return LUAPOOL_EINVAL;
+  return put_done(v, lp_pack_put_nil(&v->body));
+}
+
+int luapool_values_boolean(luapool_values *v, int b) {
+  if (!v) return LUAPOOL_EINVAL;
+  return put_done(v, lp_pack_put_bool(&v->body, b));
+}
+
+int luapool_values_integer(luapool_values *v, int64_t i) {
+  if (!v) return LUAPOOL_EINVAL;
+  return put_done(v, lp_pack_put_int(&v->body, i));
+}
+
+int luapool_values_number(luapool_values *v, double d) {
+  if (!v || (d != d && next_is_key(v))) return LUAPOOL_EINVAL;
+  return put_done(v, lp_pack_put_float(&v->body, d));
+}
+
+int luapool_values_lstring(luapool_values *v, const char *s, size_t len) {
+  if (!v || (!s && len > 0)) return LUAPOOL_EINVAL;
+  return put_done(v, lp_pack_put_string(&v->body, s ? s : "", len));
+}
+
+int luapool_values_string(luapool_values *v, const char *s) {
+  if (!s) return LUAPOOL_EINVAL;
+  return luapool_values_lstring(v, s, strlen(s));
+}
+
+int luapool_values_table(luapool_values *v, uint32_t narr, uint32_t nhash) {
+  if (!v) return LUAPOOL_EINVAL;
+  if (narr == 0 && nhash == 0) return put_done(v, lp_pack_put_table(&v->body, 0, 0));
+  if (v->depth == LP_PACK_MAXDEPTH - 1) return LUAPOOL_EINVAL;
+  if (lp_pack_put_table(&v->body, narr, nhash) != 0) return LUAPOOL_ENOMEM;
+  owed *o = &v->open[v->depth++];
+  o->arr = narr;
+  o->hash = 2 * (uint64_t)nhash;
+  return 0;
+}
+
+int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *args,
+                          luapool_future **out) {
+  if (out) *out = NULL;
+  if (!is_open(lp) || !fn) return LUAPOOL_EINVAL;
+  if (args && args->depth > 0)
+    return lp_engine_error(lp, LUAPOOL_EINVAL, "the arguments are incomplete: a table is not full");
+  lp_buf msg;
+  lp_buf_init(&msg);
+  if (lp_pack_begin(&msg, args ? args->count : 0) != 0 ||
+      (args && lp_buf_append(&msg, args->body.data, args->body.len) != 0)) {
+    lp_buf_free(&msg);
+    return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  }
+  return lp_engine_submit(lp, fn, &msg, 0, out);
+}
+
+/* ---- reading values from C (the format: pack.c) ---- */
+
+static uint64_t read_uvar(luapool_cursor *c) {
+  uint64_t v = 0;
+  for (int shift = 0; c->pos < c->end && shift < 64; shift += 7) {
+    unsigned char b = (unsigned char)*c->pos++;
+    v |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) break;
+  }
+  return v;
+}
+
+int luapool_cursor_init(luapool_cursor *c, const char *packed, size_t len) {
+  char err[128];
+  if (!c || !packed || lp_pack_validate(packed, len, err, sizeof err) != 0) return LUAPOOL_EINVAL;
+  c->pos = packed + 1; /* the version byte */
+  c->end = packed + len;
+  c->tables = 0;
+  return (int)read_uvar(c);
+}
+
+int luapool_cursor_next(luapool_cursor *c, luapool_value *v) {
+  if (!c || !v || c->pos >= c->end) return LUAPOOL_EINVAL;
+  memset(v, 0, sizeof *v);
+  /* Tags of the format, version 1: nil false true integer float string
+   * table backref function. */
+  static const int types[] = {LUAPOOL_TNIL,     LUAPOOL_TBOOLEAN, LUAPOOL_TBOOLEAN,
+                              LUAPOOL_TINTEGER, LUAPOOL_TNUMBER,  LUAPOOL_TSTRING,
+                              LUAPOOL_TTABLE,   LUAPOOL_TREF,     LUAPOOL_TFUNCTION};
+  unsigned tag = (unsigned char)*c->pos++;
+  if (tag >= sizeof types / sizeof *types) return LUAPOOL_EINVAL;
+  v->type = types[tag];
+  uint64_t u;
+  switch (tag) {
+    case 2: v->boolean = 1; break;
+    case 3:
+      u = read_uvar(c);
+      v->integer = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+      break;
+    case 4:
+      u = 0;
+      for (int i = 0; i < 8 && c->pos < c->end; i++)
+        u |= (uint64_t)(unsigned char)*c->pos++ << (8 * i);
+      memcpy(&v->number, &u, sizeof v->number);
+      break;
+    case 5:
+    case 8:
+      v->len = (size_t)read_uvar(c);
+      v->string = c->pos;
+      c->pos += v->len; /* validated: within the bytes */
+      break;
+    case 6:
+      v->narr = (uint32_t)read_uvar(c);
+      v->nhash = (uint32_t)read_uvar(c);
+      v->ref = c->tables++;
+      break;
+    case 7: v->ref = (uint32_t)read_uvar(c); break;
+    default: break;
+  }
+  return 0;
+}
+
+/* The outcome of a finished future: LP_TASK_* state and its packed bytes.
+ * Returns 0 while the task has not finished. */
+static int outcome(const luapool_future *f, const lp_buf **bytes) {
+  if (f->task) {
+    if (!lp_task_finished(f->task)) return 0;
+    *bytes = &f->task->result;
+    return atomic_load_explicit(&f->task->state, memory_order_acquire);
+  }
+  *bytes = &f->result;
+  return f->state;
+}
+
+static void unlink_future(luapool_future *f) {
+  if (f->prev)
+    f->prev->next = f->next;
+  else
+    f->eng->futures = f->next;
+  if (f->next) f->next->prev = f->prev;
+  f->prev = f->next = NULL;
+}
+
+static void make_text(luapool_future *f);
+
+/* The engine closes: f keeps a copy of its outcome and lets go of the task. */
+static void detach(luapool_future *f) {
+  const lp_buf *bytes;
+  int state = outcome(f, &bytes);
+  if (state == 0) {
+    static const char msg[] = "the engine closed before the task finished";
+    state = LP_TASK_CANCELLED;
+    lp_buf_reset(&f->result);
+    if (lp_pack_begin(&f->result, 1) != 0 ||
+        lp_pack_put_string(&f->result, msg, sizeof msg - 1) != 0)
+      lp_buf_reset(&f->result);
+  } else {
+    make_text(f); /* the engine's formatting state goes with it */
+    if (lp_buf_append(&f->result, bytes->data, bytes->len) != 0) lp_buf_reset(&f->result);
+  }
+  f->state = state;
+  unlink_future(f);
+  lp_task_unref(f->task);
+  f->task = NULL;
+  f->eng = NULL;
+}
+
+int luapool_future_done(const luapool_future *f) {
+  const lp_buf *bytes;
+  return f && outcome(f, &bytes) != 0;
+}
+
+uint64_t luapool_future_id(const luapool_future *f) { return f ? f->id : 0; }
+
+int luapool_future_cancel(luapool_future *f) {
+  if (!f || !f->task) return 0;
+  return lp_task_cancel(f->task);
+}
+
+static int wait_run(luapool *lp, double timeout, luapool_future *until);
+
+int luapool_future_wait(luapool_future *f, double timeout) {
+  if (!f) return LUAPOOL_EINVAL;
+  const lp_buf *bytes;
+  int state = outcome(f, &bytes);
+  if (state == 0) {
+    int rc = wait_run(f->eng, timeout, f);
+    state = outcome(f, &bytes);
+    if (state == 0) return rc == 0 || rc == LUAPOOL_ETASKFAIL ? LUAPOOL_EDEADLOCK : rc;
+  }
+  if (state == LP_TASK_OK) return 0;
+  if (state == LP_TASK_CANCELLED) return LUAPOOL_ECANCELLED;
+  if (f->task) atomic_store(&f->task->awaited, 1);
+  return LUAPOOL_ETASKFAIL;
+}
+
+int luapool_future_result(luapool_future *f, const char **packed, size_t *len) {
+  if (!f || !packed || !len) return LUAPOOL_EINVAL;
+  const lp_buf *bytes;
+  if (outcome(f, &bytes) != LP_TASK_OK) return LUAPOOL_ESTATE;
+  *packed = bytes->data;
+  *len = bytes->len;
+  /* The message header: a version byte, then the count as a varint. */
+  uint64_t n = 0;
+  for (size_t i = 1, shift = 0; i < bytes->len && shift < 35; i++, shift += 7) {
+    n |= (uint64_t)(bytes->data[i] & 0x7f) << shift;
+    if (!(bytes->data[i] & 0x80)) break;
+  }
+  return (int)n;
+}
+
+static void make_text(luapool_future *f) {
+  const lp_buf *bytes;
+  int state = outcome(f, &bytes);
+  if (f->has_text || state == 0) return;
+  lp_buf_reset(&f->text);
+  const char *s;
+  size_t len;
+  int rc;
+  if (state == LP_TASK_OK && f->eng)
+    rc = lp_report_text(&f->eng->report, bytes->data, bytes->len, &f->text);
+  else if (lp_pack_single_string(bytes->data, bytes->len, &s, &len))
+    rc = lp_buf_append(&f->text, s, len);
+  else
+    rc = lp_buf_append(&f->text, "task failed", 11);
+  if (rc != 0 || lp_buf_append(&f->text, "", 1) != 0) {
+    lp_buf_reset(&f->text);
+    return;
+  }
+  f->text.len--; /* the NUL is not part of the text */
+  f->has_text = 1;
+}
+
+const char *luapool_future_text(luapool_future *f, size_t *len) {
+  if (!f) return NULL;
+  make_text(f);
+  if (!f->has_text) return NULL;
+  if (len) *len = f->text.len;
+  return f->text.data;
+}
+
+void luapool_future_free(luapool_future *f) {
+  if (!f) return;
+  if (f->task) {
+    unlink_future(f);
+    lp_task_unref(f->task);
+  }
+  lp_buf_free(&f->result);
+  lp_buf_free(&f->text);
+  free(f);
+}
+
 static int cmp_names(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
 int luapool_has_function(luapool *lp, const char *name) {
-  if (!lp || !name || !lp->defined) return 0;
+  if (!is_open(lp) || !name || !lp->defined) return 0;
   return bsearch(&name, lp->defined, (size_t)lp->ndefined, sizeof(char *), cmp_names) != NULL;
 }
 
 int luapool_functions(luapool *lp, const char *const **names) {
-  if (!lp || !names) return LUAPOOL_EINVAL;
+  if (!is_open(lp) || !names) return LUAPOOL_EINVAL;
   *names = (const char *const *)lp->defined;
   return lp->ndefined;
 }
@@ -210,6 +717,8 @@ void lp_engine_root_done(luapool *eng, lp_task *root) {
   if (eng->live_roots == 0) pthread_cond_broadcast(&eng->host_cond);
   pthread_mutex_unlock(&eng->host_lock);
 }
+
+static void cancel_run(luapool *lp);
 
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t) {
   atomic_fetch_add(&eng->unawaited_failures, 1);
@@ -227,7 +736,7 @@ void lp_engine_unawaited_failure(luapool *eng, lp_task *t) {
            name, (unsigned long long)t->id, args, (int)len, msg);
   lp_report_failure(&eng->report, text);
   free(text);
-  if (eng->cfg.fail_fast) luapool_cancel(eng);
+  if (eng->cfg.fail_fast) cancel_run(eng); /* any thread: no handle check */
 }
 
 _Atomic int64_t *lp_engine_counter(luapool *eng, int id) {
@@ -250,8 +759,7 @@ _Atomic int64_t *lp_engine_counter(luapool *eng, int id) {
   return slot;
 }
 
-void luapool_cancel(luapool *lp) {
-  if (!lp) return;
+static void cancel_run(luapool *lp) {
   atomic_store(&lp->stopping, 1);
   atomic_fetch_add(&lp->cancel_epoch, 1);
   lp_procs_cancel_all(lp);
@@ -260,15 +768,23 @@ void luapool_cancel(luapool *lp) {
   lp_sched_wake_all(&lp->sched);
 }
 
+void luapool_cancel(luapool *lp) {
+  if (is_open(lp)) cancel_run(lp);
+}
+
 void luapool_interrupt(luapool *lp) {
   if (lp) atomic_store(&lp->interrupted, 1);
 }
 
-int luapool_wait(luapool *lp, double timeout) {
-  if (!lp) return LUAPOOL_EINVAL;
+/* Runs the host's side of a run until every root has completed, or until
+ * `until` (a future) has finished, or the timeout: delivers records and
+ * failure reports, turns an interrupt into a cancel, and in inline mode runs
+ * the tasks themselves. */
+static int wait_run(luapool *lp, double timeout, luapool_future *until) {
   if (lp->phase != LP_PHASE_RUNNING) return lp_engine_error(lp, LUAPOOL_ESTATE, "no script loaded");
   double deadline = timeout >= 0 ? lp_now() + timeout : -1;
   int rc = 0;
+  long live = 0;
   if (lp->inline_mode) {
     rc = lp_pool_run_inline(lp);
     if (rc == LUAPOOL_EDEADLOCK)
@@ -276,10 +792,12 @@ int luapool_wait(luapool *lp, double timeout) {
   } else {
     for (;;) {
       lp_report_deliver(&lp->report, 0);
-      if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) luapool_cancel(lp);
+      lp_stats_tick(lp);
+      if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) cancel_run(lp);
       pthread_mutex_lock(&lp->host_lock);
-      long live = lp->live_roots;
-      if (live > 0) {
+      live = lp->live_roots;
+      int waiting = until ? !lp_task_finished(until->task) : live > 0;
+      if (waiting) {
         /* Records are picked up every millisecond: streaming without a
          * wake-up per record. */
         double now = lp_now();
@@ -298,40 +816,50 @@ int luapool_wait(luapool *lp, double timeout) {
         pthread_cond_timedwait(&lp->host_cond, &lp->host_lock, &ts);
       }
       pthread_mutex_unlock(&lp->host_lock);
-      if (live == 0) break;
+      if (!waiting) break;
     }
   }
-  lp_report_deliver(&lp->report, rc != LUAPOOL_ETIMEDOUT); /* the run is over */
+  /* The run is over when no root is left (priority order lets go then). */
+  if (lp->inline_mode || until) {
+    pthread_mutex_lock(&lp->host_lock);
+    live = lp->live_roots;
+    pthread_mutex_unlock(&lp->host_lock);
+  }
+  lp_report_deliver(&lp->report, rc != LUAPOOL_ETIMEDOUT && live == 0);
   if (rc == 0 && atomic_load(&lp->interrupted)) rc = LUAPOOL_EINTERRUPTED;
   if (rc == 0 && atomic_load(&lp->unawaited_failures)) rc = LUAPOOL_ETASKFAIL;
   return rc;
 }
 
-void luapool_get_stats(luapool *lp, luapool_stats *out) {
-  memset(out, 0, sizeof *out);
-  if (!lp || !lp->workers) return;
-  for (int i = 0; i < lp->nworkers; i++) {
-    out->tasks_run += lp->workers[i].tasks_run;
-    out->tasks_failed += lp->workers[i].tasks_failed;
-  }
-  out->records = lp->report.delivered;
-  out->max_depth = atomic_load(&lp->max_depth);
+int luapool_wait(luapool *lp, double timeout) {
+  if (!is_open(lp)) return LUAPOOL_EINVAL;
+  return wait_run(lp, timeout, NULL);
 }
 
-void luapool_close(luapool *lp) {
-  if (!lp) return;
+int luapool_close(luapool *lp) {
+  if (!lp) return 0;
+  if (!remove_open(lp)) return LUAPOOL_EINVAL;
+  destroy(lp);
+  return 0;
+}
+
+static void destroy(luapool *lp) {
   if (lp->phase == LP_PHASE_RUNNING) {
     pthread_mutex_lock(&lp->host_lock);
     long live = lp->live_roots;
     pthread_mutex_unlock(&lp->host_lock);
     if (live > 0) {
-      luapool_cancel(lp);
-      luapool_wait(lp, -1);
+      cancel_run(lp);
+      wait_run(lp, -1, NULL);
     }
   }
+  /* Before the report goes: a detached future keeps its text, and a failure
+   * nobody awaited is still reported. */
+  while (lp->futures) detach(lp->futures);
   lp->phase = LP_PHASE_CLOSING;
   lp_procs_stop(lp);
   lp_pool_stop(lp);
+  lp_trace_close(lp); /* the workers are joined: their events can be read */
   lp_sync_free(lp);
   lp_report_free(&lp->report);
   lp_pool_free(lp);
@@ -345,6 +873,8 @@ void luapool_close(luapool *lp) {
   free(lp->modules);
   for (int i = 0; i < lp->ndefined; i++) free(lp->defined[i]);
   free(lp->defined);
+  for (int i = 0; i < lp->npools; i++) free(lp->pools[i].name);
+  free(lp->pools);
   pthread_mutex_destroy(&lp->host_lock);
   pthread_cond_destroy(&lp->host_cond);
   pthread_mutex_destroy(&lp->counters_lock);

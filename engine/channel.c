@@ -417,6 +417,7 @@ static void *make_chan(const char *name, lua_Integer cap, int given) {
 /* luapool.channel(name [, capacity]). A channel made by a call without a
  * capacity takes the first one given; after that, all must agree. */
 static int l_channel(lua_State *L) {
+  lp_lib_not_in_process(L, "luapool.channel");
   lua_Integer cap = 0;
   int given = lp_sync_opt_int(L, 2, "luapool.channel", "capacity", &cap);
   if (given && cap <= 0)

@@ -12,9 +12,22 @@
 #include "names.h"
 #include "report.h"
 #include "sched.h"
+#include "stats.h"
 #include "task.h"
 
 struct lp_worker;
+
+/* A pool: where tasks run. Pool 0 is "main" (--workers or --processes);
+ * --pool NAME=threads:N | processes:N[xT] adds more. */
+typedef struct lp_pooldef {
+  char *name;
+  int processes;    /* worker processes; 0 for a pool of threads */
+  int n;            /* threads of a thread pool */
+  int threads;      /* threads in each worker process */
+  int first_worker; /* the engine's worker threads serving it */
+  int nworkers;
+  struct lp_procs *procs; /* a process pool's processes (proc.c) */
+} lp_pooldef;
 
 typedef enum lp_engine_phase {
   LP_PHASE_OPEN = 0, /* configured, no script yet */
@@ -61,13 +74,20 @@ struct luapool {
   _Atomic int64_t **counters; /* blocks of LP_COUNTER_BLOCK, indexed by name id */
   int ncounter_blocks;
 
-  struct lp_procs *procs; /* process mode: the worker processes (proc.c) */
-  struct lp_link *link;   /* inside a worker process: the pipe to the engine (procworker.c) */
+  lp_pooldef *pools; /* pools[0] is "main" */
+  int npools;
+  uint64_t proc_gens;   /* worker processes started: each gets its own range of task ids */
+  struct lp_link *link; /* inside a worker process: the pipe to the engine (procworker.c) */
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
-  /* Statistics, summed from the workers at the end. */
+  /* Statistics, summed from the workers when asked (stats.c). */
   _Atomic int max_depth;
+  lp_stats stats;
+  struct lp_trace *trace; /* --trace: every worker's events; NULL without */
+
+  struct luapool_future *futures; /* host-only: live futures, detached at close */
+  struct luapool *next_open;      /* the list of open engines (api.c) */
 
   char errmsg[1024];
 };
@@ -82,11 +102,23 @@ extern const char *lp_worker_exe;
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Called when a root's subtree completes. */
+/* Called when a root's subtree completes (root may be NULL: released). */
 void lp_engine_root_done(luapool *eng, lp_task *root);
+
+/* Whether lp is an engine that is open (not closed, not a stray pointer). */
+int lp_engine_is_open(const luapool *lp);
+
+/* The index of the pool called name, or -1. */
+int lp_engine_pool(luapool *eng, const char *name, size_t len);
 
 /* Reports a failed task that nobody awaited. */
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t);
+
+/* Submits a root task of function `fn` with packed arguments (taken: args
+ * is left empty on every path) and the given priority; with `out`, makes a
+ * future. The Lua host module (luamod.c) submits through here. */
+int lp_engine_submit(luapool *eng, const char *fn, lp_buf *args, double priority,
+                     struct luapool_future **out);
 
 /* The counter slot for a name id, created on first use. */
 _Atomic int64_t *lp_engine_counter(luapool *eng, int name_id);

@@ -44,7 +44,10 @@ static lp_worker *worker(lua_State *L) { return lp_worker_of(L); }
 /* The task running in L, or an error naming the call. */
 lp_task *lp_lib_running(lua_State *L, const char *what) {
   lp_worker *w = worker(L);
-  if (!w || !w->current) luaL_error(L, "%s: only a running task can do this", what);
+  if (!w || !w->current) {
+    luaL_error(L, "%s: only a running task can do this", what);
+    return NULL; /* not reached: luaL_error does not return */
+  }
   return w->current;
 }
 
@@ -130,6 +133,7 @@ static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* The options table at index 1 of luapool.spawn. */
 typedef struct spawn_opts {
+  int pool;
   double priority;
   double timeout; /* seconds; 0: none */
   int retries;
@@ -163,10 +167,26 @@ static void read_options(lua_State *L, spawn_opts *o) {
     }
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, 1, "pool") != LUA_TNIL &&
-      (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "main") != 0))
-    luaL_error(L, "luapool.spawn: no pool named '%s' (this run has only 'main')",
-               luaL_tolstring(L, -1, NULL));
+  if (lua_getfield(L, 1, "pool") != LUA_TNIL) {
+    luapool *eng = lp_worker_of(L)->eng;
+    size_t len;
+    const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    o->pool = name ? lp_engine_pool(eng, name, len) : -1;
+    if (o->pool < 0) {
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (int i = 0; i < eng->npools; i++) {
+        if (i) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, eng->pools[i].name);
+      }
+      luaL_pushresult(&b);
+      const char *names = lua_tostring(L, -1);
+      const char *asked = luaL_tolstring(L, -2, NULL);
+      luaL_error(L, "luapool.spawn: no pool named '%s' (%s: %s)", asked,
+                 eng->link ? "a task in a worker process spawns into its own pool" : "pools",
+                 names);
+    }
+  }
   lua_pop(L, 1);
   o->priority = opt_number(L, "priority", o->priority);
   o->timeout = opt_number(L, "timeout", o->timeout);
@@ -182,7 +202,7 @@ static int l_spawn(lua_State *L) {
   lp_worker *w = worker(L);
   luapool *eng = w->eng;
   int base = 1;
-  spawn_opts o = {self->priority, eng->cfg.task_timeout, eng->cfg.retries};
+  spawn_opts o = {self->pool, self->priority, eng->cfg.task_timeout, eng->cfg.retries};
   if (lua_type(L, 1) == LUA_TTABLE) {
     read_options(L, &o);
     base = 2;
@@ -215,14 +235,20 @@ static int l_spawn(lua_State *L) {
   if (!t) return luaL_error(L, "luapool.spawn: out of memory");
   t->timeout = o.timeout;
   t->retries = o.retries;
+  t->pool = o.pool;
   lp_task_ref(t); /* the future's */
   f->t = t;
   lp_report_spawn(&eng->report, self, t);
-  if (eng->procs) {
+  lp_stats_spawn(&w->stats, self, t);
+  if (!eng->inline_mode && eng->pools[t->pool].procs) {
     if (lp_procs_push(eng, t) != 0) {
       lp_task_finish(t, LP_TASK_FAILED, NULL);
       return luaL_error(L, "luapool.spawn: out of memory");
     }
+    return 1;
+  }
+  if (!eng->inline_mode && t->pool != eng->sched.wq[w->index].pool) {
+    lp_sched_inject(&eng->sched, t); /* another pool's threads */
     return 1;
   }
   if (eng->inline_mode) {
@@ -337,7 +363,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
   lp_worker *w = worker(L);
   lp_task *t = w->current;
   w->inline_depth--;
-  w->tasks_run++;
+  lp_stats_inc(&w->stats.run);
   t->co = NULL;
   if (status == LUA_OK || status == LUA_YIELD) {
     lp_task_finish(t, LP_TASK_OK, &w->result);
@@ -351,6 +377,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
     lp_pool_fail(w, t, text, len);
   }
   w->current = self;
+  lp_stats_switch(&w->stats, self);
   lua_settop(L, 1);
 }
 
@@ -372,7 +399,10 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   t->cancel_epoch = self->cancel_epoch;
   atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
   w->inline_depth++;
+  if (t->depth > atomic_load_explicit(&w->eng->max_depth, memory_order_relaxed))
+    atomic_store_explicit(&w->eng->max_depth, t->depth, memory_order_relaxed);
   w->current = t;
+  lp_stats_switch(&w->stats, t);
   lua_settop(L, 1);
   lua_pushcfunction(L, lp_vm_traceback);
   lua_pushcfunction(L, lp_pool_task_entry);
@@ -641,29 +671,47 @@ static int l_print(lua_State *L) {
 
 /* ---- counters ---- */
 
+void lp_lib_not_in_process(lua_State *L, const char *what) {
+  if (lp_worker_of(L)->eng->link)
+    luaL_error(L,
+               "%s is not available in a worker process: it would not be shared with the "
+               "rest of the run (use return values and records, or a pool of threads)",
+               what);
+}
+
+/* A counter is a slot of the engine's; inside a worker process it is only
+ * a name, and every use asks the engine (the task waits for the answer). */
+typedef struct lp_counter {
+  _Atomic int64_t *slot; /* NULL inside a worker process */
+  int name;
+} lp_counter;
+
 static int l_counter(lua_State *L) {
   size_t len;
   const char *name = luaL_checklstring(L, 1, &len);
   luapool *eng = worker(L)->eng;
   int id = lp_names_intern(&eng->names, name, len);
-  _Atomic int64_t *slot = id >= 0 ? lp_engine_counter(eng, id) : NULL;
-  if (!slot) return luaL_error(L, "luapool.counter: out of memory");
-  _Atomic int64_t **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = slot;
+  _Atomic int64_t *slot = id >= 0 && !eng->link ? lp_engine_counter(eng, id) : NULL;
+  if (id < 0 || (!slot && !eng->link)) return luaL_error(L, "luapool.counter: out of memory");
+  lp_counter *c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->slot = slot;
+  c->name = id;
   luaL_setmetatable(L, COUNTER_MT);
   return 1;
 }
 
 static int counter_add(lua_State *L) {
-  _Atomic int64_t *c = *(_Atomic int64_t **)luaL_checkudata(L, 1, COUNTER_MT);
+  lp_counter *c = luaL_checkudata(L, 1, COUNTER_MT);
   lua_Integer n = luaL_optinteger(L, 2, 1);
-  lua_pushinteger(L, (lua_Integer)(atomic_fetch_add(c, (int64_t)n) + (int64_t)n));
+  if (!c->slot) return lp_procworker_counter(L, c->name, (int64_t)n, 1);
+  lua_pushinteger(L, (lua_Integer)(atomic_fetch_add(c->slot, (int64_t)n) + (int64_t)n));
   return 1;
 }
 
 static int counter_get(lua_State *L) {
-  _Atomic int64_t *c = *(_Atomic int64_t **)luaL_checkudata(L, 1, COUNTER_MT);
-  lua_pushinteger(L, (lua_Integer)atomic_load(c));
+  lp_counter *c = luaL_checkudata(L, 1, COUNTER_MT);
+  if (!c->slot) return lp_procworker_counter(L, c->name, 0, 0);
+  lua_pushinteger(L, (lua_Integer)atomic_load(c->slot));
   return 1;
 }
 
@@ -677,7 +725,7 @@ static int l_self(lua_State *L) {
   lua_setfield(L, -2, "id");
   lua_pushstring(L, lp_names_get(&w->eng->names, t->fn));
   lua_setfield(L, -2, "name");
-  lua_pushstring(L, "main");
+  lua_pushstring(L, w->eng->pools[t->pool].name);
   lua_setfield(L, -2, "pool");
   lua_pushinteger(L, w->index + 1);
   lua_setfield(L, -2, "worker");

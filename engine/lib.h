@@ -30,4 +30,9 @@ void lp_lib_resumed(lua_State *L, lp_task *self);
 /* The deadline for an optional timeout argument at idx: -1 if none. */
 double lp_lib_deadline(lua_State *L, int idx);
 
+/* Raises an error for a shared object (counter, channel, sequencer) asked
+ * for inside a worker process, where it could not be shared with the rest
+ * of the run. */
+void lp_lib_not_in_process(lua_State *L, const char *what);
+
 #endif

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "luapool.h"
+#include "progress.h"
 #include "engine.h"
 #include "proc.h"
 
@@ -40,6 +41,9 @@ static const char usage_text[] =
     "  --processes N    N worker processes instead of threads: a task that\n"
     "                   crashes its process fails alone\n"
     "  --threads T      worker threads in each worker process (default 1)\n"
+    "  --pool NAME=threads:N | NAME=processes:N[xT]\n"
+    "                   an extra pool; spawn({pool = \"NAME\"}, ...) runs a task\n"
+    "                   there (the default pool is called main)\n"
     "  --order ORDER    tree (default: the order of a sequential run),\n"
     "                   priority, or completion\n"
     "  --format FORMAT  text (default) or json\n"
@@ -47,15 +51,24 @@ static const char usage_text[] =
     "  --task-timeout S stop a task that runs longer than S seconds\n"
     "  --memory-limit BYTES  limit of each worker's Lua state (suffix k, m, g)\n"
     "  --fail-fast      cancel the run at the first failure nobody waits for\n"
+    "  --progress       a live progress bar on stderr when it is a terminal\n"
+    "                   (the default); --no-progress: none\n"
+    "  --stats          a summary of the run on stderr at the end\n"
+    "  --trace FILE     write the run as Chrome trace-event JSON (Perfetto)\n"
     "  --                    the arguments that follow are all for main\n"
     "\n"
-    "exit status: 0 success; 1 a task failed; 2 bad usage or an invalid\n"
-    "script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
+    "check lists the script's task functions and warns of globals it reads\n"
+    "but never defines.\n"
+    "\n"
+    "exit status: 0 success; 1 a task failed (check: warnings); 2 bad usage\n"
+    "or an invalid script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
 
 static const char **g_args; /* freed on every exit path, for leak checkers */
+static const char **g_pools;
 
 static void usage_error(const char *fmt, const char *arg) {
   free(g_args);
+  free(g_pools);
   fprintf(stderr, "luapool: ");
   fprintf(stderr, fmt, arg);
   fprintf(stderr, "\n\n%s", usage_text);
@@ -105,10 +118,17 @@ typedef struct cli {
   int json;
   FILE *out;
   long failures;
+  int out_tty;     /* stdout is a terminal: the bar is erased before each record */
+  lp_progress bar; /* --progress */
 } cli;
+
+static void on_progress(void *ud, const luapool_stats *st) {
+  lp_progress_draw(&((cli *)ud)->bar, st);
+}
 
 static void on_record(void *ud, const luapool_record *rec) {
   cli *c = ud;
+  if (c->out_tty) lp_progress_clear(&c->bar);
   if (!c->json) {
     fwrite(rec->text, 1, rec->text_len, c->out);
     fputc('\n', c->out);
@@ -126,6 +146,7 @@ static void on_flush(void *ud) { fflush(((cli *)ud)->out); }
 static void on_failure(void *ud, const char *message) {
   cli *c = ud;
   c->failures++;
+  lp_progress_clear(&c->bar);
   fflush(c->out);
   fprintf(stderr, "%s\n", message);
 }
@@ -173,17 +194,28 @@ static int cmd_check(int argc, char **argv) {
     printf("\n");
   }
   luapool_close(lp);
+  /* Then the globals it reads and never defines (-1: it does not compile,
+   * which the load has reported). */
+  int warnings = lp_check_globals(argv[0], stdout);
+  if (rc == 0 && warnings > 0) rc = EXIT_TASKFAIL;
   return rc;
 }
 
 static int cmd_run(int argc, char **argv) {
   luapool_config cfg;
   luapool_config_init(&cfg);
-  cli c = {0, stdout, 0};
+  cli c = {0, stdout, 0, 0, {0}};
+  int progress = 1, stats = 0;
   const char *script = NULL;
   const char **args = calloc((size_t)argc + 1, sizeof *args);
-  int nargs = 0, only_args = 0;
-  if (!args) return EXIT_USAGE;
+  const char **pools = calloc((size_t)argc + 1, sizeof *pools);
+  int nargs = 0, only_args = 0, npools = 0;
+  if (!pools || !args) {
+    free(args);
+    free(pools);
+    return EXIT_USAGE;
+  }
+  g_pools = pools;
   g_args = args;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
@@ -204,6 +236,12 @@ static int cmd_run(int argc, char **argv) {
     } else if (strcmp(a, "--threads") == 0) {
       cfg.threads = (int)parse_count(a, val, 1024);
       if (cfg.threads == 0) usage_error("--threads needs at least 1%s", "");
+      i++;
+    } else if (strcmp(a, "--pool") == 0) {
+      const char *eq = val ? strchr(val, '=') : NULL;
+      if (!eq || eq == val)
+        usage_error("--pool needs NAME=threads:N or NAME=processes:N[xT]%s", "");
+      pools[npools++] = val;
       i++;
     } else if (strcmp(a, "--fail-fast") == 0) {
       cfg.fail_fast = 1;
@@ -240,6 +278,17 @@ static int cmd_run(int argc, char **argv) {
     } else if (strcmp(a, "--memory-limit") == 0) {
       cfg.memory_limit = parse_bytes(a, val);
       i++;
+    } else if (strcmp(a, "--progress") == 0 || strcmp(a, "--no-progress") == 0) {
+      progress = a[2] == 'p';
+    } else if (strcmp(a, "--stats") == 0) {
+      stats = 1;
+    } else if (strcmp(a, "--trace") == 0) {
+      if (!val || !*val) usage_error("--trace needs a file name%s", "");
+      FILE *f = fopen(val, "w"); /* fail now rather than after the run */
+      if (!f) usage_error("--trace: cannot write '%s'", val);
+      fclose(f);
+      cfg.trace_path = val;
+      i++;
     } else {
       usage_error("unknown option '%s'", a);
     }
@@ -250,14 +299,30 @@ static int cmd_run(int argc, char **argv) {
   cfg.on_record = on_record;
   cfg.on_failure = on_failure;
   cfg.on_flush = on_flush;
+  if (lp_progress_wanted(progress)) cfg.on_progress = on_progress;
+  c.out_tty = isatty(STDOUT_FILENO);
   cfg.ud = &c;
   luapool *lp;
   int rc = luapool_open(&cfg, &lp);
   if (rc != 0) {
     fprintf(stderr, "luapool: cannot start: %s\n", luapool_strerror(rc));
     free(args);
-    g_args = NULL;
+    free(pools);
+    g_args = g_pools = NULL;
     return EXIT_USAGE;
+  }
+  for (int i = 0; i < npools; i++) {
+    const char *eq = strchr(pools[i], '=');
+    char name[128];
+    snprintf(name, sizeof name, "%.*s", (int)(eq - pools[i]), pools[i]);
+    if (luapool_add_pool(lp, name, eq + 1) != 0) {
+      fprintf(stderr, "luapool: --pool %s: %s\n\n%s", pools[i], luapool_errmsg(lp), usage_text);
+      luapool_close(lp);
+      free(args);
+      free(pools);
+      g_args = g_pools = NULL;
+      return EXIT_USAGE;
+    }
   }
   int exit_code = load_script(lp, script);
   if (exit_code == 0) {
@@ -270,6 +335,8 @@ static int cmd_run(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     rc = luapool_submit(lp, "main", nargs, args);
     if (rc == 0) rc = luapool_wait(lp, -1);
+    lp_progress_clear(&c.bar);
+    if (stats) lp_progress_summary(lp, stderr);
     if (rc == LUAPOOL_EINTERRUPTED)
       exit_code = g_signal == SIGTERM ? EXIT_TERMINATED : EXIT_INTERRUPTED;
     else if (rc != 0 && rc != LUAPOOL_ETASKFAIL) {
@@ -281,7 +348,8 @@ static int cmd_run(int argc, char **argv) {
   g_engine = NULL;
   fflush(c.out);
   free(args);
-  g_args = NULL;
+  free(pools);
+  g_args = g_pools = NULL;
   if (exit_code == 0 && c.failures > 0) exit_code = EXIT_TASKFAIL;
   return exit_code;
 }

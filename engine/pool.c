@@ -30,6 +30,7 @@
 #include "engine.h"
 #include "proc.h"
 #include "spin.h"
+#include "trace.h"
 #include "vm.h"
 
 #define SPIN_ROUNDS 2000 /* ~50 us of looking for work before parking */
@@ -176,7 +177,7 @@ void lp_pool_fail(lp_worker *w, lp_task *t, const char *text, size_t len) {
   if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, len) != 0) lp_buf_reset(&msg);
   int cancelled = lp_task_cancelled(t);
   if (!cancelled) {
-    w->tasks_failed++;
+    lp_stats_inc(&w->stats.failed);
     lua_pushcfunction(L, summarize_args);
     lua_pushlightuserdata(L, t);
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) t->failnote = strdup(lua_tostring(L, -1));
@@ -258,6 +259,7 @@ static void start_limit(lp_worker *w, lp_task *t, lua_State *co) {
 static int retry(lp_worker *w, lp_task *t) {
   if (t->retries <= 0 || lp_task_cancelled(t)) return 0;
   t->retries--;
+  lp_stats_inc(&w->stats.retried);
   t->deadline = 0;
   atomic_store_explicit(&t->state, LP_TASK_QUEUED, memory_order_relaxed);
   if (lp_sched_push(&w->eng->sched, w->index, t) != 0) return 0;
@@ -291,7 +293,7 @@ static void run(lp_worker *w, lp_task *t) {
     t->cancel_epoch = epoch;
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
-    w->tasks_run++;
+    lp_stats_inc(&w->stats.run);
     if (eng->link && !t->parent) lp_procworker_started(eng, t);
     if (t->depth > atomic_load_explicit(&eng->max_depth, memory_order_relaxed))
       atomic_store_explicit(&eng->max_depth, t->depth, memory_order_relaxed);
@@ -301,6 +303,7 @@ static void run(lp_worker *w, lp_task *t) {
   lp_task *base = t->co_base;
   lp_task *outer = w->current;
   w->current = t;
+  lp_stats_switch(&w->stats, t);
   w->yield_kind = LP_YIELD_OTHER;
   int nres = 0;
   int limit_was = w->limit_on; /* a nested run (lp_pool_run_nested) is inside a resume */
@@ -309,6 +312,7 @@ static void run(lp_worker *w, lp_task *t) {
   w->limit_on = limit_was;
   lp_task *now = w->current; /* differs from t when a task run inline yielded */
   w->current = outer;
+  lp_stats_switch(&w->stats, outer);
   if (st == LUA_YIELD) {
     if (w->yield_kind != LP_YIELD_WAIT) {
       lua_pop(co, nres);
@@ -366,6 +370,7 @@ static void loop(lp_worker *w) {
     }
     if (w->timers.n && fire_timers(w, atomic_load(&eng->stopping))) continue;
     if (atomic_load(&s->stop) && w->nlive == 0) return;
+    lp_stats_idle(w, 1);
     lp_sched_spinning(s, 1);
     for (int i = 0; i < SPIN_ROUNDS && !t; i++) {
       lp_cpu_relax();
@@ -373,6 +378,7 @@ static void loop(lp_worker *w) {
     }
     lp_sched_spinning(s, -1);
     if (t) {
+      lp_stats_idle(w, 0);
       run(w, t);
       continue;
     }
@@ -380,6 +386,7 @@ static void loop(lp_worker *w) {
     double next = lp_timers_next(&w->timers, lp_now());
     if (eng->link) lp_procworker_idle(eng);
     lp_sched_park(s, w->index, next);
+    lp_stats_idle(w, 0);
   }
 }
 
@@ -415,6 +422,7 @@ int lp_pool_run_inline(luapool *eng) {
   while ((t = lp_sched_next(&eng->sched, 0))) {
     run(w, t);
     lp_report_deliver(&eng->report, 0);
+    lp_stats_tick(eng);
   }
   lp_task_cache_self = NULL;
   return w->nlive ? LUAPOOL_EDEADLOCK : 0;
@@ -427,14 +435,19 @@ void lp_pool_run_nested(lp_worker *w, lp_task *until) {
 
 /* ---- start and stop ---- */
 
+/* Runs on the worker's thread: the message goes to w->errmsg only (the
+ * host copies it into the engine's), as several workers may fail at once. */
 static int start_state(luapool *eng, lp_worker *w) {
   w->L = lp_vm_new(w);
-  if (!w->L) return lp_engine_error(eng, LUAPOOL_ENOMEM, "cannot create a Lua state");
+  if (!w->L) {
+    snprintf(w->errmsg, sizeof w->errmsg, "cannot create a Lua state");
+    return LUAPOOL_ENOMEM;
+  }
   lua_newtable(w->L);
   w->cos_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
   if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, w->errmsg, sizeof w->errmsg) !=
       0)
-    return lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", w->errmsg);
+    return LUAPOOL_ESCRIPT;
   return 0;
 }
 
@@ -449,6 +462,7 @@ int lp_pool_start(luapool *eng) {
     w->mem_limit = eng->cfg.memory_limit;
     lp_task_cache_init(&w->cache);
     lp_buf_init(&w->result);
+    w->stats.trace = lp_trace_buf(eng, i);
   }
   if (eng->inline_mode) { /* the host's thread is the worker */
     lp_worker *w = &eng->workers[0];

@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "pack.h"
+#include "stats.h"
 #include "task.h"
 #include "timer.h"
 
@@ -52,11 +53,8 @@ typedef struct lp_worker {
   int inline_depth;    /* tasks being run inline by get(), nested */
   const void *last_fn; /* the function value spawn saw last, and its id */
   int last_fn_id;
-  lp_buf result; /* the running task's packed return values */
-  /* Statistics, owner-written. */
-  uint64_t tasks_run;
-  uint64_t tasks_failed;
-  double busy;      /* seconds spent running Lua */
+  lp_buf result;    /* the running task's packed return values */
+  lp_wstats stats;  /* counters and trace events, owner-written (stats.h) */
   char errmsg[512]; /* why start-up failed */
 } lp_worker;
 

@@ -35,10 +35,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine.h"
 #include "pool.h"
+#include "timer.h"
 #include "proc.h"
 #include "wire.h"
 
@@ -58,7 +60,9 @@ typedef struct idmap {
   size_t cap, n;
 } idmap;
 
-static size_t id_hash(uint64_t id, size_t mask) { return (size_t)(id * 0x9E3779B97F4A7C15ull) & mask; }
+static size_t id_hash(uint64_t id, size_t mask) {
+  return (size_t)(id * 0x9E3779B97F4A7C15ull) & mask;
+}
 
 static int idmap_put(idmap *m, lp_task *t) {
   if ((m->n + 1) * 2 > m->cap) {
@@ -136,6 +140,7 @@ typedef struct lp_conn {
 
 typedef struct lp_procs {
   luapool *eng;
+  int pool; /* its index in eng->pools */
   int n;
   lp_conn *conns;
   pthread_mutex_t lock;
@@ -145,7 +150,6 @@ typedef struct lp_procs {
   long nqueued;
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
-  uint64_t gens; /* processes started, for their id ranges */
   char exe[4096];
 } lp_procs;
 
@@ -245,7 +249,7 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
-  lp_procs *ps = eng->procs;
+  lp_procs *ps = eng->pools[t->pool].procs;
   pthread_mutex_lock(&ps->lock);
   if (ps->stopping || lp_task_cancelled(t)) {
     pthread_mutex_unlock(&ps->lock);
@@ -261,7 +265,7 @@ static int push(luapool *eng, lp_task *t, int front) {
 int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
 
 void lp_procs_cancel(luapool *eng, lp_task *t) {
-  lp_procs *ps = eng->procs;
+  lp_procs *ps = eng->pools ? eng->pools[t->pool].procs : NULL;
   if (!ps) return;
   pthread_mutex_lock(&ps->lock);
   if (t->remote && t->owner >= 0 && t->owner < ps->n) {
@@ -274,9 +278,7 @@ void lp_procs_cancel(luapool *eng, lp_task *t) {
   pthread_mutex_unlock(&ps->lock);
 }
 
-void lp_procs_cancel_all(luapool *eng) {
-  lp_procs *ps = eng->procs;
-  if (!ps) return;
+static void cancel_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
   size_t n = 0;
@@ -293,19 +295,25 @@ void lp_procs_cancel_all(luapool *eng) {
   free(unsent);
 }
 
+void lp_procs_cancel_all(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++)
+    if (eng->pools[i].procs) cancel_pool(eng, eng->pools[i].procs);
+}
+
 /* ---- starting a process ---- */
 
 static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
   luapool *eng = ps->eng;
   size_t mark;
-  int threads = eng->cfg.threads > 0 ? eng->cfg.threads : 1;
-  uint64_t base = ++ps->gens << 32;
+  lp_pooldef *d = &eng->pools[ps->pool];
+  int threads = d->threads > 0 ? d->threads : 1;
+  uint64_t base = ++eng->proc_gens << 32;
   if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, (uint64_t)c->slot) ||
       lp_wire_u64(b, (uint64_t)threads) || lp_wire_u64(b, (uint64_t)eng->cfg.order) ||
       lp_wire_u64(b, eng->cfg.memory_limit) || lp_wire_u64(b, base) ||
       lp_wire_f64(b, eng->cfg.task_timeout) ||
       lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
-      lp_wire_bytes(b, eng->script, eng->script_len))
+      lp_wire_bytes(b, eng->script, eng->script_len) || lp_wire_bytes(b, d->name, strlen(d->name)))
     return -1;
   lp_wire_end(b, mark);
   return 0;
@@ -451,51 +459,73 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
   size_t n;
   lp_task *t;
   switch (m->type) {
-  case LP_MSG_READY:
-    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
-    pthread_mutex_lock(&ps->lock);
-    c->ready = 1;
-    c->credits += (long)v;
-    poke(c);
-    pthread_cond_broadcast(&ps->ready_cond);
-    pthread_mutex_unlock(&ps->lock);
-    break;
-  case LP_MSG_LOADERR:
-    if (lp_wire_get_bytes(m, &p, &n) != 0) break;
-    pthread_mutex_lock(&ps->lock);
-    snprintf(c->loaderr, sizeof c->loaderr, "%.*s", (int)n, p);
-    pthread_cond_broadcast(&ps->ready_cond);
-    pthread_mutex_unlock(&ps->lock);
-    break;
-  case LP_MSG_WANT:
-    if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
-    pthread_mutex_lock(&ps->lock);
-    c->credits += (long)v;
-    poke(c);
-    pthread_mutex_unlock(&ps->lock);
-    break;
-  case LP_MSG_STARTED:
-    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 0))) t->started = 1;
-    break;
-  case LP_MSG_RESULT:
-    on_result(c, m);
-    break;
-  case LP_MSG_RECORD:
-    on_record(c, m);
-    break;
-  case LP_MSG_DONE:
-    if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
-    break;
-  case LP_MSG_FAILURE:
-    if (lp_wire_get_bytes(m, &p, &n) != 0) break;
-    char *text = strndup(p, n);
-    if (!text) break;
-    atomic_fetch_add(&ps->eng->unawaited_failures, 1);
-    lp_report_failure(&ps->eng->report, text);
-    free(text);
-    break;
-  default:
-    break;
+    case LP_MSG_READY:
+      if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
+      pthread_mutex_lock(&ps->lock);
+      c->ready = 1;
+      c->credits += (long)v;
+      poke(c);
+      pthread_cond_broadcast(&ps->ready_cond);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    case LP_MSG_LOADERR:
+      if (lp_wire_get_bytes(m, &p, &n) != 0) break;
+      pthread_mutex_lock(&ps->lock);
+      snprintf(c->loaderr, sizeof c->loaderr, "%.*s", (int)n, p);
+      pthread_cond_broadcast(&ps->ready_cond);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    case LP_MSG_WANT:
+      if (lp_wire_get_u64(m, &v) != 0 || v > 1000000) break;
+      pthread_mutex_lock(&ps->lock);
+      c->credits += (long)v;
+      poke(c);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    case LP_MSG_STARTED:
+      if (lp_wire_get_u64(m, &v) != 0) break;
+      pthread_mutex_lock(&c->mlock);
+      if ((t = idmap_get(&c->tasks, v))) {
+        t->started = 1;
+        if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
+      }
+      pthread_mutex_unlock(&c->mlock);
+      break;
+    case LP_MSG_RESULT: on_result(c, m); break;
+    case LP_MSG_RECORD: on_record(c, m); break;
+    case LP_MSG_DONE:
+      if (lp_wire_get_u64(m, &v) == 0 && (t = lookup(c, v, 1))) subtree_over(ps, t);
+      break;
+    case LP_MSG_COUNTER: {
+      uint64_t req, delta, add;
+      if (lp_wire_get_u64(m, &req) || lp_wire_get_bytes(m, &p, &n) || lp_wire_get_u64(m, &delta) ||
+          lp_wire_get_u64(m, &add))
+        break;
+      int id = lp_names_intern(&ps->eng->names, p, n);
+      _Atomic int64_t *slot = id >= 0 ? lp_engine_counter(ps->eng, id) : NULL;
+      int64_t value = 0;
+      if (slot && add)
+        value = atomic_fetch_add(slot, (int64_t)delta) + (int64_t)delta;
+      else if (slot)
+        value = atomic_load(slot);
+      size_t mark;
+      pthread_mutex_lock(&ps->lock);
+      if (lp_wire_begin(&c->out, LP_MSG_REPLY, &mark) == 0 && lp_wire_u64(&c->out, req) == 0 &&
+          lp_wire_u64(&c->out, (uint64_t)value) == 0)
+        lp_wire_end(&c->out, mark);
+      poke(c);
+      pthread_mutex_unlock(&ps->lock);
+      break;
+    }
+    case LP_MSG_FAILURE:
+      if (lp_wire_get_bytes(m, &p, &n) != 0) break;
+      char *text = strndup(p, n);
+      if (!text) break;
+      atomic_fetch_add(&ps->eng->unawaited_failures, 1);
+      lp_report_failure(&ps->eng->report, text);
+      free(text);
+      break;
+    default: break;
   }
 }
 
@@ -503,21 +533,21 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
 
 static const char *signame(int sig) {
   switch (sig) {
-  case SIGKILL: return "SIGKILL";
-  case SIGSEGV: return "SIGSEGV";
-  case SIGABRT: return "SIGABRT";
-  case SIGBUS: return "SIGBUS";
-  case SIGFPE: return "SIGFPE";
-  case SIGILL: return "SIGILL";
-  case SIGTERM: return "SIGTERM";
-  case SIGINT: return "SIGINT";
-  case SIGHUP: return "SIGHUP";
-  case SIGPIPE: return "SIGPIPE";
-  case SIGQUIT: return "SIGQUIT";
-  case SIGUSR1: return "SIGUSR1";
-  case SIGUSR2: return "SIGUSR2";
-  case SIGXCPU: return "SIGXCPU";
-  default: return "a signal";
+    case SIGKILL: return "SIGKILL";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGTERM: return "SIGTERM";
+    case SIGINT: return "SIGINT";
+    case SIGHUP: return "SIGHUP";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGXCPU: return "SIGXCPU";
+    default: return "a signal";
   }
 }
 
@@ -547,23 +577,30 @@ static void process_died(lp_conn *c, const char *why) {
   pid_t pid = c->pid;
   int fd = c->fd;
   c->fd = -1;
+  int was_ready = c->ready;
   c->ready = 0;
   c->credits = 0;
   lp_buf_reset(&c->out);
   int closing = ps->closing;
   pthread_mutex_unlock(&ps->lock);
-  if (why) kill(pid, SIGKILL);
+  if (why && pid > 0) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   close(fd);
   char what[256];
   describe(pid, status, why, what, sizeof what);
+  /* A process that died before it was ready is not replaced: the next
+   * one would die the same way (a broken worker program, no memory). */
   int replaced = 0;
   if (!closing) {
     pthread_mutex_lock(&ps->lock);
-    replaced = spawn_process(ps, c) == 0;
-    if (!replaced) c->gone = 1;
+    replaced = was_ready && spawn_process(ps, c) == 0;
+    if (!replaced) {
+      c->gone = 1;
+      if (!c->loaderr[0]) snprintf(c->loaderr, sizeof c->loaderr, "%s before it was ready", what);
+      pthread_cond_broadcast(&ps->ready_cond);
+    }
     pthread_mutex_unlock(&ps->lock);
   }
   pthread_mutex_unlock(&c->wlock);
@@ -586,8 +623,12 @@ static void process_died(lp_conn *c, const char *why) {
         t->retry_pending = 1;
       } else {
         char text[512];
-        snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
-                 lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
+        if (t->overtime)
+          snprintf(text, sizeof text, "task '%s' (id %llu) failed: timed out after %g s (%s)",
+                   lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, t->timeout, what);
+        else
+          snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
+                   lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
         finish_with(t, lp_task_cancelled(t) ? LP_TASK_CANCELLED : LP_TASK_FAILED, text);
       }
     }
@@ -601,8 +642,32 @@ static void process_died(lp_conn *c, const char *why) {
     int alive = 0;
     for (int i = 0; i < ps->n; i++) alive += !ps->conns[i].gone;
     pthread_mutex_unlock(&ps->lock);
-    if (!alive) lp_procs_cancel_all(eng);
+    if (!alive) cancel_pool(eng, ps);
   }
+}
+
+/* ---- time limits ---- */
+
+/* The Lua hook in the worker stops a task over its time; a task stuck in C
+ * code (a blocking call, a C loop) does not reach the hook. Past its limit
+ * and this grace, its process is killed and the task fails as timed out. */
+#define KILL_GRACE 1.0
+
+/* Under lock. */
+static void watchdog(lp_conn *c) {
+  double now = lp_now();
+  int late = 0;
+  pthread_mutex_lock(&c->mlock);
+  for (size_t i = 0; i < c->tasks.cap; i++) {
+    lp_task *t = c->tasks.slot[i];
+    if (t && t->started && t->deadline > 0 && now > t->deadline + KILL_GRACE &&
+        !lp_task_finished(t) && !t->retry_pending) {
+      t->overtime = 1;
+      late = 1;
+    }
+  }
+  pthread_mutex_unlock(&c->mlock);
+  if (late && c->pid > 0 && c->fd >= 0) kill(c->pid, SIGKILL);
 }
 
 /* ---- threads ---- */
@@ -666,13 +731,26 @@ static void *feeder_main(void *arg) {
   lp_buf frames;
   lp_buf_init(&frames);
   lp_task *batch[SEND_BATCH];
+  double watched = lp_now();
   pthread_mutex_lock(&ps->lock);
   while (!ps->closing) {
+    if (lp_now() - watched >= 0.2) {
+      watchdog(c);
+      watched = lp_now();
+    }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nqueued > 0;
     if (!c->out.len && !sendable) {
       c->waiting = 1;
-      pthread_cond_wait(&c->cond, &ps->lock);
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 200000000; /* the watchdog's round */
+      if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+      pthread_cond_timedwait(&c->cond, &ps->lock, &ts);
       c->waiting = 0;
+      if (lp_now() - watched >= 0.2) {
+        watchdog(c);
+        watched = lp_now();
+      }
       continue;
     }
     lp_buf_reset(&frames);
@@ -696,7 +774,8 @@ static void *feeder_main(void *arg) {
       c->waiting = 0;
       continue;
     }
-    long share = room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
+    long share =
+        room > 0 && room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
     int n = 0;
     while (sendable && n < SEND_BATCH && n < share && c->credits > 0 &&
            (batch[n] = queue_pop(ps))) {
@@ -735,12 +814,13 @@ static void *feeder_main(void *arg) {
 
 /* ---- start and stop ---- */
 
-int lp_procs_start(luapool *eng) {
+static int start_pool(luapool *eng, int pool) {
   lp_procs *ps = calloc(1, sizeof *ps);
   if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  eng->procs = ps;
+  eng->pools[pool].procs = ps;
   ps->eng = eng;
-  ps->n = eng->cfg.processes;
+  ps->pool = pool;
+  ps->n = eng->pools[pool].processes;
   ps->levels = calloc(MAXLEVELS, sizeof *ps->levels);
   if (!ps->levels) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
@@ -750,16 +830,20 @@ int lp_procs_start(luapool *eng) {
   snprintf(ps->exe, sizeof ps->exe, "%s", exe);
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  int rc = 0;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     c->ps = ps;
     c->slot = i;
     c->fd = -1;
+    c->pid = -1;
     lp_buf_init(&c->out);
     pthread_cond_init(&c->cond, NULL);
     pthread_mutex_init(&c->wlock, NULL);
     pthread_mutex_init(&c->mlock, NULL);
+  }
+  int rc = 0;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
     pthread_mutex_lock(&ps->lock);
     int bad = spawn_process(ps, c) != 0;
     pthread_mutex_unlock(&ps->lock);
@@ -782,20 +866,28 @@ int lp_procs_start(luapool *eng) {
   pthread_mutex_lock(&ps->lock);
   for (int i = 0; i < ps->n && rc == 0; i++) {
     lp_conn *c = &ps->conns[i];
-    while (!c->ready && !c->loaderr[0] && !c->gone)
-      pthread_cond_wait(&ps->ready_cond, &ps->lock);
-    if (c->loaderr[0])
+    while (!c->ready && !c->loaderr[0] && !c->gone) pthread_cond_wait(&ps->ready_cond, &ps->lock);
+    if (c->loaderr[0] && !c->gone)
       rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
     else if (!c->ready)
-      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start", i + 1);
+      rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start: %s", i + 1,
+                           c->loaderr[0] ? c->loaderr : "no reason given");
   }
   pthread_mutex_unlock(&ps->lock);
   return rc;
 }
 
-void lp_procs_stop(luapool *eng) {
-  lp_procs *ps = eng->procs;
-  if (!ps) return;
+int lp_procs_start(luapool *eng) {
+  if (eng->inline_mode) return 0;
+  for (int i = 0; i < eng->npools; i++) {
+    if (!eng->pools[i].processes) continue;
+    int rc = start_pool(eng, i);
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+static void stop_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->closing = 1;
   for (int i = 0; i < ps->n; i++) {
@@ -806,12 +898,28 @@ void lp_procs_stop(luapool *eng) {
     pthread_cond_signal(&c->cond);
   }
   pthread_mutex_unlock(&ps->lock);
+  /* A worker stuck where it cannot see its socket close (a task in a C
+   * call that never returns) gets two seconds, then SIGKILL. */
+  for (int waited = 0;; waited++) {
+    int left = 0;
+    pthread_mutex_lock(&ps->lock);
+    for (int i = 0; i < ps->n; i++) {
+      lp_conn *c = &ps->conns[i];
+      if (c->fd < 0 || c->pid <= 0) continue;
+      left++;
+      if (waited == 200) kill(c->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ps->lock);
+    if (!left || waited >= 200) break;
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     if (c->threads_started) {
       pthread_join(c->feeder, NULL);
       pthread_join(c->reader, NULL);
-    } else if (c->fd >= 0) {
+    } else if (c->fd >= 0 && c->pid > 0) {
       close(c->fd);
       kill(c->pid, SIGKILL);
       waitpid(c->pid, NULL, 0);
@@ -827,6 +935,11 @@ void lp_procs_stop(luapool *eng) {
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);
+  eng->pools[ps->pool].procs = NULL;
   free(ps);
-  eng->procs = NULL;
+}
+
+void lp_procs_stop(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++)
+    if (eng->pools[i].procs) stop_pool(eng, eng->pools[i].procs);
 }

@@ -5,6 +5,8 @@
 #ifndef LP_PROC_H
 #define LP_PROC_H
 
+#include <stdint.h>
+
 struct luapool;
 struct lp_task;
 
@@ -27,5 +29,9 @@ int lp_procworker_main(int in_fd, int out_fd);
 void lp_procworker_started(struct luapool *eng, struct lp_task *t);
 void lp_procworker_root_done(struct luapool *eng, struct lp_task *t);
 void lp_procworker_idle(struct luapool *eng);
+/* counter:add(delta) (add = 1) or counter:get() inside a worker process:
+ * asks the engine and suspends the task until it answers. */
+struct lua_State;
+int lp_procworker_counter(struct lua_State *L, int name, int64_t delta, int add);
 
 #endif

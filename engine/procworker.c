@@ -28,7 +28,10 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <lauxlib.h>
+
 #include "engine.h"
+#include "lib.h"
 #include "pool.h"
 #include "timer.h"
 #include "proc.h"
@@ -39,27 +42,39 @@ typedef struct lp_exec {
   lp_task *t;
   uint64_t id;
   lp_cursor cur;
-  int walked;    /* the cursor has walked the whole subtree */
-  int is_done;   /* its subtree has ended */
-  int sent_done; /* DONE went out with its RESULT */
+  int walked;                  /* the cursor has walked the whole subtree */
+  int is_done;                 /* its subtree has ended */
+  int sent_done;               /* DONE went out with its RESULT */
   struct lp_exec *prev, *next; /* the active list, link-only */
   struct lp_exec *st_next;     /* the started stack */
   struct lp_exec *fin_next;    /* the finished stack */
   struct lp_exec *done_next;   /* the done stack, then the late list */
 } lp_exec;
 
+/* A question to the engine that a task waits for (counters). */
+typedef struct lp_request {
+  struct lp_request *next;
+  uint64_t id;
+  lp_task *task;
+  int64_t value;
+  int done;      /* the answer is in */
+  int abandoned; /* the task stopped waiting (cancelled, timed out) */
+} lp_request;
+
 typedef struct lp_link {
   luapool *eng;
   int in_fd, out_fd, kick_fd;
   int threads;
-  pthread_mutex_t lock; /* guards `out` */
-  lp_buf out;           /* frames from worker threads (failures) */
+  pthread_mutex_t lock; /* guards `out` and `requests` */
+  lp_request *requests; /* waiting for their REPLY */
+  uint64_t next_request;
+  lp_buf out; /* frames from worker threads (failures) */
   /* Stacks the workers push on (one CAS each) and the link empties. */
-  _Atomic(lp_exec *) started; /* bodies begun: STARTED to send */
+  _Atomic(lp_exec *) started;  /* bodies begun: STARTED to send */
   _Atomic(lp_exec *) finished; /* bodies ended: RESULT to send */
   _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
-  _Atomic int sleeping; /* the link waits in poll: kick it */
-  _Atomic unsigned nfinished; /* bodies ended, for batching wakes */
+  _Atomic int sleeping;        /* the link waits in poll: kick it */
+  _Atomic unsigned nfinished;  /* bodies ended, for batching wakes */
   /* Link-only. */
   lp_exec *active;
   lp_exec *spare; /* freed execs, for reuse */
@@ -68,9 +83,9 @@ typedef struct lp_link {
   long ninj;
   double last_walk;
   lp_task_cache cache; /* subtrees done whose records are still being walked */
-  lp_buf wbuf;   /* frames not yet written */
+  lp_buf wbuf;         /* frames not yet written */
   size_t wpos;
-  lp_buf rbuf; /* bytes read, not yet a whole frame */
+  lp_buf rbuf;              /* bytes read, not yet a whole frame */
   uint64_t received, ended; /* tasks received, bodies ended */
   uint64_t asked;           /* tasks asked for with WANT */
   long target;              /* tasks to keep here */
@@ -124,6 +139,71 @@ void lp_procworker_root_done(luapool *eng, lp_task *t) {
 }
 
 void lp_procworker_idle(luapool *eng) { kick(eng->link); }
+
+/* ---- counters: a round trip to the engine ---- */
+
+static int counter_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lp_request *req = (lp_request *)ctx;
+  lp_worker *w = lp_worker_of(L);
+  lp_task *self = w->current;
+  lp_link *k = w->eng->link;
+  lp_lib_resumed(L, self);
+  pthread_mutex_lock(&k->lock);
+  int done = req->done;
+  int64_t v = req->value;
+  if (done)
+    free(req);
+  else
+    req->abandoned = 1; /* the link frees it when the answer comes */
+  pthread_mutex_unlock(&k->lock);
+  if (!done) {
+    lp_lib_check_cancelled(L, self);
+    return luaL_error(L, "luapool.counter: no answer from the engine");
+  }
+  lua_pushinteger(L, (lua_Integer)v);
+  return 1;
+}
+
+int lp_procworker_counter(lua_State *L, int name, int64_t delta, int add) {
+  lp_task *self = lp_lib_waiting(L, add ? "counter:add" : "counter:get");
+  lp_link *k = lp_worker_of(L)->eng->link;
+  lp_request *req = calloc(1, sizeof *req);
+  if (!req) return luaL_error(L, "luapool.counter: out of memory");
+  req->task = self;
+  const char *nm = lp_names_get(&k->eng->names, name);
+  lp_task_arm(self);
+  size_t mark;
+  pthread_mutex_lock(&k->lock);
+  req->id = ++k->next_request;
+  req->next = k->requests;
+  k->requests = req;
+  if (lp_wire_begin(&k->out, LP_MSG_COUNTER, &mark) == 0 && lp_wire_u64(&k->out, req->id) == 0 &&
+      lp_wire_bytes(&k->out, nm, strlen(nm)) == 0 && lp_wire_u64(&k->out, (uint64_t)delta) == 0 &&
+      lp_wire_u64(&k->out, (uint64_t)add) == 0)
+    lp_wire_end(&k->out, mark);
+  pthread_mutex_unlock(&k->lock);
+  kick(k);
+  return lp_lib_suspend(L, self, -1, (lua_KContext)req, counter_k);
+}
+
+static void on_reply(lp_link *k, uint64_t id, int64_t value) {
+  pthread_mutex_lock(&k->lock);
+  lp_request **pp = &k->requests;
+  while (*pp && (*pp)->id != id) pp = &(*pp)->next;
+  lp_request *req = *pp;
+  if (req) *pp = req->next;
+  lp_task *wake = NULL;
+  if (req && req->abandoned) {
+    free(req);
+  } else if (req) {
+    req->value = value;
+    req->done = 1;
+    wake = req->task;
+  }
+  pthread_mutex_unlock(&k->lock);
+  if (wake) lp_task_wake(wake);
+}
 
 /* ---- frames out ---- */
 
@@ -186,8 +266,8 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
   double prio, timeout;
   const char *fn, *args;
   size_t fnlen, argslen;
-  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) ||
-      lp_wire_get_u64(m, &depth) || lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) ||
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_u64(m, &depth) ||
+      lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) ||
       lp_wire_get_bytes(m, &args, &argslen))
     return -1;
   luapool *eng = k->eng;
@@ -263,19 +343,24 @@ static int read_frames(lp_link *k) {
     off += (size_t)n;
     uint64_t v;
     switch (m.type) {
-    case LP_MSG_EXEC:
-      if (on_exec(k, &m) != 0) return -1;
-      break;
-    case LP_MSG_CANCEL:
-      if (lp_wire_get_u64(&m, &v) != 0) return -1;
-      on_cancel(k, v);
-      break;
-    case LP_MSG_STOP:
-      k->stopping = 1;
-      luapool_cancel(k->eng);
-      break;
-    default:
-      return -1;
+      case LP_MSG_EXEC:
+        if (on_exec(k, &m) != 0) return -1;
+        break;
+      case LP_MSG_CANCEL:
+        if (lp_wire_get_u64(&m, &v) != 0) return -1;
+        on_cancel(k, v);
+        break;
+      case LP_MSG_STOP:
+        k->stopping = 1;
+        luapool_cancel(k->eng);
+        break;
+      case LP_MSG_REPLY: {
+        uint64_t value;
+        if (lp_wire_get_u64(&m, &v) != 0 || lp_wire_get_u64(&m, &value) != 0) return -1;
+        on_reply(k, v, (int64_t)value);
+        break;
+      }
+      default: return -1;
     }
   }
   memmove(k->rbuf.data, k->rbuf.data + off, k->rbuf.len - off);
@@ -461,7 +546,8 @@ static void send_now(int fd, int type, const char *text) {
   lp_buf b;
   lp_buf_init(&b);
   size_t mark;
-  if (lp_wire_begin(&b, type, &mark) == 0 && (!text || lp_wire_bytes(&b, text, strlen(text)) == 0)) {
+  if (lp_wire_begin(&b, type, &mark) == 0 &&
+      (!text || lp_wire_bytes(&b, text, strlen(text)) == 0)) {
     lp_wire_end(&b, mark);
     lp_wire_write_all(fd, b.data, b.len);
   }
@@ -481,6 +567,10 @@ static void on_failure(void *ud, const char *text) {
 int lp_procworker_main(int in_fd, int out_fd) {
   /* No worker outlives the engine, even one killed without a word. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* Programs a task starts (os.execute, io.popen) must not hold the socket:
+   * the engine would not see this process's end while they live. */
+  fcntl(in_fd, F_SETFD, FD_CLOEXEC);
+  if (out_fd != in_fd) fcntl(out_fd, F_SETFD, FD_CLOEXEC);
   if (getppid() == 1) return 1;
   signal(SIGPIPE, SIG_IGN);
   signal(SIGINT, SIG_IGN); /* the engine decides what an interrupt means */
@@ -495,13 +585,14 @@ int lp_procworker_main(int in_fd, int out_fd) {
   lp_wire_msg m;
   uint64_t slot, threads, order, memlimit, idbase;
   double timeout;
-  const char *name, *script;
-  size_t namelen, scriptlen;
+  const char *name, *script, *pool;
+  size_t namelen, scriptlen, poollen;
   if (read_frame_blocking(in_fd, &k.rbuf, &m) != 0 || m.type != LP_MSG_INIT ||
       lp_wire_get_u64(&m, &slot) || lp_wire_get_u64(&m, &threads) || lp_wire_get_u64(&m, &order) ||
       lp_wire_get_u64(&m, &memlimit) || lp_wire_get_u64(&m, &idbase) ||
       lp_wire_get_f64(&m, &timeout) || lp_wire_get_bytes(&m, &name, &namelen) ||
-      lp_wire_get_bytes(&m, &script, &scriptlen) || threads < 1 || threads > 4096) {
+      lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
+      threads < 1 || threads > 4096) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
     return 2;
   }
@@ -517,6 +608,10 @@ int lp_procworker_main(int in_fd, int out_fd) {
   if (luapool_open(&cfg, &eng) != 0) return 2;
   k.eng = eng;
   eng->link = &k;
+  char *pname = strndup(pool, poollen); /* self().pool, and the pool its spawns go to */
+  if (!pname) return 2;
+  free(eng->pools[0].name);
+  eng->pools[0].name = pname;
   atomic_store(&eng->next_id, idbase);
   k.threads = (int)threads;
   lp_task_cache_init(&k.cache);

@@ -190,6 +190,33 @@ static void format(lua_State *L, const char *fn, int n) {
   }
 }
 
+int lp_report_text(lp_report *r, const char *p, size_t len, lp_buf *out) {
+  char scalar[64];
+  const char *s;
+  size_t slen;
+  int n = lp_pack_scalar_text(p, len, scalar, sizeof scalar);
+  if (n > 0) return lp_buf_append(out, scalar, (size_t)n);
+  if (lp_pack_single_string(p, len, &s, &slen)) return lp_buf_append(out, s, slen);
+  lua_State *L = fmt_state(r);
+  if (!L) return -1;
+  int top = lua_gettop(L), nv = 0, rc = 0;
+  char err[256];
+  if (lp_unpack_values(L, p, len, NULL, &nv, err, sizeof err) != 0) {
+    lua_settop(L, top);
+    return -1;
+  }
+  for (int i = 1; i <= nv && rc == 0; i++) {
+    lua_pushvalue(L, top + i);
+    format(L, "text", 1);
+    s = lua_tolstring(L, -1, &slen);
+    if (i > 1) rc = lp_buf_append(out, "\t", 1);
+    if (rc == 0 && s) rc = lp_buf_append(out, s, slen);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
 static void deliver_record(lp_report *r, lp_record *rec) {
   luapool *eng = r->eng;
   r->delivered++;
@@ -350,13 +377,15 @@ static int by_priority(const void *a, const void *b) {
 static long release_held(lp_report *r, int deliver) {
   if (deliver && r->nheld > 1) qsort(r->held, r->nheld, sizeof *r->held, by_priority);
   for (size_t i = 0; i < r->nheld; i++) {
-    if (deliver) deliver_record(r, r->held[i].rec);
+    lp_record *rec = r->held[i].rec;
+    if (!rec) continue;
+    if (deliver) deliver_record(r, rec);
     /* The cursor's last record may still be its position: it is freed when
      * the cursor moves on (or at the end). */
-    if (&r->held[i].rec->item == r->pos)
-      r->held[i].rec->held = 0;
+    if (&rec->item == r->pos)
+      rec->held = 0;
     else
-      free(r->held[i].rec);
+      free(rec);
   }
   long n = (long)r->nheld;
   r->nheld = 0;
@@ -455,7 +484,8 @@ void lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud) {
 
 long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
-  long n = r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
+  long n =
+      r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
   if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += release_held(r, 1);
   flush_all_freed(r);
   deliver_failures(r);

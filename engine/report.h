@@ -137,4 +137,9 @@ void lp_report_remote_done(lp_report *r, struct lp_task *t);
  * and everything left is delivered in order. */
 long lp_report_deliver(lp_report *r, int final);
 
+/* Host side: appends the values of a packed message to out as text, each as
+ * a record's text, separated by tabs. 0, or -1 (out of memory, bad bytes). */
+struct lp_buf;
+int lp_report_text(lp_report *r, const char *p, size_t len, struct lp_buf *out);
+
 #endif

@@ -9,9 +9,10 @@
  * fork-join tree the largest). Tasks submitted by the host go to one
  * injection list. Every lp_wq field except `yielded` (owner-only) and
  * `parked` (the futex word) is guarded by the lp_wq's spinlock; the
- * injection list by inj_lock. No lock is held while Lua runs, and no two
- * locks are held at once except a thief's victim lock followed, after its
- * release, by its own.
+ * injection lists (one per pool) by their own locks. A worker serves one
+ * pool: it takes injected tasks of that pool and steals only from its workers. No lock is held
+ * while Lua runs, and no two locks are held at once except a thief's victim lock followed, after
+ * its release, by its own.
  *
  * Parking: a worker with nothing to do spins for a while (a wake on these
  * VMs costs ~28 us, a spin hand-off ~75 ns), then sets its `parked` word,
@@ -57,7 +58,7 @@ static int dq_push(lp_deque *d, struct lp_task *t) {
     struct lp_task **nb = malloc(cap * sizeof *nb);
     if (!nb) return -1;
     size_t n = dq_size(d);
-    for (size_t i = 0; i < n; i++) nb[i] = d->buf[(d->bottom + i) & d->mask];
+    for (size_t i = 0; d->buf && i < n; i++) nb[i] = d->buf[(d->bottom + i) & d->mask];
     free(d->buf);
     d->buf = nb;
     d->mask = cap - 1;
@@ -157,6 +158,9 @@ int lp_sched_init(lp_sched *s, int nworkers) {
   s->n = nworkers;
   s->wq = calloc((size_t)nworkers, sizeof(lp_wq));
   if (!s->wq) return -1;
+  s->npools = 1;
+  s->inj = calloc(1, sizeof *s->inj);
+  if (!s->inj) return -1;
   for (int i = 0; i < nworkers; i++) {
     s->wq[i].levels = calloc(LP_SCHED_MAXLEVELS, sizeof(lp_level));
     if (!s->wq[i].levels) return -1;
@@ -165,7 +169,18 @@ int lp_sched_init(lp_sched *s, int nworkers) {
   return 0;
 }
 
+int lp_sched_set_pools(lp_sched *s, int npools, const int *pool_of) {
+  lp_inj *inj = calloc((size_t)npools, sizeof *inj);
+  if (!inj) return -1;
+  free(s->inj);
+  s->inj = inj;
+  s->npools = npools;
+  for (int i = 0; i < s->n; i++) s->wq[i].pool = pool_of[i];
+  return 0;
+}
+
 void lp_sched_free(lp_sched *s) {
+  free(s->inj);
   if (!s->wq) return;
   for (int i = 0; i < s->n; i++) {
     lp_wq *q = &s->wq[i];
@@ -177,13 +192,14 @@ void lp_sched_free(lp_sched *s) {
   memset(s, 0, sizeof *s);
 }
 
-/* Wakes one parked worker, unless one is already spinning and will find the
- * new work itself. */
-static void notify_one(lp_sched *s) {
+/* Wakes one parked worker of the pool, unless one is already spinning and
+ * will find the new work itself. (With several pools a spinner may serve
+ * another pool: then a parked worker of this one is woken anyway.) */
+static void notify_one(lp_sched *s, int pool) {
   atomic_thread_fence(memory_order_seq_cst);
-  if (atomic_load(&s->nparked) == 0 || atomic_load(&s->nspinning) > 0) return;
+  if (atomic_load(&s->nparked) == 0 || (s->npools == 1 && atomic_load(&s->nspinning) > 0)) return;
   for (int i = 0; i < s->n; i++) {
-    if (atomic_load_explicit(&s->wq[i].parked, memory_order_relaxed) &&
+    if (s->wq[i].pool == pool && atomic_load_explicit(&s->wq[i].parked, memory_order_relaxed) &&
         atomic_exchange(&s->wq[i].parked, 0)) {
       futex_wake(&s->wq[i].parked);
       return;
@@ -196,29 +212,37 @@ int lp_sched_push(lp_sched *s, int w, struct lp_task *t) {
   lp_spin_lock(&q->lock);
   int rc = level_push(q, t, s->one_level ? 0 : t->priority);
   lp_spin_unlock(&q->lock);
-  if (rc == 0) notify_one(s);
+  if (rc == 0) notify_one(s, q->pool);
   return rc;
 }
 
+static lp_inj *inj_of(lp_sched *s, int pool) {
+  return &s->inj[pool >= 0 && pool < s->npools ? pool : 0];
+}
+
 void lp_sched_inject(lp_sched *s, struct lp_task *t) {
-  lp_spin_lock(&s->inj_lock);
-  list_append(&s->inj, &s->inj_tail, t);
-  atomic_fetch_add(&s->ninj, 1);
-  lp_spin_unlock(&s->inj_lock);
-  notify_one(s);
+  int pool = t->pool; /* once queued, t may run and be freed at any moment */
+  lp_inj *in = inj_of(s, pool);
+  lp_spin_lock(&in->lock);
+  list_append(&in->head, &in->tail, t);
+  atomic_fetch_add(&in->n, 1);
+  lp_spin_unlock(&in->lock);
+  notify_one(s, pool);
 }
 
 void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n) {
-  lp_spin_lock(&s->inj_lock);
-  if (s->inj_tail)
-    s->inj_tail->qnext = head;
+  int pool = head->pool;
+  lp_inj *in = inj_of(s, pool);
+  lp_spin_lock(&in->lock);
+  if (in->tail)
+    in->tail->qnext = head;
   else
-    s->inj = head;
-  s->inj_tail = tail;
-  atomic_fetch_add(&s->ninj, n);
-  lp_spin_unlock(&s->inj_lock);
-  notify_one(s);
-  if (n > 1) notify_one(s);
+    in->head = head;
+  in->tail = tail;
+  atomic_fetch_add(&in->n, n);
+  lp_spin_unlock(&in->lock);
+  notify_one(s, pool);
+  if (n > 1) notify_one(s, pool);
 }
 
 void lp_sched_resume(lp_sched *s, int owner, struct lp_task *t) {
@@ -241,17 +265,18 @@ void lp_sched_yielded(lp_sched *s, int w, struct lp_task *t) {
 /* The oldest injected task; with many waiting, a share of the others
  * moves to w's own queue in the same step. */
 static struct lp_task *take_injected(lp_sched *s, int w) {
-  long avail = atomic_load_explicit(&s->ninj, memory_order_relaxed);
+  lp_inj *in = &s->inj[s->wq[w].pool];
+  long avail = atomic_load_explicit(&in->n, memory_order_relaxed);
   if (avail == 0) return NULL;
   struct lp_task *got[INJ_BATCH];
   long want = avail / s->n;
   if (want < 1) want = 1;
   if (want > INJ_BATCH) want = INJ_BATCH;
   int n = 0;
-  lp_spin_lock(&s->inj_lock);
-  while (n < want && (got[n] = list_take(&s->inj, &s->inj_tail))) n++;
-  if (n) atomic_fetch_sub(&s->ninj, n);
-  lp_spin_unlock(&s->inj_lock);
+  lp_spin_lock(&in->lock);
+  while (n < want && (got[n] = list_take(&in->head, &in->tail))) n++;
+  if (n) atomic_fetch_sub(&in->n, n);
+  lp_spin_unlock(&in->lock);
   if (n > 1) {
     lp_wq *q = &s->wq[w];
     lp_spin_lock(&q->lock);
@@ -272,7 +297,7 @@ static struct lp_task *steal(lp_sched *s, int w) {
   int start = (int)((self->rng >> 16) % (unsigned)s->n);
   for (int k = 0; k < s->n; k++) {
     int v = (start + k) % s->n;
-    if (v == w) continue;
+    if (v == w || s->wq[v].pool != self->pool) continue;
     lp_wq *q = &s->wq[v];
     if (atomic_load_explicit(&q->nready, memory_order_relaxed) == 0) continue;
     struct lp_task *got[STEAL_MAX];
@@ -298,7 +323,7 @@ static struct lp_task *steal(lp_sched *s, int w) {
         if (level_push(self, got[i], got[i]->priority) != 0)
           list_append(&self->yielded, &self->yielded_tail, got[i]);
       lp_spin_unlock(&self->lock);
-      notify_one(s);
+      notify_one(s, self->pool);
     }
     return got[0];
   }
@@ -357,10 +382,11 @@ struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
 
 static int has_work(lp_sched *s, int w) {
   lp_wq *q = &s->wq[w];
-  if (atomic_load(&q->ninbox) || atomic_load(&q->nready) || q->yielded || atomic_load(&s->ninj))
+  if (atomic_load(&q->ninbox) || atomic_load(&q->nready) || q->yielded ||
+      atomic_load(&s->inj[q->pool].n))
     return 1;
   for (int i = 0; i < s->n; i++)
-    if (atomic_load(&s->wq[i].nready)) return 1;
+    if (s->wq[i].pool == q->pool && atomic_load(&s->wq[i].nready)) return 1;
   return 0;
 }
 
@@ -389,7 +415,8 @@ void lp_sched_stop(lp_sched *s) {
 }
 
 long lp_sched_queued(lp_sched *s) {
-  long n = atomic_load(&s->ninj);
+  long n = 0;
+  for (int p = 0; p < s->npools; p++) n += atomic_load(&s->inj[p].n);
   for (int i = 0; i < s->n; i++) n += atomic_load(&s->wq[i].nready);
   return n;
 }

@@ -37,18 +37,25 @@ typedef struct lp_wq {
   struct lp_task *yielded; /* owner-only: tasks that called luapool.yield() */
   struct lp_task *yielded_tail;
   _Atomic unsigned parked; /* futex word: 1 while the owner sleeps */
+  int pool;                /* the pool this worker serves: it steals only there */
   unsigned rng;            /* owner-only: victim choice */
   unsigned picks;          /* owner-only: fairness counter */
   char pad[64];
 } lp_wq;
 
+/* Tasks queued from outside a pool's workers (FIFO), one list per pool. */
+typedef struct lp_inj {
+  _Atomic int lock;
+  struct lp_task *head, *tail;
+  _Atomic long n;
+  char pad[64];
+} lp_inj;
+
 typedef struct lp_sched {
   int n;
   lp_wq *wq;
-  _Atomic int inj_lock; /* spinlock over the injection list */
-  struct lp_task *inj;  /* tasks submitted from outside the workers (FIFO) */
-  struct lp_task *inj_tail;
-  _Atomic long ninj;
+  int npools;
+  lp_inj *inj;           /* per pool */
   _Atomic int nparked;   /* workers asleep in lp_sched_park */
   _Atomic int nspinning; /* workers looking for work before parking */
   _Atomic int stop;      /* shutting down: parked workers return */
@@ -56,11 +63,14 @@ typedef struct lp_sched {
 } lp_sched;
 
 int lp_sched_init(lp_sched *s, int nworkers);
+/* Splits the workers into pools: worker i serves pool_of[i]. Tasks go to
+ * the pool named by their `pool` field; workers never run another pool's. */
+int lp_sched_set_pools(lp_sched *s, int npools, const int *pool_of);
 void lp_sched_free(lp_sched *s);
 
 /* Queues a new task on worker w's own queue (w is the calling worker). */
 int lp_sched_push(lp_sched *s, int w, struct lp_task *t);
-/* Queues a task from outside the workers. */
+/* Queues a task for its pool from outside that pool's workers. */
 void lp_sched_inject(lp_sched *s, struct lp_task *t);
 /* Queues n tasks linked through qnext, from outside the workers. */
 void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n);

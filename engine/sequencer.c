@@ -277,6 +277,7 @@ static void *make_seq(const char *name, lua_Integer first, int given) {
  * `first` takes the first one given, as long as nothing has happened in it
  * yet; after that, all must agree. */
 static int l_sequencer(lua_State *L) {
+  lp_lib_not_in_process(L, "luapool.sequencer");
   lua_Integer first = 1;
   int given = lp_sync_opt_int(L, 2, "luapool.sequencer", "first", &first);
   lp_seq *s = lp_sync_lookup(L, "luapool.sequencer", LP_SYNC_SEQUENCER, make_seq, first, given);

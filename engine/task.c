@@ -36,6 +36,8 @@ void lp_task_cache_init(lp_task_cache *c) {
   lp_fl_init(&c->tasks, sizeof(lp_task));
   lp_fl_init(&c->nodes, sizeof(lp_rnode));
   c->next_id = c->end_id = 0;
+  atomic_init(&c->created, 0);
+  atomic_init(&c->finished, 0);
 }
 
 void lp_task_cache_drain(lp_task_cache *c) {
@@ -66,11 +68,16 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   }
   /* Every field is set here; no memset of the whole record. */
   t->id = next_id(eng, c);
+  if (c)
+    lp_stats_inc(&c->created);
+  else
+    lp_stats_host_created(eng);
   t->home = c;
   t->eng = eng;
   t->parent = parent;
   t->fn = fn;
   t->depth = parent ? parent->depth + 1 : 0;
+  t->pool = parent ? parent->pool : 0;
   t->priority = priority;
   t->qnext = NULL;
   atomic_init(&t->refs, 1);
@@ -99,6 +106,7 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->remote = 0;
   t->started = 0;
   t->resent = 0;
+  t->overtime = 0;
   t->retry_pending = 0;
   t->held = t->held_tail = NULL;
   t->ext = NULL;
@@ -157,6 +165,10 @@ static void subtree_done(lp_task *t) {
 }
 
 void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
+  if (lp_task_cache_self)
+    lp_stats_inc(&lp_task_cache_self->finished);
+  else
+    lp_stats_host_finished(t->eng);
   lp_spin_lock(&t->lock);
   if (result) lp_buf_move(&t->result, result);
   atomic_store_explicit(&t->state, (int)state, memory_order_release);

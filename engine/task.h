@@ -40,6 +40,8 @@ typedef struct lp_task_cache {
   lp_freelist nodes;
   uint64_t next_id; /* owner-only: ids are taken from the engine in blocks */
   uint64_t end_id;
+  _Atomic uint64_t created;  /* tasks this thread made, and finished (owner-written, */
+  _Atomic uint64_t finished; /* relaxed: the host reads them for progress and stats) */
 } lp_task_cache;
 
 typedef struct lp_task {
@@ -49,6 +51,7 @@ typedef struct lp_task {
   struct lp_task *parent; /* alive while this task's subtree is pending */
   int fn;                 /* interned task function name */
   int depth;              /* root 0 */
+  int pool;               /* index of the pool it runs in (engine.h), inherited */
   double priority;
   struct lp_task *qnext; /* intrusive link used by the scheduler's lists */
 
@@ -83,6 +86,7 @@ typedef struct lp_task {
   int remote;        /* 1 while a worker process has it; owner is then the process slot */
   int started;       /* the process has begun its body */
   int resent;        /* sent again after its process died before it began */
+  int overtime;      /* its process was killed because it ran past its time limit */
   int retry_pending; /* failed there: runs again once its subtree has ended */
   lp_record *held;   /* its subtree's records, kept while a retry could still come */
   lp_record *held_tail;

@@ -24,7 +24,7 @@
 enum {
   /* engine -> worker process */
   LP_MSG_INIT = 1, /* u64 slot, u64 threads, u64 order, u64 memory_limit, u64 id_base,
-                      f64 task_timeout, bytes chunkname, bytes script */
+                      f64 task_timeout, bytes chunkname, bytes script, bytes pool */
   LP_MSG_EXEC,     /* u64 id, bytes fn, u64 depth, f64 priority, f64 timeout, bytes args */
   LP_MSG_CANCEL,   /* u64 id */
   LP_MSG_STOP,     /* the run is being cancelled: stop everything */
@@ -38,6 +38,8 @@ enum {
                      bytes data */
   LP_MSG_DONE,    /* u64 id: the task's subtree has completed */
   LP_MSG_FAILURE, /* bytes text: an unawaited failure inside the process */
+  LP_MSG_COUNTER, /* u64 request, bytes name, u64 delta (two's complement), u64 add */
+  LP_MSG_REPLY,   /* engine -> process: u64 request, u64 value (two's complement) */
   LP_MSG_MAX
 };
 

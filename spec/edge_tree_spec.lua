@@ -188,9 +188,9 @@ end)
 
 describe("a million tasks alive at once", function()
   if PROCESSES then
-    -- These count with luapool.counter and gate with a channel, which the
-    -- tasks of different worker processes do not share yet.
-    pending("a million tasks alive at once under --processes (counters and channels are per process)")
+    -- One worker is what keeps a million queued at once; the suspended ones
+    -- wait on a channel, which tasks inside worker processes cannot use.
+    pending("tasks alive at once under --processes (channels are not shared with worker processes)")
   end
   it("a million queued children all run (--workers 1)", function()
     local r = run("1,000,000 queued at once", alive, { 1000000, "queued" }, { "--workers", 1 }, 300)

@@ -37,6 +37,34 @@ describe("examples", function()
     assert.is_true(res.elapsed < 10, H.describe(res))
   end)
 
+  it("process_threads.lua collates totals at every level, its jobs in worker processes", function()
+    local res = H.run(example("process_threads.lua"), nil,
+      { flags = { "--processes", "2", "--threads", "4" }, timeout = 60 })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.equal(31, #res.lines)
+    local mine = {}
+    local total = 0
+    for job = 1, 5 do
+      local sub = 0
+      for i = 1, 5 do sub = sub + job * 10 + i end
+      total = total + sub
+      assert.is_true(has_line(res.lines, string.format("job %d done: total %d", job, sub)))
+      for _, l in ipairs(matching(res.lines, "^job " .. job .. ", thread task")) do
+        mine[#mine + 1] = l:match("process (%d+)$")
+      end
+    end
+    assert.are.equal("all jobs done: total " .. total, res.lines[31])
+    assert.are.equal(25, #mine)
+    -- Tree order: the same lines as a sequential run, process ids aside.
+    local ref = H.run(example("process_threads.lua"), nil, { workers = 0 })
+    local strip = function(lines)
+      local out = {}
+      for i, l in ipairs(lines) do out[i] = l:gsub("process %d+", "process P") end
+      return out
+    end
+    assert.are.same(strip(ref.lines), strip(res.lines))
+  end)
+
   it("parallel_for.lua collects the loop's results in order", function()
     local function count_primes(limit)
       local count = 0

@@ -105,7 +105,7 @@ describe("worker processes", function()
       function exiter() os.exit(3) end
       function segv() os.execute("kill -SEGV " .. luapool.self().pid); luapool.sleep(5) end
       function spin() while true do pcall(function() while true do end end) end end
-      function hog() local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 100) .. i end end
+      function hog() local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1 << 20) .. i end end
       function fine(i) luapool.sleep(0.01) return i end
       function main(name)
         local f = luapool.spawn({ timeout = name == "spin" and 0.5 or nil }, name)
@@ -136,7 +136,7 @@ describe("worker processes", function()
           env[v] = (cur and cur ~= "" and cur .. ":" or "") .. "handle_segv=0"
         end
         local res = helpers.run(script, { case[1] },
-          { flags = { "--processes", "2", "--memory-limit", "64m" }, timeout = 60, env = env })
+          { flags = { "--processes", "2", "--memory-limit", "16m" }, timeout = 120, env = env })
         assert.are.equal(0, res.code, helpers.describe(res))
         assert.are.equal("false", res.lines[1], helpers.describe(res))
         assert.truthy(res.lines[2]:find("task '" .. case[1] .. "' %(id %d+%) " .. "") , res.lines[2])
@@ -144,6 +144,24 @@ describe("worker processes", function()
         assert.are.equal("210", res.lines[3])
       end)
     end
+  end)
+
+  it("kill the process of a task stuck past its time limit outside Lua, and go on", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function stuck() os.execute("sleep 20") end
+      function fine(i) return i end
+      function main()
+        local f = luapool.spawn({ timeout = 0.5 }, stuck)
+        local ok, err = pcall(f.get, f)
+        luapool.emit((tostring(err):gsub("\n.*", "")))
+        luapool.emit(luapool.spawn(fine, 7):get())
+      end
+    ]], {}, { flags = { "--processes", "1" }, timeout = 30 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.truthy(res.lines[1]:find("task 'stuck' %(id %d+%) failed: timed out after 0.5 s %(worker " ..
+      "process %d+ was killed by signal 9 %(SIGKILL%)%)"), res.lines[1])
+    assert.are.equal("7", res.lines[2])
   end)
 
   it("run a task again after its process died, with --retries, reporting its records once", function()
@@ -210,6 +228,46 @@ describe("worker processes", function()
     end)
   end
 
+  it("share counters with every task of the run, in every process", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function bump(n)
+        local c = luapool.counter("hits")
+        local last
+        for _ = 1, n do last = c:add() end
+        return last
+      end
+      function main()
+        local fs = {}
+        for i = 1, 20 do fs[i] = luapool.spawn(bump, 50) end
+        local seen = {}
+        for i = 1, 20 do seen[#seen + 1] = fs[i]:get() end
+        table.sort(seen)
+        luapool.emit(luapool.counter("hits"):get())
+        luapool.emit(seen[20])
+        luapool.emit(luapool.counter("hits"):add(-1000))
+      end
+    ]], {}, { flags = { "--processes", "2", "--threads", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "1000", "1000", "0" }, res.lines)
+  end)
+
+  it("refuse channels and sequencers, which could not be shared across processes", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function try(what) return pcall(luapool[what], "x") end
+      function main()
+        for _, what in ipairs({ "channel", "sequencer" }) do
+          local ok, err = luapool.spawn(try, what):get()
+          luapool.emit(tostring(ok) .. " " .. err:gsub("^[^:]*:%d+: ", ""):match("^[^:]*"))
+        end
+      end
+    ]], {}, { flags = { "--processes", "1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "false luapool.channel is not available in a worker process",
+                      "false luapool.sequencer is not available in a worker process" }, res.lines)
+  end)
+
   it("refuse --threads without --processes", function()
     local res = helpers.run("function main() end\n", {}, { flags = { "--threads", "2" } })
     assert.are.equal(2, res.code)
@@ -241,6 +299,180 @@ describe("worker processes", function()
     assert.truthy(kids:find("%d"), "no worker processes seen: " .. status)
     assert.is_true(#lines > 0 and #lines < 100000, #lines .. " lines")
     for i, line in ipairs(lines) do assert.are.equal(tostring(i), line) end
+  end)
+end)
+
+describe("named pools (--pool)", function()
+  local script = [[
+    local luapool = require "luapool"
+    function where(tag, depth)
+      local me = luapool.self()
+      local below = depth > 0 and luapool.spawn(where, tag, depth - 1):get() or ""
+      print(tag .. " " .. depth .. " in " .. me.pool)
+      return me.pid .. " " .. below
+    end
+    function main()
+      local mine = luapool.self().pid
+      for _, pool in ipairs({ "main", "io", "cpu" }) do
+        local pids = luapool.spawn({ pool = pool }, where, pool, 2):get()
+        local same = 0
+        for pid in pids:gmatch("%d+") do if tonumber(pid) == mine then same = same + 1 end end
+        luapool.emit(pool .. " ran here: " .. same .. " of 3")
+      end
+      local ok, err = pcall(luapool.spawn, { pool = "nope" }, where, "x", 0)
+      luapool.emit(err)
+    end
+  ]]
+
+  it("run each task in its pool, with its subtasks, and report in tree order", function()
+    local res = helpers.run(script, {}, { flags = { "--workers", "2", "--pool", "io=threads:2",
+                                                   "--pool", "cpu=processes:2x2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({
+      "cpu 0 in cpu", "cpu 1 in cpu", "cpu 2 in cpu",
+    }, { res.lines[9], res.lines[10], res.lines[11] })
+    assert.are.equal("main ran here: 3 of 3", res.lines[4])
+    assert.are.equal("io ran here: 3 of 3", res.lines[8])
+    assert.are.equal("cpu ran here: 0 of 3", res.lines[12])
+    assert.are.equal("luapool.spawn: no pool named 'nope' (pools: main, io, cpu)", res.lines[13])
+    -- The sequential reference knows no pools but the names: the order is the same.
+    local strip = function(lines)
+      local out = {}
+      for i, l in ipairs(lines) do out[i] = l:gsub("ran here: %d of 3", "") end
+      return out
+    end
+    local ref2 = helpers.run(script, {}, { workers = 0, flags = { "--pool", "io=threads:2",
+                                                                 "--pool", "cpu=processes:2x2" } })
+    assert.are.equal(0, ref2.code, helpers.describe(ref2))
+    assert.are.same(strip(ref2.lines), strip(res.lines))
+  end)
+
+  it("with the main pool made of processes", function()
+    local res = helpers.run(script, {}, { flags = { "--processes", "2", "--pool", "io=threads:1",
+                                                   "--pool", "cpu=processes:1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal("main ran here: 0 of 3", res.lines[4])
+    assert.are.equal("io ran here: 3 of 3", res.lines[8])
+    assert.are.equal("cpu ran here: 0 of 3", res.lines[12])
+  end)
+
+  it("refuse a pool a worker process cannot reach, naming its own", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function inner() return pcall(luapool.spawn, { pool = "main" }, inner) end
+      function main()
+        local ok, err = luapool.spawn({ pool = "cpu" }, inner):get()
+        luapool.emit(tostring(ok) .. " " .. err)
+      end
+    ]], {}, { flags = { "--pool", "cpu=processes:1" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.truthy(res.lines[1]:find("false luapool.spawn: no pool named 'main' (a task in a worker " ..
+      "process spawns into its own pool: cpu)", 1, true), res.lines[1])
+  end)
+
+  it("refuse a bad --pool with exit 2", function()
+    for _, bad in ipairs({ "io", "io=threads", "io=threads:0", "io=procs:2", "main=threads:2",
+                           "=threads:2", "io=processes:2x" }) do
+      local res = helpers.run("function main() end\n", {}, { flags = { "--pool", bad } })
+      assert.are.equal(2, res.code, bad .. ": " .. helpers.describe(res))
+      assert.truthy(res.err:find("--pool", 1, true), res.err)
+    end
+  end)
+end)
+
+describe("bad messages between the engine and its workers", function()
+  local function python(code)
+    local path = helpers.tmpname(".py")
+    helpers.write_file(path, code)
+    return path
+  end
+  local frame_reader = [[
+import socket, struct, sys, time
+s = socket.socket(fileno=3)
+def frame():
+    hdr = b""
+    while len(hdr) < 4:
+        got = s.recv(4 - len(hdr))
+        if not got: sys.exit(0)
+        hdr += got
+    n = struct.unpack("<I", hdr)[0]
+    body = b""
+    while len(body) < n:
+        got = s.recv(n - len(body))
+        if not got: sys.exit(0)
+        body += got
+    return body
+]]
+  local sq = [[
+    local luapool = require "luapool"
+    function sq(i) return i * i end
+    function main()
+      local fs = {}
+      for i = 1, 3 do fs[i] = luapool.spawn(sq, i) end
+      for i = 1, 3 do
+        local ok, err = pcall(fs[i].get, fs[i])
+        luapool.emit(ok and err or (tostring(err):gsub("\n.*", "")))
+      end
+    end
+  ]]
+
+  it("fail the tasks of a worker that sends a malformed frame, and replace it", function()
+    local py = python(frame_reader .. [[
+frame()                                      # INIT
+s.sendall(struct.pack("<IBQ", 9, 5, 4))      # READY, room for 4 tasks
+frame()                                      # the first EXEC
+s.sendall(struct.pack("<IB", 1, 200))        # a frame of no known type
+while True: frame()
+]])
+    local sh = helpers.tmpname(".sh")
+    helpers.write_file(sh, "#!/bin/sh\nexec python3 " .. py .. "\n")
+    os.execute("chmod +x " .. sh)
+    local res = helpers.run(sq, {}, { flags = { "--processes", "1" }, timeout = 30,
+                                      env = { LUAPOOL_WORKER_EXE = sh } })
+    os.remove(py)
+    os.remove(sh)
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal(3, #res.lines)
+    for _, line in ipairs(res.lines) do
+      assert.truthy(line:find("task 'sq' %(id %d+%) failed: worker process %d+ sent a malformed " ..
+        "message while running it"), line)
+    end
+  end)
+
+  it("stop with exit 2 when no worker process can start", function()
+    local res = helpers.run(sq, {}, { flags = { "--processes", "2" },
+                                      env = { LUAPOOL_WORKER_EXE = "/nonexistent/luapool" } })
+    assert.are.equal(2, res.code, helpers.describe(res))
+    assert.truthy(res.err:find("cannot start worker process /nonexistent/luapool", 1, true), res.err)
+    local garbage = helpers.tmpname(".sh")
+    helpers.write_file(garbage, "#!/bin/sh\nprintf 'garbage!' >&3\nsleep 5\n")
+    os.execute("chmod +x " .. garbage)
+    res = helpers.run(sq, {}, { flags = { "--processes", "2" }, env = { LUAPOOL_WORKER_EXE = garbage } })
+    os.remove(garbage)
+    assert.are.equal(2, res.code, helpers.describe(res))
+    assert.truthy(res.err:find("could not start: worker process %d+ sent a malformed message " ..
+      "before it was ready"), res.err)
+  end)
+
+  it("end a worker whose engine sends a malformed frame, with a message", function()
+    -- The worker reads fd 3: give it a socket there whose first frame is garbage.
+    local cmd = "python3 -c " .. helpers.quote([[
+import os, socket, subprocess, sys
+a, b = socket.socketpair()
+a.sendall(b"\x05\x00\x00\x00\xc8junk")
+bfd = b.fileno()
+p = subprocess.Popen([sys.argv[1], "__worker"], pass_fds=[bfd], stderr=subprocess.PIPE,
+                     preexec_fn=lambda: os.dup2(bfd, 3))
+err = p.communicate(timeout=20)[1].decode()
+print(p.returncode)
+print(err.strip())
+]]) .. " " .. helpers.quote(helpers.bin)
+    local p = io.popen(cmd)
+    local out = p:read("a")
+    p:close()
+    local code, msg = out:match("^(%d+)\n(.*)")
+    assert.are.equal("2", code, out)
+    assert.truthy(msg:find("no valid start message", 1, true), out)
   end)
 end)
 

@@ -1,7 +1,8 @@
 /*
  * host.c - a C program that embeds luapool: it gives tasks one function of
  * its own (`require "host"`, `host.weight(word)`), submits work and prints
- * the records, in tree order, as they arrive.
+ * the records, in tree order, as they arrive; then it submits one more task
+ * with a table of arguments built in C and prints its result.
  *
  *   host tasks.lua word...
  */
@@ -50,7 +51,20 @@ int main(int argc, char **argv) {
   if (rc == 0) rc = luapool_load_file(lp, argv[1]);
   if (rc == 0) rc = luapool_submit(lp, "main", argc - 2, (const char *const *)argv + 2);
   if (rc == 0) rc = luapool_wait(lp, 60);
+
+  /* total({words...}): the arguments as a Lua table, the result through a
+   * future. */
+  luapool_values *args = rc == 0 ? luapool_values_new() : NULL;
+  luapool_future *f = NULL;
+  if (rc == 0 && !args) rc = LUAPOOL_ENOMEM;
+  if (rc == 0) rc = luapool_values_table(args, (uint32_t)(argc - 2), 0);
+  for (int i = 2; rc == 0 && i < argc; i++) rc = luapool_values_string(args, argv[i]);
+  if (rc == 0) rc = luapool_submit_values(lp, "total", args, &f);
+  if (rc == 0) rc = luapool_future_wait(f, 60);
+  if (rc == 0) printf("total %s\n", luapool_future_text(f, NULL));
   if (rc != 0) fprintf(stderr, "host: %s: %s\n", luapool_strerror(rc), luapool_errmsg(lp));
+  luapool_future_free(f);
+  luapool_values_free(args);
   luapool_close(lp);
   return rc == 0 ? 0 : 1;
 }

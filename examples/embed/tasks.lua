@@ -10,3 +10,10 @@ end
 function main(...)
   for _, word in ipairs({ ... }) do luapool.spawn(weigh, word) end
 end
+
+-- Called by the host with a table of words: their total weight.
+function total(words)
+  local sum = 0
+  for _, word in ipairs(words) do sum = sum + host.weight(word) end
+  return sum
+end

@@ -1,0 +1,555 @@
+/*
+ * luamod.c - the engine as a Lua C module for a plain Lua 5.4 interpreter.
+ *
+ *   local lp = require "luapool"     -- from lua5.4, not inside a task
+ *   local pool = lp.open{workers = 4, script = "tasks.lua"}
+ *   print(pool:spawn("fib", 20):get())
+ *   for rec in pool:records() do print(rec.text) end
+ *   pool:close()
+ *
+ * Inside worker states the name "luapool" is the task-side module (lib.c,
+ * preloaded by vm.c); this file is a separate shared object (luapool.so in
+ * Lua's cpath) that only the host's interpreter loads. The host's state
+ * never meets a worker's: arguments and results cross packed (pack.c), and
+ * the engine's callbacks, which run on the host thread inside a wait, only
+ * copy records and failure reports into C queues that the Lua side drains.
+ * No Lua code runs inside a callback, so no Lua error can unwind through
+ * the engine.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "engine.h"
+#include "pack.h"
+
+#define POOL_MT "luapool.host.pool"
+#define FUTURE_MT "luapool.host.future"
+
+int luaopen_luapool(lua_State *L);
+
+/* A record delivered by the engine and not yet read by the iterator. */
+typedef struct rec_node {
+  struct rec_node *next;
+  int kind; /* LUAPOOL_RECORD_* */
+  uint64_t task;
+  double priority;
+  size_t name_len, text_len, value_len;
+  char data[]; /* name, text, packed value, one after the other */
+} rec_node;
+
+typedef struct pool {
+  luapool *lp;           /* NULL once closed */
+  rec_node *head, *tail; /* records delivered, not yet read */
+  lp_buf failures;       /* reports of unawaited failures, for wait() */
+  int lost;              /* records dropped for want of memory */
+} pool;
+
+typedef struct hfuture {
+  luapool_future *f; /* NULL once collected */
+} hfuture;
+
+/* ---- engine callbacks: copy, never run Lua ---- */
+
+static void on_record(void *ud, const luapool_record *rec) {
+  pool *p = ud;
+  size_t nl = strlen(rec->name);
+  rec_node *n = malloc(sizeof *n + nl + rec->text_len + rec->value_len);
+  if (!n) {
+    p->lost++;
+    return;
+  }
+  n->next = NULL;
+  n->kind = rec->kind;
+  n->task = rec->task;
+  n->priority = rec->priority;
+  n->name_len = nl;
+  n->text_len = rec->text_len;
+  n->value_len = rec->kind == LUAPOOL_RECORD_EMIT ? rec->value_len : 0;
+  memcpy(n->data, rec->name, nl);
+  memcpy(n->data + nl, rec->text, rec->text_len);
+  if (n->value_len) memcpy(n->data + nl + n->text_len, rec->value, n->value_len);
+  if (p->tail)
+    p->tail->next = n;
+  else
+    p->head = n;
+  p->tail = n;
+}
+
+static void on_failure(void *ud, const char *message) {
+  pool *p = ud;
+  if (p->failures.len) lp_buf_append(&p->failures, "\n", 1);
+  lp_buf_append(&p->failures, message, strlen(message));
+}
+
+/* ---- the pool ---- */
+
+static pool *check_pool(lua_State *L) {
+  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  if (!p->lp) luaL_error(L, "luapool: the pool is closed");
+  return p;
+}
+
+/* Closes the engine; failures reported and never collected by wait() go
+ * to stderr, as the luapool binary writes them. */
+static void close_pool(pool *p) {
+  if (p->lp) {
+    luapool_close(p->lp);
+    p->lp = NULL;
+  }
+  if (p->failures.len) {
+    fprintf(stderr, "%.*s\n", (int)p->failures.len, p->failures.data);
+    lp_buf_reset(&p->failures);
+  }
+}
+
+static int pool_gc(lua_State *L) {
+  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  close_pool(p);
+  while (p->head) {
+    rec_node *n = p->head;
+    p->head = n->next;
+    free(n);
+  }
+  p->tail = NULL;
+  lp_buf_free(&p->failures);
+  return 0;
+}
+
+static int pool_close(lua_State *L) {
+  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  close_pool(p);
+  return 0;
+}
+
+static double opt_field_number(lua_State *L, int t, const char *k, double dflt) {
+  double v = dflt;
+  if (lua_getfield(L, t, k) != LUA_TNIL) {
+    if (!lua_isnumber(L, -1))
+      luaL_error(L, "luapool.open: option '%s' must be a number, not %s", k, luaL_typename(L, -1));
+    v = lua_tonumber(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_field_int(lua_State *L, int t, const char *k, int dflt) {
+  double v = opt_field_number(L, t, k, dflt);
+  if (!(v >= 0 && v <= 1e6) || v != (int)v)
+    luaL_error(L, "luapool.open: option '%s' must be a whole number >= 0", k);
+  return (int)v;
+}
+
+/* lp.open{workers =, processes =, threads =, pools =, script = | source =,
+ * order =, memory_limit =, task_timeout =, retries =} -> pool, or nil,
+ * message when the script cannot be loaded. */
+static int l_open(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luapool_config cfg;
+  luapool_config_init(&cfg);
+  cfg.workers = opt_field_int(L, 1, "workers", cfg.workers);
+  cfg.processes = opt_field_int(L, 1, "processes", 0);
+  cfg.threads = opt_field_int(L, 1, "threads", 0);
+  double limit = opt_field_number(L, 1, "memory_limit", 0);
+  cfg.task_timeout = opt_field_number(L, 1, "task_timeout", 0);
+  if (!(limit >= 0 && limit < 0x1p62) || !(cfg.task_timeout >= 0))
+    return luaL_error(L, "luapool.open: memory_limit and task_timeout must be >= 0");
+  cfg.memory_limit = (size_t)limit;
+  cfg.retries = opt_field_int(L, 1, "retries", 0);
+  static const char *const orders[] = {"tree", "priority", "completion", NULL};
+  lua_getfield(L, 1, "order");
+  if (!lua_isnil(L, -1)) {
+    const char *o = lua_tostring(L, -1);
+    int i = 0;
+    while (orders[i] && (!o || strcmp(o, orders[i]) != 0)) i++;
+    if (!orders[i])
+      return luaL_error(L, "luapool.open: order must be tree, priority or completion");
+    cfg.order = i;
+  }
+  lua_pop(L, 1);
+  const char *script = NULL, *source = NULL;
+  size_t source_len = 0;
+  if (lua_getfield(L, 1, "script") != LUA_TNIL) {
+    script = lua_tostring(L, -1);
+    if (!script || lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "luapool.open: option 'script' must be a file name");
+  }
+  if (lua_getfield(L, 1, "source") != LUA_TNIL) {
+    source = lua_tolstring(L, -1, &source_len);
+    if (!source || lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "luapool.open: option 'source' must be a string");
+  }
+  if (!script == !source)
+    return luaL_error(L,
+                      "luapool.open: give the tasks as 'script' (a file) or 'source' (a string)");
+
+  pool *p = lua_newuserdatauv(L, sizeof *p, 0);
+  memset(p, 0, sizeof *p);
+  lp_buf_init(&p->failures);
+  luaL_setmetatable(L, POOL_MT);
+  cfg.on_record = on_record;
+  cfg.on_failure = on_failure;
+  cfg.ud = p;
+  int rc = luapool_open(&cfg, &p->lp);
+  if (rc != 0) return luaL_error(L, "luapool.open: %s", luapool_strerror(rc));
+  /* pools = {NAME = "threads:N" | "processes:N[xT]", ...}: named pools that
+   * tasks reach with the spawn option pool = NAME. */
+  if (lua_getfield(L, 1, "pools") != LUA_TNIL) {
+    if (!lua_istable(L, -1)) return luaL_error(L, "luapool.open: option 'pools' must be a table");
+    lua_pushnil(L);
+    while (rc == 0 && lua_next(L, -2)) {
+      if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "luapool.open: pools maps names to \"threads:N\" or \"processes:N\"");
+      rc = luapool_add_pool(p->lp, lua_tostring(L, -2), lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    if (rc != 0) return luaL_error(L, "luapool.open: %s", luapool_errmsg(p->lp));
+  }
+  lua_pop(L, 1);
+  rc = script ? luapool_load_file(p->lp, script)
+              : luapool_load_string(p->lp, source, source_len, "=source");
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, luapool_errmsg(p->lp));
+    close_pool(p);
+    return 2;
+  }
+  return 1;
+}
+
+/* ---- spawning and futures ---- */
+
+/* Submits task `name` with the n values at index first as arguments, and
+ * pushes its future (which keeps the pool userdata at index 1 alive). */
+static void push_spawn(lua_State *L, pool *p, const char *name, int first, int n, double priority,
+                       int argbase) {
+  hfuture *h = lua_newuserdatauv(L, sizeof *h, 1);
+  h->f = NULL;
+  luaL_setmetatable(L, FUTURE_MT);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  lp_buf args;
+  lp_buf_init(&args);
+  char err[320];
+  lp_pack_ctx ctx = {NULL, NULL, NULL, argbase};
+  if (lp_pack_values(L, first, n, &args, &ctx, err, sizeof err) != 0) {
+    lp_buf_free(&args);
+    luaL_error(L, "pool:spawn: %s", err);
+  }
+  int rc = lp_engine_submit(p->lp, name, &args, priority, &h->f);
+  if (rc != 0) luaL_error(L, "pool:spawn: %s", luapool_errmsg(p->lp));
+}
+
+/* pool:spawn([opts,] name, ...) -> future; opts.priority (number). */
+static int pool_spawn(lua_State *L) {
+  pool *p = check_pool(L);
+  int fi = 2;
+  double priority = 0;
+  if (lua_istable(L, 2)) {
+    priority = opt_field_number(L, 2, "priority", 0);
+    fi = 3;
+  }
+  const char *name = luaL_checkstring(L, fi);
+  int n = lua_gettop(L) - fi;
+  push_spawn(L, p, name, fi + 1, n, priority, fi);
+  return 1;
+}
+
+static hfuture *check_future(lua_State *L) {
+  hfuture *h = luaL_checkudata(L, 1, FUTURE_MT);
+  if (!h->f) luaL_error(L, "luapool: the future has been collected");
+  return h;
+}
+
+/* Waits for the future at index idx and pushes its values, or raises its
+ * error. Returns the number of values. */
+static int get_values(lua_State *L, int idx, double timeout) {
+  hfuture *h = lua_touserdata(L, idx);
+  int rc = luapool_future_wait(h->f, timeout);
+  if (rc == 0) {
+    const char *data;
+    size_t len;
+    int n = 0;
+    char err[256];
+    lp_pack_ctx ctx = {NULL, NULL, NULL, 1};
+    if (luapool_future_result(h->f, &data, &len) < 0 ||
+        lp_unpack_values(L, data, len, &ctx, &n, err, sizeof err) != 0)
+      return luaL_error(L, "luapool: cannot read the result of task %d",
+                        (int)luapool_future_id(h->f));
+    return n;
+  }
+  if (rc == LUAPOOL_ETASKFAIL || rc == LUAPOOL_ECANCELLED) {
+    size_t len;
+    const char *msg = luapool_future_text(h->f, &len);
+    if (!msg) return luaL_error(L, "task (id %d) failed", (int)luapool_future_id(h->f));
+    lua_pushlstring(L, msg, len);
+    return lua_error(L);
+  }
+  if (rc == LUAPOOL_ETIMEDOUT)
+    return luaL_error(L, "luapool: get: timed out after %f s waiting for task (id %d)", timeout,
+                      (int)luapool_future_id(h->f));
+  return luaL_error(L, "luapool: get: %s", luapool_strerror(rc));
+}
+
+static double opt_timeout(lua_State *L, int idx) {
+  if (lua_isnoneornil(L, idx)) return -1;
+  double t = luaL_checknumber(L, idx);
+  luaL_argcheck(L, t >= 0, idx, "timeout must be >= 0");
+  return t;
+}
+
+/* future:get([timeout]): blocks the host thread (records are collected
+ * meanwhile). */
+static int fut_get(lua_State *L) {
+  check_future(L);
+  return get_values(L, 1, opt_timeout(L, 2));
+}
+
+static int fut_done(lua_State *L) {
+  lua_pushboolean(L, luapool_future_done(check_future(L)->f));
+  return 1;
+}
+
+/* future:ok(): finished without error? Counts as handling a failure. */
+static int fut_ok(lua_State *L) {
+  hfuture *h = check_future(L);
+  lua_pushboolean(L, luapool_future_done(h->f) && luapool_future_wait(h->f, 0) == 0);
+  return 1;
+}
+
+static int fut_cancel(lua_State *L) {
+  lua_pushboolean(L, luapool_future_cancel(check_future(L)->f));
+  return 1;
+}
+
+static int fut_id(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)luapool_future_id(check_future(L)->f));
+  return 1;
+}
+
+static int fut_gc(lua_State *L) {
+  hfuture *h = luaL_checkudata(L, 1, FUTURE_MT);
+  luapool_future_free(h->f);
+  h->f = NULL;
+  return 0;
+}
+
+static int fut_tostring(lua_State *L) {
+  hfuture *h = luaL_checkudata(L, 1, FUTURE_MT);
+  if (!h->f) return lua_pushliteral(L, "luapool future (collected)"), 1;
+  lua_pushfstring(L, "luapool future: task %d (%s)", (int)luapool_future_id(h->f),
+                  luapool_future_done(h->f) ? "done" : "pending");
+  return 1;
+}
+
+/* Returns the error message of the failed future at index 1. */
+static int error_of(lua_State *L) {
+  hfuture *h = lua_touserdata(L, 1);
+  size_t len;
+  const char *msg = luapool_future_text(h->f, &len);
+  if (msg)
+    lua_pushlstring(L, msg, len);
+  else
+    lua_pushliteral(L, "task failed");
+  return 1;
+}
+
+/* pool:map(name, list [, opts]) -> the first result of name(item) for each
+ * item, in list order; raises the first error in list order, once every
+ * task has finished. */
+static int pool_map(lua_State *L) {
+  pool *p = check_pool(L);
+  const char *name = luaL_checkstring(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  double priority = 0;
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checktype(L, 4, LUA_TTABLE);
+    priority = opt_field_number(L, 4, "priority", 0);
+  }
+  lua_Integer n = luaL_len(L, 3);
+  lua_settop(L, 3);
+  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 4: the futures */
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 3, i); /* 5 */
+    push_spawn(L, p, name, 5, 1, priority, 2);
+    lua_seti(L, 4, i);
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the results */
+  lua_pushnil(L);                                    /* 6: the first error */
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 4, i); /* 7 */
+    hfuture *h = lua_touserdata(L, 7);
+    /* Every future is waited for, so a second failure is seen, not
+     * reported as unawaited; the first one in list order is raised. */
+    if (!lua_isnil(L, 6)) {
+      luapool_future_wait(h->f, -1);
+    } else if (luapool_future_wait(h->f, -1) == 0) {
+      if (get_values(L, 7, -1) > 0) {
+        lua_settop(L, 8);
+        lua_seti(L, 5, i);
+      }
+    } else {
+      lua_pushcfunction(L, error_of);
+      lua_pushvalue(L, 7);
+      lua_call(L, 1, 1);
+      lua_replace(L, 6);
+    }
+    lua_settop(L, 6);
+  }
+  if (!lua_isnil(L, 6)) return lua_error(L);
+  lua_pop(L, 1);
+  return 1;
+}
+
+/* ---- waiting, records ---- */
+
+/* pool:wait([timeout]) -> true once every task has finished; false,
+ * "timeout"; or nil, message when a task failed without being awaited (the
+ * message holds every such report since the last wait). A failure counts as
+ * unawaited once its future has been collected without get(). */
+static int pool_wait(lua_State *L) {
+  pool *p = check_pool(L);
+  int rc = luapool_wait(p->lp, opt_timeout(L, 2));
+  if (rc != LUAPOOL_ETIMEDOUT) {
+    /* A future nobody holds any more can never be awaited: collecting it
+     * now reports its task's failure here rather than at some later GC. */
+    lua_gc(L, LUA_GCCOLLECT);
+    int again = luapool_wait(p->lp, 0);
+    if (rc == 0) rc = again;
+  }
+  if (p->failures.len) {
+    lua_pushnil(L);
+    lua_pushlstring(L, p->failures.data, p->failures.len);
+    lp_buf_reset(&p->failures);
+    return 2;
+  }
+  if (rc == 0 || rc == LUAPOOL_ETASKFAIL) { /* reported by an earlier wait */
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (rc == LUAPOOL_ETIMEDOUT) {
+    lua_pushboolean(L, 0);
+    lua_pushliteral(L, "timeout");
+    return 2;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, luapool_errmsg(p->lp)[0] ? luapool_errmsg(p->lp) : luapool_strerror(rc));
+  return 2;
+}
+
+static const char *const kinds[] = {"emit", "print"};
+
+/* The iterator: the next record as {value, text, kind, task, name,
+ * priority}, or nil when none is left. */
+static int records_next(lua_State *L) {
+  pool *p = lua_touserdata(L, lua_upvalueindex(1));
+  rec_node *n = p->head;
+  if (!n) return 0;
+  lua_createtable(L, 0, 6);
+  const char *text = n->data + n->name_len;
+  if (n->kind == LUAPOOL_RECORD_EMIT) {
+    int nv = 0;
+    char err[256];
+    lp_pack_ctx ctx = {NULL, NULL, NULL, 1};
+    int top = lua_gettop(L);
+    if (lp_unpack_values(L, text + n->text_len, n->value_len, &ctx, &nv, err, sizeof err) != 0)
+      lua_pushnil(L);
+    lua_settop(L, top + 1);
+  } else {
+    lua_pushlstring(L, text, n->text_len);
+  }
+  lua_setfield(L, -2, "value");
+  lua_pushlstring(L, text, n->text_len);
+  lua_setfield(L, -2, "text");
+  lua_pushstring(L, kinds[n->kind == LUAPOOL_RECORD_PRINT]);
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)n->task);
+  lua_setfield(L, -2, "task");
+  lua_pushlstring(L, n->data, n->name_len);
+  lua_setfield(L, -2, "name");
+  lua_pushnumber(L, n->priority);
+  lua_setfield(L, -2, "priority");
+  /* Taken off the queue only now: a memory error above leaves it there. */
+  p->head = n->next;
+  if (!p->head) p->tail = NULL;
+  free(n);
+  return 1;
+}
+
+/* pool:records(): collects what the engine can deliver now (without
+ * waiting), then iterates over every record delivered so far. */
+static int pool_records(lua_State *L) {
+  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  if (p->lp) luapool_wait(p->lp, 0);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, records_next, 1);
+  return 1;
+}
+
+static int pool_cancel(lua_State *L) {
+  luapool_cancel(check_pool(L)->lp);
+  return 0;
+}
+
+static int pool_stats(lua_State *L) {
+  pool *p = check_pool(L);
+  luapool_stats st;
+  luapool_get_stats(p->lp, &st);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)st.tasks_run);
+  lua_setfield(L, -2, "tasks_run");
+  lua_pushinteger(L, (lua_Integer)st.tasks_failed);
+  lua_setfield(L, -2, "tasks_failed");
+  lua_pushinteger(L, (lua_Integer)st.records);
+  lua_setfield(L, -2, "records");
+  lua_pushinteger(L, st.max_depth);
+  lua_setfield(L, -2, "max_depth");
+  return 1;
+}
+
+static int pool_tostring(lua_State *L) {
+  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  lua_pushfstring(L, "luapool pool (%s)", p->lp ? "open" : "closed");
+  return 1;
+}
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  luaL_setfuncs(L, methods, 0);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+}
+
+int luaopen_luapool(lua_State *L) {
+  static const luaL_Reg pool_methods[] = {{"spawn", pool_spawn},
+                                          {"map", pool_map},
+                                          {"wait", pool_wait},
+                                          {"records", pool_records},
+                                          {"cancel", pool_cancel},
+                                          {"stats", pool_stats},
+                                          {"close", pool_close},
+                                          {"__close", pool_close},
+                                          {"__gc", pool_gc},
+                                          {"__tostring", pool_tostring},
+                                          {NULL, NULL}};
+  static const luaL_Reg future_methods[] = {{"get", fut_get},
+                                            {"done", fut_done},
+                                            {"ok", fut_ok},
+                                            {"cancel", fut_cancel},
+                                            {"id", fut_id},
+                                            {"__gc", fut_gc},
+                                            {"__tostring", fut_tostring},
+                                            {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"open", l_open}, {NULL, NULL}};
+  new_class(L, POOL_MT, pool_methods);
+  new_class(L, FUTURE_MT, future_methods);
+  luaL_newlib(L, funcs);
+  lua_pushliteral(L, LUAPOOL_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

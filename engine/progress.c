@@ -1,0 +1,92 @@
+/*
+ * progress.c - what the luapool command shows on stderr about a run: the
+ * live progress bar (--progress) and the closing summary (--stats).
+ *
+ * Part of the command, not of the engine: it uses only luapool.h. The bar
+ * is drawn by the host thread from the engine's on_progress callback, on
+ * one line that is rewritten in place ("\r" and erase-to-end), and only
+ * when stderr is a terminal; stdout is never touched.
+ */
+#include "progress.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+static int columns(void) {
+  struct winsize ws;
+  if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col >= 20) return ws.ws_col;
+  return 80;
+}
+
+/* n with a k/M suffix, in at most 6 characters. */
+static void human(char *buf, size_t size, double n) {
+  if (n < 1000)
+    snprintf(buf, size, n < 10 && n != (long)n ? "%.1f" : "%.0f", n);
+  else if (n < 1e6)
+    snprintf(buf, size, "%.1fk", n / 1e3);
+  else
+    snprintf(buf, size, "%.1fM", n / 1e6);
+}
+
+int lp_progress_wanted(int requested) { return requested && isatty(STDERR_FILENO); }
+
+void lp_progress_draw(lp_progress *p, const luapool_stats *st) {
+  char rate[16], text[160];
+  human(rate, sizeof rate, st->wall > 0 ? (double)st->tasks_done / st->wall : 0);
+  int secs = (int)st->wall;
+  int n =
+      snprintf(text, sizeof text, " %llu/%llu tasks, %ld running, %ld waiting, %s/s, %d:%02d.%d",
+               (unsigned long long)st->tasks_done, (unsigned long long)st->tasks_known, st->running,
+               st->suspended, rate, secs / 60, secs % 60, (int)((st->wall - secs) * 10));
+  int width = columns() - n - 3;
+  if (width > 40) width = 40;
+  char bar[48];
+  int fill = 0;
+  if (width < 5) {
+    width = 0;
+  } else if (st->tasks_known > 0) {
+    fill = (int)((double)width * (double)st->tasks_done / (double)st->tasks_known);
+  }
+  for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+  bar[width] = '\0';
+  if (width)
+    fprintf(stderr, "\r[%s]%s\033[K", bar, text);
+  else
+    fprintf(stderr, "\r%s\033[K", text + 1);
+  fflush(stderr);
+  p->shown = 1;
+}
+
+void lp_progress_clear(lp_progress *p) {
+  if (!p->shown) return;
+  fputs("\r\033[K", stderr);
+  fflush(stderr);
+  p->shown = 0;
+}
+
+void lp_progress_summary(luapool *lp, FILE *out) {
+  luapool_stats st;
+  luapool_get_stats(lp, &st);
+  fprintf(out, "luapool stats\n");
+  fprintf(out, "  tasks run         %llu (failed %llu, retried %llu)\n",
+          (unsigned long long)st.tasks_run, (unsigned long long)st.tasks_failed,
+          (unsigned long long)st.tasks_retried);
+  fprintf(out, "  deepest level     %d\n", st.max_depth);
+  fprintf(out, "  peak queued       %ld\n", st.peak_queued);
+  fprintf(out, "  peak suspended    %ld\n", st.peak_suspended);
+  fprintf(out, "  wall time         %.3f s\n", st.wall);
+  fprintf(out, "  CPU time          %.3f s\n", st.cpu);
+  fprintf(out, "  tasks per second  %.1f\n", st.wall > 0 ? (double)st.tasks_run / st.wall : 0.0);
+  luapool_worker_stats ws[64];
+  int n = luapool_get_worker_stats(lp, ws, 64);
+  fprintf(out, "  worker busy      ");
+  for (int i = 0; i < n && i < 64; i++) {
+    if (i > 0 && i % 8 == 0) fprintf(out, "\n                   ");
+    fprintf(out, " %d:%3.0f%%", i + 1, st.wall > 0 ? 100.0 * ws[i].busy / st.wall : 0.0);
+  }
+  if (n > 64) fprintf(out, " (and %d more)", n - 64);
+  fprintf(out, "\n");
+  fflush(out);
+}

@@ -1,0 +1,29 @@
+/*
+ * progress.h - the luapool command's displays on stderr (progress.c) and
+ * its static check of a script (check.c).
+ */
+#ifndef LP_PROGRESS_H
+#define LP_PROGRESS_H
+
+#include <stdio.h>
+
+#include "luapool.h"
+
+typedef struct lp_progress {
+  int shown; /* the bar is on the screen now */
+} lp_progress;
+
+/* Whether to draw a bar: asked for and stderr is a terminal. */
+int lp_progress_wanted(int requested);
+void lp_progress_draw(lp_progress *p, const luapool_stats *st);
+/* Erases the bar, if it is shown (before other output reaches the terminal). */
+void lp_progress_clear(lp_progress *p);
+/* The --stats summary. */
+void lp_progress_summary(luapool *lp, FILE *out);
+
+/* luapool check: reads of globals that the script never defines. Prints one
+ * warning per name to `out` and returns how many, or -1 if the script
+ * cannot be analysed (its error is then the engine's to report). */
+int lp_check_globals(const char *path, FILE *out);
+
+#endif

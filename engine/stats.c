@@ -1,0 +1,177 @@
+/*
+ * stats.c - a run's figures: counted by the workers, sampled by the host.
+ *
+ * DESIGN. Counts that change per task (created, finished, started, failed)
+ * live with the thread that makes them: each worker writes its own with a
+ * relaxed load and store, and the host sums them when asked. Nothing per
+ * task takes a lock, makes a system call or reads the clock. A worker reads
+ * the clock only when it runs out of work and when it finds work again, to
+ * count its idle time; its busy time is the rest. Levels (queued, suspended)
+ * are not tracked per task at all: the host thread samples them each time
+ * it wakes while waiting (about every millisecond, see luapool_wait), and
+ * keeps the peaks. A sample reads counters one after another while workers
+ * run, so it is a close estimate; once the run is over every count is
+ * exact.
+ */
+#include "stats.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "pool.h"
+#include "trace.h"
+
+uint64_t lp_stats_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1;
+}
+
+static double cpu_seconds(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void lp_stats_host_created(luapool *eng) {
+  lp_stats *s = &eng->stats;
+  atomic_fetch_add(&s->host_created, 1);
+  uint64_t zero = 0;
+  /* The first submit starts the run's clocks (whoever makes the first
+   * task outside the workers, once). */
+  if (atomic_load(&s->t0_ns) == 0 &&
+      atomic_compare_exchange_strong(&s->t0_ns, &zero, lp_stats_ns()))
+    atomic_store(&s->cpu0, cpu_seconds());
+}
+
+void lp_stats_host_finished(luapool *eng) { atomic_fetch_add(&eng->stats.host_finished, 1); }
+
+void lp_stats_idle(lp_worker *w, int idle) {
+  lp_wstats *st = &w->stats;
+  uint64_t t0 = atomic_load_explicit(&w->eng->stats.t0_ns, memory_order_relaxed);
+  if (t0 == 0) return; /* before the first submit nothing counts */
+  uint64_t now = lp_stats_ns();
+  if (idle) {
+    atomic_store_explicit(&st->idle_from, now, memory_order_relaxed);
+    return;
+  }
+  uint64_t from = atomic_load_explicit(&st->idle_from, memory_order_relaxed);
+  if (from == 0) return;
+  if (from < t0) from = t0;
+  uint64_t idle_ns = atomic_load_explicit(&st->idle_ns, memory_order_relaxed);
+  atomic_store_explicit(&st->idle_ns, idle_ns + (now > from ? now - from : 0),
+                        memory_order_relaxed);
+  atomic_store_explicit(&st->idle_from, 0, memory_order_relaxed);
+}
+
+/* The levels: tasks waiting for a worker, running, and started but
+ * waiting for something (what is left of the tasks created and not
+ * finished). */
+static void levels(luapool *eng, uint64_t *known, uint64_t *done, long *queued, long *running,
+                   long *suspended) {
+  uint64_t made = atomic_load(&eng->stats.host_created);
+  uint64_t fin = atomic_load(&eng->stats.host_finished);
+  long run = 0;
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    /* Finished first: a task counted finished is counted created too. */
+    fin += atomic_load_explicit(&w->cache.finished, memory_order_relaxed);
+    run += atomic_load_explicit(&w->stats.executing, memory_order_relaxed);
+  }
+  for (int i = 0; i < eng->nworkers; i++)
+    made += atomic_load_explicit(&eng->workers[i].cache.created, memory_order_relaxed);
+  long q = lp_sched_queued(&eng->sched);
+  long open = made > fin ? (long)(made - fin) : 0;
+  long s = open - q - run;
+  *known = made;
+  *done = fin < made ? fin : made;
+  *queued = q < open ? q : open;
+  *running = run;
+  *suspended = s > 0 ? s : 0;
+}
+
+static void sample(luapool *eng, luapool_stats *out) {
+  uint64_t known, done;
+  long queued, running, suspended;
+  levels(eng, &known, &done, &queued, &running, &suspended);
+  lp_stats *s = &eng->stats;
+  if (queued > s->peak_queued) s->peak_queued = queued;
+  if (suspended > s->peak_suspended) s->peak_suspended = suspended;
+  if (!out) return;
+  out->tasks_known = known;
+  out->tasks_done = done;
+  out->queued = queued;
+  out->running = running;
+  out->suspended = suspended;
+}
+
+void lp_stats_tick(luapool *eng) {
+  if (!eng->workers) return;
+  lp_stats *s = &eng->stats;
+  if (!eng->trace && !eng->cfg.on_progress) {
+    sample(eng, NULL);
+    return;
+  }
+  double now = lp_now();
+  if (eng->trace && now >= s->next_counter) {
+    s->next_counter = now + 0.001;
+    luapool_stats st;
+    memset(&st, 0, sizeof st);
+    sample(eng, &st);
+    lp_trace_counter(eng, st.queued, st.suspended);
+  } else {
+    sample(eng, NULL);
+  }
+  double iv = eng->cfg.progress_interval > 0 ? eng->cfg.progress_interval : 0.1;
+  if (s->next_progress == 0) s->next_progress = now + iv; /* a short run shows nothing */
+  if (eng->cfg.on_progress && now >= s->next_progress) {
+    s->next_progress = now + iv;
+    luapool_stats st;
+    luapool_get_stats(eng, &st);
+    eng->cfg.on_progress(eng->cfg.ud, &st);
+  }
+}
+
+void luapool_get_stats(luapool *lp, luapool_stats *out) {
+  if (!out) return;
+  memset(out, 0, sizeof *out);
+  if (!lp_engine_is_open(lp) || !lp->workers) return;
+  sample(lp, out);
+  for (int i = 0; i < lp->nworkers; i++) {
+    lp_wstats *st = &lp->workers[i].stats;
+    out->tasks_run += atomic_load_explicit(&st->run, memory_order_relaxed);
+    out->tasks_failed += atomic_load_explicit(&st->failed, memory_order_relaxed);
+    out->tasks_retried += atomic_load_explicit(&st->retried, memory_order_relaxed);
+  }
+  out->records = lp->report.delivered;
+  out->max_depth = atomic_load(&lp->max_depth);
+  out->workers = lp->nworkers;
+  out->peak_queued = lp->stats.peak_queued;
+  out->peak_suspended = lp->stats.peak_suspended;
+  uint64_t t0 = atomic_load(&lp->stats.t0_ns);
+  if (t0) {
+    out->wall = (double)(lp_stats_ns() - t0) * 1e-9;
+    out->cpu = cpu_seconds() - atomic_load(&lp->stats.cpu0);
+  }
+}
+
+int luapool_get_worker_stats(luapool *lp, luapool_worker_stats *out, int n) {
+  if (!lp_engine_is_open(lp) || (n > 0 && !out)) return LUAPOOL_EINVAL;
+  if (!lp->workers) return 0;
+  uint64_t t0 = atomic_load(&lp->stats.t0_ns);
+  uint64_t now = lp_stats_ns();
+  double wall = t0 ? (double)(now - t0) * 1e-9 : 0;
+  for (int i = 0; i < n && i < lp->nworkers; i++) {
+    lp_wstats *st = &lp->workers[i].stats;
+    out[i].tasks_run = atomic_load_explicit(&st->run, memory_order_relaxed);
+    /* Idle so far, the current spell included; inline mode has no idle. */
+    uint64_t idle = atomic_load_explicit(&st->idle_ns, memory_order_relaxed);
+    uint64_t from = atomic_load_explicit(&st->idle_from, memory_order_relaxed);
+    if (from && t0) idle += now - (from > t0 ? from : t0);
+    double busy = wall - (double)idle * 1e-9;
+    out[i].busy = busy < 0 ? 0 : busy > wall ? wall : busy;
+  }
+  return lp->nworkers;
+}

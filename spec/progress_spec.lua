@@ -1,0 +1,141 @@
+-- --progress, --no-progress and --stats (SPEC §7): the bar is drawn on
+-- stderr only when stderr is a terminal (here a pseudo-terminal made by
+-- spec/support/pty_run.py, with stdout on a pipe), never on stdout; the
+-- summary lists the run's figures.
+local H = require "helpers"
+
+-- 24 tasks that each wait 0.1 s six times: about 0.6 s or more, so the
+-- bar (every 0.1 s) is drawn several times.
+local SLOW = [[
+local luapool = require "luapool"
+function leaf(i)
+  for _ = 1, 6 do luapool.sleep(0.1) end
+  luapool.emit("leaf " .. i)
+end
+function main()
+  for i = 1, 24 do luapool.spawn(leaf, i) end
+end
+]]
+
+local function expected_lines()
+  local t = {}
+  for i = 1, 24 do t[i] = "leaf " .. i end
+  return t
+end
+
+-- Runs the script with stderr on a pseudo-terminal; returns exit code,
+-- stdout and what the terminal received.
+local function on_pty(script, flags)
+  local path = H.write_script(script)
+  local out, tty = H.tmpname(".out"), H.tmpname(".tty")
+  local words = { "python3", H.root .. "/spec/support/pty_run.py", out, tty, H.bin, "run", path,
+                  "--workers", "2" }
+  for _, f in ipairs(flags) do words[#words + 1] = f end
+  for i, w in ipairs(words) do words[i] = H.quote(w) end
+  local ok, _, code = os.execute("timeout -k 5 120 " .. table.concat(words, " "))
+  local res = { code = ok and 0 or code, out = H.read_file(out) or "", tty = H.read_file(tty) or "" }
+  os.remove(path)
+  os.remove(out)
+  os.remove(tty)
+  return res
+end
+
+local function show(res)
+  return string.format("exit %s\n--- stdout\n%s--- terminal\n%q", tostring(res.code), res.out,
+                       res.tty)
+end
+
+describe("--progress", function()
+  it("draws a bar on a terminal stderr, and erases it at the end", function()
+    local res = on_pty(SLOW, { "--progress" })
+    assert.are.equal(0, res.code, show(res))
+    assert.are.same(expected_lines(), H.split_lines(res.out), show(res))
+    -- The bar: a line rewritten in place, with done/known tasks.
+    assert.truthy(res.tty:find("\r[", 1, true), show(res))
+    assert.truthy(res.tty:find("/25 tasks", 1, true), show(res))
+    assert.truthy(res.tty:find("running", 1, true), show(res))
+    assert.truthy(res.tty:find("/s", 1, true), show(res))
+    -- Erased last: the terminal ends with carriage return and erase-line.
+    assert.are.equal("\r\27[K", res.tty:sub(-4), show(res))
+    -- stdout never sees it.
+    assert.falsy(res.out:find("[\r\27]"), show(res))
+  end)
+
+  it("is the default on a terminal, and --no-progress turns it off", function()
+    local on = on_pty(SLOW, {})
+    assert.are.equal(0, on.code, show(on))
+    assert.truthy(on.tty:find("tasks", 1, true), show(on))
+    local off = on_pty(SLOW, { "--no-progress" })
+    assert.are.equal(0, off.code, show(off))
+    assert.are.equal("", off.tty, show(off))
+    assert.are.same(expected_lines(), H.split_lines(off.out), show(off))
+  end)
+
+  it("is never drawn when stderr is a pipe", function()
+    local res = H.run(SLOW, {}, { workers = 2, flags = { "--progress" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.equal("", res.err, H.describe(res))
+    assert.are.same(expected_lines(), res.lines)
+  end)
+end)
+
+describe("--stats", function()
+  it("summarises the run on stderr", function()
+    local res = H.run(H.root .. "/examples/nested_loops.lua", {},
+                      { workers = 2, flags = { "--stats", "--order", "completion" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.equal(50, #res.lines)
+    local err = res.err
+    assert.truthy(err:find("tasks run +51 %(failed 0, retried 0%)"), H.describe(res))
+    assert.truthy(err:find("deepest level +3\n"), H.describe(res))
+    assert.truthy(err:find("peak queued +%d+\n"), H.describe(res))
+    -- 30 leaves sleep together for a second: the host's samples see them.
+    local peak = tonumber(err:match("peak suspended +(%d+)"))
+    assert.is_true(peak >= 1 and peak <= 50, H.describe(res))
+    local wall = tonumber(err:match("wall time +([%d.]+) s"))
+    assert.is_true(wall > 0, H.describe(res))
+    assert.truthy(err:match("CPU time +[%d.]+ s"), H.describe(res))
+    assert.truthy(err:match("tasks per second +[%d.]+"), H.describe(res))
+    local busy = err:match("worker busy +([^\n]*)")
+    assert.truthy(busy and busy:match("^1: *%d+%% 2: *%d+%%$"), H.describe(res))
+  end)
+
+  it("counts the levels of children run inline by a waiting parent", function()
+    -- fib(n) spawns fib(n-1) and calls fib(n-2): a chain of n-1 levels under
+    -- main, most of them run inside get() on the parent's coroutine.
+    local res = H.run(H.root .. "/scripts/bench/fib.lua", { "16" },
+                      { workers = 2, flags = { "--stats" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.same({ "987" }, res.lines)
+    assert.truthy(res.err:find("deepest level +15\n"), H.describe(res))
+  end)
+
+  it("counts failures and retries", function()
+    local res = H.run([[
+local luapool = require "luapool"
+function bad() error("no") end
+function main()
+  local f = luapool.spawn({ retries = 2 }, bad)
+  luapool.wait({ f })
+  assert(not f:ok())
+end
+]], {}, { workers = 2, flags = { "--stats" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    -- main, and bad three times (the first run and two retries).
+    assert.truthy(res.err:find("tasks run +4 %(failed 1, retried 2%)"), H.describe(res))
+  end)
+
+  it("works in a sequential run", function()
+    local res = H.run([[
+local luapool = require "luapool"
+function b(i, j) print(i .. "." .. j) end
+function a(i) for j = 1, 2 do luapool.spawn(b, i, j) end end
+function main() for i = 1, 3 do luapool.spawn(a, i) end end
+]], {}, { workers = 0, flags = { "--stats" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.same({ "1.1", "1.2", "2.1", "2.2", "3.1", "3.2" }, res.lines)
+    assert.truthy(res.err:find("tasks run +10 "), H.describe(res))
+    assert.truthy(res.err:find("deepest level +2\n"), H.describe(res))
+    assert.truthy(res.err:match("worker busy +1: *%d+%%\n"), H.describe(res))
+  end)
+end)
