@@ -467,7 +467,7 @@ int lp_pool_start(luapool *eng) {
   if (eng->inline_mode) { /* the host's thread is the worker */
     lp_worker *w = &eng->workers[0];
     int rc = start_state(eng, w);
-    if (rc != 0) return rc; /* start_state gave the message */
+    if (rc != 0) return lp_engine_error(eng, rc, "%s", w->errmsg);
   } else {
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
