@@ -594,6 +594,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
       lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
       threads < 1 || threads > 4096) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
+    lp_buf_free(&k.rbuf);
     return 2;
   }
   luapool_config cfg;
