@@ -191,12 +191,13 @@ describe("worker processes", function()
     local res = helpers.run([[
       local luapool = require "luapool"
       function boom() os.exit(5) end
-      function main() luapool.spawn(boom) luapool.emit("main done") end
+      function main() luapool.spawn(boom, 1, "two", { 3 }, 4.5) luapool.emit("main done") end
     ]], {}, { flags = { "--processes", "1" } })
     assert.are.equal(1, res.code, helpers.describe(res))
     assert.are.same({ "main done" }, res.lines)
     assert.truthy(res.err:find("task 'boom' %(id %d+%) failed: worker process %d+ exited with status 5"),
       res.err)
+    assert.truthy(res.err:find('arguments: (1, "two", table, 4.5)', 1, true), res.err)
   end)
 
   for _, mode in ipairs({ { "--processes", "2" }, { "--workers", "2" } }) do
