@@ -39,9 +39,11 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "idmap.h"
 #include "pool.h"
 #include "timer.h"
 #include "proc.h"
+#include "sendq.h"
 #include "wire.h"
 
 extern char **environ;
@@ -53,70 +55,7 @@ const char *lp_worker_exe = LUAPOOL_BINDIR "/luapool";
 
 #define SEND_BATCH 512 /* tasks per EXEC batch */
 
-/* ---- id -> task map (open addressing) ---- */
-
-typedef struct idmap {
-  lp_task **slot;
-  size_t cap, n;
-} idmap;
-
-static size_t id_hash(uint64_t id, size_t mask) {
-  return (size_t)(id * 0x9E3779B97F4A7C15ull) & mask;
-}
-
-static int idmap_put(idmap *m, lp_task *t) {
-  if ((m->n + 1) * 2 > m->cap) {
-    size_t cap = m->cap ? m->cap * 2 : 256;
-    lp_task **s = calloc(cap, sizeof *s);
-    if (!s) return -1;
-    for (size_t i = 0; i < m->cap; i++) {
-      lp_task *x = m->slot[i];
-      if (!x) continue;
-      size_t j = id_hash(x->id, cap - 1);
-      while (s[j]) j = (j + 1) & (cap - 1);
-      s[j] = x;
-    }
-    free(m->slot);
-    m->slot = s;
-    m->cap = cap;
-  }
-  size_t j = id_hash(t->id, m->cap - 1);
-  while (m->slot[j]) j = (j + 1) & (m->cap - 1);
-  m->slot[j] = t;
-  m->n++;
-  return 0;
-}
-
-static lp_task *idmap_get(idmap *m, uint64_t id) {
-  if (!m->cap) return NULL;
-  for (size_t j = id_hash(id, m->cap - 1); m->slot[j]; j = (j + 1) & (m->cap - 1))
-    if (m->slot[j]->id == id) return m->slot[j];
-  return NULL;
-}
-
-static lp_task *idmap_take(idmap *m, uint64_t id) {
-  if (!m->cap) return NULL;
-  size_t mask = m->cap - 1, j = id_hash(id, mask);
-  while (m->slot[j] && m->slot[j]->id != id) j = (j + 1) & mask;
-  lp_task *t = m->slot[j];
-  if (!t) return NULL;
-  /* Backward-shift deletion keeps every probe chain whole. */
-  size_t hole = j;
-  for (size_t k = (j + 1) & mask; m->slot[k]; k = (k + 1) & mask) {
-    size_t home = id_hash(m->slot[k]->id, mask);
-    if (((k - home) & mask) >= ((k - hole) & mask)) {
-      m->slot[hole] = m->slot[k];
-      hole = k;
-    }
-  }
-  m->slot[hole] = NULL;
-  m->n--;
-  return t;
-}
-
 /* ---- state ---- */
-
-typedef struct plevel plevel;
 
 typedef struct lp_conn {
   struct lp_procs *ps;
@@ -134,7 +73,7 @@ typedef struct lp_conn {
   pthread_t reader, feeder;
   int threads_started;
   pthread_mutex_t mlock; /* guards `tasks` */
-  idmap tasks;           /* sent to this process and not DONE */
+  lp_idmap tasks;        /* sent to this process and not DONE */
   char loaderr[512];
 } lp_conn;
 
@@ -145,73 +84,11 @@ typedef struct lp_procs {
   lp_conn *conns;
   pthread_mutex_t lock;
   pthread_cond_t ready_cond;
-  plevel *levels; /* tasks not yet sent */
-  int nlevels;
-  long nqueued;
+  lp_sendq queue;      /* tasks not yet sent */
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
   char exe[4096];
 } lp_procs;
-
-/* ---- the queue ----
- * One FIFO list per priority value (through qnext), the lists in
- * ascending priority. Tasks of a run mostly share a few priorities: a push
- * and a pop touch one list end, not a heap of a million records. */
-
-typedef struct plevel {
-  double prio;
-  lp_task *head, *tail;
-} plevel;
-
-#define MAXLEVELS 64
-
-static plevel *level_for(lp_procs *ps, double prio) {
-  int lo = 0, hi = ps->nlevels;
-  while (lo < hi) {
-    int mid = (lo + hi) / 2;
-    if (ps->levels[mid].prio < prio)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  if (lo < ps->nlevels && ps->levels[lo].prio == prio) return &ps->levels[lo];
-  if (ps->nlevels == MAXLEVELS) return &ps->levels[lo < ps->nlevels ? lo : lo - 1];
-  memmove(&ps->levels[lo + 1], &ps->levels[lo], (size_t)(ps->nlevels - lo) * sizeof(plevel));
-  ps->nlevels++;
-  ps->levels[lo] = (plevel){prio, NULL, NULL};
-  return &ps->levels[lo];
-}
-
-/* A task sent back (its process died before it began) goes first. */
-static void queue_push(lp_procs *ps, lp_task *t, int front) {
-  plevel *lv = level_for(ps, t->priority);
-  t->qnext = NULL;
-  if (front && lv->head) {
-    t->qnext = lv->head;
-    lv->head = t;
-  } else {
-    if (lv->tail)
-      lv->tail->qnext = t;
-    else
-      lv->head = t;
-    lv->tail = t;
-  }
-  ps->nqueued++;
-}
-
-static lp_task *queue_pop(lp_procs *ps) {
-  for (int i = 0; i < ps->nlevels; i++) {
-    plevel *lv = &ps->levels[i];
-    lp_task *t = lv->head;
-    if (!t) continue;
-    lv->head = t->qnext;
-    if (!lv->head) lv->tail = NULL;
-    t->qnext = NULL;
-    ps->nqueued--;
-    return t;
-  }
-  return NULL;
-}
 
 /* Under lock: wakes the feeder of c if it sleeps. */
 static void poke(lp_conn *c) {
@@ -256,7 +133,10 @@ static int push(luapool *eng, lp_task *t, int front) {
     cancel_unsent(eng, t);
     return 0;
   }
-  queue_push(ps, t, front);
+  if (lp_sendq_push(&ps->queue, t, front) != 0) {
+    pthread_mutex_unlock(&ps->lock);
+    return -1;
+  }
   poke_best(ps);
   pthread_mutex_unlock(&ps->lock);
   return 0;
@@ -282,8 +162,8 @@ static void cancel_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
   size_t n = 0;
-  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->nqueued + 1));
-  for (lp_task *t; unsent && (t = queue_pop(ps));) unsent[n++] = t;
+  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->queue.n + 1));
+  for (lp_task *t; unsent && (t = lp_sendq_pop(&ps->queue));) unsent[n++] = t;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     size_t mark;
@@ -359,7 +239,7 @@ static int spawn_process(lp_procs *ps, lp_conn *c) {
 
 static lp_task *lookup(lp_conn *c, uint64_t id, int take) {
   pthread_mutex_lock(&c->mlock);
-  lp_task *t = take ? idmap_take(&c->tasks, id) : idmap_get(&c->tasks, id);
+  lp_task *t = take ? lp_idmap_take(&c->tasks, id) : lp_idmap_get(&c->tasks, id);
   pthread_mutex_unlock(&c->mlock);
   return t;
 }
@@ -485,7 +365,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     case LP_MSG_STARTED:
       if (lp_wire_get_u64(m, &v) != 0) break;
       pthread_mutex_lock(&c->mlock);
-      if ((t = idmap_get(&c->tasks, v))) {
+      if ((t = lp_idmap_get(&c->tasks, v))) {
         t->started = 1;
         if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
       }
@@ -563,6 +443,48 @@ static void describe(pid_t pid, int status, const char *why, char *out, size_t n
     snprintf(out, n, "worker process %d ended", (int)pid);
 }
 
+/* The one-line summary of a task's arguments for the report of a failure
+ * nobody awaited, as a worker's Lua state makes it: (1, "text", table). */
+static char *summarize_args(const lp_task *t) {
+  luapool_cursor cur;
+  int n = luapool_cursor_init(&cur, t->args.data, t->args.len);
+  if (n < 0) return strdup("(unreadable)");
+  lp_buf b;
+  lp_buf_init(&b);
+  lp_buf_append(&b, "(", 1);
+  uint64_t inside = 0; /* values that belong to a table being skipped */
+  luapool_value v;
+  int first = 1;
+  while (luapool_cursor_next(&cur, &v) == 0) {
+    int top = inside == 0;
+    if (!top) inside--;
+    if (v.type == LUAPOOL_TTABLE) inside += (uint64_t)v.narr + 2 * (uint64_t)v.nhash;
+    if (!top) continue;
+    char tmp[80];
+    if (!first) lp_buf_append(&b, ", ", 2);
+    first = 0;
+    switch (v.type) {
+      case LUAPOOL_TBOOLEAN: snprintf(tmp, sizeof tmp, "%s", v.boolean ? "true" : "false"); break;
+      case LUAPOOL_TINTEGER: snprintf(tmp, sizeof tmp, "%lld", (long long)v.integer); break;
+      case LUAPOOL_TNUMBER: snprintf(tmp, sizeof tmp, "%.14g", v.number); break;
+      case LUAPOOL_TSTRING:
+        if (v.len > 60)
+          snprintf(tmp, sizeof tmp, "\"...\"");
+        else
+          snprintf(tmp, sizeof tmp, "\"%.*s\"", (int)v.len, v.string);
+        break;
+      case LUAPOOL_TNIL: snprintf(tmp, sizeof tmp, "nil"); break;
+      case LUAPOOL_TFUNCTION: snprintf(tmp, sizeof tmp, "function"); break;
+      default: snprintf(tmp, sizeof tmp, "table"); break;
+    }
+    lp_buf_append(&b, tmp, strlen(tmp));
+  }
+  lp_buf_append(&b, ")", 2); /* with the NUL */
+  char *s = strdup(b.data);
+  lp_buf_free(&b);
+  return s;
+}
+
 /* Fails or sends again every task the dead process had, then replaces it
  * (unless the engine is closing). */
 static void process_died(lp_conn *c, const char *why) {
@@ -570,7 +492,7 @@ static void process_died(lp_conn *c, const char *why) {
   luapool *eng = ps->eng;
   pthread_mutex_lock(&c->wlock);
   pthread_mutex_lock(&c->mlock);
-  idmap had = c->tasks;
+  lp_idmap had = c->tasks;
   memset(&c->tasks, 0, sizeof c->tasks);
   pthread_mutex_unlock(&c->mlock);
   pthread_mutex_lock(&ps->lock);
@@ -622,6 +544,7 @@ static void process_died(lp_conn *c, const char *why) {
       if (t->retries > 0 && !lp_task_cancelled(t) && !closing) {
         t->retry_pending = 1;
       } else {
+        if (!t->failnote) t->failnote = summarize_args(t);
         char text[512];
         if (t->overtime)
           snprintf(text, sizeof text, "task '%s' (id %llu) failed: timed out after %g s (%s)",
@@ -738,7 +661,7 @@ static void *feeder_main(void *arg) {
       watchdog(c);
       watched = lp_now();
     }
-    int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->nqueued > 0;
+    int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->queue.n > 0;
     if (!c->out.len && !sendable) {
       c->waiting = 1;
       struct timespec ts;
@@ -767,7 +690,7 @@ static void *feeder_main(void *arg) {
       room += o->credits;
       if (o->credits > best->credits) best = o;
     }
-    if (sendable && best != c && ps->nqueued < asking && !c->out.len) {
+    if (sendable && best != c && ps->queue.n < asking && !c->out.len) {
       poke(best);
       c->waiting = 1;
       pthread_cond_wait(&c->cond, &ps->lock);
@@ -775,14 +698,12 @@ static void *feeder_main(void *arg) {
       continue;
     }
     long share =
-        room > 0 && room > c->credits ? (ps->nqueued * c->credits + room - 1) / room : ps->nqueued;
-    int n = 0;
-    while (sendable && n < SEND_BATCH && n < share && c->credits > 0 &&
-           (batch[n] = queue_pop(ps))) {
-      c->credits--;
-      n++;
-    }
-    if (ps->nqueued > 0) poke_best(ps); /* what is left goes to the others */
+        room > 0 && room > c->credits ? (ps->queue.n * c->credits + room - 1) / room : ps->queue.n;
+    long want = share < c->credits ? share : c->credits;
+    int n =
+        sendable ? lp_sendq_take(&ps->queue, batch, want < SEND_BATCH ? (int)want : SEND_BATCH) : 0;
+    c->credits -= n;
+    if (ps->queue.n > 0) poke_best(ps); /* what is left goes to the others */
     unsigned gen = c->gen;
     pthread_mutex_unlock(&ps->lock);
     /* Under wlock the process cannot be replaced: the batch reaches the
@@ -793,7 +714,7 @@ static void *feeder_main(void *arg) {
     pthread_mutex_lock(&c->mlock);
     for (; live && sent < n; sent++) {
       lp_task *t = batch[sent];
-      if (put_exec(&frames, eng, t) != 0 || idmap_put(&c->tasks, t) != 0) break;
+      if (put_exec(&frames, eng, t) != 0 || lp_idmap_put(&c->tasks, t) != 0) break;
       t->remote = 1;
       t->owner = c->slot;
       t->started = 0;
@@ -805,7 +726,8 @@ static void *feeder_main(void *arg) {
     if (live) lp_wire_write_all(c->fd, frames.data, frames.len);
     pthread_mutex_unlock(&c->wlock);
     pthread_mutex_lock(&ps->lock);
-    for (int i = n - 1; i >= sent; i--) queue_push(ps, batch[i], 1);
+    for (int i = n - 1; i >= sent; i--)
+      lp_sendq_push(&ps->queue, batch[i], 1); /* room: they were in it */
   }
   pthread_mutex_unlock(&ps->lock);
   lp_buf_free(&frames);
@@ -821,8 +743,7 @@ static int start_pool(luapool *eng, int pool) {
   ps->eng = eng;
   ps->pool = pool;
   ps->n = eng->pools[pool].processes;
-  ps->levels = calloc(MAXLEVELS, sizeof *ps->levels);
-  if (!ps->levels) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  if (lp_sendq_init(&ps->queue) != 0) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
   pthread_cond_init(&ps->ready_cond, NULL);
   const char *exe = getenv("LUAPOOL_WORKER_EXE");
@@ -930,8 +851,8 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
     pthread_mutex_destroy(&c->wlock);
     pthread_mutex_destroy(&c->mlock);
   }
-  for (lp_task *t; (t = queue_pop(ps));) lp_task_unref(t);
-  free(ps->levels);
+  for (lp_task *t; (t = lp_sendq_pop(&ps->queue));) lp_task_unref(t);
+  lp_sendq_free(&ps->queue);
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);

@@ -564,6 +564,18 @@ static void on_failure(void *ud, const char *text) {
   pthread_mutex_unlock(&k->lock);
 }
 
+/* The way out before the loop runs: everything freed, for leak checkers. */
+static int leave(lp_link *k, luapool *eng, int code) {
+  if (eng) luapool_close(eng);
+  lp_buf_free(&k->out);
+  lp_buf_free(&k->wbuf);
+  lp_buf_free(&k->rbuf);
+  lp_task_cache_self = NULL;
+  lp_task_cache_drain(&k->cache);
+  pthread_mutex_destroy(&k->lock);
+  return code;
+}
+
 int lp_procworker_main(int in_fd, int out_fd) {
   /* No worker outlives the engine, even one killed without a word. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -582,6 +594,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
   lp_buf_init(&k.out);
   lp_buf_init(&k.wbuf);
   lp_buf_init(&k.rbuf);
+  lp_task_cache_init(&k.cache);
   lp_wire_msg m;
   uint64_t slot, threads, order, memlimit, idbase;
   double timeout;
@@ -594,8 +607,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
       lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
       threads < 1 || threads > 4096) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
-    lp_buf_free(&k.rbuf);
-    return 2;
+    return leave(&k, NULL, 2);
   }
   luapool_config cfg;
   luapool_config_init(&cfg);
@@ -606,16 +618,15 @@ int lp_procworker_main(int in_fd, int out_fd) {
   cfg.on_failure = on_failure;
   cfg.ud = &k;
   luapool *eng;
-  if (luapool_open(&cfg, &eng) != 0) return 2;
+  if (luapool_open(&cfg, &eng) != 0) return leave(&k, NULL, 2);
   k.eng = eng;
   eng->link = &k;
   char *pname = strndup(pool, poollen); /* self().pool, and the pool its spawns go to */
-  if (!pname) return 2;
+  if (!pname) return leave(&k, eng, 2);
   free(eng->pools[0].name);
   eng->pools[0].name = pname;
   atomic_store(&eng->next_id, idbase);
   k.threads = (int)threads;
-  lp_task_cache_init(&k.cache);
   lp_task_cache_self = &k.cache;
   k.target = (long)threads;
   k.win_start = lp_now();
@@ -624,21 +635,21 @@ int lp_procworker_main(int in_fd, int out_fd) {
   free(chunkname);
   if (rc != 0) {
     send_now(out_fd, LP_MSG_LOADERR, luapool_errmsg(eng));
-    return 2;
+    return leave(&k, eng, 2);
   }
   /* The rest of the first read may hold frames already. */
   size_t first = (size_t)(m.end - (const unsigned char *)k.rbuf.data);
   memmove(k.rbuf.data, k.rbuf.data + first, k.rbuf.len - first);
   k.rbuf.len -= first;
   k.kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (k.kick_fd < 0) return 2;
+  if (k.kick_fd < 0) return leave(&k, eng, 2);
   fcntl(in_fd, F_SETFL, fcntl(in_fd, F_GETFL) | O_NONBLOCK);
   fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) | O_NONBLOCK);
   /* READY carries the first request for work: every process is asking
    * from the moment the engine hears it exists. */
   put_id(&k, LP_MSG_READY, (uint64_t)k.target);
   k.asked = (uint64_t)k.target;
-  if (read_frames(&k) != 0) return 3;
+  if (read_frames(&k) != 0) _exit(3);
   rc = loop(&k);
   /* The engine is gone or the run is over: leave without waiting for
    * tasks that nobody will hear from. */

@@ -191,12 +191,13 @@ describe("worker processes", function()
     local res = helpers.run([[
       local luapool = require "luapool"
       function boom() os.exit(5) end
-      function main() luapool.spawn(boom) luapool.emit("main done") end
+      function main() luapool.spawn(boom, 1, "two", { 3 }, 4.5) luapool.emit("main done") end
     ]], {}, { flags = { "--processes", "1" } })
     assert.are.equal(1, res.code, helpers.describe(res))
     assert.are.same({ "main done" }, res.lines)
     assert.truthy(res.err:find("task 'boom' %(id %d+%) failed: worker process %d+ exited with status 5"),
       res.err)
+    assert.truthy(res.err:find('arguments: (1, "two", table, 4.5)', 1, true), res.err)
   end)
 
   for _, mode in ipairs({ { "--processes", "2" }, { "--workers", "2" } }) do
@@ -274,32 +275,35 @@ describe("worker processes", function()
     assert.truthy(res.err:find("--threads needs --processes", 1, true), res.err)
   end)
 
-  it("stop on SIGINT with the ordered output so far, leaving no worker process behind", function()
-    local script = helpers.write_script([[
-      local luapool = require "luapool"
-      function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
-      function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
-    ]])
-    local out = helpers.tmpname(".out")
-    local cmd = table.concat({
-      helpers.quote(helpers.bin), "run", helpers.quote(script), "--processes 2 >", helpers.quote(out),
-      "2>/dev/null & pid=$!; sleep 1; kids=$(pgrep -P $pid | tr '\\n' ' ');",
-      "kill -INT $pid; wait $pid; rc=$?; sleep 0.5; alive=0;",
-      "for k in $kids; do kill -0 $k 2>/dev/null && alive=$((alive+1)); done;",
-      "echo \"$rc $alive $kids\"" }, " ")
-    local p = io.popen(cmd)
-    local status = p:read("a")
-    p:close()
-    local lines = helpers.split_lines(helpers.read_file(out) or "")
-    os.remove(out)
-    os.remove(script)
-    local rc, alive, kids = status:match("^(%d+) (%d+) (.*)")
-    assert.are.equal("130", rc, status)
-    assert.are.equal("0", alive, "worker processes left: " .. status)
-    assert.truthy(kids:find("%d"), "no worker processes seen: " .. status)
-    assert.is_true(#lines > 0 and #lines < 100000, #lines .. " lines")
-    for i, line in ipairs(lines) do assert.are.equal(tostring(i), line) end
-  end)
+  for _, sig in ipairs({ { "INT", "130" }, { "TERM", "143" } }) do
+    it("stop on SIG" .. sig[1] .. " with the ordered output so far, leaving no worker process behind",
+      function()
+      local script = helpers.write_script([[
+        local luapool = require "luapool"
+        function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
+        function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
+      ]])
+      local out = helpers.tmpname(".out")
+      local cmd = table.concat({
+        helpers.quote(helpers.bin), "run", helpers.quote(script), "--processes 2 >", helpers.quote(out),
+        "2>/dev/null & pid=$!; sleep 1; kids=$(pgrep -P $pid | tr '\\n' ' ');",
+        "kill -" .. sig[1] .. " $pid; wait $pid; rc=$?; sleep 0.5; alive=0;",
+        "for k in $kids; do kill -0 $k 2>/dev/null && alive=$((alive+1)); done;",
+        "echo \"$rc $alive $kids\"" }, " ")
+      local p = io.popen(cmd)
+      local status = p:read("a")
+      p:close()
+      local lines = helpers.split_lines(helpers.read_file(out) or "")
+      os.remove(out)
+      os.remove(script)
+      local rc, alive, kids = status:match("^(%d+) (%d+) (.*)")
+      assert.are.equal(sig[2], rc, status)
+      assert.are.equal("0", alive, "worker processes left: " .. status)
+      assert.truthy(kids:find("%d"), "no worker processes seen: " .. status)
+      assert.is_true(#lines > 0 and #lines < 100000, #lines .. " lines")
+      for i, line in ipairs(lines) do assert.are.equal(tostring(i), line) end
+    end)
+  end
 end)
 
 describe("named pools (--pool)", function()
