@@ -301,7 +301,14 @@ describe("worker processes", function()
       assert.are.equal("0", alive, "worker processes left: " .. status)
       assert.truthy(kids:find("%d"), "no worker processes seen: " .. status)
       assert.is_true(#lines > 0 and #lines < 100000, #lines .. " lines")
-      for i, line in ipairs(lines) do assert.are.equal(tostring(i), line) end
+      -- In tree order, as far as it got: tasks not begun when the signal
+      -- came are cancelled, so later ones may have records and they not.
+      local last = 0
+      for _, line in ipairs(lines) do
+        local v = tonumber(line)
+        assert.is_true(v ~= nil and v > last, "out of order: " .. line .. " after " .. last)
+        last = v
+      end
     end)
   end
 end)
@@ -505,7 +512,7 @@ describe("worker processes under SIGKILL", function()
       local luapool = require "luapool"
       function work(i)
         local x = 0
-        for k = 1, 20000 do x = x + k % 7 end
+        for k = 1, 60000 do x = x + k % 7 end
         luapool.emit(i)
         return i
       end
