@@ -159,6 +159,42 @@ function helpers.run(script, args, opts)
   end)
 end
 
+-- Runs `luapool run <script text> <words...>` in the background while the
+-- shell text `during` acts on it ($pid is the run's process id; it may set
+-- variables), then waits for it. `report` is shell text echoing what the
+-- caller needs after `rc` (the run's exit code) is set. Returns the output
+-- (stdout, or stdout and stderr with opts.merge) and what `report` echoed.
+function helpers.run_while(script, words, during, report, opts)
+  opts = opts or {}
+  local path = helpers.write_script(script)
+  local out = helpers.tmpname(".out")
+  local argv = { helpers.quote(helpers.bin), "run", helpers.quote(path) }
+  for _, w in ipairs(words) do argv[#argv + 1] = helpers.quote(w) end
+  local cmd = table.concat(argv, " ") .. " > " .. helpers.quote(out) ..
+    (opts.merge and " 2>&1" or " 2>/dev/null") .. " & pid=$!; " .. during ..
+    "; wait $pid; rc=$?; " .. report
+  local p = io.popen(cmd)
+  local status = p:read("a")
+  p:close()
+  local text = helpers.read_file(out) or ""
+  os.remove(out)
+  os.remove(path)
+  return text, status
+end
+
+-- Runs a script in worker processes while a random worker is killed with
+-- SIGKILL every 200 ms, until the run ends or `max_kills` have been made.
+-- Returns the output (stdout and stderr), the exit code and the kills made.
+function helpers.run_killing_workers(script, words, max_kills)
+  local text, status = helpers.run_while(script, words,
+    "kills=0; while [ $kills -lt " .. (max_kills or 1000000) .. " ] && kill -0 $pid 2>/dev/null; " ..
+    "do sleep 0.2; k=$(pgrep -P $pid | shuf -n 1); " ..
+    "[ -n \"$k\" ] && kill -9 $k 2>/dev/null && kills=$((kills+1)); done",
+    "echo \"$rc $kills\"", { merge = true })
+  local rc, kills = status:match("^(%d+) (%d+)")
+  return text, rc, tonumber(kills), status
+end
+
 -- luapool check <script>
 function helpers.check(script, opts)
   return with_script(script, function(path)

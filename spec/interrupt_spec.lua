@@ -4,7 +4,7 @@
 local helpers = require "helpers"
 
 local function interrupted(signal)
-  local path = helpers.write_script([[
+  local text, status = helpers.run_while([[
 local luapool = require "luapool"
 function slow(i)
   print("start " .. i)
@@ -15,17 +15,9 @@ function main()
   for i = 1, 4 do luapool.spawn(slow, i) end
   print("main done")
 end
-]])
-  local out = helpers.tmpname(".out")
-  local cmd = string.format("%s run %s --workers 2 > %s 2>&1 & pid=$!; sleep 0.5; kill -%s $pid; wait $pid; echo $?",
-    helpers.quote(helpers.bin), helpers.quote(path), helpers.quote(out), signal)
-  local p = io.popen(cmd)
-  local code = tonumber(p:read("a"):match("%d+"))
-  p:close()
-  local text = helpers.read_file(out)
-  os.remove(out)
-  os.remove(path)
-  return code, helpers.split_lines(text)
+]], { "--workers", "2" },
+    "sleep 0.5; kill -" .. signal .. " $pid", "echo $rc", { merge = true })
+  return tonumber(status:match("%d+")), helpers.split_lines(text)
 end
 
 describe("SIGTERM", function()

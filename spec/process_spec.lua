@@ -278,24 +278,15 @@ describe("worker processes", function()
   for _, sig in ipairs({ { "INT", "130" }, { "TERM", "143" } }) do
     it("stop on SIG" .. sig[1] .. " with the ordered output so far, leaving no worker process behind",
       function()
-      local script = helpers.write_script([[
+      local text, status = helpers.run_while([[
         local luapool = require "luapool"
         function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
         function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
-      ]])
-      local out = helpers.tmpname(".out")
-      local cmd = table.concat({
-        helpers.quote(helpers.bin), "run", helpers.quote(script), "--processes 2 >", helpers.quote(out),
-        "2>/dev/null & pid=$!; sleep 1; kids=$(pgrep -P $pid | tr '\\n' ' ');",
-        "kill -" .. sig[1] .. " $pid; wait $pid; rc=$?; sleep 0.5; alive=0;",
-        "for k in $kids; do kill -0 $k 2>/dev/null && alive=$((alive+1)); done;",
-        "echo \"$rc $alive $kids\"" }, " ")
-      local p = io.popen(cmd)
-      local status = p:read("a")
-      p:close()
-      local lines = helpers.split_lines(helpers.read_file(out) or "")
-      os.remove(out)
-      os.remove(script)
+      ]], { "--processes", "2" },
+        "sleep 1; kids=$(pgrep -P $pid | tr '\\n' ' '); kill -" .. sig[1] .. " $pid",
+        "sleep 0.5; alive=0; for k in $kids; do kill -0 $k 2>/dev/null && alive=$((alive+1)); done; " ..
+        "echo \"$rc $alive $kids\"")
+      local lines = helpers.split_lines(text)
       local rc, alive, kids = status:match("^(%d+) (%d+) (.*)")
       assert.are.equal(sig[2], rc, status)
       assert.are.equal("0", alive, "worker processes left: " .. status)
@@ -508,7 +499,7 @@ end)
 describe("worker processes under SIGKILL", function()
   it("report every result exactly once with --retries 1 while a worker is killed every 200 ms",
     function()
-    local script = helpers.write_script([[
+    local text, rc, kills, status = helpers.run_killing_workers([[
       local luapool = require "luapool"
       function work(i)
         local x = 0
@@ -517,21 +508,7 @@ describe("worker processes under SIGKILL", function()
         return i
       end
       function main(n) for i = 1, tonumber(n) do luapool.spawn(work, i) end end
-    ]])
-    local out = helpers.tmpname(".out")
-    local cmd = table.concat({
-      helpers.quote(helpers.bin), "run", helpers.quote(script), "10000 --processes 2 --retries 1 >",
-      helpers.quote(out), "2>&1 & pid=$!; kills=0;",
-      "while kill -0 $pid 2>/dev/null; do sleep 0.2;",
-      "  k=$(pgrep -P $pid | shuf -n 1); [ -n \"$k\" ] && kill -9 $k 2>/dev/null && kills=$((kills+1));",
-      "done; wait $pid; echo \"$? $kills\"" }, " ")
-    local p = io.popen(cmd)
-    local status = p:read("a")
-    p:close()
-    local text = helpers.read_file(out) or ""
-    os.remove(out)
-    os.remove(script)
-    local rc, kills = status:match("^(%d+) (%d+)")
+    ]], { "10000", "--processes", "2", "--retries", "1" })
     assert.are.equal("0", rc, status .. "\n" .. text:sub(1, 2000))
     local lines = helpers.split_lines(text)
     assert.are.equal(10000, #lines)
@@ -540,6 +517,6 @@ describe("worker processes under SIGKILL", function()
         assert.are.equal(tostring(i), line, "line " .. i)
       end
     end
-    assert.is_true(tonumber(kills) >= 1, "no worker was killed: " .. status)
+    assert.is_true(kills >= 1, "no worker was killed: " .. status)
   end)
 end)
