@@ -34,8 +34,6 @@
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
 static luapool *open_list;
 
-static int is_open(const luapool *lp) { return lp_engine_is_open(lp); }
-
 int lp_engine_is_open(const luapool *lp) {
   if (!lp) return 0;
   pthread_mutex_lock(&open_lock);
@@ -91,7 +89,7 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...) {
 
 const char *luapool_errmsg(luapool *lp) {
   if (!lp) return "no engine";
-  return is_open(lp) ? lp->errmsg : "not an open luapool handle";
+  return lp_engine_is_open(lp) ? lp->errmsg : "not an open luapool handle";
 }
 
 static void destroy(luapool *lp);
@@ -132,7 +130,7 @@ int lp_engine_pool(luapool *eng, const char *name, size_t len) {
 }
 
 int luapool_add_pool(luapool *lp, const char *name, const char *spec) {
-  if (!is_open(lp) || !name || !spec) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !name || !spec) return LUAPOOL_EINVAL;
   if (lp->phase != LP_PHASE_OPEN)
     return lp_engine_error(lp, LUAPOOL_ESTATE, "pools must be added before the script");
   size_t len = strlen(name);
@@ -203,7 +201,7 @@ static int plan_workers(luapool *lp) {
 }
 
 int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open) {
-  if (!is_open(lp) || !name || !open) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !name || !open) return LUAPOOL_EINVAL;
   if (lp->phase != LP_PHASE_OPEN)
     return lp_engine_error(lp, LUAPOOL_ESTATE, "modules must be registered before the script");
   void *m = realloc(lp->modules, sizeof *lp->modules * (size_t)(lp->nmodules + 1));
@@ -239,12 +237,12 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
 }
 
 int luapool_load_string(luapool *lp, const char *chunk, size_t len, const char *chunkname) {
-  if (!is_open(lp) || !chunk) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !chunk) return LUAPOOL_EINVAL;
   return load(lp, chunk, len, chunkname ? chunkname : "=script");
 }
 
 int luapool_load_file(luapool *lp, const char *path) {
-  if (!is_open(lp) || !path) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !path) return LUAPOOL_EINVAL;
   FILE *f = fopen(path, "rb");
   if (!f) return lp_engine_error(lp, LUAPOOL_ESCRIPT, "cannot open %s: %s", path, strerror(errno));
   size_t cap = 65536, len = 0;
@@ -362,7 +360,7 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
 }
 
 int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *argv) {
-  if (!is_open(lp) || !fn || argc < 0 || (argc > 0 && !argv)) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !fn || argc < 0 || (argc > 0 && !argv)) return LUAPOOL_EINVAL;
   lp_buf args;
   lp_buf_init(&args);
   int bad = lp_pack_begin(&args, (uint32_t)argc) != 0;
@@ -490,7 +488,7 @@ int luapool_values_table(luapool_values *v, uint32_t narr, uint32_t nhash) {
 int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *args,
                           luapool_future **out) {
   if (out) *out = NULL;
-  if (!is_open(lp) || !fn) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !fn) return LUAPOOL_EINVAL;
   if (args && args->depth > 0)
     return lp_engine_error(lp, LUAPOOL_EINVAL, "the arguments are incomplete: a table is not full");
   lp_buf msg;
@@ -700,12 +698,12 @@ static int cmp_names(const void *a, const void *b) {
 }
 
 int luapool_has_function(luapool *lp, const char *name) {
-  if (!is_open(lp) || !name || !lp->defined) return 0;
+  if (!lp_engine_is_open(lp) || !name || !lp->defined) return 0;
   return bsearch(&name, lp->defined, (size_t)lp->ndefined, sizeof(char *), cmp_names) != NULL;
 }
 
 int luapool_functions(luapool *lp, const char *const **names) {
-  if (!is_open(lp) || !names) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp) || !names) return LUAPOOL_EINVAL;
   *names = (const char *const *)lp->defined;
   return lp->ndefined;
 }
@@ -769,7 +767,7 @@ static void cancel_run(luapool *lp) {
 }
 
 void luapool_cancel(luapool *lp) {
-  if (is_open(lp)) cancel_run(lp);
+  if (lp_engine_is_open(lp)) cancel_run(lp);
 }
 
 void luapool_interrupt(luapool *lp) {
@@ -832,7 +830,7 @@ static int wait_run(luapool *lp, double timeout, luapool_future *until) {
 }
 
 int luapool_wait(luapool *lp, double timeout) {
-  if (!is_open(lp)) return LUAPOOL_EINVAL;
+  if (!lp_engine_is_open(lp)) return LUAPOOL_EINVAL;
   return wait_run(lp, timeout, NULL);
 }
 

@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "levels.h"
 #include "spin.h"
 #include "task.h"
 
@@ -81,25 +82,8 @@ static struct lp_task *dq_pop_bottom(lp_deque *d) {
 
 /* ---- levels: one deque per distinct priority value ---- */
 
-/* The level for prio, created if needed. When the worker already has
- * LP_SCHED_MAXLEVELS levels, the nearest one is used: scheduling priority is
- * a hint, the strict order of output is the reporter's business. */
 static lp_level *level_for(lp_wq *q, double prio) {
-  int lo = 0, hi = q->nlevels;
-  while (lo < hi) {
-    int mid = (lo + hi) / 2;
-    if (q->levels[mid].prio < prio)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  if (lo < q->nlevels && q->levels[lo].prio == prio) return &q->levels[lo];
-  if (q->nlevels == LP_SCHED_MAXLEVELS) return &q->levels[lo < q->nlevels ? lo : lo - 1];
-  memmove(&q->levels[lo + 1], &q->levels[lo], (size_t)(q->nlevels - lo) * sizeof(lp_level));
-  q->nlevels++;
-  memset(&q->levels[lo], 0, sizeof(lp_level));
-  q->levels[lo].prio = prio;
-  return &q->levels[lo];
+  return lp_level_for(q->levels, &q->nlevels, sizeof(lp_level), LP_SCHED_MAXLEVELS, prio);
 }
 
 /* Empty levels beyond the first few are dropped so the search for the best

@@ -22,7 +22,7 @@ typedef struct lp_deque {
 } lp_deque;
 
 typedef struct lp_level {
-  double prio;
+  double prio; /* first: lp_level_for (levels.h) reads it there */
   lp_deque dq;
 } lp_level;
 

@@ -9,6 +9,7 @@
  */
 
 #include "sendq.h"
+#include "levels.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,20 +29,7 @@ void lp_sendq_free(lp_sendq *q) {
 }
 
 static lp_plevel *level_for(lp_sendq *q, double prio) {
-  int lo = 0, hi = q->nlevels;
-  while (lo < hi) {
-    int mid = (lo + hi) / 2;
-    if (q->levels[mid].prio < prio)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  if (lo < q->nlevels && q->levels[lo].prio == prio) return &q->levels[lo];
-  if (q->nlevels == MAXLEVELS) return &q->levels[lo < q->nlevels ? lo : lo - 1];
-  memmove(&q->levels[lo + 1], &q->levels[lo], (size_t)(q->nlevels - lo) * sizeof(lp_plevel));
-  q->nlevels++;
-  q->levels[lo] = (lp_plevel){prio, NULL, 0, 0, 0};
-  return &q->levels[lo];
+  return lp_level_for(q->levels, &q->nlevels, sizeof(lp_plevel), MAXLEVELS, prio);
 }
 
 static int level_grow(lp_plevel *lv) {

@@ -10,7 +10,7 @@
 #include "task.h"
 
 typedef struct lp_plevel {
-  double prio;
+  double prio; /* first: lp_level_for (levels.h) reads it there */
   lp_task **buf;
   size_t mask; /* capacity - 1, a power of two; 0 before the first push */
   size_t head; /* next to pop */

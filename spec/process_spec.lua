@@ -5,36 +5,7 @@ local helpers = require "helpers"
 
 local function lines_of(res) return res.lines end
 
--- A random tree like the one in tree_order_spec: prints, emits, sleeps and
--- spawns at random; some children awaited, some not.
-local tree = [[
-local luapool = require "luapool"
-local function rng(s)
-  return function(n)
-    s = (s * 1103515245 + 12345) % 2147483648
-    return s % n
-  end
-end
-function node(seed, depth, path)
-  local r = rng(seed)
-  local futures = {}
-  for step = 1, 1 + r(4) do
-    local what = r(6)
-    if what == 0 then print(path .. " print " .. step)
-    elseif what == 1 then luapool.emit({ path = path, step = step }, r(3))
-    elseif what == 2 then luapool.sleep(r(3) / 1000)
-    elseif depth < 5 then
-      local f = luapool.spawn(node, seed * 31 + step, depth + 1, path .. "." .. step)
-      if what == 3 then futures[#futures + 1] = f end
-    end
-  end
-  local sum = 0
-  for _, f in ipairs(futures) do sum = sum + f:get() end
-  luapool.emit(path .. " end " .. sum)
-  return sum + 1
-end
-function main(seed) luapool.emit("total " .. node(tonumber(seed), 0, "r")) end
-]]
+local tree = helpers.RANDOM_TREE
 
 describe("worker processes", function()
   it("run the tasks in other processes and give the results back", function()

@@ -4,35 +4,9 @@
 -- at the end.
 local helpers = require "helpers"
 
--- Random trees: each task prints and emits a few records, sleeps a little
--- at random points, and spawns a random number of children, some awaited
--- and some not. Everything random comes from a generator seeded per task.
-local script = [[
-local luapool = require "luapool"
-local function rng(s)
-  return function(n)
-    s = (s * 1103515245 + 12345) % 2147483648
-    return s % n
-  end
-end
-function node(seed, depth, path)
-  local r = rng(seed)
-  local futures = {}
-  for step = 1, 1 + r(4) do
-    local what = r(6)
-    if what == 0 then print(path .. " print " .. step)
-    elseif what == 1 then luapool.emit({ path = path, step = step })
-    elseif what == 2 then luapool.sleep(r(3) / 1000)
-    elseif depth < 5 then
-      local f = luapool.spawn(node, seed * 31 + step, depth + 1, path .. "." .. step)
-      if what == 3 then futures[#futures + 1] = f end
-    end
-  end
-  for _, f in ipairs(futures) do f:get() end
-  luapool.emit(path .. " end")
-end
-function main(seed) node(tonumber(seed), 0, "r") end
-]]
+-- Random trees (helpers.RANDOM_TREE): tasks print, emit, sleep and spawn at
+-- random, some children awaited and some not.
+local script = helpers.RANDOM_TREE
 
 describe("tree order", function()
   for _, seed in ipairs({ 1, 2, 3, 4, 5 }) do
