@@ -143,9 +143,13 @@ static void on_record(void *ud, const luapool_record *rec) {
 
 static void on_flush(void *ud) { fflush(((cli *)ud)->out); }
 
+/* Unawaited failures shown in full; past them a run of ten thousand failing
+ * tasks says how many more there were instead of burying the output. */
+#define FAILURES_SHOWN 10
+
 static void on_failure(void *ud, const char *message) {
   cli *c = ud;
-  c->failures++;
+  if (++c->failures > FAILURES_SHOWN) return;
   lp_progress_clear(&c->bar);
   fflush(c->out);
   fprintf(stderr, "%s\n", message);
@@ -350,6 +354,9 @@ static int cmd_run(int argc, char **argv) {
   free(args);
   free(pools);
   g_args = g_pools = NULL;
+  if (c.failures > FAILURES_SHOWN)
+    fprintf(stderr, "luapool: %ld more tasks failed and nothing waited for them\n",
+            c.failures - FAILURES_SHOWN);
   if (exit_code == 0 && c.failures > 0) exit_code = EXIT_TASKFAIL;
   return exit_code;
 }

@@ -54,6 +54,7 @@ extern char **environ;
 const char *lp_worker_exe = LUAPOOL_BINDIR "/luapool";
 
 #define SEND_BATCH 512 /* tasks per EXEC batch */
+#define EARLY_DEATHS 3 /* deaths before READY in a row that give a slot up */
 
 /* ---- state ---- */
 
@@ -65,6 +66,7 @@ typedef struct lp_conn {
   unsigned gen; /* bumped when the process is replaced */
   int ready;    /* READY seen: it has loaded the script */
   int gone;     /* no process could be started here */
+  int early;    /* processes in a row that died before they were ready */
   long credits; /* tasks it asked for and has not been sent */
   lp_buf out;   /* frames other than EXEC waiting for the feeder */
   int waiting;  /* the feeder sleeps on cond */
@@ -87,6 +89,7 @@ typedef struct lp_procs {
   lp_sendq queue;      /* tasks not yet sent */
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
+  char lost[600]; /* why no process is left, once none is */
   char exe[4096];
 } lp_procs;
 
@@ -118,10 +121,22 @@ static void finish_with(lp_task *t, lp_task_state state, const char *text) {
   lp_buf_free(&msg);
 }
 
+static char *summarize_args(const lp_task *t);
+
+/* A task that will not be sent: cancelled when the run stops, failed when
+ * its pool has no process left. */
 static void cancel_unsent(luapool *eng, lp_task *t) {
-  char text[256];
-  snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled", lp_names_get(&eng->names, t->fn),
-           (unsigned long long)t->id);
+  lp_procs *ps = eng->pools[t->pool].procs;
+  const char *name = lp_names_get(&eng->names, t->fn);
+  char text[1024];
+  if (ps->lost[0] && !lp_task_cancelled(t)) {
+    if (!t->failnote) t->failnote = summarize_args(t);
+    snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s", name, (unsigned long long)t->id,
+             ps->lost);
+    finish_with(t, LP_TASK_FAILED, text);
+    return;
+  }
+  snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled", name, (unsigned long long)t->id);
   finish_with(t, LP_TASK_CANCELLED, text);
 }
 
@@ -512,12 +527,16 @@ static void process_died(lp_conn *c, const char *why) {
   close(fd);
   char what[256];
   describe(pid, status, why, what, sizeof what);
-  /* A process that died before it was ready is not replaced: the next
-   * one would die the same way (a broken worker program, no memory). */
+  /* A process that died before it was ready is replaced a few times in a
+   * row: a kill from outside can land while it loads. More often than that,
+   * or after it said why it could not load, the next one would die the
+   * same way (a broken script or worker program, no memory). */
   int replaced = 0;
   if (!closing) {
     pthread_mutex_lock(&ps->lock);
-    replaced = was_ready && spawn_process(ps, c) == 0;
+    c->early = was_ready ? 0 : c->early + 1;
+    int again = was_ready || (!c->loaderr[0] && why == NULL && c->early < EARLY_DEATHS);
+    replaced = again && spawn_process(ps, c) == 0;
     if (!replaced) {
       c->gone = 1;
       if (!c->loaderr[0]) snprintf(c->loaderr, sizeof c->loaderr, "%s before it was ready", what);
@@ -565,7 +584,13 @@ static void process_died(lp_conn *c, const char *why) {
     int alive = 0;
     for (int i = 0; i < ps->n; i++) alive += !ps->conns[i].gone;
     pthread_mutex_unlock(&ps->lock);
-    if (!alive) cancel_pool(eng, ps);
+    if (!alive) {
+      pthread_mutex_lock(&ps->lock);
+      snprintf(ps->lost, sizeof ps->lost, "no worker process is left in pool '%s' (the last: %s)",
+               eng->pools[ps->pool].name, c->loaderr);
+      pthread_mutex_unlock(&ps->lock);
+      cancel_pool(eng, ps);
+    }
   }
 }
 

@@ -195,6 +195,16 @@ function helpers.run_killing_workers(script, words, max_kills)
   return text, rc, tonumber(kills), status
 end
 
+-- The lines of text that are not plain numbers, the first 40: what a run
+-- whose records are numbers said besides them.
+function helpers.not_numbers(text)
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    if not line:match("^%d+$") and #out < 40 then out[#out + 1] = line end
+  end
+  return table.concat(out, "\n")
+end
+
 -- A random tree of tasks for order specs: each task prints, emits (at a
 -- random priority), sleeps and spawns children at random, awaiting some
 -- and not others, from a generator seeded per task; main(seed) emits the

@@ -158,6 +158,72 @@ describe("worker processes", function()
     assert.are.same({ "before", "after", "ok" }, res.lines)
   end)
 
+  -- A worker process that is killed while it loads the script (a kill from
+  -- outside can land at any moment) is replaced like one killed later.
+  it("replace a process that dies while it loads the script", function()
+    local dir = helpers.tmpname(".d")
+    os.execute("mkdir " .. dir)
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      local dir = os.getenv("LP_TEST_DIR")
+      -- In a replacement process, once: die before being ready.
+      local f = io.open(dir .. "/crashed")
+      if f then
+        f:close()
+        if not io.open(dir .. "/died-loading") then
+          io.open(dir .. "/died-loading", "w"):close()
+          os.exit(7)
+        end
+      end
+      function crash(d) io.open(d .. "/crashed", "w"):close() os.exit(9) end
+      function work(i) return i * i end
+      function main(d)
+        local c = luapool.spawn(crash, d)
+        local ok = pcall(c.get, c)
+        local sum = 0
+        for i = 1, 10 do sum = sum + luapool.spawn(work, i):get() end
+        luapool.emit(tostring(ok) .. " " .. sum)
+      end
+    ]], { dir }, { flags = { "--processes", "1" }, timeout = 30, env = { LP_TEST_DIR = dir } })
+    local loaded = io.open(dir .. "/died-loading")
+    os.execute("rm -rf " .. dir)
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.truthy(loaded, "no process died while loading")
+    assert.are.same({ "false 385" }, res.lines)
+  end)
+
+  it("fail the tasks of a pool whose processes can no longer start, and exit 1", function()
+    local dir = helpers.tmpname(".d")
+    os.execute("mkdir " .. dir)
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      local dir = os.getenv("LP_TEST_DIR")
+      local f = io.open(dir .. "/crashed")
+      if f then f:close() os.exit(7) end -- every replacement dies loading
+      function crash(d) io.open(d .. "/crashed", "w"):close() os.exit(9) end
+      function work(i) return i end
+      function main(d)
+        local c = luapool.spawn(crash, d)
+        pcall(c.get, c)
+        local w = luapool.spawn(work, 1)
+        local ok, err = pcall(w.get, w)
+        luapool.emit((tostring(err):gsub("\n.*", "")))
+        for i = 2, 30 do luapool.spawn(work, i) end
+      end
+    ]], { dir }, { flags = { "--processes", "1" }, timeout = 30, env = { LP_TEST_DIR = dir } })
+    os.execute("rm -rf " .. dir)
+    assert.are.equal(1, res.code, helpers.describe(res))
+    assert.truthy(res.lines[1]:find("task 'work' %(id %d+%) failed: no worker process is left in " ..
+      "pool 'main' %(the last: worker process %d+ exited with status 7 before it was ready%)"),
+      helpers.describe(res))
+    assert.truthy(res.err:find('arguments: (30)', 1, true), res.err)
+    -- 29 unawaited failures: the first ten in full, then a count.
+    local _, shown = res.err:gsub("failed and nothing waited for it\n", "")
+    assert.are.equal(10, shown, res.err)
+    assert.truthy(res.err:find("luapool: 19 more tasks failed and nothing waited for them", 1, true),
+      res.err)
+  end)
+
   it("fail an unawaited crash with the exit status and exit 1", function()
     local res = helpers.run([[
       local luapool = require "luapool"
@@ -480,7 +546,7 @@ describe("worker processes under SIGKILL", function()
       end
       function main(n) for i = 1, tonumber(n) do luapool.spawn(work, i) end end
     ]], { "10000", "--processes", "2", "--retries", "1" })
-    assert.are.equal("0", rc, status .. "\n" .. text:sub(1, 2000))
+    assert.are.equal("0", rc, status .. "\n" .. helpers.not_numbers(text))
     local lines = helpers.split_lines(text)
     assert.are.equal(10000, #lines)
     for i, line in ipairs(lines) do

@@ -19,7 +19,7 @@ describe("worker processes under repeated SIGKILL", function()
       end
       function main(n) for i = 1, tonumber(n) do luapool.spawn(work, i) end end
     ]], { "10000", "--processes", "2", "--retries", "3" }, 50)
-    assert.are.equal("0", rc, status .. "\n" .. text:sub(1, 2000))
+    assert.are.equal("0", rc, status .. "\n" .. helpers.not_numbers(text))
     local lines = helpers.split_lines(text)
     assert.are.equal(10000, #lines)
     for i, line in ipairs(lines) do
