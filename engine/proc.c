@@ -58,6 +58,20 @@ const char *lp_worker_exe = LUAPOOL_BINDIR "/luapool";
 
 /* ---- state ---- */
 
+/* What the processes of a slot counted (their STATS frames). */
+typedef struct lp_tstat {
+  uint64_t run;
+  double busy;
+} lp_tstat;
+
+typedef struct lp_rstats {
+  uint64_t made, fin, run, failed, retried; /* made, fin: subtasks made there */
+  long queued, running;
+  int depth;
+  double cpu;
+  lp_tstat *threads; /* one per worker thread of the process */
+} lp_rstats;
+
 typedef struct lp_conn {
   struct lp_procs *ps;
   int slot;
@@ -77,6 +91,9 @@ typedef struct lp_conn {
   pthread_mutex_t mlock; /* guards `tasks` */
   lp_idmap tasks;        /* sent to this process and not DONE */
   char loaderr[512];
+  /* Under the pool's lock: what the running process said of itself last,
+   * and what the processes before it in this slot counted in all. */
+  lp_rstats now, before;
 } lp_conn;
 
 typedef struct lp_procs {
@@ -90,6 +107,11 @@ typedef struct lp_procs {
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
   char lost[600]; /* why no process is left, once none is */
+  int threads;    /* worker threads in each process */
+  /* Decisions of the engine's own about tasks in processes: runs given
+   * another go, failures for good, failures a process counted that the
+   * engine turned into a retry. */
+  _Atomic uint64_t retried, failed, unfailed;
   char exe[4096];
 } lp_procs;
 
@@ -131,6 +153,7 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
   char text[1024];
   if (ps->lost[0] && !lp_task_cancelled(t)) {
     if (!t->failnote) t->failnote = summarize_args(t);
+    atomic_fetch_add(&ps->failed, 1);
     snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s", name, (unsigned long long)t->id,
              ps->lost);
     finish_with(t, LP_TASK_FAILED, text);
@@ -274,6 +297,7 @@ static void finish_remote(luapool *eng, lp_task *t, int state, const char *res, 
 static void subtree_over(lp_procs *ps, lp_task *t) {
   luapool *eng = ps->eng;
   if (t->retry_pending) {
+    atomic_fetch_add(&ps->retried, 1);
     t->retries--;
     t->retry_pending = 0;
     t->remote = 0;
@@ -311,9 +335,10 @@ static void on_result(lp_conn *c, lp_wire_msg *m) {
   lp_task *t = lookup(c, id, done != 0);
   if (!t) return;
   if (!lp_task_finished(t) && !t->retry_pending) {
-    if (state == LP_TASK_FAILED && t->retries > 0 && !lp_task_cancelled(t))
+    if (state == LP_TASK_FAILED && t->retries > 0 && !lp_task_cancelled(t)) {
       t->retry_pending = 1; /* it runs again once its subtree is over */
-    else
+      atomic_fetch_add(&c->ps->unfailed, 1);
+    } else
       finish_remote(c->ps->eng, t, (int)state, res, len, note, notelen);
   }
   if (done) subtree_over(c->ps, t);
@@ -345,6 +370,107 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
   } else {
     lp_report_add(&eng->report, t, rec);
   }
+}
+
+static void on_stats(lp_conn *c, lp_wire_msg *m) {
+  lp_procs *ps = c->ps;
+  uint64_t v[8], n;
+  double cpu;
+  for (int i = 0; i < 8; i++)
+    if (lp_wire_get_u64(m, &v[i])) return;
+  if (lp_wire_get_f64(m, &cpu) || lp_wire_get_u64(m, &n) || n > (uint64_t)ps->threads ||
+      v[7] > INT32_MAX)
+    return;
+  pthread_mutex_lock(&ps->lock);
+  lp_rstats *r = &c->now;
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t run;
+    double busy;
+    if (lp_wire_get_u64(m, &run) || lp_wire_get_f64(m, &busy)) break;
+    r->threads[i].run = run;
+    r->threads[i].busy = busy;
+  }
+  r->made = v[0];
+  r->fin = v[1];
+  r->queued = (long)(v[2] & LONG_MAX);
+  r->running = (long)(v[3] & LONG_MAX);
+  r->run = v[4];
+  r->failed = v[5];
+  r->retried = v[6];
+  r->depth = (int)v[7];
+  r->cpu = cpu;
+  pthread_mutex_unlock(&ps->lock);
+}
+
+/* Under the pool's lock: the process of c is gone, its counts join those
+ * of the processes before it. Subtasks it had not finished are dropped. */
+static void fold_stats(lp_procs *ps, lp_conn *c) {
+  lp_rstats *b = &c->before, *r = &c->now;
+  b->made += r->fin;
+  b->fin += r->fin;
+  b->run += r->run;
+  b->failed += r->failed;
+  b->retried += r->retried;
+  b->cpu += r->cpu;
+  if (r->depth > b->depth) b->depth = r->depth;
+  for (int i = 0; i < ps->threads; i++) {
+    b->threads[i].run += r->threads[i].run;
+    b->threads[i].busy += r->threads[i].busy;
+  }
+  lp_tstat *keep = r->threads;
+  memset(r, 0, sizeof *r);
+  memset(keep, 0, sizeof *keep * (size_t)ps->threads);
+  r->threads = keep;
+}
+
+void lp_procs_totals(luapool *eng, lp_remote_totals *out) {
+  memset(out, 0, sizeof *out);
+  for (int p = 0; eng->pools && p < eng->npools; p++) {
+    lp_procs *ps = eng->pools[p].procs;
+    if (!ps) continue;
+    uint64_t failed = atomic_load(&ps->failed), undo = atomic_load(&ps->unfailed);
+    pthread_mutex_lock(&ps->lock);
+    out->queued += ps->queue.n;
+    for (int i = 0; i < ps->n; i++) {
+      const lp_rstats *rs[2] = {&ps->conns[i].now, &ps->conns[i].before};
+      for (int j = 0; j < 2; j++) {
+        const lp_rstats *r = rs[j];
+        out->made += r->made;
+        out->fin += r->fin;
+        out->run += r->run;
+        failed += r->failed;
+        out->retried += r->retried;
+        out->queued += r->queued;
+        out->running += r->running;
+        out->cpu += r->cpu;
+        if (r->depth > out->depth) out->depth = r->depth;
+      }
+    }
+    pthread_mutex_unlock(&ps->lock);
+    out->retried += atomic_load(&ps->retried);
+    out->failed += failed > undo ? failed - undo : 0;
+  }
+}
+
+int lp_procs_worker_stats(luapool *eng, luapool_worker_stats *out, int n) {
+  int k = 0, proc = 0;
+  for (int p = 0; eng->pools && p < eng->npools; p++) {
+    lp_procs *ps = eng->pools[p].procs;
+    if (!ps) continue;
+    pthread_mutex_lock(&ps->lock);
+    for (int i = 0; i < ps->n; i++, proc++) {
+      lp_conn *c = &ps->conns[i];
+      for (int t = 0; t < ps->threads; t++, k++) {
+        if (k >= n) continue;
+        out[k].tasks_run = c->now.threads[t].run + c->before.threads[t].run;
+        out[k].busy = c->now.threads[t].busy + c->before.threads[t].busy;
+        out[k].process = proc + 1;
+        out[k].thread = t + 1;
+      }
+    }
+    pthread_mutex_unlock(&ps->lock);
+  }
+  return k;
 }
 
 static void on_frame(lp_conn *c, lp_wire_msg *m) {
@@ -386,6 +512,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
       }
       pthread_mutex_unlock(&c->mlock);
       break;
+    case LP_MSG_STATS: on_stats(c, m); break;
     case LP_MSG_RESULT: on_result(c, m); break;
     case LP_MSG_RECORD: on_record(c, m); break;
     case LP_MSG_DONE:
@@ -511,6 +638,7 @@ static void process_died(lp_conn *c, const char *why) {
   memset(&c->tasks, 0, sizeof c->tasks);
   pthread_mutex_unlock(&c->mlock);
   pthread_mutex_lock(&ps->lock);
+  fold_stats(ps, c);
   pid_t pid = c->pid;
   int fd = c->fd;
   c->fd = -1;
@@ -571,6 +699,7 @@ static void process_died(lp_conn *c, const char *why) {
         else
           snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s while running it",
                    lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, what);
+        if (!lp_task_cancelled(t)) atomic_fetch_add(&ps->failed, 1);
         finish_with(t, lp_task_cancelled(t) ? LP_TASK_CANCELLED : LP_TASK_FAILED, text);
       }
     }
@@ -774,10 +903,15 @@ static int start_pool(luapool *eng, int pool) {
   const char *exe = getenv("LUAPOOL_WORKER_EXE");
   if (!exe || !*exe) exe = lp_worker_exe;
   snprintf(ps->exe, sizeof ps->exe, "%s", exe);
+  ps->threads = eng->pools[pool].threads > 0 ? eng->pools[pool].threads : 1;
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
+    c->now.threads = calloc((size_t)ps->threads, sizeof *c->now.threads);
+    c->before.threads = calloc((size_t)ps->threads, sizeof *c->before.threads);
+    if (!c->now.threads || !c->before.threads)
+      return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
     c->ps = ps;
     c->slot = i;
     c->fd = -1;
@@ -872,6 +1006,8 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
     }
     lp_buf_free(&c->out);
     free(c->tasks.slot);
+    free(c->now.threads);
+    free(c->before.threads);
     pthread_cond_destroy(&c->cond);
     pthread_mutex_destroy(&c->wlock);
     pthread_mutex_destroy(&c->mlock);

@@ -22,6 +22,24 @@ void lp_procs_cancel(struct luapool *eng, struct lp_task *t);
 /* The run is being cancelled: tasks not sent are cancelled, processes stop. */
 void lp_procs_cancel_all(struct luapool *eng);
 
+/* What the worker processes have counted of themselves (their STATS
+ * frames) and what the engine decided about their tasks, summed over every
+ * process pool: subtasks made and finished inside processes (the tasks sent
+ * to them are the engine's own), tasks queued (unsent or waiting inside a
+ * process), running, bodies run, failed and retried, the deepest level and
+ * their CPU seconds. */
+typedef struct lp_remote_totals {
+  uint64_t made, fin, run, failed, retried;
+  long queued, running;
+  int depth;
+  double cpu;
+} lp_remote_totals;
+void lp_procs_totals(struct luapool *eng, lp_remote_totals *out);
+/* Fills out[0 .. n-1] with the worker threads of the processes, pool by
+ * pool, slot by slot; returns how many there are. */
+struct luapool_worker_stats;
+int lp_procs_worker_stats(struct luapool *eng, struct luapool_worker_stats *out, int n);
+
 /* Process side: the main of `luapool __worker`, reading frames on in_fd and
  * writing frames on out_fd. Returns the process's exit status. */
 int lp_procworker_main(int in_fd, int out_fd);

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -93,6 +94,9 @@ typedef struct lp_link {
   double win_start;
   uint64_t win_ended;
   int stopping;
+  luapool_worker_stats *ws; /* one per thread, for STATS */
+  uint64_t stats_sent;      /* bodies ended at the last STATS */
+  double stats_at;          /* when it went */
 } lp_link;
 
 static void kick(lp_link *k) {
@@ -304,7 +308,7 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
   x->next = k->active;
   if (k->active) k->active->prev = x;
   k->active = x;
-  k->received++;
+  if (!k->received++) lp_stats_start(eng); /* busy shares count from here */
   t->qnext = NULL;
   if (k->inj_tail)
     k->inj_tail->qnext = t;
@@ -380,6 +384,45 @@ static void walk(lp_link *k, lp_exec *x) {
   if (!x->walked) x->walked = lp_report_walk_sub(&k->eng->report, &x->cur, sink_sub, &s);
 }
 
+/* What this process has counted, for the engine's --stats and progress
+ * bar. The tasks sent here are the engine's own: what counts is what their
+ * subtrees made. `ended` counts the roots whose bodies have ended, those
+ * about to be reported included: STATS goes out before their RESULT and
+ * DONE frames, so once the engine has every DONE its figures are exact. */
+static void put_stats(lp_link *k, uint64_t ended) {
+  luapool *eng = k->eng;
+  uint64_t made = 0, fin = atomic_load_explicit(&k->cache.finished, memory_order_relaxed);
+  long running = 0;
+  /* Finished first: a task counted finished is counted made too. */
+  for (int i = 0; i < eng->nworkers; i++) {
+    fin += atomic_load_explicit(&eng->workers[i].cache.finished, memory_order_relaxed);
+    running += atomic_load_explicit(&eng->workers[i].stats.executing, memory_order_relaxed);
+  }
+  for (int i = 0; i < eng->nworkers; i++)
+    made += atomic_load_explicit(&eng->workers[i].cache.created, memory_order_relaxed);
+  fin = fin > ended ? fin - ended : 0;
+  luapool_stats st;
+  luapool_get_stats(eng, &st);
+  int n = luapool_get_worker_stats(eng, k->ws, k->threads);
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  size_t mark;
+  lp_buf *b = &k->wbuf;
+  if (lp_wire_begin(b, LP_MSG_STATS, &mark) || lp_wire_u64(b, made) ||
+      lp_wire_u64(b, fin < made ? fin : made) ||
+      lp_wire_u64(b, (uint64_t)lp_sched_queued(&eng->sched)) || lp_wire_u64(b, (uint64_t)running) ||
+      lp_wire_u64(b, st.tasks_run) || lp_wire_u64(b, st.tasks_failed) ||
+      lp_wire_u64(b, st.tasks_retried) || lp_wire_u64(b, (uint64_t)st.max_depth) ||
+      lp_wire_f64(b, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9) ||
+      lp_wire_u64(b, (uint64_t)(n > 0 ? n : 0)))
+    return;
+  for (int i = 0; i < n; i++)
+    if (lp_wire_u64(b, k->ws[i].tasks_run) || lp_wire_f64(b, k->ws[i].busy)) return;
+  lp_wire_end(b, mark);
+  k->stats_sent = ended;
+  k->stats_at = lp_now();
+}
+
 /* Sends what the workers handed over: records first, so the engine has a
  * task's records before it learns that the task ended. A task whose
  * subtree ended with its body gets one frame for both. */
@@ -393,6 +436,10 @@ static void forward(lp_link *k) {
   lp_buf_reset(&k->out);
   pthread_mutex_unlock(&k->lock);
   for (; st; st = st->st_next) put_id(k, LP_MSG_STARTED, st->id);
+  uint64_t ended = k->ended;
+  for (lp_exec *x = fin; x; x = x->fin_next) ended++;
+  if (ended != k->stats_sent || done || (k->active && lp_now() - k->stats_at >= 0.1))
+    put_stats(k, ended);
   for (lp_exec *x = done; x; x = x->done_next) x->is_done = 1;
   if (eng->report.order == LUAPOOL_ORDER_COMPLETION) {
     lp_report_walk_made(&eng->report, sink_made, k);
@@ -570,6 +617,7 @@ static int leave(lp_link *k, luapool *eng, int code) {
   lp_buf_free(&k->out);
   lp_buf_free(&k->wbuf);
   lp_buf_free(&k->rbuf);
+  free(k->ws);
   lp_task_cache_self = NULL;
   lp_task_cache_drain(&k->cache);
   pthread_mutex_destroy(&k->lock);
@@ -627,6 +675,8 @@ int lp_procworker_main(int in_fd, int out_fd) {
   eng->pools[0].name = pname;
   atomic_store(&eng->next_id, idbase);
   k.threads = (int)threads;
+  k.ws = calloc(threads, sizeof *k.ws);
+  if (!k.ws) return leave(&k, eng, 2);
   lp_task_cache_self = &k.cache;
   k.target = (long)threads;
   k.win_start = lp_now();
@@ -651,7 +701,18 @@ int lp_procworker_main(int in_fd, int out_fd) {
   k.asked = (uint64_t)k.target;
   if (read_frames(&k) != 0) _exit(3);
   rc = loop(&k);
-  /* The engine is gone or the run is over: leave without waiting for
-   * tasks that nobody will hear from. */
+  if (rc == 0 && !k.active) {
+    /* The run is over. Closing the engine collects the futures the worker
+     * states still hold: a failure nobody awaited is known only then (as
+     * at luapool_close in thread mode), and the engine still listens. */
+    luapool_close(eng);
+    pthread_mutex_lock(&k.lock);
+    lp_buf_append(&k.wbuf, k.out.data, k.out.len);
+    pthread_mutex_unlock(&k.lock);
+    fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) & ~O_NONBLOCK);
+    lp_wire_write_all(out_fd, k.wbuf.data + k.wpos, k.wbuf.len - k.wpos);
+  }
+  /* Otherwise the engine is gone or the run was stopped: leave without
+   * waiting for tasks that nobody will hear from. */
   _exit(rc);
 }

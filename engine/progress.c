@@ -84,7 +84,12 @@ void lp_progress_summary(luapool *lp, FILE *out) {
   fprintf(out, "  worker busy      ");
   for (int i = 0; i < n && i < 64; i++) {
     if (i > 0 && i % 8 == 0) fprintf(out, "\n                   ");
-    fprintf(out, " %d:%3.0f%%", i + 1, st.wall > 0 ? 100.0 * ws[i].busy / st.wall : 0.0);
+    char name[32];
+    if (ws[i].process)
+      snprintf(name, sizeof name, "p%d.%d", ws[i].process, ws[i].thread);
+    else
+      snprintf(name, sizeof name, "%d", ws[i].thread);
+    fprintf(out, " %s:%3.0f%%", name, st.wall > 0 ? 100.0 * ws[i].busy / st.wall : 0.0);
   }
   if (n > 64) fprintf(out, " (and %d more)", n - 64);
   fprintf(out, "\n");

@@ -21,6 +21,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "proc.h"
 #include "trace.h"
 
 uint64_t lp_stats_ns(void) {
@@ -35,15 +36,19 @@ static double cpu_seconds(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-void lp_stats_host_created(luapool *eng) {
+void lp_stats_start(luapool *eng) {
   lp_stats *s = &eng->stats;
-  atomic_fetch_add(&s->host_created, 1);
   uint64_t zero = 0;
-  /* The first submit starts the run's clocks (whoever makes the first
-   * task outside the workers, once). */
   if (atomic_load(&s->t0_ns) == 0 &&
       atomic_compare_exchange_strong(&s->t0_ns, &zero, lp_stats_ns()))
     atomic_store(&s->cpu0, cpu_seconds());
+}
+
+void lp_stats_host_created(luapool *eng) {
+  atomic_fetch_add(&eng->stats.host_created, 1);
+  /* The first submit starts the run's clocks (whoever makes the first
+   * task outside the workers, once). */
+  lp_stats_start(eng);
 }
 
 void lp_stats_host_finished(luapool *eng) { atomic_fetch_add(&eng->stats.host_finished, 1); }
@@ -69,8 +74,8 @@ void lp_stats_idle(lp_worker *w, int idle) {
 /* The levels: tasks waiting for a worker, running, and started but
  * waiting for something (what is left of the tasks created and not
  * finished). */
-static void levels(luapool *eng, uint64_t *known, uint64_t *done, long *queued, long *running,
-                   long *suspended) {
+static void levels(luapool *eng, const lp_remote_totals *rt, uint64_t *known, uint64_t *done,
+                   long *queued, long *running, long *suspended) {
   uint64_t made = atomic_load(&eng->stats.host_created);
   uint64_t fin = atomic_load(&eng->stats.host_finished);
   long run = 0;
@@ -82,7 +87,12 @@ static void levels(luapool *eng, uint64_t *known, uint64_t *done, long *queued, 
   }
   for (int i = 0; i < eng->nworkers; i++)
     made += atomic_load_explicit(&eng->workers[i].cache.created, memory_order_relaxed);
-  long q = lp_sched_queued(&eng->sched);
+  /* Subtasks inside worker processes; the tasks sent there are counted
+   * above, as open until their process says they ended. */
+  made += rt->made;
+  fin += rt->fin;
+  run += rt->running;
+  long q = lp_sched_queued(&eng->sched) + rt->queued;
   long open = made > fin ? (long)(made - fin) : 0;
   long s = open - q - run;
   *known = made;
@@ -92,10 +102,10 @@ static void levels(luapool *eng, uint64_t *known, uint64_t *done, long *queued, 
   *suspended = s > 0 ? s : 0;
 }
 
-static void sample(luapool *eng, luapool_stats *out) {
+static void sample(luapool *eng, const lp_remote_totals *rt, luapool_stats *out) {
   uint64_t known, done;
   long queued, running, suspended;
-  levels(eng, &known, &done, &queued, &running, &suspended);
+  levels(eng, rt, &known, &done, &queued, &running, &suspended);
   lp_stats *s = &eng->stats;
   if (queued > s->peak_queued) s->peak_queued = queued;
   if (suspended > s->peak_suspended) s->peak_suspended = suspended;
@@ -110,8 +120,10 @@ static void sample(luapool *eng, luapool_stats *out) {
 void lp_stats_tick(luapool *eng) {
   if (!eng->workers) return;
   lp_stats *s = &eng->stats;
+  lp_remote_totals rt;
+  lp_procs_totals(eng, &rt);
   if (!eng->trace && !eng->cfg.on_progress) {
-    sample(eng, NULL);
+    sample(eng, &rt, NULL);
     return;
   }
   double now = lp_now();
@@ -119,10 +131,10 @@ void lp_stats_tick(luapool *eng) {
     s->next_counter = now + 0.001;
     luapool_stats st;
     memset(&st, 0, sizeof st);
-    sample(eng, &st);
+    sample(eng, &rt, &st);
     lp_trace_counter(eng, st.queued, st.suspended);
   } else {
-    sample(eng, NULL);
+    sample(eng, &rt, NULL);
   }
   double iv = eng->cfg.progress_interval > 0 ? eng->cfg.progress_interval : 0.1;
   if (s->next_progress == 0) s->next_progress = now + iv; /* a short run shows nothing */
@@ -138,7 +150,12 @@ void luapool_get_stats(luapool *lp, luapool_stats *out) {
   if (!out) return;
   memset(out, 0, sizeof *out);
   if (!lp_engine_is_open(lp) || !lp->workers) return;
-  sample(lp, out);
+  lp_remote_totals rt;
+  lp_procs_totals(lp, &rt);
+  sample(lp, &rt, out);
+  out->tasks_run = rt.run;
+  out->tasks_failed = rt.failed;
+  out->tasks_retried = rt.retried;
   for (int i = 0; i < lp->nworkers; i++) {
     lp_wstats *st = &lp->workers[i].stats;
     out->tasks_run += atomic_load_explicit(&st->run, memory_order_relaxed);
@@ -147,13 +164,14 @@ void luapool_get_stats(luapool *lp, luapool_stats *out) {
   }
   out->records = lp->report.delivered;
   out->max_depth = atomic_load(&lp->max_depth);
+  if (rt.depth > out->max_depth) out->max_depth = rt.depth;
   out->workers = lp->nworkers;
   out->peak_queued = lp->stats.peak_queued;
   out->peak_suspended = lp->stats.peak_suspended;
   uint64_t t0 = atomic_load(&lp->stats.t0_ns);
   if (t0) {
     out->wall = (double)(lp_stats_ns() - t0) * 1e-9;
-    out->cpu = cpu_seconds() - atomic_load(&lp->stats.cpu0);
+    out->cpu = cpu_seconds() - atomic_load(&lp->stats.cpu0) + rt.cpu;
   }
 }
 
@@ -172,6 +190,9 @@ int luapool_get_worker_stats(luapool *lp, luapool_worker_stats *out, int n) {
     if (from && t0) idle += now - (from > t0 ? from : t0);
     double busy = wall - (double)idle * 1e-9;
     out[i].busy = busy < 0 ? 0 : busy > wall ? wall : busy;
+    out[i].process = 0;
+    out[i].thread = i + 1;
   }
-  return lp->nworkers;
+  int k = n > lp->nworkers ? lp->nworkers : n < 0 ? 0 : n;
+  return lp->nworkers + lp_procs_worker_stats(lp, out + k, n - k);
 }

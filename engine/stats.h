@@ -50,6 +50,9 @@ static inline void lp_stats_inc(_Atomic uint64_t *c) {
   atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
 }
 
+/* Starts the run's clocks, once: the first submit does it. */
+void lp_stats_start(struct luapool *eng);
+
 /* A task was made or finished on a thread that is not a worker. */
 void lp_stats_host_created(struct luapool *eng);
 void lp_stats_host_finished(struct luapool *eng);

@@ -40,6 +40,9 @@ enum {
   LP_MSG_FAILURE, /* bytes text: an unawaited failure inside the process */
   LP_MSG_COUNTER, /* u64 request, bytes name, u64 delta (two's complement), u64 add */
   LP_MSG_REPLY,   /* engine -> process: u64 request, u64 value (two's complement) */
+  LP_MSG_STATS,   /* u64 subtasks made, u64 subtasks finished, u64 queued, u64 running,
+                     u64 run, u64 failed, u64 retried, u64 deepest level, f64 CPU seconds,
+                     u64 threads, then per thread: u64 run, f64 busy */
   LP_MSG_MAX
 };
 

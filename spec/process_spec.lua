@@ -237,6 +237,20 @@ describe("worker processes", function()
     assert.truthy(res.err:find('arguments: (1, "two", table, 4.5)', 1, true), res.err)
   end)
 
+  it("report a failure nobody awaited inside a process, and exit 1", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function sub(n) error("sub fails with " .. n) end
+      function outer() luapool.spawn(sub, 5) luapool.sleep(0.05) return 1 end
+      function main() luapool.emit(luapool.spawn(outer):get()) end
+    ]], {}, { flags = { "--processes", "1" } })
+    assert.are.equal(1, res.code, helpers.describe(res))
+    assert.are.same({ "1" }, res.lines)
+    assert.truthy(res.err:find("task 'sub' %(id %d+%) failed and nothing waited for it"), res.err)
+    assert.truthy(res.err:find("sub fails with 5", 1, true), res.err)
+    assert.truthy(res.err:find("arguments: (5)", 1, true), res.err)
+  end)
+
   for _, mode in ipairs({ { "--processes", "2" }, { "--workers", "2" } }) do
     it("cancel the run at the first failure nobody waits for with --fail-fast (" .. mode[1] .. ")",
       function()

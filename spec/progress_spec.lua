@@ -125,6 +125,48 @@ end
     assert.truthy(res.err:find("tasks run +4 %(failed 1, retried 2%)"), H.describe(res))
   end)
 
+  it("counts the tasks run inside worker processes, their failures and retries", function()
+    local res = H.run(H.root .. "/examples/nested_loops.lua", {},
+                      { flags = { "--processes", "2", "--threads", "2", "--stats", "--order",
+                                  "completion" } })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.equal(50, #res.lines)
+    assert.truthy(res.err:find("tasks run +51 %(failed 0, retried 0%)"), H.describe(res))
+    assert.truthy(res.err:find("deepest level +3\n"), H.describe(res))
+    local busy = res.err:match("worker busy +([^\n]*)")
+    assert.truthy(busy and busy:match("^1: *%d+%% p1%.1: *%d+%% p1%.2: *%d+%% p2%.1: *%d+%% " ..
+                                      "p2%.2: *%d+%%$"), H.describe(res))
+    -- The five task1 bodies sleep 1 s each in the processes: their threads
+    -- were busy for some of it, the engine's own thread for almost none.
+    local shares = {}
+    for p in busy:gmatch("p%d%.%d: *(%d+)%%") do shares[#shares + 1] = tonumber(p) end
+    assert.are.equal(4, #shares)
+
+    local failing = H.run([[
+local luapool = require "luapool"
+function bad() error("no") end
+function leaf() end
+function sub(n) for i = 1, n do luapool.spawn(leaf) end end
+function outer()
+  local f = luapool.spawn({ retries = 2 }, bad)
+  luapool.wait({ f })
+  luapool.spawn(sub, 5)
+  return f:ok()
+end
+function main()
+  local o = luapool.spawn({ retries = 1 }, outer)
+  local b = luapool.spawn({ retries = 1 }, bad)
+  luapool.wait({ b })
+  luapool.emit(tostring(o:get()) .. " " .. tostring(b:ok()))
+end
+]], {}, { flags = { "--processes", "2", "--stats" } })
+    assert.are.equal(0, failing.code, H.describe(failing))
+    assert.are.same({ "false false" }, failing.lines)
+    -- main; outer; bad three times inside outer's process; sub and its five
+    -- leaves; the engine's bad twice (the engine ran it again).
+    assert.truthy(failing.err:find("tasks run +13 %(failed 2, retried 3%)"), H.describe(failing))
+  end)
+
   it("works in a sequential run", function()
     local res = H.run([[
 local luapool = require "luapool"

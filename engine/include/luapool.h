@@ -322,24 +322,29 @@ typedef struct luapool_stats {
   uint64_t tasks_done;    /* tasks finished: ok, failed or cancelled */
   uint64_t records;       /* records delivered */
   int max_depth;          /* deepest level reached (a root is level 0) */
-  int workers;            /* worker threads (1 when everything runs inline) */
+  int workers;            /* the engine's worker threads (1 when everything runs inline) */
   long running;           /* tasks whose code runs on a worker now */
   long queued;            /* tasks waiting for a worker now */
   long suspended;         /* started tasks waiting for something now */
   long peak_queued;       /* highest `queued` seen (sampled by the waiting host) */
   long peak_suspended;    /* highest `suspended` seen (likewise) */
   double wall;            /* seconds since the first submit */
-  double cpu;             /* CPU seconds of the process since the first submit */
+  double cpu;             /* CPU seconds since the first submit, worker processes included */
 } luapool_stats;
 void luapool_get_stats(luapool *lp, luapool_stats *out);
 
-/* One worker's share of the run. */
+/* One worker thread's share of the run: the engine's own threads first,
+ * then those of each worker process. */
 typedef struct luapool_worker_stats {
   uint64_t tasks_run; /* task bodies it started */
   double busy;        /* seconds it was not idle since the first submit */
+  int process;        /* 0: a thread of the engine; k: of the k-th worker process */
+  int thread;         /* its number in the process (from 1) */
 } luapool_worker_stats;
-/* Fills out[0 .. n-1] for the first n workers; returns the number of workers
- * (or a negative error). */
+/* Fills out[0 .. n-1] for the first n worker threads; returns how many
+ * there are (or a negative error). A worker process's figures come from its
+ * reports, which it sends with each batch of ended tasks; a replaced
+ * process's figures add to those of the one before it. */
 int luapool_get_worker_stats(luapool *lp, luapool_worker_stats *out, int n);
 
 /* The message of the last error on this handle ("" if none). */
