@@ -44,6 +44,7 @@
 #include "timer.h"
 #include "proc.h"
 #include "sendq.h"
+#include "trace.h"
 #include "wire.h"
 
 extern char **environ;
@@ -108,6 +109,7 @@ typedef struct lp_procs {
   int stopping;
   char lost[600]; /* why no process is left, once none is */
   int threads;    /* worker threads in each process */
+  int first_proc; /* worker processes in the pools before this one */
   /* Decisions of the engine's own about tasks in processes: runs given
    * another go, failures for good, failures a process counted that the
    * engine turned into a retry. */
@@ -231,7 +233,8 @@ static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
       lp_wire_u64(b, eng->cfg.memory_limit) || lp_wire_u64(b, base) ||
       lp_wire_f64(b, eng->cfg.task_timeout) ||
       lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
-      lp_wire_bytes(b, eng->script, eng->script_len) || lp_wire_bytes(b, d->name, strlen(d->name)))
+      lp_wire_bytes(b, eng->script, eng->script_len) ||
+      lp_wire_bytes(b, d->name, strlen(d->name)) || lp_wire_u64(b, eng->cfg.trace_path != NULL))
     return -1;
   lp_wire_end(b, mark);
   return 0;
@@ -402,6 +405,23 @@ static void on_stats(lp_conn *c, lp_wire_msg *m) {
   pthread_mutex_unlock(&ps->lock);
 }
 
+static void on_trace(lp_conn *c, lp_wire_msg *m) {
+  uint64_t thread, kind, depth;
+  lp_trace_ev e;
+  const char *fn;
+  size_t fnlen;
+  if (lp_wire_get_u64(m, &thread) || lp_wire_get_u64(m, &kind) || lp_wire_get_u64(m, &e.ts) ||
+      lp_wire_get_u64(m, &e.end) || lp_wire_get_u64(m, &e.task) || lp_wire_get_u64(m, &e.other) ||
+      lp_wire_get_u64(m, &depth) || lp_wire_get_bytes(m, &fn, &fnlen) || thread < 1 ||
+      thread > (uint64_t)c->ps->threads || kind > LP_TRACE_SPAWN)
+    return;
+  e.kind = (int16_t)kind;
+  e.depth = depth > INT16_MAX ? INT16_MAX : (int16_t)depth;
+  e.fn = 0;
+  if (e.kind == LP_TRACE_SLICE && e.end < e.ts) e.end = e.ts;
+  lp_trace_remote(c->ps->eng, c->ps->first_proc + c->slot + 1, (int)thread, &e, fn, fnlen);
+}
+
 /* Under the pool's lock: the process of c is gone, its counts join those
  * of the processes before it. Subtasks it had not finished are dropped. */
 static void fold_stats(lp_procs *ps, lp_conn *c) {
@@ -453,18 +473,18 @@ void lp_procs_totals(luapool *eng, lp_remote_totals *out) {
 }
 
 int lp_procs_worker_stats(luapool *eng, luapool_worker_stats *out, int n) {
-  int k = 0, proc = 0;
+  int k = 0;
   for (int p = 0; eng->pools && p < eng->npools; p++) {
     lp_procs *ps = eng->pools[p].procs;
     if (!ps) continue;
     pthread_mutex_lock(&ps->lock);
-    for (int i = 0; i < ps->n; i++, proc++) {
+    for (int i = 0; i < ps->n; i++) {
       lp_conn *c = &ps->conns[i];
       for (int t = 0; t < ps->threads; t++, k++) {
         if (k >= n) continue;
         out[k].tasks_run = c->now.threads[t].run + c->before.threads[t].run;
         out[k].busy = c->now.threads[t].busy + c->before.threads[t].busy;
-        out[k].process = proc + 1;
+        out[k].process = ps->first_proc + i + 1;
         out[k].thread = t + 1;
       }
     }
@@ -513,6 +533,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
       pthread_mutex_unlock(&c->mlock);
       break;
     case LP_MSG_STATS: on_stats(c, m); break;
+    case LP_MSG_TRACE: on_trace(c, m); break;
     case LP_MSG_RESULT: on_result(c, m); break;
     case LP_MSG_RECORD: on_record(c, m); break;
     case LP_MSG_DONE:
@@ -904,6 +925,7 @@ static int start_pool(luapool *eng, int pool) {
   if (!exe || !*exe) exe = lp_worker_exe;
   snprintf(ps->exe, sizeof ps->exe, "%s", exe);
   ps->threads = eng->pools[pool].threads > 0 ? eng->pools[pool].threads : 1;
+  for (int p = 0; p < pool; p++) ps->first_proc += eng->pools[p].processes;
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   for (int i = 0; i < ps->n; i++) {

@@ -47,6 +47,11 @@ int lp_procworker_main(int in_fd, int out_fd);
 void lp_procworker_started(struct luapool *eng, struct lp_task *t);
 void lp_procworker_root_done(struct luapool *eng, struct lp_task *t);
 void lp_procworker_idle(struct luapool *eng);
+/* At close, with --trace: one event of worker thread `thread` (from 1) for
+ * the engine, its times in lp_stats_ns() terms. */
+struct lp_trace_ev;
+void lp_procworker_trace(struct luapool *eng, int thread, const struct lp_trace_ev *e,
+                         const char *fn);
 /* counter:add(delta) (add = 1) or counter:get() inside a worker process:
  * asks the engine and suspends the task until it answers. */
 struct lua_State;

@@ -36,6 +36,7 @@
 #include "pool.h"
 #include "timer.h"
 #include "proc.h"
+#include "trace.h"
 #include "wire.h"
 
 typedef struct lp_exec {
@@ -423,6 +424,23 @@ static void put_stats(lp_link *k, uint64_t ended) {
   k->stats_at = lp_now();
 }
 
+void lp_procworker_trace(luapool *eng, int thread, const lp_trace_ev *e, const char *fn) {
+  lp_link *k = eng->link;
+  lp_buf *b = &k->wbuf;
+  size_t mark;
+  if (lp_wire_begin(b, LP_MSG_TRACE, &mark) || lp_wire_u64(b, (uint64_t)thread) ||
+      lp_wire_u64(b, (uint64_t)e->kind) || lp_wire_u64(b, e->ts) || lp_wire_u64(b, e->end) ||
+      lp_wire_u64(b, e->task) || lp_wire_u64(b, e->other) || lp_wire_u64(b, (uint64_t)e->depth) ||
+      lp_wire_bytes(b, fn, strlen(fn)))
+    return;
+  lp_wire_end(b, mark);
+  if (b->len - k->wpos >= (1u << 20)) { /* the pipe blocks now: out it goes */
+    lp_wire_write_all(k->out_fd, b->data + k->wpos, b->len - k->wpos);
+    lp_buf_reset(b);
+    k->wpos = 0;
+  }
+}
+
 /* Sends what the workers handed over: records first, so the engine has a
  * task's records before it learns that the task ended. A task whose
  * subtree ended with its body gets one frame for both. */
@@ -644,7 +662,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
   lp_buf_init(&k.rbuf);
   lp_task_cache_init(&k.cache);
   lp_wire_msg m;
-  uint64_t slot, threads, order, memlimit, idbase;
+  uint64_t slot, threads, order, memlimit, idbase, trace;
   double timeout;
   const char *name, *script, *pool;
   size_t namelen, scriptlen, poollen;
@@ -653,7 +671,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
       lp_wire_get_u64(&m, &memlimit) || lp_wire_get_u64(&m, &idbase) ||
       lp_wire_get_f64(&m, &timeout) || lp_wire_get_bytes(&m, &name, &namelen) ||
       lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
-      threads < 1 || threads > 4096) {
+      lp_wire_get_u64(&m, &trace) || threads < 1 || threads > 4096) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
     return leave(&k, NULL, 2);
   }
@@ -665,6 +683,8 @@ int lp_procworker_main(int in_fd, int out_fd) {
   cfg.task_timeout = timeout;
   cfg.on_failure = on_failure;
   cfg.ud = &k;
+  /* No file here: at close the events go to the engine (lp_procworker_trace). */
+  if (trace) cfg.trace_path = "(the engine's)";
   luapool *eng;
   if (luapool_open(&cfg, &eng) != 0) return leave(&k, NULL, 2);
   k.eng = eng;
@@ -704,12 +724,13 @@ int lp_procworker_main(int in_fd, int out_fd) {
   if (rc == 0 && !k.active) {
     /* The run is over. Closing the engine collects the futures the worker
      * states still hold: a failure nobody awaited is known only then (as
-     * at luapool_close in thread mode), and the engine still listens. */
+     * at luapool_close in thread mode), and the engine still listens. The
+     * trace's events go too. */
+    fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) & ~O_NONBLOCK);
     luapool_close(eng);
     pthread_mutex_lock(&k.lock);
     lp_buf_append(&k.wbuf, k.out.data, k.out.len);
     pthread_mutex_unlock(&k.lock);
-    fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) & ~O_NONBLOCK);
     lp_wire_write_all(out_fd, k.wbuf.data + k.wpos, k.wbuf.len - k.wpos);
   }
   /* Otherwise the engine is gone or the run was stopped: leave without

@@ -21,29 +21,23 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
 #include "names.h"
+#include "proc.h"
 #include "task.h"
 
 #define CHUNK 4096
 #define LP_TRACE_MAX (1u << 21) /* events per worker (80 MB) */
 #define COUNTER_MAX (1u << 20)
 
-enum { EV_SLICE = 0, EV_SPAWN = 1 };
-
-typedef struct tev {
-  uint64_t ts;    /* ns since the trace's origin */
-  uint64_t end;   /* SLICE: when it ended */
-  uint64_t task;  /* SLICE: its task; SPAWN: the child */
-  uint64_t other; /* SLICE: the parent's id (0 for a root); SPAWN: the spawner */
-  int32_t fn;     /* SLICE: the task function's name id */
-  int16_t depth;
-  int16_t kind;
-} tev;
+typedef lp_trace_ev tev;
+#define EV_SLICE LP_TRACE_SLICE
+#define EV_SPAWN LP_TRACE_SPAWN
 
 struct lp_tbuf {
   struct lp_trace *tr;
@@ -58,6 +52,8 @@ struct lp_tbuf {
   uint64_t start;
   uint64_t task;
   uint64_t parent;
+  /* A thread of a worker process: its events come from its TRACE frames. */
+  int process, thread;
 };
 
 typedef struct sample {
@@ -69,8 +65,11 @@ typedef struct sample {
 typedef struct lp_trace {
   uint64_t origin;
   int n;
-  struct lp_tbuf *w; /* one per worker */
-  sample *samples;   /* host-only */
+  struct lp_tbuf *w;       /* one per worker */
+  pthread_mutex_t lock;    /* guards the threads of worker processes */
+  struct lp_tbuf **remote; /* one per thread of a worker process that sent events */
+  int nremote;
+  sample *samples; /* host-only */
   size_t nsamples;
   size_t capsamples;
 } lp_trace;
@@ -85,6 +84,7 @@ int lp_trace_open(luapool *eng) {
     return -1;
   }
   for (int i = 0; i < tr->n; i++) tr->w[i].tr = tr;
+  pthread_mutex_init(&tr->lock, NULL);
   tr->origin = lp_stats_ns();
   eng->trace = tr;
   return 0;
@@ -155,10 +155,43 @@ void lp_trace_counter(luapool *eng, long queued, long suspended) {
   tr->samples[tr->nsamples++] = (sample){lp_stats_ns() - tr->origin, queued, suspended};
 }
 
+void lp_trace_remote(luapool *eng, int process, int thread, const lp_trace_ev *ev, const char *fn,
+                     size_t fnlen) {
+  lp_trace *tr = eng->trace;
+  if (!tr) return;
+  int id = lp_names_intern(&eng->names, fn, fnlen);
+  if (id < 0) return;
+  pthread_mutex_lock(&tr->lock);
+  struct lp_tbuf *b = NULL;
+  for (int i = 0; i < tr->nremote && !b; i++)
+    if (tr->remote[i]->process == process && tr->remote[i]->thread == thread) b = tr->remote[i];
+  if (!b) {
+    struct lp_tbuf **nr = realloc(tr->remote, sizeof *nr * (size_t)(tr->nremote + 1));
+    if (nr) tr->remote = nr;
+    if (nr && (b = calloc(1, sizeof *b))) {
+      b->tr = tr;
+      b->process = process;
+      b->thread = thread;
+      tr->remote[tr->nremote++] = b;
+    }
+  }
+  tev *e = b ? push(b) : NULL;
+  if (e) {
+    /* The process's clock is the same monotonic clock: only the origin moves. */
+    *e = *ev;
+    e->fn = id;
+    e->ts = ev->ts > tr->origin ? ev->ts - tr->origin : 0;
+    if (e->kind == EV_SLICE) e->end = ev->end > tr->origin ? ev->end - tr->origin : 0;
+  }
+  pthread_mutex_unlock(&tr->lock);
+}
+
 uint64_t lp_trace_dropped(luapool *eng) {
   uint64_t n = 0;
-  if (eng->trace)
+  if (eng->trace) {
     for (int i = 0; i < eng->trace->n; i++) n += eng->trace->w[i].dropped;
+    for (int i = 0; i < eng->trace->nremote; i++) n += eng->trace->remote[i]->dropped;
+  }
   return n;
 }
 
@@ -170,7 +203,10 @@ typedef struct first {
   uint64_t task;
   uint64_t ts;
   uint64_t end;
-  int tid;
+  uint64_t spawner; /* from its spawn event: a task sent to a worker process
+                       is a root there, and its slices name no parent */
+  int track;        /* its index in the tracks */
+  int sliced;       /* ts, end and track are its first slice's */
 } first;
 
 static size_t slot_of(uint64_t id, size_t mask) {
@@ -204,10 +240,42 @@ static void put_name(FILE *f, const char *s) {
   fputc('"', f);
 }
 
-static void write_events(luapool *eng, lp_trace *tr, FILE *f, first *tab, size_t mask) {
+/* What the file shows: the engine's workers on process 1 (tids 1..n),
+ * then each worker process's threads on a process of their own, with tids
+ * that go on counting, so a tid names one track in the whole file. */
+typedef struct track {
+  struct lp_tbuf *b;
+  int pid, tid;
+} track;
+
+static void put_meta(FILE *f, int pid, int tid, const char *what, const char *label) {
+  fprintf(f, ",\n{\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"name\":\"%s\",\"args\":{\"name\":", pid, tid,
+          what);
+  put_name(f, label);
+  fprintf(f, "}}");
+  if (!strcmp(what, "thread_name"))
+    fprintf(f,
+            ",\n{\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"name\":\"thread_sort_index\","
+            "\"args\":{\"sort_index\":%d}}",
+            pid, tid, tid);
+}
+
+static void write_events(luapool *eng, lp_trace *tr, const track *tk, int ntk, FILE *f, first *tab,
+                         size_t mask) {
   fprintf(f, "{\"traceEvents\":[\n");
   fprintf(f, "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"luapool\"}}");
-  for (int i = 0; i < tr->n; i++) {
+  for (int i = 0; i < ntk; i++) {
+    char label[256];
+    const struct lp_tbuf *b = tk[i].b;
+    if (b->process) {
+      if (!i || tk[i - 1].pid != tk[i].pid) {
+        snprintf(label, sizeof label, "worker process %d", b->process);
+        put_meta(f, tk[i].pid, tk[i].tid, "process_name", label);
+      }
+      snprintf(label, sizeof label, "process %d thread %d", b->process, b->thread);
+      put_meta(f, tk[i].pid, tk[i].tid, "thread_name", label);
+      continue;
+    }
     /* "worker N"; with named pools, "POOL N" counted within the pool. */
     const char *pool = NULL;
     int k = i + 1;
@@ -218,41 +286,36 @@ static void write_events(luapool *eng, lp_trace *tr, FILE *f, first *tab, size_t
         k = i - d->first_worker + 1;
       }
     }
-    fprintf(f, ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"name\":\"thread_name\",\"args\":{\"name\":",
-            i + 1);
-    char label[256];
     snprintf(label, sizeof label, "%s %d", pool ? pool : "worker", k);
-    put_name(f, label);
-    fprintf(f, "}}");
-    fprintf(f,
-            ",\n{\"ph\":\"M\",\"pid\":1,\"tid\":%d,\"name\":\"thread_sort_index\","
-            "\"args\":{\"sort_index\":%d}}",
-            i + 1, i + 1);
+    put_meta(f, 1, tk[i].tid, "thread_name", label);
   }
-  for (int i = 0; i < tr->n; i++) {
-    struct lp_tbuf *b = &tr->w[i];
+  for (int i = 0; i < ntk; i++) {
+    struct lp_tbuf *b = tk[i].b;
     for (size_t k = 0; k < b->n; k++) {
       tev *e = at(b, k);
       if (e->kind == EV_SLICE) {
-        fprintf(f, ",\n{\"ph\":\"X\",\"pid\":1,\"tid\":%d,\"cat\":\"task\",\"name\":", i + 1);
+        fprintf(f, ",\n{\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"cat\":\"task\",\"name\":", tk[i].pid,
+                tk[i].tid);
         put_name(f, lp_names_get(&eng->names, e->fn));
         put_us(f, "ts", e->ts);
         put_us(f, "dur", e->end - e->ts);
+        uint64_t parent = e->other;
+        if (!parent && tab) parent = find(tab, mask, e->task)->spawner;
         fprintf(f, ",\"args\":{\"id\":%" PRIu64 ",\"parent\":%" PRIu64 ",\"depth\":%d}}", e->task,
-                e->other, e->depth);
+                parent, e->depth);
       } else if (tab) {
         first *fs = find(tab, mask, e->task);
-        if (!fs->task) continue; /* the child never ran (cancelled) */
+        if (!fs->sliced) continue; /* the child never ran (cancelled) */
         fprintf(f,
-                ",\n{\"ph\":\"s\",\"pid\":1,\"tid\":%d,\"cat\":\"spawn\",\"name\":\"spawn\","
+                ",\n{\"ph\":\"s\",\"pid\":%d,\"tid\":%d,\"cat\":\"spawn\",\"name\":\"spawn\","
                 "\"id\":%" PRIu64,
-                i + 1, e->task);
+                tk[i].pid, tk[i].tid, e->task);
         put_us(f, "ts", e->ts);
         fprintf(f, "}");
         fprintf(f,
-                ",\n{\"ph\":\"f\",\"bp\":\"e\",\"pid\":1,\"tid\":%d,\"cat\":\"spawn\","
+                ",\n{\"ph\":\"f\",\"bp\":\"e\",\"pid\":%d,\"tid\":%d,\"cat\":\"spawn\","
                 "\"name\":\"spawn\",\"id\":%" PRIu64,
-                fs->tid, e->task);
+                tk[fs->track].pid, tk[fs->track].tid, e->task);
         /* 1 ns into the slice: at its very start the slice before it on
          * the track (which ends there) would enclose it too. */
         put_us(f, "ts", fs->ts + (fs->end - fs->ts >= 2));
@@ -268,29 +331,74 @@ static void write_events(luapool *eng, lp_trace *tr, FILE *f, first *tab, size_t
   }
   fprintf(f,
           "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"producer\":\"luapool %s\","
-          "\"workers\":%d,\"dropped_events\":%" PRIu64 "}}\n",
-          LUAPOOL_VERSION, tr->n, lp_trace_dropped(eng));
+          "\"workers\":%d,\"process_threads\":%d,\"dropped_events\":%" PRIu64 "}}\n",
+          LUAPOOL_VERSION, tr->n, tr->nremote, lp_trace_dropped(eng));
 }
 
 /* The table of first slices, or NULL when out of memory (no flows then). */
-static first *first_slices(lp_trace *tr, size_t *mask_out) {
+static first *first_slices(const track *tk, int ntk, size_t *mask_out) {
   size_t nslices = 0;
-  for (int i = 0; i < tr->n; i++) nslices += tr->w[i].n;
+  for (int i = 0; i < ntk; i++) nslices += tk[i].b->n;
   size_t cap = 16;
   while (cap < nslices * 2) cap *= 2;
   first *tab = calloc(cap, sizeof *tab);
   if (!tab) return NULL;
-  for (int i = 0; i < tr->n; i++) {
-    struct lp_tbuf *b = &tr->w[i];
+  for (int i = 0; i < ntk; i++) {
+    struct lp_tbuf *b = tk[i].b;
     for (size_t k = 0; k < b->n; k++) {
       tev *e = at(b, k);
-      if (e->kind != EV_SLICE) continue;
       first *fs = find(tab, cap - 1, e->task);
-      if (!fs->task || e->ts < fs->ts) *fs = (first){e->task, e->ts, e->end, i + 1};
+      fs->task = e->task;
+      if (e->kind == EV_SPAWN) {
+        fs->spawner = e->other;
+      } else if (!fs->sliced || e->ts < fs->ts) {
+        fs->ts = e->ts;
+        fs->end = e->end;
+        fs->track = i;
+        fs->sliced = 1;
+      }
     }
   }
   *mask_out = cap - 1;
   return tab;
+}
+
+static int by_process(const void *a, const void *b) {
+  const struct lp_tbuf *x = *(struct lp_tbuf *const *)a, *y = *(struct lp_tbuf *const *)b;
+  if (x->process != y->process) return x->process < y->process ? -1 : 1;
+  return x->thread < y->thread ? -1 : x->thread > y->thread;
+}
+
+/* Every track in the order of the file; NULL when out of memory. */
+static track *tracks(lp_trace *tr, int *n) {
+  track *tk = malloc(sizeof *tk * (size_t)(tr->n + tr->nremote + 1));
+  if (!tk) return NULL;
+  qsort(tr->remote, (size_t)tr->nremote, sizeof *tr->remote, by_process);
+  int k = 0;
+  for (int i = 0; i < tr->n; i++, k++) tk[k] = (track){&tr->w[i], 1, k + 1};
+  for (int i = 0; i < tr->nremote; i++, k++)
+    tk[k] = (track){tr->remote[i], 1 + tr->remote[i]->process, k + 1};
+  *n = k;
+  return tk;
+}
+
+static void free_buf(struct lp_tbuf *b) {
+  for (size_t c = 0; c < b->nchunks; c++) free(b->chunks[c]);
+  free(b->chunks);
+}
+
+static void free_trace(luapool *eng, lp_trace *tr) {
+  for (int i = 0; i < tr->n; i++) free_buf(&tr->w[i]);
+  for (int i = 0; i < tr->nremote; i++) {
+    free_buf(tr->remote[i]);
+    free(tr->remote[i]);
+  }
+  free(tr->remote);
+  free(tr->w);
+  free(tr->samples);
+  pthread_mutex_destroy(&tr->lock);
+  free(tr);
+  eng->trace = NULL;
 }
 
 static void report(luapool *eng, const char *path, const char *why) {
@@ -310,23 +418,32 @@ void lp_trace_close(luapool *eng) {
     return;
   }
   lp_trace *tr = eng->trace;
-  FILE *f = fopen(path, "w");
+  if (eng->link) {
+    /* A worker process: its events go to the engine, which writes them
+     * with its own. */
+    for (int i = 0; i < tr->n; i++)
+      for (size_t k = 0; k < tr->w[i].n; k++) {
+        tev e = *at(&tr->w[i], k);
+        e.ts += tr->origin;
+        if (e.kind == EV_SLICE) e.end += tr->origin;
+        lp_procworker_trace(eng, i + 1, &e, lp_names_get(&eng->names, e.fn));
+      }
+    free_trace(eng, tr);
+    return;
+  }
+  int ntk = 0;
+  track *tk = tracks(tr, &ntk);
+  FILE *f = tk ? fopen(path, "w") : NULL;
   if (!f) {
-    report(eng, path, strerror(errno));
+    report(eng, path, tk ? strerror(errno) : "out of memory");
   } else {
     size_t mask = 0;
-    first *tab = first_slices(tr, &mask);
-    write_events(eng, tr, f, tab, mask);
+    first *tab = first_slices(tk, ntk, &mask);
+    write_events(eng, tr, tk, ntk, f, tab, mask);
     free(tab);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad) report(eng, path, "write error");
   }
-  for (int i = 0; i < tr->n; i++) {
-    for (size_t c = 0; c < tr->w[i].nchunks; c++) free(tr->w[i].chunks[c]);
-    free(tr->w[i].chunks);
-  }
-  free(tr->w);
-  free(tr->samples);
-  free(tr);
-  eng->trace = NULL;
+  free(tk);
+  free_trace(eng, tr);
 }

@@ -24,7 +24,8 @@
 enum {
   /* engine -> worker process */
   LP_MSG_INIT = 1, /* u64 slot, u64 threads, u64 order, u64 memory_limit, u64 id_base,
-                      f64 task_timeout, bytes chunkname, bytes script, bytes pool */
+                      f64 task_timeout, bytes chunkname, bytes script, bytes pool,
+                      u64 trace (1: keep trace events and send them at the end) */
   LP_MSG_EXEC,     /* u64 id, bytes fn, u64 depth, f64 priority, f64 timeout, bytes args */
   LP_MSG_CANCEL,   /* u64 id */
   LP_MSG_STOP,     /* the run is being cancelled: stop everything */
@@ -43,6 +44,8 @@ enum {
   LP_MSG_STATS,   /* u64 subtasks made, u64 subtasks finished, u64 queued, u64 running,
                      u64 run, u64 failed, u64 retried, u64 deepest level, f64 CPU seconds,
                      u64 threads, then per thread: u64 run, f64 busy */
+  LP_MSG_TRACE,   /* u64 thread, u64 kind, u64 ts, u64 end, u64 task, u64 other, u64 depth,
+                     bytes fn: one trace event, times in CLOCK_MONOTONIC ns */
   LP_MSG_MAX
 };
 

@@ -107,6 +107,34 @@ describe("--trace", function()
     assert.are.equal(0, doc.otherData.dropped_events)
   end)
 
+  it("traces the tasks run in worker processes on tracks of their own", function()
+    local res, doc = traced(H.root .. "/examples/nested_loops.lua", {},
+                            { "--processes", "2", "--threads", "2" })
+    assert.are.equal(0, res.code, H.describe(res))
+    assert.are.same(H.nested_loop_lines(), res.lines)
+    local ix = index(doc)
+    local count, remote = 0, 0
+    for id, t in pairs(ix.tasks) do
+      count = count + 1
+      if t.name ~= "main" then assert(ix.tasks[t.parent], "the parent of " .. id .. " is traced") end
+      -- main runs on the engine's thread (process 1 of the file), the
+      -- rest in the worker processes.
+      local pid = t[1].pid
+      if t.name == "main" then
+        assert.are.equal(1, pid)
+      else
+        assert.is_true(pid == 2 or pid == 3, "task " .. id .. " on pid " .. tostring(pid))
+        assert.truthy(ix.names[t[1].tid]:match("^process [12] thread [12]$"), ix.names[t[1].tid])
+        remote = remote + 1
+      end
+    end
+    assert.are.equal(51, count)
+    assert.are.equal(50, remote)
+    check_tracks(ix)
+    assert.are.equal(50, check_flows(ix)) -- main's spawns cross into the processes too
+    assert.are.equal(0, doc.otherData.dropped_events)
+  end)
+
   it("shows a task that waits as one slice per resumption", function()
     local res, doc = traced([[
 local luapool = require "luapool"
