@@ -373,7 +373,7 @@ static int by_process(const void *a, const void *b) {
 static track *tracks(lp_trace *tr, int *n) {
   track *tk = malloc(sizeof *tk * (size_t)(tr->n + tr->nremote + 1));
   if (!tk) return NULL;
-  qsort(tr->remote, (size_t)tr->nremote, sizeof *tr->remote, by_process);
+  if (tr->nremote > 1) qsort(tr->remote, (size_t)tr->nremote, sizeof *tr->remote, by_process);
   int k = 0;
   for (int i = 0; i < tr->n; i++, k++) tk[k] = (track){&tr->w[i], 1, k + 1};
   for (int i = 0; i < tr->nremote; i++, k++)
