@@ -77,14 +77,15 @@ typedef struct lp_conn {
   struct lp_procs *ps;
   int slot;
   pid_t pid;
-  int fd;       /* the engine's end of the socket pair */
-  unsigned gen; /* bumped when the process is replaced */
-  int ready;    /* READY seen: it has loaded the script */
-  int gone;     /* no process could be started here */
-  int early;    /* processes in a row that died before they were ready */
-  long credits; /* tasks it asked for and has not been sent */
-  lp_buf out;   /* frames other than EXEC waiting for the feeder */
-  int waiting;  /* the feeder sleeps on cond */
+  int fd;          /* the engine's end of the socket pair */
+  unsigned gen;    /* bumped when the process is replaced */
+  int ready;       /* READY seen: it has loaded the script */
+  int gone;        /* no process could be started here */
+  int early;       /* processes in a row that died before they were ready */
+  double asked_at; /* when it was last asked to share its queued tasks */
+  long credits;    /* tasks it asked for and has not been sent */
+  lp_buf out;      /* frames other than EXEC waiting for the feeder */
+  int waiting;     /* the feeder sleeps on cond */
   pthread_cond_t cond;
   pthread_mutex_t wlock;
   pthread_t reader, feeder;
@@ -135,13 +136,79 @@ static void poke_best(lp_procs *ps) {
   if (best) poke(best);
 }
 
+/* ---- tasks a process handed over (EXPORT), relayed back to it ---- */
+
+/* Sends a frame about relay task t to the process that exported it, if
+ * that process is still the one that did (a replaced one never knew it). */
+static void relay(lp_task *t, lp_buf *frame, size_t mark) {
+  lp_conn *a = t->relay;
+  lp_wire_end(frame, mark);
+  pthread_mutex_lock(&a->ps->lock);
+  if (a->gen == t->relay_gen && a->fd >= 0 && !a->ps->closing) {
+    lp_buf_append(&a->out, frame->data, frame->len);
+    poke(a);
+  }
+  pthread_mutex_unlock(&a->ps->lock);
+  lp_buf_free(frame);
+}
+
+static void relay_result(lp_task *t, int state, const char *res, size_t len, const char *note,
+                         size_t notelen) {
+  lp_buf b;
+  size_t mark;
+  lp_buf_init(&b);
+  if (lp_wire_begin(&b, LP_MSG_RESULT, &mark) || lp_wire_u64(&b, t->id) ||
+      lp_wire_u64(&b, (uint64_t)state) || lp_wire_u64(&b, 0) || lp_wire_bytes(&b, res, len) ||
+      lp_wire_bytes(&b, note, notelen)) {
+    lp_buf_free(&b);
+    return;
+  }
+  relay(t, &b, mark);
+}
+
+static void relay_record(lp_task *t, luapool *eng, const lp_record *r) {
+  lp_buf b;
+  size_t mark;
+  lp_buf_init(&b);
+  const char *fn = lp_names_get(&eng->names, r->fn);
+  if (lp_wire_begin(&b, LP_MSG_RECORD, &mark) || lp_wire_u64(&b, t->id) ||
+      lp_wire_u64(&b, (uint64_t)r->kind) || lp_wire_u64(&b, r->task) ||
+      lp_wire_bytes(&b, fn, strlen(fn)) || lp_wire_f64(&b, r->priority) ||
+      lp_wire_bytes(&b, r->data, r->len)) {
+    lp_buf_free(&b);
+    return;
+  }
+  relay(t, &b, mark);
+}
+
+/* The relay task's subtree has ended: DONE to its process, and the engine
+ * lets it go (it never was part of the engine's own tree). */
+static void relay_done(lp_task *t, int sent) {
+  lp_buf b;
+  size_t mark;
+  lp_buf_init(&b);
+  if (lp_wire_begin(&b, LP_MSG_DONE, &mark) == 0 && lp_wire_u64(&b, t->id) == 0)
+    relay(t, &b, mark);
+  else
+    lp_buf_free(&b);
+  t->remote = 0;
+  if (sent) lp_task_unref(t); /* the connection's */
+  lp_task_unref(t);           /* its own */
+}
+
 /* Finishes t with the message text as its error. */
 static void finish_with(lp_task *t, lp_task_state state, const char *text) {
   lp_buf msg;
   lp_buf_init(&msg);
   if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, strlen(text)) != 0)
     lp_buf_reset(&msg);
-  lp_task_finish(t, state, &msg);
+  if (t->relay) {
+    const char *note = t->failnote ? t->failnote : "";
+    relay_result(t, state, msg.data, msg.len, note, strlen(note));
+    atomic_store(&t->state, (int)state);
+  } else {
+    lp_task_finish(t, state, &msg);
+  }
   lp_buf_free(&msg);
 }
 
@@ -159,10 +226,12 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
     snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s", name, (unsigned long long)t->id,
              ps->lost);
     finish_with(t, LP_TASK_FAILED, text);
+    if (t->relay) relay_done(t, 0);
     return;
   }
   snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled", name, (unsigned long long)t->id);
   finish_with(t, LP_TASK_CANCELLED, text);
+  if (t->relay) relay_done(t, 0);
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
@@ -185,6 +254,10 @@ static int push(luapool *eng, lp_task *t, int front) {
 int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
 
 void lp_procs_cancel(luapool *eng, lp_task *t) {
+  if (eng->link) { /* inside a worker process: a task it handed over */
+    lp_procworker_cancel(eng, t);
+    return;
+  }
   lp_procs *ps = eng->pools ? eng->pools[t->pool].procs : NULL;
   if (!ps) return;
   pthread_mutex_lock(&ps->lock);
@@ -287,6 +360,11 @@ static lp_task *lookup(lp_conn *c, uint64_t id, int take) {
 
 static void finish_remote(luapool *eng, lp_task *t, int state, const char *res, size_t len,
                           const char *note, size_t notelen) {
+  if (t->relay) {
+    relay_result(t, state, res, len, note, notelen);
+    atomic_store(&t->state, state);
+    return;
+  }
   if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
   lp_buf b;
   lp_buf_init(&b);
@@ -314,6 +392,16 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     lp_task_remote_done(t); /* the body's unit stays: it runs again */
     push(eng, t, 0);
     lp_task_unref(t);
+    return;
+  }
+  if (t->relay) {
+    for (lp_record *r = t->held, *next; r; r = next) {
+      next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
+      relay_record(t, eng, r);
+      free(r);
+    }
+    t->held = t->held_tail = NULL;
+    relay_done(t, 1);
     return;
   }
   for (lp_record *r = t->held, *next; r; r = next) {
@@ -370,10 +458,15 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
     else
       t->held = rec;
     t->held_tail = rec;
+  } else if (t->relay) {
+    relay_record(t, eng, rec);
+    free(rec);
   } else {
     lp_report_add(&eng->report, t, rec);
   }
 }
+
+static void ask_to_share(lp_procs *ps, lp_conn *c);
 
 static void on_stats(lp_conn *c, lp_wire_msg *m) {
   lp_procs *ps = c->ps;
@@ -402,7 +495,65 @@ static void on_stats(lp_conn *c, lp_wire_msg *m) {
   r->retried = v[6];
   r->depth = (int)v[7];
   r->cpu = cpu;
+  /* Tasks wait here while another process asks for work in vain. */
+  for (int i = 0; i < ps->n && r->queued >= 2 && ps->queue.n == 0 && !ps->stopping; i++) {
+    lp_conn *o = &ps->conns[i];
+    if (o != c && o->ready && o->credits > 0) ask_to_share(ps, o);
+  }
   pthread_mutex_unlock(&ps->lock);
+}
+
+/* The process that handed over task `id` cancels it: so does the process
+ * that runs it. */
+static void on_cancel_export(lp_procs *ps, uint64_t id) {
+  lp_task *t = NULL;
+  for (int i = 0; i < ps->n && !t; i++) {
+    lp_conn *o = &ps->conns[i];
+    pthread_mutex_lock(&o->mlock);
+    if ((t = lp_idmap_get(&o->tasks, id)) && t->relay)
+      lp_task_ref(t);
+    else
+      t = NULL;
+    pthread_mutex_unlock(&o->mlock);
+  }
+  if (!t) return; /* not sent yet (it runs, and its end is relayed), or over */
+  lp_task_cancel(t);
+  lp_task_unref(t);
+}
+
+/* A process hands over a task that waits there (after HUNGRY): it runs
+ * in whichever process asks next, and what happens to it is relayed. */
+static void on_export(lp_conn *c, lp_wire_msg *m) {
+  lp_procs *ps = c->ps;
+  luapool *eng = ps->eng;
+  uint64_t id, depth, retries;
+  double prio, timeout;
+  const char *fn, *args;
+  size_t fnlen, argslen;
+  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_u64(m, &depth) ||
+      lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) || lp_wire_get_u64(m, &retries) ||
+      lp_wire_get_bytes(m, &args, &argslen))
+    return;
+  int fid = lp_names_intern(&eng->names, fn, fnlen);
+  lp_buf b;
+  lp_buf_init(&b);
+  if (fid < 0 || lp_buf_append(&b, args, argslen) != 0) {
+    lp_buf_free(&b);
+    return;
+  }
+  lp_task *t = lp_task_new(eng, NULL, fid, prio == prio ? prio : 0, &b);
+  if (!t) return;
+  /* Counted where it was made: not a task of the engine's own. */
+  atomic_fetch_sub(&eng->stats.host_created, 1);
+  t->id = id;
+  t->depth = depth > 1000000 ? 1000000 : (int)depth;
+  t->timeout = timeout > 0 ? timeout : 0;
+  t->retries = retries > 1000000 ? 1000000 : (int)retries;
+  t->pool = ps->pool;
+  atomic_store(&t->awaited, 1); /* its process reports it if nobody waits */
+  t->relay = c;
+  t->relay_gen = c->gen;
+  push(eng, t, 0);
 }
 
 static void on_trace(lp_conn *c, lp_wire_msg *m) {
@@ -534,6 +685,10 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
       break;
     case LP_MSG_STATS: on_stats(c, m); break;
     case LP_MSG_TRACE: on_trace(c, m); break;
+    case LP_MSG_EXPORT: on_export(c, m); break;
+    case LP_MSG_CANCEL:
+      if (lp_wire_get_u64(m, &v) == 0) on_cancel_export(ps, v);
+      break;
     case LP_MSG_RESULT: on_result(c, m); break;
     case LP_MSG_RECORD: on_record(c, m); break;
     case LP_MSG_DONE:
@@ -822,6 +977,30 @@ static int put_exec(lp_buf *b, luapool *eng, lp_task *t) {
   return 0;
 }
 
+/* Under lock: c's process asks for work and none is queued. The process
+ * with the most tasks waiting (by its last STATS) is asked to hand some
+ * over, at most every 5 ms. */
+static void ask_to_share(lp_procs *ps, lp_conn *c) {
+  lp_conn *busy = NULL;
+  double now = lp_now();
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *o = &ps->conns[i];
+    if (o == c || !o->ready || o->fd < 0 || now - o->asked_at < 0.005) continue;
+    if (o->now.queued >= 2 && (!busy || o->now.queued > busy->now.queued)) busy = o;
+  }
+  if (!busy) return;
+  long n = busy->now.queued / 2 < c->credits ? busy->now.queued / 2 : c->credits;
+  size_t mark;
+  if (lp_wire_begin(&busy->out, LP_MSG_HUNGRY, &mark) || lp_wire_u64(&busy->out, (uint64_t)n)) {
+    busy->out.len = mark;
+    return;
+  }
+  lp_wire_end(&busy->out, mark);
+  busy->asked_at = now;
+  busy->now.queued -= n; /* until its next STATS says otherwise */
+  poke(busy);
+}
+
 static void *feeder_main(void *arg) {
   lp_conn *c = arg;
   lp_procs *ps = c->ps;
@@ -837,6 +1016,7 @@ static void *feeder_main(void *arg) {
       watched = lp_now();
     }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->queue.n > 0;
+    if (c->ready && c->credits > 0 && ps->queue.n == 0 && !ps->stopping) ask_to_share(ps, c);
     if (!c->out.len && !sendable) {
       c->waiting = 1;
       struct timespec ts;

@@ -47,6 +47,8 @@ int lp_procworker_main(int in_fd, int out_fd);
 void lp_procworker_started(struct luapool *eng, struct lp_task *t);
 void lp_procworker_root_done(struct luapool *eng, struct lp_task *t);
 void lp_procworker_idle(struct luapool *eng);
+/* A task this process handed over to another is cancelled: any thread. */
+void lp_procworker_cancel(struct luapool *eng, struct lp_task *t);
 /* At close, with --trace: one event of worker thread `thread` (from 1) for
  * the engine, its times in lp_stats_ns() terms. */
 struct lp_trace_ev;

@@ -19,6 +19,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,8 +34,10 @@
 #include <lauxlib.h>
 
 #include "engine.h"
+#include "idmap.h"
 #include "lib.h"
 #include "pool.h"
+#include "report.h"
 #include "timer.h"
 #include "proc.h"
 #include "trace.h"
@@ -95,6 +99,7 @@ typedef struct lp_link {
   double win_start;
   uint64_t win_ended;
   int stopping;
+  lp_idmap exported;        /* tasks handed to the engine for another process */
   luapool_worker_stats *ws; /* one per thread, for STATS */
   uint64_t stats_sent;      /* bodies ended at the last STATS */
   double stats_at;          /* when it went */
@@ -337,6 +342,106 @@ static void on_cancel(lp_link *k, uint64_t id) {
     if (x->id == id) lp_task_cancel(x->t);
 }
 
+/* ---- tasks run by other processes ---- */
+
+/* HUNGRY: another process is idle. Up to n tasks that wait here and have
+ * not begun go to the engine (EXPORT) to run there. Each stays in its tree
+ * as a proxy: the RESULT, RECORD and DONE frames the engine relays back
+ * finish it, as the engine itself finishes the tasks it sends. */
+static void on_hungry(lp_link *k, uint64_t n) {
+  luapool *eng = k->eng;
+  lp_task *out[64];
+  int got = k->stopping ? 0 : lp_sched_export(&eng->sched, out, n < 64 ? (int)n : 64);
+  for (int i = 0; i < got; i++) {
+    lp_task *t = out[i];
+    const char *fn = lp_names_get(&eng->names, t->fn);
+    size_t mark, len = k->wbuf.len;
+    if (atomic_load(&t->state) != LP_TASK_QUEUED || lp_idmap_put(&k->exported, t) != 0) {
+      lp_sched_inject(&eng->sched, t); /* it runs here after all */
+      continue;
+    }
+    if (lp_wire_begin(&k->wbuf, LP_MSG_EXPORT, &mark) || lp_wire_u64(&k->wbuf, t->id) ||
+        lp_wire_bytes(&k->wbuf, fn, strlen(fn)) || lp_wire_u64(&k->wbuf, (uint64_t)t->depth) ||
+        lp_wire_f64(&k->wbuf, t->priority) || lp_wire_f64(&k->wbuf, t->timeout) ||
+        lp_wire_u64(&k->wbuf, (uint64_t)(t->retries > 0 ? t->retries : 0)) ||
+        lp_wire_bytes(&k->wbuf, t->args.data, t->args.len)) {
+      k->wbuf.len = len;
+      lp_idmap_take(&k->exported, t->id);
+      lp_sched_inject(&eng->sched, t);
+      continue;
+    }
+    lp_wire_end(&k->wbuf, mark);
+    t->remote = 1;
+    t->retries = 0; /* the engine runs it again if it fails there */
+    atomic_store(&t->state, LP_TASK_RUNNING);
+    lp_task_ref(t);          /* the link's, until DONE */
+    lp_task_remote_begin(t); /* its subtree there counts here until DONE */
+  }
+}
+
+void lp_procworker_cancel(luapool *eng, lp_task *t) {
+  lp_link *k = eng->link;
+  size_t mark;
+  pthread_mutex_lock(&k->lock);
+  if (lp_wire_begin(&k->out, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(&k->out, t->id) == 0)
+    lp_wire_end(&k->out, mark);
+  pthread_mutex_unlock(&k->lock);
+  kick(k);
+}
+
+static void relayed_done(lp_link *k, lp_task *t) {
+  t->remote = 0;
+  lp_report_remote_done(&k->eng->report, t);
+  lp_task_remote_done(t);
+  lp_task_unref(t);
+}
+
+static int on_relayed(lp_link *k, lp_wire_msg *m) {
+  luapool *eng = k->eng;
+  uint64_t id, state, done, kind, task;
+  const char *res, *note, *fn;
+  size_t len, notelen, fnlen;
+  double prio;
+  lp_task *t;
+  switch (m->type) {
+    case LP_MSG_RESULT:
+      if (lp_wire_get_u64(m, &id) || lp_wire_get_u64(m, &state) || lp_wire_get_u64(m, &done) ||
+          lp_wire_get_bytes(m, &res, &len) || lp_wire_get_bytes(m, &note, &notelen) ||
+          state < LP_TASK_OK || state > LP_TASK_CANCELLED)
+        return -1;
+      t = done ? lp_idmap_take(&k->exported, id) : lp_idmap_get(&k->exported, id);
+      if (!t) return 0;
+      if (!lp_task_finished(t)) {
+        if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
+        lp_buf b;
+        lp_buf_init(&b);
+        if (lp_buf_append(&b, res, len) != 0) lp_buf_reset(&b);
+        lp_task_finish(t, (lp_task_state)state, &b);
+        lp_buf_free(&b);
+      }
+      if (done) relayed_done(k, t);
+      return 0;
+    case LP_MSG_RECORD: {
+      if (lp_wire_get_u64(m, &id) || lp_wire_get_u64(m, &kind) || lp_wire_get_u64(m, &task) ||
+          lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_f64(m, &prio) ||
+          lp_wire_get_bytes(m, &res, &len) || kind > LUAPOOL_RECORD_PRINT)
+        return -1;
+      if (!(t = lp_idmap_get(&k->exported, id))) return 0;
+      lp_record *rec = lp_record_new((int)kind, NULL, prio, res, len);
+      if (!rec) return 0;
+      rec->task = task;
+      rec->fn = lp_names_intern(&eng->names, fn, fnlen);
+      lp_report_add(&eng->report, t, rec);
+      return 0;
+    }
+    case LP_MSG_DONE:
+      if (lp_wire_get_u64(m, &id)) return -1;
+      if ((t = lp_idmap_take(&k->exported, id))) relayed_done(k, t);
+      return 0;
+    default: return -1;
+  }
+}
+
 /* Handles every whole frame in rbuf. -1: a malformed frame. */
 static int read_frames(lp_link *k) {
   size_t off = 0;
@@ -365,6 +470,15 @@ static int read_frames(lp_link *k) {
         on_reply(k, v, (int64_t)value);
         break;
       }
+      case LP_MSG_HUNGRY:
+        if (lp_wire_get_u64(&m, &v) != 0) return -1;
+        on_hungry(k, v);
+        break;
+      case LP_MSG_RESULT:
+      case LP_MSG_RECORD:
+      case LP_MSG_DONE:
+        if (on_relayed(k, &m) != 0) return -1;
+        break;
       default: return -1;
     }
   }
@@ -456,7 +570,9 @@ static void forward(lp_link *k) {
   for (; st; st = st->st_next) put_id(k, LP_MSG_STARTED, st->id);
   uint64_t ended = k->ended;
   for (lp_exec *x = fin; x; x = x->fin_next) ended++;
-  if (ended != k->stats_sent || done || (k->active && lp_now() - k->stats_at >= 0.1))
+  /* While tasks run, every 10 ms too: the engine asks busy processes to
+   * share their queued tasks by these figures. */
+  if (ended != k->stats_sent || done || (k->active && lp_now() - k->stats_at >= 0.01))
     put_stats(k, ended);
   for (lp_exec *x = done; x; x = x->done_next) x->is_done = 1;
   if (eng->report.order == LUAPOOL_ORDER_COMPLETION) {
@@ -636,6 +752,7 @@ static int leave(lp_link *k, luapool *eng, int code) {
   lp_buf_free(&k->wbuf);
   lp_buf_free(&k->rbuf);
   free(k->ws);
+  free(k->exported.slot);
   lp_task_cache_self = NULL;
   lp_task_cache_drain(&k->cache);
   pthread_mutex_destroy(&k->lock);
@@ -727,6 +844,9 @@ int lp_procworker_main(int in_fd, int out_fd) {
      * at luapool_close in thread mode), and the engine still listens. The
      * trace's events go too. */
     fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) & ~O_NONBLOCK);
+    /* The process is about to exit: freeing the states' memory need not
+     * hand it back to the system page by page (an madvise per free). */
+    mallopt(M_TRIM_THRESHOLD, INT_MAX);
     luapool_close(eng);
     pthread_mutex_lock(&k.lock);
     lp_buf_append(&k.wbuf, k.out.data, k.out.len);

@@ -398,6 +398,34 @@ void lp_sched_stop(lp_sched *s) {
   }
 }
 
+int lp_sched_export(lp_sched *s, struct lp_task **out, int max) {
+  int n = 0;
+  while (n < max) {
+    /* The fullest queue gives its oldest tasks: the largest pieces of a
+     * fork-join tree, as a thief would take them. */
+    lp_wq *q = NULL;
+    long most = 1; /* a worker's last queued task stays: it is about to run it */
+    for (int i = 0; i < s->n; i++) {
+      long r = atomic_load_explicit(&s->wq[i].nready, memory_order_relaxed);
+      if (r > most) most = r, q = &s->wq[i];
+    }
+    if (!q) break;
+    int got = 0;
+    lp_spin_lock(&q->lock);
+    long want = (atomic_load_explicit(&q->nready, memory_order_relaxed) + 1) / 2;
+    for (int i = 0; i < q->nlevels && got == 0; i++) {
+      lp_deque *d = &q->levels[i].dq;
+      while (got < want && n + got < max && dq_size(d) > 1) out[n + got++] = dq_pop_bottom(d);
+      if (got) level_trim(q, i);
+    }
+    atomic_fetch_sub_explicit(&q->nready, got, memory_order_relaxed);
+    lp_spin_unlock(&q->lock);
+    if (!got) break;
+    n += got;
+  }
+  return n;
+}
+
 long lp_sched_queued(lp_sched *s) {
   long n = 0;
   for (int p = 0; p < s->npools; p++) n += atomic_load(&s->inj[p].n);

@@ -102,5 +102,9 @@ void lp_sched_stop(lp_sched *s);
 
 /* Tasks waiting in every queue (an estimate while workers run). */
 long lp_sched_queued(lp_sched *s);
+/* Any thread: takes up to max tasks that wait in the workers' queues and
+ * have not begun (the oldest of the fullest queues first, never a queue's
+ * last), for another process to run. Returns how many. */
+int lp_sched_export(lp_sched *s, struct lp_task **out, int max);
 
 #endif

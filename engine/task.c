@@ -110,6 +110,8 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->retry_pending = 0;
   t->held = t->held_tail = NULL;
   t->ext = NULL;
+  t->relay = NULL;
+  t->relay_gen = 0;
   if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
   return t;
 }

@@ -91,6 +91,11 @@ typedef struct lp_task {
   lp_record *held;   /* its subtree's records, kept while a retry could still come */
   lp_record *held_tail;
   void *ext; /* inside a worker process: the lp_exec of a task sent to it */
+  /* Engine side: a task another worker process handed over (EXPORT). It is
+   * no task of the engine's tree: what happens to it is relayed to that
+   * process's connection while it has generation relay_gen. */
+  void *relay;
+  unsigned relay_gen;
 } lp_task;
 
 /* The cache of the calling thread (set by each worker), or NULL. */

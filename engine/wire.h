@@ -46,6 +46,13 @@ enum {
                      u64 threads, then per thread: u64 run, f64 busy */
   LP_MSG_TRACE,   /* u64 thread, u64 kind, u64 ts, u64 end, u64 task, u64 other, u64 depth,
                      bytes fn: one trace event, times in CLOCK_MONOTONIC ns */
+  /* Work sharing between processes. The engine relays what happens to an
+   * exported task to the process that exported it as RESULT, RECORD and
+   * DONE frames (engine -> process), laid out as above. */
+  LP_MSG_HUNGRY, /* engine -> process: u64 n: hand over up to n tasks that wait */
+  LP_MSG_EXPORT, /* u64 id, bytes fn, u64 depth, f64 priority, f64 timeout, u64 retries,
+                    bytes args: a task for another process to run. CANCEL (u64 id) from a
+                    process cancels a task it exported. */
   LP_MSG_MAX
 };
 

@@ -195,6 +195,13 @@ function helpers.run_killing_workers(script, words, max_kills)
   return text, rc, tonumber(kills), status
 end
 
+-- How many keys a table has.
+function helpers.count_keys(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
 -- The lines of text that are not plain numbers, the first 40: what a run
 -- whose records are numbers said besides them.
 function helpers.not_numbers(text)

@@ -547,6 +547,96 @@ describe("os.exit in a thread worker", function()
   end)
 end)
 
+-- One task's subtree in a process pool: the tasks that wait in a busy
+-- process are handed over to an idle one (HUNGRY, EXPORT), and what
+-- happens to them is relayed back to their place in the tree.
+describe("work shared between worker processes", function()
+  local TREE = [[
+    local luapool = require "luapool"
+    local function spin(n) local x = 0 for k = 1, n do x = x + k % 7 end return x end
+    -- A deep, uneven tree with records at every level; `mode` "pids" emits
+    -- the process of every leaf instead.
+    function node(depth, path, mode)
+      if mode ~= "pids" then print(path .. " start") end
+      if depth == 0 then
+        spin(mode == "slow" and 300000 or 20000)
+        if mode == "pids" then luapool.emit(luapool.self().pid) else luapool.emit(path) end
+        return 1
+      end
+      local fs = {}
+      for i = 1, 2 + depth % 2 do fs[i] = luapool.spawn(node, depth - 1, path .. "." .. i, mode) end
+      local sum = 0
+      for i = 1, #fs do sum = sum + fs[i]:get() end
+      if mode ~= "pids" then luapool.emit({ path = path, leaves = sum }) end
+      return sum
+    end
+    function main(mode) luapool.emit("leaves " .. luapool.spawn(node, 7, "r", mode):get()) end
+  ]]
+
+  it("spreads one task's subtree over the processes, in tree order as a sequential run", function()
+    local seq = helpers.run(TREE, { "tree" }, { workers = 0 })
+    assert.are.equal(0, seq.code, helpers.describe(seq))
+    assert.are.equal("leaves 648", seq.lines[#seq.lines])
+    for _, flags in ipairs({ { "--processes", "2" }, { "--processes", "4" },
+                             { "--processes", "2", "--threads", "2" } }) do
+      local res = helpers.run(TREE, { "tree" }, { flags = flags, timeout = 120 })
+      assert.are.equal(0, res.code, helpers.describe(res))
+      assert.are.same(seq.lines, res.lines, table.concat(flags, " "))
+    end
+    -- The leaves ran in more than one process.
+    local res = helpers.run(TREE, { "pids" }, { flags = { "--processes", "2" }, timeout = 120 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    local pids = {}
+    for i = 1, #res.lines - 1 do pids[res.lines[i]] = true end
+    assert.are.equal("leaves 648", res.lines[#res.lines])
+    assert.are.equal(2, helpers.count_keys(pids), helpers.describe(res))
+  end)
+
+  it("cancels a task handed over to another process where it runs", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      local function spin(n) local x = 0 for k = 1, n do x = x + k % 7 end return x end
+      function child(i)
+        spin(3000000)
+        luapool.emit(luapool.self().pid)
+        luapool.sleep(20)
+        return i
+      end
+      function parent()
+        local fs = {}
+        for i = 1, 10 do fs[i] = luapool.spawn(child, i) end
+        luapool.sleep(1)
+        for i = 1, 10 do fs[i]:cancel() end
+        local n = 0
+        for i = 1, 10 do
+          local ok, err = pcall(fs[i].get, fs[i])
+          if not ok and tostring(err):find("cancelled", 1, true) then n = n + 1 end
+        end
+        return n
+      end
+      function main() luapool.emit("cancelled " .. luapool.spawn(parent):get()) end
+    ]], {}, { flags = { "--processes", "2" }, timeout = 60 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal("cancelled 10", res.lines[#res.lines])
+    local pids = {}
+    for i = 1, #res.lines - 1 do pids[res.lines[i]] = true end
+    assert.are.equal(2, helpers.count_keys(pids), "the children ran in both processes: " ..
+      helpers.describe(res))
+    assert.is_true(res.elapsed < 15, "cancelled where they sleep, not after 20 s: " .. res.elapsed)
+  end)
+
+  it("keeps every record exactly once when a process is killed while work is shared", function()
+    local expected = helpers.run(TREE, { "slow" }, { workers = 0, timeout = 120 })
+    for _ = 1, 3 do
+      local text, rc, kills, status = helpers.run_killing_workers(TREE, { "slow", "--processes",
+        "2", "--retries", "3", "--no-progress" }, 1)
+      assert.are.equal("0", rc, status .. "\n" .. text:sub(1, 3000))
+      assert.are.equal(1, kills, status)
+      assert.are.same(expected.lines, helpers.split_lines(text))
+    end
+  end)
+end)
+
 describe("worker processes under SIGKILL", function()
   it("report every result exactly once with --retries 1 while a worker is killed every 200 ms",
     function()
