@@ -83,6 +83,7 @@ typedef struct lp_conn {
   int gone;        /* no process could be started here */
   int early;       /* processes in a row that died before they were ready */
   double asked_at; /* when it was last asked to share its queued tasks */
+  int relay_pick;  /* its feeder is to send the tasks handed over */
   long credits;    /* tasks it asked for and has not been sent */
   lp_buf out;      /* frames other than EXEC waiting for the feeder */
   int waiting;     /* the feeder sleeps on cond */
@@ -105,7 +106,11 @@ typedef struct lp_procs {
   lp_conn *conns;
   pthread_mutex_t lock;
   pthread_cond_t ready_cond;
-  lp_sendq queue;      /* tasks not yet sent */
+  lp_sendq queue; /* tasks not yet sent */
+  /* Tasks a process handed over, not yet sent. They go to the first
+   * process whose feeder looks, asked for or not: a process whose own
+   * tasks all wait for them may never ask again. */
+  lp_sendq relays;
   _Atomic int closing; /* read by the readers without the lock */
   int stopping;
   char lost[600]; /* why no process is left, once none is */
@@ -196,6 +201,21 @@ static void relay_done(lp_task *t, int sent) {
   lp_task_unref(t);           /* its own */
 }
 
+/* Under lock: wakes a feeder for a task handed over by `from`: one whose
+ * process asks for work, else any other, else from's own. */
+static void poke_for_relay(lp_procs *ps, lp_conn *from) {
+  lp_conn *pick = NULL;
+  for (int i = 0; i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    if (!c->ready || c->fd < 0) continue;
+    if (!pick || (c != from && (pick == from || c->credits > pick->credits))) pick = c;
+  }
+  if (pick) {
+    pick->relay_pick = 1;
+    poke(pick);
+  }
+}
+
 /* Finishes t with the message text as its error. */
 static void finish_with(lp_task *t, lp_task_state state, const char *text) {
   lp_buf msg;
@@ -242,11 +262,14 @@ static int push(luapool *eng, lp_task *t, int front) {
     cancel_unsent(eng, t);
     return 0;
   }
-  if (lp_sendq_push(&ps->queue, t, front) != 0) {
+  if (lp_sendq_push(t->relay ? &ps->relays : &ps->queue, t, front) != 0) {
     pthread_mutex_unlock(&ps->lock);
     return -1;
   }
-  poke_best(ps);
+  if (t->relay)
+    poke_for_relay(ps, t->relay);
+  else
+    poke_best(ps);
   pthread_mutex_unlock(&ps->lock);
   return 0;
 }
@@ -275,8 +298,9 @@ static void cancel_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
   size_t n = 0;
-  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->queue.n + 1));
+  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->queue.n + ps->relays.n + 1));
   for (lp_task *t; unsent && (t = lp_sendq_pop(&ps->queue));) unsent[n++] = t;
+  for (lp_task *t; unsent && (t = lp_sendq_pop(&ps->relays));) unsent[n++] = t;
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     size_t mark;
@@ -307,7 +331,8 @@ static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
       lp_wire_f64(b, eng->cfg.task_timeout) ||
       lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
       lp_wire_bytes(b, eng->script, eng->script_len) ||
-      lp_wire_bytes(b, d->name, strlen(d->name)) || lp_wire_u64(b, eng->cfg.trace_path != NULL))
+      lp_wire_bytes(b, d->name, strlen(d->name)) || lp_wire_u64(b, eng->cfg.trace_path != NULL) ||
+      lp_wire_u64(b, (uint64_t)eng->cfg.retries))
     return -1;
   lp_wire_end(b, mark);
   return 0;
@@ -601,7 +626,7 @@ void lp_procs_totals(luapool *eng, lp_remote_totals *out) {
     if (!ps) continue;
     uint64_t failed = atomic_load(&ps->failed), undo = atomic_load(&ps->unfailed);
     pthread_mutex_lock(&ps->lock);
-    out->queued += ps->queue.n;
+    out->queued += ps->queue.n + ps->relays.n;
     for (int i = 0; i < ps->n; i++) {
       const lp_rstats *rs[2] = {&ps->conns[i].now, &ps->conns[i].before};
       for (int j = 0; j < 2; j++) {
@@ -1016,8 +1041,10 @@ static void *feeder_main(void *arg) {
       watched = lp_now();
     }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->queue.n > 0;
-    if (c->ready && c->credits > 0 && ps->queue.n == 0 && !ps->stopping) ask_to_share(ps, c);
-    if (!c->out.len && !sendable) {
+    int relays = c->ready && c->fd >= 0 && ps->relays.n > 0 && c->relay_pick;
+    if (c->ready && c->credits > 0 && ps->queue.n == 0 && !ps->relays.n && !ps->stopping)
+      ask_to_share(ps, c);
+    if (!c->out.len && !sendable && !relays) {
       c->waiting = 1;
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
@@ -1045,7 +1072,7 @@ static void *feeder_main(void *arg) {
       room += o->credits;
       if (o->credits > best->credits) best = o;
     }
-    if (sendable && best != c && ps->queue.n < asking && !c->out.len) {
+    if (sendable && !relays && best != c && ps->queue.n < asking && !c->out.len) {
       poke(best);
       c->waiting = 1;
       pthread_cond_wait(&c->cond, &ps->lock);
@@ -1055,10 +1082,16 @@ static void *feeder_main(void *arg) {
     long share =
         room > 0 && room > c->credits ? (ps->queue.n * c->credits + room - 1) / room : ps->queue.n;
     long want = share < c->credits ? share : c->credits;
-    int n =
-        sendable ? lp_sendq_take(&ps->queue, batch, want < SEND_BATCH ? (int)want : SEND_BATCH) : 0;
-    c->credits -= n;
+    /* Tasks handed over first, outside the credits; then what it asked for. */
+    int nr = relays ? lp_sendq_take(&ps->relays, batch, SEND_BATCH / 2) : 0;
+    c->relay_pick = 0;
+    int nq = sendable ? lp_sendq_take(&ps->queue, batch + nr,
+                                      want < SEND_BATCH / 2 ? (int)want : SEND_BATCH / 2)
+                      : 0;
+    int n = nr + nq;
+    c->credits -= nq;
     if (ps->queue.n > 0) poke_best(ps); /* what is left goes to the others */
+    if (ps->relays.n > 0) poke_for_relay(ps, c);
     unsigned gen = c->gen;
     pthread_mutex_unlock(&ps->lock);
     /* Under wlock the process cannot be replaced: the batch reaches the
@@ -1081,8 +1114,8 @@ static void *feeder_main(void *arg) {
     if (live) lp_wire_write_all(c->fd, frames.data, frames.len);
     pthread_mutex_unlock(&c->wlock);
     pthread_mutex_lock(&ps->lock);
-    for (int i = n - 1; i >= sent; i--)
-      lp_sendq_push(&ps->queue, batch[i], 1); /* room: they were in it */
+    for (int i = n - 1; i >= sent; i--) /* room: they were in it */
+      lp_sendq_push(batch[i]->relay ? &ps->relays : &ps->queue, batch[i], 1);
   }
   pthread_mutex_unlock(&ps->lock);
   lp_buf_free(&frames);
@@ -1098,7 +1131,8 @@ static int start_pool(luapool *eng, int pool) {
   ps->eng = eng;
   ps->pool = pool;
   ps->n = eng->pools[pool].processes;
-  if (lp_sendq_init(&ps->queue) != 0) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  if (lp_sendq_init(&ps->queue) != 0 || lp_sendq_init(&ps->relays) != 0)
+    return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
   pthread_cond_init(&ps->ready_cond, NULL);
   const char *exe = getenv("LUAPOOL_WORKER_EXE");
@@ -1215,7 +1249,9 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
     pthread_mutex_destroy(&c->mlock);
   }
   for (lp_task *t; (t = lp_sendq_pop(&ps->queue));) lp_task_unref(t);
+  for (lp_task *t; (t = lp_sendq_pop(&ps->relays));) lp_task_unref(t);
   lp_sendq_free(&ps->queue);
+  lp_sendq_free(&ps->relays);
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);

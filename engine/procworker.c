@@ -356,7 +356,9 @@ static void on_hungry(lp_link *k, uint64_t n) {
     lp_task *t = out[i];
     const char *fn = lp_names_get(&eng->names, t->fn);
     size_t mark, len = k->wbuf.len;
-    if (atomic_load(&t->state) != LP_TASK_QUEUED || lp_idmap_put(&k->exported, t) != 0) {
+    /* A task the engine sent stays: the engine has its own queue for those. */
+    if (!t->parent || atomic_load(&t->state) != LP_TASK_QUEUED ||
+        lp_idmap_put(&k->exported, t) != 0) {
       lp_sched_inject(&eng->sched, t); /* it runs here after all */
       continue;
     }
@@ -779,7 +781,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
   lp_buf_init(&k.rbuf);
   lp_task_cache_init(&k.cache);
   lp_wire_msg m;
-  uint64_t slot, threads, order, memlimit, idbase, trace;
+  uint64_t slot, threads, order, memlimit, idbase, trace, retries;
   double timeout;
   const char *name, *script, *pool;
   size_t namelen, scriptlen, poollen;
@@ -788,7 +790,8 @@ int lp_procworker_main(int in_fd, int out_fd) {
       lp_wire_get_u64(&m, &memlimit) || lp_wire_get_u64(&m, &idbase) ||
       lp_wire_get_f64(&m, &timeout) || lp_wire_get_bytes(&m, &name, &namelen) ||
       lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
-      lp_wire_get_u64(&m, &trace) || threads < 1 || threads > 4096) {
+      lp_wire_get_u64(&m, &trace) || lp_wire_get_u64(&m, &retries) || threads < 1 ||
+      threads > 4096 || retries > 1000000) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
     return leave(&k, NULL, 2);
   }
@@ -798,6 +801,7 @@ int lp_procworker_main(int in_fd, int out_fd) {
   cfg.order = order == LUAPOOL_ORDER_COMPLETION ? LUAPOOL_ORDER_COMPLETION : LUAPOOL_ORDER_TREE;
   cfg.memory_limit = (size_t)memlimit;
   cfg.task_timeout = timeout;
+  cfg.retries = (int)retries; /* for the subtasks made here: the engine retries its own */
   cfg.on_failure = on_failure;
   cfg.ud = &k;
   /* No file here: at close the events go to the engine (lp_procworker_trace). */

@@ -25,7 +25,8 @@ enum {
   /* engine -> worker process */
   LP_MSG_INIT = 1, /* u64 slot, u64 threads, u64 order, u64 memory_limit, u64 id_base,
                       f64 task_timeout, bytes chunkname, bytes script, bytes pool,
-                      u64 trace (1: keep trace events and send them at the end) */
+                      u64 trace (1: keep trace events and send them at the end),
+                      u64 retries (the default of the subtasks made there) */
   LP_MSG_EXEC,     /* u64 id, bytes fn, u64 depth, f64 priority, f64 timeout, bytes args */
   LP_MSG_CANCEL,   /* u64 id */
   LP_MSG_STOP,     /* the run is being cancelled: stop everything */

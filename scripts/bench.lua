@@ -161,6 +161,15 @@ if want("procs") then
     (n / t) / (pn / pt), pn / pt / 1e3), ">= 100x", (n / t) / (pn / pt) >= 100)
 end
 
+if want("procs") then
+  -- fib(27) as a single task in a process pool: its subtasks are shared
+  -- with the idle process (HUNGRY/EXPORT) instead of staying where it runs.
+  local one = best(string.format("%s run %sfib.lua 27 one --processes 1 --order completion", bin, dir))
+  local two = best(string.format("%s run %sfib.lua 27 one --processes 2 --order completion", bin, dir))
+  report("fib(27) as one task, 2 processes", string.format("%.2f s, %.2fx 1 process (%.2f s)", two,
+    one / two, one), "(reported)", true)
+end
+
 if want("fibmap") then
   -- Seed 002's pool.map(fib, ...) on 10,000 small calls, with and without
   -- chunksize, on 2 threads and on 2 processes; multiprocessing.Pool.map

@@ -27,11 +27,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* The fields of each message type, as wire.h defines them: u64, f64,
  * bytes, and (p) bytes that hold a packed value. */
 static const char *const fields[LP_MSG_MAX] = {
-    [LP_MSG_INIT] = "uuuuufbbbu", [LP_MSG_EXEC] = "ubuffp", [LP_MSG_CANCEL] = "u",
-    [LP_MSG_STOP] = "",           [LP_MSG_READY] = "u",     [LP_MSG_LOADERR] = "b",
-    [LP_MSG_WANT] = "u",          [LP_MSG_STARTED] = "u",   [LP_MSG_RESULT] = "uuupb",
-    [LP_MSG_RECORD] = "uuubfb",   [LP_MSG_DONE] = "u",      [LP_MSG_FAILURE] = "b",
-    [LP_MSG_COUNTER] = "ubuu",    [LP_MSG_REPLY] = "uu",    [LP_MSG_TRACE] = "uuuuuuub"};
+    [LP_MSG_INIT] = "uuuuufbbbuu", [LP_MSG_EXEC] = "ubuffp",
+    [LP_MSG_CANCEL] = "u",         [LP_MSG_STOP] = "",
+    [LP_MSG_READY] = "u",          [LP_MSG_LOADERR] = "b",
+    [LP_MSG_WANT] = "u",           [LP_MSG_STARTED] = "u",
+    [LP_MSG_RESULT] = "uuupb",     [LP_MSG_RECORD] = "uuubfb",
+    [LP_MSG_DONE] = "u",           [LP_MSG_FAILURE] = "b",
+    [LP_MSG_COUNTER] = "ubuu",     [LP_MSG_REPLY] = "uu",
+    [LP_MSG_TRACE] = "uuuuuuub",   [LP_MSG_HUNGRY] = "u",
+    [LP_MSG_EXPORT] = "ubuffup"};
 /* LP_MSG_STATS has a field list that repeats per thread: its frames are
  * only checked for staying inside themselves. */
 

@@ -6,4 +6,12 @@ function fib(n)
   local b = fib(n - 2)
   return f:get() + b
 end
-function main(n) luapool.emit(fib(tonumber(n))) end
+-- With "one", the whole tree is one task spawned from main (in process mode,
+-- a task of a worker process whose subtasks are shared with the others).
+function main(n, one)
+  if one == "one" then
+    luapool.emit(luapool.spawn(fib, tonumber(n)):get())
+  else
+    luapool.emit(fib(tonumber(n)))
+  end
+end
