@@ -240,18 +240,20 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
   lp_procs *ps = eng->pools[t->pool].procs;
   const char *name = lp_names_get(&eng->names, t->fn);
   char text[1024];
+  /* Read now: once finished, a task of the engine's own may be freed. */
+  int relayed = t->relay != NULL;
   if (ps->lost[0] && !lp_task_cancelled(t)) {
     if (!t->failnote) t->failnote = summarize_args(t);
     atomic_fetch_add(&ps->failed, 1);
     snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s", name, (unsigned long long)t->id,
              ps->lost);
     finish_with(t, LP_TASK_FAILED, text);
-    if (t->relay) relay_done(t, 0);
+    if (relayed) relay_done(t, 0);
     return;
   }
   snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled", name, (unsigned long long)t->id);
   finish_with(t, LP_TASK_CANCELLED, text);
-  if (t->relay) relay_done(t, 0);
+  if (relayed) relay_done(t, 0);
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
