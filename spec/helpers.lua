@@ -184,11 +184,14 @@ end
 
 -- Runs a script in worker processes while a random worker is killed with
 -- SIGKILL every 200 ms, until the run ends or `max_kills` have been made.
+-- Only `luapool __worker` children are targets: under a sanitizer the
+-- engine has other children at exit (LeakSanitizer's tracer), and killing
+-- one leaves the engine waiting for it for ever.
 -- Returns the output (stdout and stderr), the exit code and the kills made.
 function helpers.run_killing_workers(script, words, max_kills)
   local text, status = helpers.run_while(script, words,
     "kills=0; while [ $kills -lt " .. (max_kills or 1000000) .. " ] && kill -0 $pid 2>/dev/null; " ..
-    "do sleep 0.2; k=$(pgrep -P $pid | shuf -n 1); " ..
+    "do sleep 0.2; k=$(pgrep -P $pid -f __worker | shuf -n 1); " ..
     "[ -n \"$k\" ] && kill -9 $k 2>/dev/null && kills=$((kills+1)); done",
     "echo \"$rc $kills\"", { merge = true })
   local rc, kills = status:match("^(%d+) (%d+)")

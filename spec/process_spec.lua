@@ -356,7 +356,7 @@ describe("worker processes", function()
         function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
         function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
       ]], { "--processes", "2" },
-        "sleep 1; kids=$(pgrep -P $pid | tr '\\n' ' '); kill -" .. sig[1] .. " $pid",
+        "sleep 1; kids=$(pgrep -P $pid -f __worker | tr '\\n' ' '); kill -" .. sig[1] .. " $pid",
         "sleep 0.5; alive=0; for k in $kids; do kill -0 $k 2>/dev/null && alive=$((alive+1)); done; " ..
         "echo \"$rc $alive $kids\"")
       local lines = helpers.split_lines(text)
