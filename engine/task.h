@@ -83,19 +83,22 @@ typedef struct lp_task {
   lp_rnode *rn;            /* its output sequence (tree and priority order) */
 
   /* A task sent to a worker process (proc.c), seen from the engine. */
-  int remote;        /* 1 while a worker process has it; owner is then the process slot */
-  int started;       /* the process has begun its body */
-  int resent;        /* sent again after its process died before it began */
-  int overtime;      /* its process was killed because it ran past its time limit */
-  int retry_pending; /* failed there: runs again once its subtree has ended */
-  lp_record *held;   /* its subtree's records, kept while a retry could still come */
+  int remote;         /* 1 while a worker process has it; owner is then the process slot */
+  int started;        /* the process has begun its body */
+  int resent;         /* sent again after its process died before it began */
+  int overtime;       /* its process was killed because it ran past its time limit */
+  int retry_pending;  /* failed there: runs again once its subtree has ended */
+  unsigned relay_gen; /* see relay */
+  lp_record *held;    /* its subtree's records, kept while a retry could still come */
   lp_record *held_tail;
-  void *ext; /* inside a worker process: the lp_exec of a task sent to it */
-  /* Engine side: a task another worker process handed over (EXPORT). It is
-   * no task of the engine's tree: what happens to it is relayed to that
-   * process's connection while it has generation relay_gen. */
-  void *relay;
-  unsigned relay_gen;
+  /* One or the other, never both (the record stays at six cache lines). */
+  union {
+    void *ext; /* inside a worker process: the lp_exec of a task sent to it */
+    /* In the engine: a task a worker process handed over (EXPORT). It is no
+     * task of the engine's tree: what happens to it is relayed to that
+     * process's connection while it has generation relay_gen. */
+    void *relay;
+  };
 } lp_task;
 
 /* The cache of the calling thread (set by each worker), or NULL. */
