@@ -102,6 +102,7 @@ typedef struct lp_link {
   lp_idmap exported;        /* tasks handed to the engine for another process */
   luapool_worker_stats *ws; /* one per thread, for STATS */
   uint64_t stats_sent;      /* bodies ended at the last STATS */
+  uint64_t subtrees;        /* tasks received whose subtrees have ended */
   double stats_at;          /* when it went */
 } lp_link;
 
@@ -572,9 +573,15 @@ static void forward(lp_link *k) {
   for (; st; st = st->st_next) put_id(k, LP_MSG_STARTED, st->id);
   uint64_t ended = k->ended;
   for (lp_exec *x = fin; x; x = x->fin_next) ended++;
-  /* While tasks run, every 10 ms too: the engine asks busy processes to
-   * share their queued tasks by these figures. */
-  if (ended != k->stats_sent || done || (k->active && lp_now() - k->stats_at >= 0.01))
+  for (lp_exec *x = done; x; x = x->done_next) k->subtrees++;
+  /* At most every millisecond as tasks end, and every 10 ms while they run
+   * (the engine asks busy processes to share their queued tasks by these
+   * figures); always when the last task here has ended, before its DONE:
+   * the engine's final figures are exact. */
+  double now = lp_now();
+  int idle = k->subtrees == k->received;
+  int changed = ended != k->stats_sent || done;
+  if ((changed && (idle || now - k->stats_at >= 0.001)) || (!idle && now - k->stats_at >= 0.01))
     put_stats(k, ended);
   for (lp_exec *x = done; x; x = x->done_next) x->is_done = 1;
   if (eng->report.order == LUAPOOL_ORDER_COMPLETION) {
@@ -582,7 +589,6 @@ static void forward(lp_link *k) {
     for (lp_exec *x = done; x; x = x->done_next) x->walked = 1;
   } else {
     /* Every active subtree now and then (streaming); the ended ones now. */
-    double now = lp_now();
     if (now - k->last_walk > 0.001) {
       k->last_walk = now;
       for (lp_exec *x = k->active; x; x = x->next) walk(k, x);
