@@ -162,11 +162,11 @@ if want("procs") then
 end
 
 if want("procs") then
-  -- fib(27) as a single task in a process pool: its subtasks are shared
+  -- fib(30) as a single task in a process pool: its subtasks are shared
   -- with the idle process (HUNGRY/EXPORT) instead of staying where it runs.
-  local one = best(string.format("%s run %sfib.lua 27 one --processes 1 --order completion", bin, dir))
-  local two = best(string.format("%s run %sfib.lua 27 one --processes 2 --order completion", bin, dir))
-  report("fib(27) as one task, 2 processes", string.format("%.2f s, %.2fx 1 process (%.2f s)", two,
+  local one = best(string.format("%s run %sfib.lua 30 one --processes 1 --order completion", bin, dir))
+  local two = best(string.format("%s run %sfib.lua 30 one --processes 2 --order completion", bin, dir))
+  report("fib(30) as one task, 2 processes", string.format("%.2f s, %.2fx 1 process (%.2f s)", two,
     one / two, one), "(reported)", true)
 end
 
