@@ -392,12 +392,7 @@ static void finish_remote(luapool *eng, lp_task *t, int state, const char *res, 
     atomic_store(&t->state, state);
     return;
   }
-  if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
-  lp_buf b;
-  lp_buf_init(&b);
-  if (lp_buf_append(&b, res, len) != 0) lp_buf_reset(&b);
-  lp_task_finish(t, (lp_task_state)state, &b);
-  lp_buf_free(&b);
+  lp_task_finish_copy(t, (lp_task_state)state, res, len, note, notelen);
   (void)eng;
 }
 

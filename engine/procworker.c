@@ -414,14 +414,8 @@ static int on_relayed(lp_link *k, lp_wire_msg *m) {
         return -1;
       t = done ? lp_idmap_take(&k->exported, id) : lp_idmap_get(&k->exported, id);
       if (!t) return 0;
-      if (!lp_task_finished(t)) {
-        if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
-        lp_buf b;
-        lp_buf_init(&b);
-        if (lp_buf_append(&b, res, len) != 0) lp_buf_reset(&b);
-        lp_task_finish(t, (lp_task_state)state, &b);
-        lp_buf_free(&b);
-      }
+      if (!lp_task_finished(t))
+        lp_task_finish_copy(t, (lp_task_state)state, res, len, note, notelen);
       if (done) relayed_done(k, t);
       return 0;
     case LP_MSG_RECORD: {

@@ -189,6 +189,16 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   if (atomic_fetch_sub(&t->pending, 1) == 1) subtree_done(t);
 }
 
+void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_t len,
+                         const char *note, size_t notelen) {
+  if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
+  lp_buf b;
+  lp_buf_init(&b);
+  if (lp_buf_append(&b, res, len) != 0) lp_buf_reset(&b);
+  lp_task_finish(t, state, &b);
+  lp_buf_free(&b);
+}
+
 int lp_task_watch(lp_task *t, lp_waiter *w) {
   lp_spin_lock(&t->lock);
   if (lp_task_finished(t)) {

@@ -122,6 +122,10 @@ static inline int lp_task_finished(lp_task *t) {
 /* Records the outcome (taking ownership of result), fires the waiters and
  * counts the body as done for completion counting. */
 void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result);
+/* lp_task_finish with the result copied from bytes, and the summary of its
+ * arguments for a failure report: a task that ran in another process. */
+void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_t len,
+                         const char *note, size_t notelen);
 
 /* Links w into t's waiters unless t has already finished; returns 0 if
  * linked, 1 if t had finished (w untouched). */
