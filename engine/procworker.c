@@ -53,6 +53,7 @@ typedef struct lp_exec {
   int sent_done;               /* DONE went out with its RESULT */
   struct lp_exec *prev, *next; /* the active list, link-only */
   struct lp_exec *st_next;     /* the started stack */
+  _Atomic int st_pushed;       /* it went on the started stack */
   struct lp_exec *fin_next;    /* the finished stack */
   struct lp_exec *done_next;   /* the done stack, then the late list */
 } lp_exec;
@@ -126,7 +127,9 @@ static void kick(lp_link *k) {
 
 void lp_procworker_started(luapool *eng, lp_task *t) {
   lp_exec *x = t->ext;
-  if (x) PUSH(eng->link->started, x, st_next);
+  /* Once: a body that begins again (a retry) must not push the exec on the
+   * stack while the link may still be walking it from the first time. */
+  if (x && !atomic_exchange(&x->st_pushed, 1)) PUSH(eng->link->started, x, st_next);
 }
 
 /* Ending tasks do not wake the link one by one: it looks every
