@@ -291,6 +291,7 @@ struct luapool_future {
   struct luapool_future *prev, *next; /* the engine's list of live futures */
   int state;                          /* a detached future's outcome (LP_TASK_*) */
   lp_buf result;                      /* and its packed values or message */
+  int cancelled;                      /* cancelled by luapool_future_cancel: result holds why */
   lp_buf text;                        /* luapool_future_text, made on first use (NUL-terminated) */
   int has_text;
 };
@@ -306,7 +307,45 @@ static void fire_host(lp_waiter *w, lp_task *done) {
   free(w);
 }
 
-int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
+void luapool_task_opts_init(luapool_task_opts *opts) {
+  if (!opts) return;
+  opts->priority = 0;
+  opts->timeout = -1;
+  opts->retries = -1;
+  opts->pool = NULL;
+}
+
+/* Checks opts and sets the pool's index (*pool), the time limit and the
+ * retries of a root; 0 or an error with the handle's message. */
+static int check_opts(luapool *lp, const luapool_task_opts *o, int *pool, double *timeout,
+                      int *retries) {
+  *pool = 0;
+  *timeout = lp->cfg.task_timeout;
+  *retries = lp->cfg.retries;
+  if (!o) return 0;
+  if (o->priority != o->priority)
+    return lp_engine_error(lp, LUAPOOL_EINVAL, "option 'priority' is NaN");
+  if (o->timeout != o->timeout)
+    return lp_engine_error(lp, LUAPOOL_EINVAL, "option 'timeout' is NaN");
+  if (o->timeout >= 0) *timeout = o->timeout;
+  if (o->retries > 1000000)
+    return lp_engine_error(lp, LUAPOOL_EINVAL, "option 'retries' must be a whole number from 0");
+  if (o->retries >= 0) *retries = o->retries;
+  if (o->pool) {
+    *pool = lp_engine_pool(lp, o->pool, strlen(o->pool));
+    if (*pool < 0) {
+      char names[512] = "";
+      size_t used = 0;
+      for (int i = 0; i < lp->npools && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                 lp->pools[i].name);
+      return lp_engine_error(lp, LUAPOOL_EINVAL, "no pool named '%s' (pools: %s)", o->pool, names);
+    }
+  }
+  return 0;
+}
+
+int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, const luapool_task_opts *opts,
                      luapool_future **out) {
   if (out) *out = NULL;
   if (lp->phase != LP_PHASE_RUNNING) {
@@ -317,6 +356,13 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
     lp_buf_free(args);
     return lp_engine_error(lp, LUAPOOL_ENOTASK, "no task function named '%s' in the script", fn);
   }
+  int pool, retries;
+  double timeout;
+  int bad = check_opts(lp, opts, &pool, &timeout, &retries);
+  if (bad) {
+    lp_buf_free(args);
+    return bad;
+  }
   int id = lp_names_intern(&lp->names, fn, strlen(fn));
   luapool_future *f = out ? calloc(1, sizeof *f) : NULL;
   lp_waiter *wake = out ? malloc(sizeof *wake) : NULL;
@@ -326,14 +372,15 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
     lp_buf_free(args);
     return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
-  lp_task *t = lp_task_new(lp, NULL, id, priority, args);
+  lp_task *t = lp_task_new(lp, NULL, id, opts ? opts->priority : 0, args);
   if (!t) {
     free(f);
     free(wake);
     return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
-  t->timeout = lp->cfg.task_timeout;
-  t->retries = lp->cfg.retries;
+  t->timeout = timeout;
+  t->retries = retries;
+  t->pool = pool;
   if (f) {
     lp_task_ref(t);
     f->eng = lp;
@@ -352,10 +399,18 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
   lp->live_roots++;
   pthread_mutex_unlock(&lp->host_lock);
   lp_report_root(&lp->report, t);
-  if (lp->inline_mode)
+  if (lp->inline_mode) {
     lp_sched_push(&lp->sched, 0, t);
-  else
+  } else if (pool != 0 && lp->pools[pool].procs) {
+    /* Another pool's processes: the main pool's roots run on an engine
+     * thread, a root sent elsewhere runs where its pool's tasks do. */
+    if (lp_procs_push(lp, t) != 0) {
+      lp_task_finish(t, LP_TASK_FAILED, NULL);
+      return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+    }
+  } else {
     lp_sched_inject(&lp->sched, t);
+  }
   return 0;
 }
 
@@ -370,7 +425,7 @@ int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *arg
     lp_buf_free(&args);
     return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
-  return lp_engine_submit(lp, fn, &args, 0, NULL);
+  return lp_engine_submit(lp, fn, &args, NULL, NULL);
 }
 
 /* ---- values built from C ---- */
@@ -487,6 +542,11 @@ int luapool_values_table(luapool_values *v, uint32_t narr, uint32_t nhash) {
 
 int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *args,
                           luapool_future **out) {
+  return luapool_submit_opts(lp, fn, args, NULL, out);
+}
+
+int luapool_submit_opts(luapool *lp, const char *fn, const luapool_values *args,
+                        const luapool_task_opts *opts, luapool_future **out) {
   if (out) *out = NULL;
   if (!lp_engine_is_open(lp) || !fn) return LUAPOOL_EINVAL;
   if (args && args->depth > 0)
@@ -498,7 +558,7 @@ int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *arg
     lp_buf_free(&msg);
     return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
-  return lp_engine_submit(lp, fn, &msg, 0, out);
+  return lp_engine_submit(lp, fn, &msg, opts, out);
 }
 
 /* ---- reading values from C (the format: pack.c) ---- */
@@ -566,6 +626,10 @@ int luapool_cursor_next(luapool_cursor *c, luapool_value *v) {
 /* The outcome of a finished future: LP_TASK_* state and its packed bytes.
  * Returns 0 while the task has not finished. */
 static int outcome(const luapool_future *f, const lp_buf **bytes) {
+  if (f->cancelled) {
+    *bytes = &f->result;
+    return LP_TASK_CANCELLED;
+  }
   if (f->task) {
     if (!lp_task_finished(f->task)) return 0;
     *bytes = &f->task->result;
@@ -590,7 +654,9 @@ static void make_text(luapool_future *f);
 static void detach(luapool_future *f) {
   const lp_buf *bytes;
   int state = outcome(f, &bytes);
-  if (state == 0) {
+  if (f->cancelled) {
+    /* its outcome is already its own */
+  } else if (state == 0) {
     static const char msg[] = "the engine closed before the task finished";
     state = LP_TASK_CANCELLED;
     lp_buf_reset(&f->result);
@@ -616,18 +682,29 @@ int luapool_future_done(const luapool_future *f) {
 uint64_t luapool_future_id(const luapool_future *f) { return f ? f->id : 0; }
 
 int luapool_future_cancel(luapool_future *f) {
-  if (!f || !f->task) return 0;
-  return lp_task_cancel(f->task);
+  if (!f || !f->task || f->cancelled || !lp_task_cancel(f->task)) return 0;
+  /* Done now, as a cancelled future is: waiting for a suspended body to
+   * unwind, or a queued one to be taken off its queue, would make the
+   * caller wait on a task it has given up. */
+  char text[320];
+  int n = snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled",
+                   lp_names_get(&f->eng->names, f->task->fn), (unsigned long long)f->id);
+  lp_buf_reset(&f->result);
+  if (lp_pack_begin(&f->result, 1) != 0 || lp_pack_put_string(&f->result, text, (size_t)n) != 0)
+    lp_buf_reset(&f->result);
+  f->has_text = 0;
+  f->cancelled = 1;
+  return 1;
 }
 
-static int wait_run(luapool *lp, double timeout, luapool_future *until);
+static int wait_run(luapool *lp, double timeout, luapool_future *const *until, int nuntil);
 
 int luapool_future_wait(luapool_future *f, double timeout) {
   if (!f) return LUAPOOL_EINVAL;
   const lp_buf *bytes;
   int state = outcome(f, &bytes);
   if (state == 0) {
-    int rc = wait_run(f->eng, timeout, f);
+    int rc = wait_run(f->eng, timeout, &f, 1);
     state = outcome(f, &bytes);
     if (state == 0) return rc == 0 || rc == LUAPOOL_ETASKFAIL ? LUAPOOL_EDEADLOCK : rc;
   }
@@ -774,11 +851,18 @@ void luapool_interrupt(luapool *lp) {
   if (lp) atomic_store(&lp->interrupted, 1);
 }
 
+/* Whether one of the n futures is done. */
+static int any_done(luapool_future *const *fs, int n) {
+  for (int i = 0; i < n; i++)
+    if (luapool_future_done(fs[i])) return 1;
+  return 0;
+}
+
 /* Runs the host's side of a run until every root has completed, or until
- * `until` (a future) has finished, or the timeout: delivers records and
- * failure reports, turns an interrupt into a cancel, and in inline mode runs
- * the tasks themselves. */
-static int wait_run(luapool *lp, double timeout, luapool_future *until) {
+ * one of the futures `until[0 .. nuntil-1]` has finished (nuntil > 0), or
+ * the timeout: delivers records and failure reports, turns an interrupt
+ * into a cancel, and in inline mode runs the tasks themselves. */
+static int wait_run(luapool *lp, double timeout, luapool_future *const *until, int nuntil) {
   if (lp->phase != LP_PHASE_RUNNING) return lp_engine_error(lp, LUAPOOL_ESTATE, "no script loaded");
   double deadline = timeout >= 0 ? lp_now() + timeout : -1;
   int rc = 0;
@@ -794,7 +878,7 @@ static int wait_run(luapool *lp, double timeout, luapool_future *until) {
       if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) cancel_run(lp);
       pthread_mutex_lock(&lp->host_lock);
       live = lp->live_roots;
-      int waiting = until ? !lp_task_finished(until->task) : live > 0;
+      int waiting = nuntil > 0 ? !any_done(until, nuntil) : live > 0;
       if (waiting) {
         /* Records are picked up every millisecond: streaming without a
          * wake-up per record. */
@@ -818,7 +902,7 @@ static int wait_run(luapool *lp, double timeout, luapool_future *until) {
     }
   }
   /* The run is over when no root is left (priority order lets go then). */
-  if (lp->inline_mode || until) {
+  if (lp->inline_mode || nuntil > 0) {
     pthread_mutex_lock(&lp->host_lock);
     live = lp->live_roots;
     pthread_mutex_unlock(&lp->host_lock);
@@ -831,7 +915,14 @@ static int wait_run(luapool *lp, double timeout, luapool_future *until) {
 
 int luapool_wait(luapool *lp, double timeout) {
   if (!lp_engine_is_open(lp)) return LUAPOOL_EINVAL;
-  return wait_run(lp, timeout, NULL);
+  return wait_run(lp, timeout, NULL, 0);
+}
+
+int lp_engine_wait_any(luapool *lp, luapool_future *const *fs, int n, double timeout) {
+  if (!lp_engine_is_open(lp) || n < 1) return LUAPOOL_EINVAL;
+  if (any_done(fs, n)) return 0;
+  int rc = wait_run(lp, timeout, fs, n);
+  return any_done(fs, n) ? 0 : rc == 0 || rc == LUAPOOL_ETASKFAIL ? LUAPOOL_EDEADLOCK : rc;
 }
 
 int luapool_close(luapool *lp) {
@@ -848,7 +939,7 @@ static void destroy(luapool *lp) {
     pthread_mutex_unlock(&lp->host_lock);
     if (live > 0) {
       cancel_run(lp);
-      wait_run(lp, -1, NULL);
+      wait_run(lp, -1, NULL, 0);
     }
   }
   /* Before the report goes: a detached future keeps its text, and a failure

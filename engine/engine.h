@@ -95,8 +95,13 @@ struct luapool {
 #define LP_COUNTER_BLOCK 256
 
 /* The program run as a worker process (`luapool __worker`); the luapool
- * binary points it at itself. LUAPOOL_WORKER_EXE overrides it. */
+ * binary points it at itself. NULL (a host program): exe.c finds it. */
 extern const char *lp_worker_exe;
+
+/* Writes the path of the program to run as a worker process into out
+ * (exe.c): LUAPOOL_WORKER_EXE, else lp_worker_exe, else the luapool binary
+ * installed with the library that holds the engine. */
+void lp_exe_worker(char *out, size_t size);
 
 /* Sets the handle's error message (printf-style) and returns err. */
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
@@ -115,10 +120,16 @@ int lp_engine_pool(luapool *eng, const char *name, size_t len);
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t);
 
 /* Submits a root task of function `fn` with packed arguments (taken: args
- * is left empty on every path) and the given priority; with `out`, makes a
- * future. The Lua host module (luamod.c) submits through here. */
-int lp_engine_submit(luapool *eng, const char *fn, lp_buf *args, double priority,
+ * is left empty on every path) and the given options (NULL: defaults); with
+ * `out`, makes a future. The Lua host module (luamod.c) submits through
+ * here. */
+int lp_engine_submit(luapool *eng, const char *fn, lp_buf *args, const luapool_task_opts *opts,
                      struct luapool_future **out);
+
+/* Waits until one of the futures fs[0 .. n-1] (of engine eng) is done:
+ * 0, LUAPOOL_ETIMEDOUT, LUAPOOL_EDEADLOCK (inline mode: none can finish),
+ * LUAPOOL_EINTERRUPTED. Records are delivered meanwhile. */
+int lp_engine_wait_any(luapool *eng, struct luapool_future *const *fs, int n, double timeout);
 
 /* The counter slot for a name id, created on first use. */
 _Atomic int64_t *lp_engine_counter(luapool *eng, int name_id);

@@ -25,6 +25,7 @@
 
 #include "engine.h"
 #include "pack.h"
+#include "timer.h"
 
 #define POOL_MT "luapool.host.pool"
 #define FUTURE_MT "luapool.host.future"
@@ -85,13 +86,68 @@ static void on_failure(void *ud, const char *message) {
   lp_buf_append(&p->failures, message, strlen(message));
 }
 
-/* ---- the pool ---- */
+/* ---- misuse ----
+ *
+ * A misuse error names the call as the user wrote it (pool:spawn), the
+ * argument counted as written (self not counted), what was expected and
+ * what came. */
 
-static pool *check_pool(lua_State *L) {
-  pool *p = luaL_checkudata(L, 1, POOL_MT);
+static int arg_error(lua_State *L, const char *fname, int idx, const char *expected) {
+  return luaL_error(L, "%s: argument %d: %s expected, got %s", fname, idx - 1, expected,
+                    luaL_typename(L, idx));
+}
+
+/* The pool at index 1, open or closed. */
+static pool *to_pool(lua_State *L, const char *fname) {
+  pool *p = luaL_testudata(L, 1, POOL_MT);
+  if (!p)
+    luaL_error(L, "%s: called without a pool (write %s(...), with a colon); got %s", fname, fname,
+               luaL_typename(L, 1));
+  return p;
+}
+
+static pool *check_pool(lua_State *L, const char *fname) {
+  pool *p = to_pool(L, fname);
   if (!p->lp) luaL_error(L, "luapool: the pool is closed");
   return p;
 }
+
+/* The name of a task function at index idx. */
+static const char *check_name(lua_State *L, int idx, const char *fname) {
+  if (lua_type(L, idx) == LUA_TSTRING) return lua_tostring(L, idx);
+  if (lua_type(L, idx) == LUA_TFUNCTION)
+    luaL_error(L,
+               "%s: argument %d: task name (string) expected, got function (a host function "
+               "cannot run in a worker: pass the name of a function of the script)",
+               fname, idx - 1);
+  return arg_error(L, fname, idx, "task name (string)"), NULL;
+}
+
+/* Raises for a key of the options table t that is not in known (a
+ * NULL-terminated list, which the message gives in order). */
+static void check_keys(lua_State *L, int t, const char *fname, const char *const *known) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    int ok = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (int i = 0; known[i] && !ok; i++) ok = strcmp(lua_tostring(L, -2), known[i]) == 0;
+    if (!ok) {
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      for (int i = 0; known[i]; i++) {
+        if (i) luaL_addstring(&b, ", ");
+        luaL_addstring(&b, known[i]);
+      }
+      luaL_pushresult(&b);
+      const char *list = lua_tostring(L, -1);
+      const char *key = luaL_tolstring(L, -3, NULL);
+      luaL_error(L, "%s: unknown option '%s' (known: %s)", fname, key, list);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* ---- the pool ---- */
 
 /* Closes the engine; failures reported and never collected by wait() go
  * to stderr, as the luapool binary writes them. */
@@ -107,7 +163,7 @@ static void close_pool(pool *p) {
 }
 
 static int pool_gc(lua_State *L) {
-  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  pool *p = to_pool(L, "pool:__gc");
   close_pool(p);
   while (p->head) {
     rec_node *n = p->head;
@@ -120,34 +176,71 @@ static int pool_gc(lua_State *L) {
 }
 
 static int pool_close(lua_State *L) {
-  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  pool *p = to_pool(L, "pool:close");
   close_pool(p);
   return 0;
 }
 
-static double opt_field_number(lua_State *L, int t, const char *k, double dflt) {
+static double opt_number(lua_State *L, int t, const char *fname, const char *k, double dflt) {
   double v = dflt;
   if (lua_getfield(L, t, k) != LUA_TNIL) {
-    if (!lua_isnumber(L, -1))
-      luaL_error(L, "luapool.open: option '%s' must be a number, not %s", k, luaL_typename(L, -1));
+    if (lua_type(L, -1) != LUA_TNUMBER)
+      luaL_error(L, "%s: option '%s' must be a number, not %s", fname, k, luaL_typename(L, -1));
     v = lua_tonumber(L, -1);
+    if (v != v) luaL_error(L, "%s: option '%s' is NaN", fname, k);
   }
   lua_pop(L, 1);
   return v;
 }
 
-static int opt_field_int(lua_State *L, int t, const char *k, int dflt) {
-  double v = opt_field_number(L, t, k, dflt);
+static int opt_int(lua_State *L, int t, const char *fname, const char *k, int dflt) {
+  double v = opt_number(L, t, fname, k, dflt);
   if (!(v >= 0 && v <= 1e6) || v != (int)v)
-    luaL_error(L, "luapool.open: option '%s' must be a whole number >= 0", k);
+    luaL_error(L, "%s: option '%s' must be a whole number >= 0", fname, k);
   return (int)v;
+}
+
+static double opt_field_number(lua_State *L, int t, const char *k, double dflt) {
+  return opt_number(L, t, "luapool.open", k, dflt);
+}
+
+static int opt_field_int(lua_State *L, int t, const char *k, int dflt) {
+  return opt_int(L, t, "luapool.open", k, dflt);
+}
+
+/* The spawn options in the table at index t (as a task's luapool.spawn
+ * takes them) into *o. o->pool points into the table, which the caller's
+ * stack keeps. */
+static void read_task_opts(lua_State *L, int t, const char *fname, luapool_task_opts *o) {
+  static const char *const known[] = {"priority", "pool", "timeout", "retries", NULL};
+  check_keys(L, t, fname, known);
+  luapool_task_opts_init(o);
+  o->priority = opt_number(L, t, fname, "priority", 0);
+  if (lua_getfield(L, t, "timeout") != LUA_TNIL) {
+    o->timeout = opt_number(L, t, fname, "timeout", 0);
+    if (o->timeout < 0) luaL_error(L, "%s: option 'timeout' must not be negative", fname);
+  }
+  if (lua_getfield(L, t, "retries") != LUA_TNIL) o->retries = opt_int(L, t, fname, "retries", 0);
+  if (lua_getfield(L, t, "pool") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "%s: option 'pool' must be the name of a pool, not %s", fname,
+                 luaL_typename(L, -1));
+    o->pool = lua_tostring(L, -1);
+  }
+  lua_pop(L, 3);
 }
 
 /* lp.open{workers =, processes =, threads =, pools =, script = | source =,
  * order =, memory_limit =, task_timeout =, retries =} -> pool, or nil,
  * message when the script cannot be loaded. */
 static int l_open(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  static const char *const known[] = {"script", "source",  "workers",      "processes",
+                                      "threads", "pools",  "order",        "memory_limit",
+                                      "task_timeout", "retries", NULL};
+  if (!lua_istable(L, 1))
+    return luaL_error(L, "luapool.open: argument 1: options table expected, got %s",
+                      luaL_typename(L, 1));
+  check_keys(L, 1, "luapool.open", known);
   luapool_config cfg;
   luapool_config_init(&cfg);
   cfg.workers = opt_field_int(L, 1, "workers", cfg.workers);
@@ -223,9 +316,10 @@ static int l_open(lua_State *L) {
 /* ---- spawning and futures ---- */
 
 /* Submits task `name` with the n values at index first as arguments, and
- * pushes its future (which keeps the pool userdata at index 1 alive). */
-static void push_spawn(lua_State *L, pool *p, const char *name, int first, int n, double priority,
-                       int argbase) {
+ * pushes its future (which keeps the pool userdata at index 1 alive).
+ * fname names the call in errors. */
+static void push_spawn(lua_State *L, pool *p, const char *fname, const char *name, int first, int n,
+                       const luapool_task_opts *opts, int argbase) {
   hfuture *h = lua_newuserdatauv(L, sizeof *h, 1);
   h->f = NULL;
   luaL_setmetatable(L, FUTURE_MT);
@@ -237,29 +331,34 @@ static void push_spawn(lua_State *L, pool *p, const char *name, int first, int n
   lp_pack_ctx ctx = {NULL, NULL, NULL, argbase};
   if (lp_pack_values(L, first, n, &args, &ctx, err, sizeof err) != 0) {
     lp_buf_free(&args);
-    luaL_error(L, "pool:spawn: %s", err);
+    luaL_error(L, "%s: %s", fname, err);
   }
-  int rc = lp_engine_submit(p->lp, name, &args, priority, &h->f);
-  if (rc != 0) luaL_error(L, "pool:spawn: %s", luapool_errmsg(p->lp));
+  int rc = lp_engine_submit(p->lp, name, &args, opts, &h->f);
+  if (rc != 0) luaL_error(L, "%s: %s", fname, luapool_errmsg(p->lp));
 }
 
-/* pool:spawn([opts,] name, ...) -> future; opts.priority (number). */
+/* pool:spawn([opts,] name, ...) -> future; opts as a task's spawn takes
+ * them: priority, timeout, retries, pool. */
 static int pool_spawn(lua_State *L) {
-  pool *p = check_pool(L);
+  pool *p = check_pool(L, "pool:spawn");
   int fi = 2;
-  double priority = 0;
+  luapool_task_opts opts;
+  luapool_task_opts_init(&opts);
   if (lua_istable(L, 2)) {
-    priority = opt_field_number(L, 2, "priority", 0);
+    read_task_opts(L, 2, "pool:spawn", &opts);
     fi = 3;
   }
-  const char *name = luaL_checkstring(L, fi);
+  const char *name = check_name(L, fi, "pool:spawn");
   int n = lua_gettop(L) - fi;
-  push_spawn(L, p, name, fi + 1, n, priority, fi);
+  push_spawn(L, p, "pool:spawn", name, fi + 1, n, &opts, fi);
   return 1;
 }
 
-static hfuture *check_future(lua_State *L) {
-  hfuture *h = luaL_checkudata(L, 1, FUTURE_MT);
+static hfuture *check_future(lua_State *L, const char *fname) {
+  hfuture *h = luaL_testudata(L, 1, FUTURE_MT);
+  if (!h)
+    luaL_error(L, "%s: called without a future (write %s(...), with a colon); got %s", fname,
+               fname, luaL_typename(L, 1));
   if (!h->f) luaL_error(L, "luapool: the future has been collected");
   return h;
 }
@@ -294,39 +393,46 @@ static int get_values(lua_State *L, int idx, double timeout) {
   return luaL_error(L, "luapool: get: %s", luapool_strerror(rc));
 }
 
-static double opt_timeout(lua_State *L, int idx) {
+/* An optional timeout at index idx: -1 when absent. */
+static double opt_timeout(lua_State *L, int idx, const char *fname) {
   if (lua_isnoneornil(L, idx)) return -1;
-  double t = luaL_checknumber(L, idx);
-  luaL_argcheck(L, t >= 0, idx, "timeout must be >= 0");
+  if (lua_type(L, idx) != LUA_TNUMBER) arg_error(L, fname, idx, "timeout (seconds, a number)");
+  double t = lua_tonumber(L, idx);
+  if (!(t >= 0))
+    luaL_error(L, "%s: argument %d: the timeout must be >= 0, got %s", fname, idx - 1,
+               luaL_tolstring(L, idx, NULL));
   return t;
 }
 
 /* future:get([timeout]): blocks the host thread (records are collected
  * meanwhile). */
 static int fut_get(lua_State *L) {
-  check_future(L);
-  return get_values(L, 1, opt_timeout(L, 2));
+  check_future(L, "future:get");
+  return get_values(L, 1, opt_timeout(L, 2, "future:get"));
 }
 
+/* future:done(): finished, or cancelled? Never waits. */
 static int fut_done(lua_State *L) {
-  lua_pushboolean(L, luapool_future_done(check_future(L)->f));
+  lua_pushboolean(L, luapool_future_done(check_future(L, "future:done")->f));
   return 1;
 }
 
 /* future:ok(): finished without error? Counts as handling a failure. */
 static int fut_ok(lua_State *L) {
-  hfuture *h = check_future(L);
+  hfuture *h = check_future(L, "future:ok");
   lua_pushboolean(L, luapool_future_done(h->f) && luapool_future_wait(h->f, 0) == 0);
   return 1;
 }
 
+/* future:cancel(): once it returns true the future is done; get raises
+ * "task 'NAME' (id N) was cancelled" at once. */
 static int fut_cancel(lua_State *L) {
-  lua_pushboolean(L, luapool_future_cancel(check_future(L)->f));
+  lua_pushboolean(L, luapool_future_cancel(check_future(L, "future:cancel")->f));
   return 1;
 }
 
 static int fut_id(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)luapool_future_id(check_future(L)->f));
+  lua_pushinteger(L, (lua_Integer)luapool_future_id(check_future(L, "future:id")->f));
   return 1;
 }
 
@@ -361,23 +467,25 @@ static int error_of(lua_State *L) {
  * item, in list order; raises the first error in list order, once every
  * task has finished. */
 static int pool_map(lua_State *L) {
-  pool *p = check_pool(L);
-  const char *name = luaL_checkstring(L, 2);
-  luaL_checktype(L, 3, LUA_TTABLE);
-  double priority = 0;
+  pool *p = check_pool(L, "pool:map");
+  const char *name = check_name(L, 2, "pool:map");
+  if (!lua_istable(L, 3)) arg_error(L, "pool:map", 3, "list (table)");
+  luapool_task_opts opts;
+  luapool_task_opts_init(&opts);
   if (!lua_isnoneornil(L, 4)) {
-    luaL_checktype(L, 4, LUA_TTABLE);
-    priority = opt_field_number(L, 4, "priority", 0);
+    if (!lua_istable(L, 4)) arg_error(L, "pool:map", 4, "options (table)");
+    read_task_opts(L, 4, "pool:map", &opts);
   }
   lua_Integer n = luaL_len(L, 3);
-  lua_settop(L, 3);
-  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 4: the futures */
+  lua_settop(L, 4); /* the options table keeps opts.pool alive */
+  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the futures */
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 3, i); /* 5 */
-    push_spawn(L, p, name, 5, 1, priority, 2);
-    lua_seti(L, 4, i);
+    lua_geti(L, 3, i); /* 6 */
+    push_spawn(L, p, "pool:map", name, 6, 1, &opts, 2);
+    lua_seti(L, 5, i);
     lua_pop(L, 1);
   }
+  lua_replace(L, 4);                                 /* 4: the futures */
   lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the results */
   lua_pushnil(L);                                    /* 6: the first error */
   for (lua_Integer i = 1; i <= n; i++) {
@@ -405,6 +513,101 @@ static int pool_map(lua_State *L) {
   return 1;
 }
 
+/* ---- as_completed ---- */
+
+/* The iterator of lp.as_completed. Upvalues: the futures not yet given
+ * (in list order), the deadline (lp_now() seconds, or -1), the timeout,
+ * the number of futures. */
+static int as_completed_next(lua_State *L) {
+  int pending = lua_upvalueindex(1);
+  double deadline = lua_tonumber(L, lua_upvalueindex(2));
+  for (;;) {
+    lua_Integer n = luaL_len(L, pending);
+    if (n == 0) return 0;
+    /* Those done first, in list order, as Python's as_completed does. */
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, pending, i);
+      hfuture *h = lua_touserdata(L, -1);
+      if (!h->f || luapool_future_done(h->f)) {
+        for (lua_Integer k = i; k < n; k++) {
+          lua_geti(L, pending, k + 1);
+          lua_seti(L, pending, k);
+        }
+        lua_pushnil(L);
+        lua_seti(L, pending, n);
+        return 1;
+      }
+      lua_pop(L, 1);
+    }
+    double left = deadline < 0 ? -1 : deadline - lp_now();
+    if (deadline >= 0 && left <= 0) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "as_completed: timeout after %g s (%d of %d futures not done)",
+               lua_tonumber(L, lua_upvalueindex(3)), (int)n,
+               (int)lua_tointeger(L, lua_upvalueindex(4)));
+      return luaL_error(L, "%s", msg); /* at the line of the loop */
+    }
+    lua_geti(L, pending, 1);
+    lua_getiuservalue(L, -1, 1);
+    pool *p = lua_touserdata(L, -1);
+    if (!p->lp) return luaL_error(L, "luapool: the pool is closed");
+    luapool_future **fs = lua_newuserdatauv(L, sizeof *fs * (size_t)n, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_geti(L, pending, i);
+      fs[i - 1] = ((hfuture *)lua_touserdata(L, -1))->f;
+      lua_pop(L, 1);
+    }
+    int rc = lp_engine_wait_any(p->lp, fs, (int)n, left);
+    lua_pop(L, 3);
+    if (rc != 0 && rc != LUAPOOL_ETIMEDOUT)
+      return luaL_error(L, "as_completed: %s",
+                        rc == LUAPOOL_EDEADLOCK ? "no future can finish (deadlock)"
+                                                : luapool_strerror(rc));
+  }
+}
+
+/* lp.as_completed(futures [, timeout]) -> an iterator over the futures in
+ * the order they finish. With a timeout (seconds from this call), an
+ * iteration that would go past it raises instead. The futures belong to
+ * one pool. */
+static int l_as_completed(lua_State *L) {
+  const char *fname = "lp.as_completed";
+  if (!lua_istable(L, 1))
+    return luaL_error(L, "%s: argument 1: list of futures expected, got %s", fname,
+                      luaL_typename(L, 1));
+  double timeout = -1;
+  if (!lua_isnoneornil(L, 2)) {
+    if (lua_type(L, 2) != LUA_TNUMBER || !(lua_tonumber(L, 2) >= 0))
+      return luaL_error(L, "%s: argument 2: timeout (seconds >= 0) expected, got %s", fname,
+                        lua_type(L, 2) == LUA_TNUMBER ? luaL_tolstring(L, 2, NULL)
+                                                      : luaL_typename(L, 2));
+    timeout = lua_tonumber(L, 2);
+  }
+  lua_Integer n = luaL_len(L, 1);
+  lua_settop(L, 2);
+  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 3: pending */
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 1, i);
+    if (!luaL_testudata(L, -1, FUTURE_MT))
+      return luaL_error(L, "%s: item %d of the list is not a future of pool:spawn (got %s)", fname,
+                        (int)i, luaL_typename(L, -1));
+    lua_getiuservalue(L, -1, 1);
+    if (i == 1)
+      lua_insert(L, 4); /* 4: the pool of the first one */
+    else if (!lua_rawequal(L, -1, 4))
+      return luaL_error(L, "%s: the futures belong to different pools", fname);
+    else
+      lua_pop(L, 1);
+    lua_seti(L, 3, i);
+  }
+  lua_settop(L, 3);
+  lua_pushnumber(L, timeout >= 0 ? lp_now() + timeout : -1);
+  lua_pushnumber(L, timeout);
+  lua_pushinteger(L, n);
+  lua_pushcclosure(L, as_completed_next, 4);
+  return 1;
+}
+
 /* ---- waiting, records ---- */
 
 /* pool:wait([timeout]) -> true once every task has finished; false,
@@ -412,8 +615,8 @@ static int pool_map(lua_State *L) {
  * message holds every such report since the last wait). A failure counts as
  * unawaited once its future has been collected without get(). */
 static int pool_wait(lua_State *L) {
-  pool *p = check_pool(L);
-  int rc = luapool_wait(p->lp, opt_timeout(L, 2));
+  pool *p = check_pool(L, "pool:wait");
+  int rc = luapool_wait(p->lp, opt_timeout(L, 2, "pool:wait"));
   if (rc != LUAPOOL_ETIMEDOUT) {
     /* A future nobody holds any more can never be awaited: collecting it
      * now reports its task's failure here rather than at some later GC. */
@@ -483,7 +686,7 @@ static int records_next(lua_State *L) {
 /* pool:records(): collects what the engine can deliver now (without
  * waiting), then iterates over every record delivered so far. */
 static int pool_records(lua_State *L) {
-  pool *p = luaL_checkudata(L, 1, POOL_MT);
+  pool *p = to_pool(L, "pool:records");
   if (p->lp) luapool_wait(p->lp, 0);
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, records_next, 1);
@@ -491,12 +694,12 @@ static int pool_records(lua_State *L) {
 }
 
 static int pool_cancel(lua_State *L) {
-  luapool_cancel(check_pool(L)->lp);
+  luapool_cancel(check_pool(L, "pool:cancel")->lp);
   return 0;
 }
 
 static int pool_stats(lua_State *L) {
-  pool *p = check_pool(L);
+  pool *p = check_pool(L, "pool:stats");
   luapool_stats st;
   luapool_get_stats(p->lp, &st);
   lua_createtable(L, 0, 4);
@@ -545,7 +748,8 @@ int luaopen_luapool(lua_State *L) {
                                             {"__gc", fut_gc},
                                             {"__tostring", fut_tostring},
                                             {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"open", l_open}, {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"open", l_open}, {"as_completed", l_as_completed}, {NULL, NULL}};
   new_class(L, POOL_MT, pool_methods);
   new_class(L, FUTURE_MT, future_methods);
   luaL_newlib(L, funcs);

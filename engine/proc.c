@@ -49,11 +49,6 @@
 
 extern char **environ;
 
-#ifndef LUAPOOL_BINDIR
-#define LUAPOOL_BINDIR "/usr/local/bin"
-#endif
-const char *lp_worker_exe = LUAPOOL_BINDIR "/luapool";
-
 #define SEND_BATCH 512 /* tasks per EXEC batch */
 #define EARLY_DEATHS 3 /* deaths before READY in a row that give a slot up */
 
@@ -1132,9 +1127,7 @@ static int start_pool(luapool *eng, int pool) {
     return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   pthread_mutex_init(&ps->lock, NULL);
   pthread_cond_init(&ps->ready_cond, NULL);
-  const char *exe = getenv("LUAPOOL_WORKER_EXE");
-  if (!exe || !*exe) exe = lp_worker_exe;
-  snprintf(ps->exe, sizeof ps->exe, "%s", exe);
+  lp_exe_worker(ps->exe, sizeof ps->exe);
   ps->threads = eng->pools[pool].threads > 0 ? eng->pools[pool].threads : 1;
   for (int p = 0; p < pool; p++) ps->first_proc += eng->pools[p].processes;
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
@@ -1162,8 +1155,10 @@ static int start_pool(luapool *eng, int pool) {
     pthread_mutex_unlock(&ps->lock);
     if (bad) {
       c->gone = 1;
-      rc = lp_engine_error(eng, LUAPOOL_ESYS, "cannot start worker process %s: %s", ps->exe,
-                           strerror(errno));
+      rc = lp_engine_error(eng, LUAPOOL_ESYS,
+                           "cannot start worker process %s: %s (LUAPOOL_WORKER_EXE may name the "
+                           "luapool binary to run)",
+                           ps->exe, strerror(errno));
       break;
     }
     if (pthread_create(&c->reader, NULL, reader_main, c) != 0 ||

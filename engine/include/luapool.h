@@ -267,6 +267,22 @@ typedef struct luapool_future luapool_future;
 int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *args,
                           luapool_future **out);
 
+/* The options of one root task: the spawn options of a task. Fill them
+ * with luapool_task_opts_init, then set what differs. */
+typedef struct luapool_task_opts {
+  double priority;  /* lower runs first; default 0 */
+  double timeout;   /* seconds the task may run, 0 for no limit; < 0 (default): task_timeout */
+  int retries;      /* times a failed task runs again; < 0 (default): the config's retries */
+  const char *pool; /* the pool it runs in (luapool_add_pool), its subtasks with it; NULL: "main" */
+} luapool_task_opts;
+
+void luapool_task_opts_init(luapool_task_opts *opts);
+
+/* luapool_submit_values with options (NULL: the defaults). A pool that
+ * does not exist, or a bad value, gives LUAPOOL_EINVAL. */
+int luapool_submit_opts(luapool *lp, const char *fn, const luapool_values *args,
+                        const luapool_task_opts *opts, luapool_future **out);
+
 /* Waits until the task has finished (its body: its subtasks may still be
  * running), delivering records meanwhile, like luapool_wait. timeout < 0
  * waits forever. Returns 0 when the task returned, LUAPOOL_ETASKFAIL when it
@@ -275,9 +291,12 @@ int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *arg
  * LUAPOOL_EDEADLOCK (inline mode: it waits for something that can never
  * happen) or LUAPOOL_EINVAL (f NULL). */
 int luapool_future_wait(luapool_future *f, double timeout);
-/* 1 if the task has finished, 0 if not (never waits). */
+/* 1 if the task has finished or was cancelled, 0 if not (never waits). */
 int luapool_future_done(const luapool_future *f);
-/* Cancels the task and its subtree if it has not finished; 1 if it did. */
+/* Cancels the task and its subtree if it has not finished; 1 if it did.
+ * The future is then done at once: luapool_future_wait returns
+ * LUAPOOL_ECANCELLED without waiting (a task that had begun unwinds on its
+ * own; luapool_wait waits for that). */
 int luapool_future_cancel(luapool_future *f);
 /* The task's id (as luapool_record.task), or 0 for NULL. */
 uint64_t luapool_future_id(const luapool_future *f);
