@@ -46,6 +46,10 @@ function tree() for n = 1, 3 do luapool.spawn(branch, n) end end
 function ranked(p) luapool.emit({rank = p}, p) end
 function fanout(n) local fs = {} for i = 1, n do fs[i] = luapool.spawn(square, i) end
   local s = 0 for _, f in ipairs(fs) do s = s + f:get() end return s end
+function spin(s) local t = os.clock() + s while os.clock() < t do end return s end
+function dozing(s) luapool.emit("asleep") luapool.sleep(s) return s end
+function whereami() local me = luapool.self() return me.pool, me.priority end
+function flaky(name, n) if luapool.counter(name):add() <= n then error("flaky") end return "ok" end
 ]])
 
 -- Every record the pool has delivered so far, as {kind, text} pairs.
@@ -174,6 +178,18 @@ describe("the Lua host module", function()
         assert.is_true(pool:wait())
       end)
 
+      it("as_completed gives every future once, done", function()
+        local fs = { pool:spawn("late", 1), pool:spawn("late", 4), pool:spawn("square", 3) }
+        local got = {}
+        for f in lp.as_completed(fs) do
+          assert.is_true(f:done())
+          got[#got + 1] = f:get()
+        end
+        table.sort(got)
+        assert.are.same({ 9, 10, 40 }, got)
+        for _ in lp.as_completed({}) do error("an empty list gives nothing") end
+      end)
+
       it("stats counts the tasks run", function()
         pool:map("square", { 1, 2, 3 })
         local st = pool:stats()
@@ -203,6 +219,122 @@ describe("the Lua host module", function()
       assert.is_false(f:cancel())
       assert.is_true(pool:wait())
       assert.is_true(math.type(f:id()) == "integer")
+    end)
+
+    it("cancel makes a future done at once, queued or suspended", function()
+      local one <close> = assert(lp.open { workers = 1, script = TASKS })
+      local busy = one:spawn("spin", 0.3)
+      local queued = one:spawn("square", 4) -- behind busy on the only worker
+      assert.is_true(queued:cancel())
+      assert.is_true(queued:done())
+      assert.is_false(busy:done())
+      assert.is_false(queued:ok())
+      assert.has_error(function() queued:get() end, "task 'square' (id " .. queued:id() .. ") was cancelled")
+      assert.is_false(busy:done()) -- get did not wait for the worker
+      assert.is_false(queued:cancel())
+      assert.are.equal(0.3, busy:get())
+      local sleeper = one:spawn("dozing", 30)
+      while #drain(one) == 0 do one:wait(0.01) end -- it has emitted: it is asleep
+      assert.is_false(sleeper:done())
+      assert.is_true(sleeper:cancel())
+      assert.is_true(sleeper:done())
+      assert.has_error(function() sleeper:get() end, "task 'dozing' (id " .. sleeper:id() .. ") was cancelled")
+      assert.is_true(one:wait())
+    end)
+
+    it("as_completed yields in finishing order and honours its timeout", function()
+      local slow, quick = pool:spawn("nap", 0.6), pool:spawn("nap", 0.02)
+      local order = {}
+      for f in lp.as_completed({ slow, quick }) do order[#order + 1] = f:get() end
+      assert.are.same({ 0.02, 0.6 }, order)
+      local never = pool:spawn("nap", 30)
+      local fs = { pool:spawn("nap", 0.02), never, pool:spawn("square", 5) }
+      local seen = 0
+      local ok, err = pcall(function()
+        for f in lp.as_completed(fs, 0.5) do
+          assert.is_true(f:done())
+          seen = seen + 1
+        end
+      end)
+      assert.is_false(ok)
+      assert.are.equal(2, seen)
+      assert.matches("embed_spec.lua:%d+: as_completed: timeout after 0.5 s %(1 of 3 futures not done%)$", err)
+      assert.is_false(never:done())
+      -- a timeout of 0 gives what is done already, then raises
+      local it = lp.as_completed({ never }, 0)
+      assert.has_error(it, "as_completed: timeout after 0 s (1 of 1 futures not done)")
+      assert.is_true(never:cancel())
+      assert.has_error(function() lp.as_completed(fs, -1) end,
+        "lp.as_completed: argument 2: timeout (seconds >= 0) expected, got -1")
+      assert.has_error(function() lp.as_completed("fs") end,
+        "lp.as_completed: argument 1: list of futures expected, got string")
+      assert.has_error(function() lp.as_completed({ never, 42 }) end,
+        "lp.as_completed: item 2 of the list is not a future of pool:spawn (got number)")
+      local other <close> = assert(lp.open { workers = 1, script = TASKS })
+      assert.has_error(function() lp.as_completed({ never, other:spawn("square", 1) }) end,
+        "lp.as_completed: the futures belong to different pools")
+    end)
+
+    it("honours the spawn options timeout, retries, priority and pool", function()
+      local t0 = os.time()
+      local f = pool:spawn({ timeout = 0.2 }, "nap", 5)
+      local ok, err = pcall(f.get, f)
+      assert.is_false(ok)
+      assert.matches("task 'nap' %(id %d+%) failed: .*timed out after 0.2 s", err)
+      assert.is_true(os.time() - t0 < 4) -- not the 5 s of its sleep
+      assert.are.equal("ok", pool:spawn({ retries = 2 }, "flaky", "a", 2):get())
+      ok, err = pcall(function() return pool:spawn({ retries = 1 }, "flaky", "b", 2):get() end)
+      assert.is_false(ok)
+      assert.matches("flaky", err)
+      local where, prio = pool:spawn({ priority = 3 }, "whereami"):get()
+      assert.are.equal("main", where)
+      assert.are.equal(3, prio)
+      assert.are.same({ 1, 4 }, pool:map("square", { 1, 2 }, { retries = 1, timeout = 10, priority = 2 }))
+      assert.has_error(function() pool:spawn({ pool = "io" }, "whereami") end,
+        "pool:spawn: no pool named 'io' (pools: main)")
+      assert.is_true(pool:wait())
+    end)
+
+    it("names the call, the argument and what it wanted on misuse", function()
+      assert.has_error(function() pool:spawn(print, 1) end,
+        "pool:spawn: argument 1: task name (string) expected, got function (a host function " ..
+        "cannot run in a worker: pass the name of a function of the script)")
+      assert.has_error(function() pool:spawn({ priority = 1 }) end,
+        "pool:spawn: argument 2: task name (string) expected, got no value")
+      assert.has_error(function() pool:spawn(42) end,
+        "pool:spawn: argument 1: task name (string) expected, got number")
+      assert.has_error(function() pool.spawn("square", 2) end,
+        "pool:spawn: called without a pool (write pool:spawn(...), with a colon); got string")
+      assert.has_error(function() pool:spawn({ timout = 1 }, "square", 2) end,
+        "pool:spawn: unknown option 'timout' (known: priority, pool, timeout, retries)")
+      assert.has_error(function() pool:spawn({ timeout = "1" }, "square", 2) end,
+        "pool:spawn: option 'timeout' must be a number, not string")
+      assert.has_error(function() pool:spawn({ timeout = -1 }, "square", 2) end,
+        "pool:spawn: option 'timeout' must not be negative")
+      assert.has_error(function() pool:spawn({ retries = 1.5 }, "square", 2) end,
+        "pool:spawn: option 'retries' must be a whole number >= 0")
+      assert.has_error(function() pool:spawn({ pool = 1 }, "square", 2) end,
+        "pool:spawn: option 'pool' must be the name of a pool, not number")
+      assert.has_error(function() pool:map(print, { 1 }) end,
+        "pool:map: argument 1: task name (string) expected, got function (a host function " ..
+        "cannot run in a worker: pass the name of a function of the script)")
+      assert.has_error(function() pool:map("square", nil) end,
+        "pool:map: argument 2: list (table) expected, got nil")
+      assert.has_error(function() pool:map("square", { 1 }, 5) end,
+        "pool:map: argument 3: options (table) expected, got number")
+      assert.has_error(function() pool:map("square", { 1 }, { chunksize = 2 }) end,
+        "pool:map: unknown option 'chunksize' (known: priority, pool, timeout, retries)")
+      assert.has_error(function() pool:wait("soon") end,
+        "pool:wait: argument 1: timeout (seconds, a number) expected, got string")
+      assert.has_error(function() pool.records() end,
+        "pool:records: called without a pool (write pool:records(...), with a colon); got no value")
+      local f = pool:spawn("square", 2)
+      assert.has_error(function() f:get(-1) end, "future:get: argument 1: the timeout must be >= 0, got -1")
+      assert.has_error(function() f.get() end,
+        "future:get: called without a future (write future:get(...), with a colon); got no value")
+      assert.has_error(function() f.done(pool) end,
+        "future:done: called without a future (write future:done(...), with a colon); got userdata")
+      assert.are.equal(4, f:get())
     end)
 
     it("close cancels what still runs; futures keep their outcome", function()
@@ -238,6 +370,23 @@ describe("the Lua host module", function()
       assert.is_false(ok)
       assert.matches("in a process", err)
     end)
+
+    it("sends a host spawn to the pool it names, with its options", function()
+      local pool <close> = assert(lp.open { processes = 1, script = TASKS, pools = { cpu = "processes:1" } })
+      local where, prio = pool:spawn({ pool = "cpu", priority = 2 }, "whereami"):get()
+      assert.are.equal("cpu", where)
+      assert.are.equal(2, prio)
+      assert.are.same({ 1, 4, 9 }, pool:map("square", { 1, 2, 3 }, { pool = "cpu" }))
+      local f = pool:spawn({ pool = "cpu", timeout = 0.2 }, "nap", 5)
+      local ok, err = pcall(f.get, f)
+      assert.is_false(ok)
+      assert.matches("timed out after 0.2 s", err)
+      local sleeper = pool:spawn({ pool = "cpu" }, "dozing", 30)
+      while #drain(pool) == 0 do pool:wait(0.01) end
+      assert.is_true(sleeper:cancel())
+      assert.is_true(sleeper:done())
+      assert.is_true(pool:wait())
+    end)
   end)
 
   it("makes the named pools of its pools option", function()
@@ -249,6 +398,11 @@ describe("the Lua host module", function()
     local pool <close> = assert(lp.open { workers = 1, source = src, pools = { io = "threads:2" } })
     assert.are.equal("main", pool:spawn("where"):get())
     assert.are.equal("io", pool:spawn("via", "io"):get())
+    assert.are.equal("io", pool:spawn({ pool = "io" }, "where"):get())
+    assert.are.equal("main", pool:spawn({ pool = "main" }, "where"):get())
+    assert.are.same({ "io", "io" }, pool:map("where", { 1, 2 }, { pool = "io" }))
+    assert.has_error(function() pool:spawn({ pool = "cpu" }, "where") end,
+      "pool:spawn: no pool named 'cpu' (pools: main, io)")
     assert.has_error(function() lp.open { workers = 1, source = src, pools = { io = "fibers:2" } } end)
     assert.has_error(function() lp.open { workers = 1, source = src, pools = { main = "threads:1" } } end)
   end)
@@ -308,6 +462,11 @@ describe("the Lua host module", function()
     assert.has_error(function() lp.open { workers = 0 / 0, script = TASKS } end)
     assert.has_error(function() lp.open { workers = 1, script = TASKS, memory_limit = -1 } end)
     assert.has_error(function() lp.open { workers = 1, script = TASKS, task_timeout = -1 } end)
+    assert.has_error(function() lp.open { workers = 1, script = TASKS, timout = 1 } end,
+      "luapool.open: unknown option 'timout' (known: script, source, workers, processes, threads, " ..
+      "pools, order, memory_limit, task_timeout, retries)")
+    assert.has_error(function() lp.open("tasks.lua") end,
+      "luapool.open: argument 1: options table expected, got string")
   end)
 
   it("is documented in the README", function()

@@ -61,7 +61,11 @@ static const char script[] =
     "  return table.concat(r, ' ') end\n"
     "function depth(t) local d = 0 while t do d = d + 1 t = t.down end return d end\n"
     "function selfref() local t = {} t.me = t return t, leaf end\n"
-    "function fanout(n) for i = 1, n or 0 do luapool.spawn(leaf, i) end return n end\n";
+    "function fanout(n) for i = 1, n or 0 do luapool.spawn(leaf, i) end return n end\n"
+    "function spin(s) local t = os.clock() + s while os.clock() < t do end return s end\n"
+    "function whereami() local me = luapool.self() return me.pool, me.priority end\n"
+    "function flaky(name, n) if luapool.counter(name):add() <= n then error('flaky') end\n"
+    "  return 'ok' end\n";
 
 static luapool *open_with(seen *s, int workers) {
   luapool_config cfg;
@@ -409,6 +413,87 @@ static void test_futures(int workers) {
   luapool_future_free(NULL);
 }
 
+/* luapool_submit_opts: a root's pool, priority, time limit and retries, as
+ * a task's spawn options; a cancelled future is done at once. */
+static void test_task_opts(int workers) {
+  seen s = {0};
+  luapool *lp = open_with(&s, workers);
+  CHECK_EQ(luapool_register_module(lp, "host", open_host), 0);
+  CHECK_EQ(luapool_add_pool(lp, "io", "threads:1"), 0);
+  CHECK_EQ(luapool_load_string(lp, script, strlen(script), "=test"), 0);
+  luapool_task_opts o;
+  luapool_task_opts_init(&o);
+  CHECK(o.priority == 0 && o.timeout < 0 && o.retries < 0 && o.pool == NULL);
+  luapool_future *f = NULL;
+  o.pool = workers > 0 ? "io" : NULL; /* inline: every task runs on the host */
+  o.priority = 3;
+  CHECK_EQ(luapool_submit_opts(lp, "whereami", NULL, &o, &f), 0);
+  CHECK_EQ(luapool_future_wait(f, -1), 0);
+  CHECK_STR(text_of(f), workers > 0 ? "io\t3" : "main\t3");
+  luapool_future_free(f);
+  luapool_task_opts_init(&o);
+  o.pool = "nowhere";
+  CHECK_EQ(luapool_submit_opts(lp, "whereami", NULL, &o, &f), LUAPOOL_EINVAL);
+  CHECK(f == NULL);
+  CHECK(strstr(luapool_errmsg(lp), "no pool named 'nowhere' (pools: main, io)") != NULL);
+  luapool_task_opts_init(&o);
+  o.priority = NAN;
+  CHECK_EQ(luapool_submit_opts(lp, "whereami", NULL, &o, NULL), LUAPOOL_EINVAL);
+
+  /* Retries: flaky fails twice, then returns. */
+  luapool_values *v = luapool_values_new();
+  CHECK_EQ(luapool_values_string(v, "a"), 0);
+  CHECK_EQ(luapool_values_integer(v, 2), 0);
+  luapool_task_opts_init(&o);
+  o.retries = 2;
+  CHECK_EQ(luapool_submit_opts(lp, "flaky", v, &o, &f), 0);
+  CHECK_EQ(luapool_future_wait(f, -1), 0);
+  CHECK_STR(text_of(f), "ok");
+  luapool_future_free(f);
+  luapool_values_reset(v);
+  CHECK_EQ(luapool_values_string(v, "b"), 0);
+  CHECK_EQ(luapool_values_integer(v, 2), 0);
+  o.retries = 1;
+  CHECK_EQ(luapool_submit_opts(lp, "flaky", v, &o, &f), 0);
+  CHECK_EQ(luapool_future_wait(f, -1), LUAPOOL_ETASKFAIL);
+  luapool_future_free(f);
+
+  if (workers > 0) {
+    /* A time limit: the task is stopped long before its 5 s. */
+    luapool_task_opts_init(&o);
+    o.timeout = 0.2;
+    CHECK_EQ(luapool_submit_opts(lp, "slow", NULL, &o, &f), 0);
+    CHECK_EQ(luapool_future_wait(f, 30), LUAPOOL_ETASKFAIL);
+    CHECK(strstr(text_of(f), "timed out") != NULL);
+    luapool_future_free(f);
+
+    /* One worker busy spinning; a queued task cancelled is done at once. */
+    luapool_values_reset(v);
+    CHECK_EQ(luapool_values_number(v, 0.3), 0);
+    luapool_future *busy = NULL, *queued = NULL;
+    luapool_task_opts_init(&o);
+    o.pool = "io";
+    CHECK_EQ(luapool_submit_opts(lp, "spin", v, &o, &busy), 0);
+    CHECK_EQ(luapool_submit_opts(lp, "echo", NULL, &o, &queued), 0);
+    CHECK_EQ(luapool_future_cancel(queued), 1);
+    CHECK(luapool_future_done(queued));
+    CHECK(!luapool_future_done(busy));
+    CHECK_EQ(luapool_future_wait(queued, 0), LUAPOOL_ECANCELLED);
+    CHECK(strstr(text_of(queued), "task 'echo'") != NULL);
+    CHECK(strstr(text_of(queued), "was cancelled") != NULL);
+    CHECK_EQ(luapool_future_cancel(queued), 0); /* once */
+    CHECK_EQ(luapool_future_wait(busy, -1), 0);
+    luapool_future_free(busy);
+    CHECK_EQ(luapool_wait(lp, -1), 0);
+    CHECK_EQ(luapool_future_wait(queued, 0), LUAPOOL_ECANCELLED);
+    luapool_future_free(queued);
+  }
+  luapool_values_free(v);
+  CHECK_EQ(luapool_wait(lp, -1), 0);
+  CHECK_EQ(s.failures, 0);
+  luapool_close(lp);
+}
+
 /* Every call on a closed handle is refused without touching it. */
 static void test_closed(void) {
   seen s = {0};
@@ -454,6 +539,8 @@ int main(void) {
   test_values(0);
   test_futures(2);
   test_futures(0);
+  test_task_opts(2);
+  test_task_opts(0);
   test_closed();
   return check_report("test_api");
 }
