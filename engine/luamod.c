@@ -234,8 +234,8 @@ static void read_task_opts(lua_State *L, int t, const char *fname, luapool_task_
  * order =, memory_limit =, task_timeout =, retries =} -> pool, or nil,
  * message when the script cannot be loaded. */
 static int l_open(lua_State *L) {
-  static const char *const known[] = {"script", "source",  "workers",      "processes",
-                                      "threads", "pools",  "order",        "memory_limit",
+  static const char *const known[] = {"script",       "source",  "workers", "processes",
+                                      "threads",      "pools",   "order",   "memory_limit",
                                       "task_timeout", "retries", NULL};
   if (!lua_istable(L, 1))
     return luaL_error(L, "luapool.open: argument 1: options table expected, got %s",
@@ -357,8 +357,8 @@ static int pool_spawn(lua_State *L) {
 static hfuture *check_future(lua_State *L, const char *fname) {
   hfuture *h = luaL_testudata(L, 1, FUTURE_MT);
   if (!h)
-    luaL_error(L, "%s: called without a future (write %s(...), with a colon); got %s", fname,
-               fname, luaL_typename(L, 1));
+    luaL_error(L, "%s: called without a future (write %s(...), with a colon); got %s", fname, fname,
+               luaL_typename(L, 1));
   if (!h->f) luaL_error(L, "luapool: the future has been collected");
   return h;
 }
@@ -477,7 +477,8 @@ static int pool_map(lua_State *L) {
     read_task_opts(L, 4, "pool:map", &opts);
   }
   lua_Integer n = luaL_len(L, 3);
-  lua_settop(L, 4); /* the options table keeps opts.pool alive */
+  /* The options table at 4 keeps opts.pool alive while the tasks go. */
+  lua_settop(L, 4);
   lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the futures */
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, 3, i); /* 6 */
@@ -560,9 +561,9 @@ static int as_completed_next(lua_State *L) {
     int rc = lp_engine_wait_any(p->lp, fs, (int)n, left);
     lua_pop(L, 3);
     if (rc != 0 && rc != LUAPOOL_ETIMEDOUT)
-      return luaL_error(L, "as_completed: %s",
-                        rc == LUAPOOL_EDEADLOCK ? "no future can finish (deadlock)"
-                                                : luapool_strerror(rc));
+      return luaL_error(
+          L, "as_completed: %s",
+          rc == LUAPOOL_EDEADLOCK ? "no future can finish (deadlock)" : luapool_strerror(rc));
   }
 }
 
@@ -578,9 +579,9 @@ static int l_as_completed(lua_State *L) {
   double timeout = -1;
   if (!lua_isnoneornil(L, 2)) {
     if (lua_type(L, 2) != LUA_TNUMBER || !(lua_tonumber(L, 2) >= 0))
-      return luaL_error(L, "%s: argument 2: timeout (seconds >= 0) expected, got %s", fname,
-                        lua_type(L, 2) == LUA_TNUMBER ? luaL_tolstring(L, 2, NULL)
-                                                      : luaL_typename(L, 2));
+      return luaL_error(
+          L, "%s: argument 2: timeout (seconds >= 0) expected, got %s", fname,
+          lua_type(L, 2) == LUA_TNUMBER ? luaL_tolstring(L, 2, NULL) : luaL_typename(L, 2));
     timeout = lua_tonumber(L, 2);
   }
   lua_Integer n = luaL_len(L, 1);
