@@ -1,7 +1,7 @@
 -- embed_run.lua CPATH: the Lua host module under load, without busted (so a
 -- ThreadSanitizer build can run it in a plain lua5.4 with its runtime
--- preloaded): futures, map, records and close racing the workers. Exits 0,
--- or raises.
+-- preloaded): futures, map, records, as_completed, cancel and close racing
+-- the workers. Exits 0, or raises.
 package.cpath = arg[1] .. ";" .. package.cpath
 local lp = require "luapool"
 
@@ -14,7 +14,8 @@ function nap(s) luapool.sleep(s) end
 ]]
 
 for round = 1, 3 do
-  local pool <close> = assert(lp.open { workers = 2, source = source, order = ({ "tree", "priority", "completion" })[round] })
+  local pool <close> = assert(lp.open { workers = 2, source = source, pools = { side = "threads:2" },
+                                        order = ({ "tree", "priority", "completion" })[round] })
   local futures = {}
   for i = 1, 50 do futures[i] = pool:spawn("node", 20) end
   local n = 0
@@ -27,6 +28,17 @@ for round = 1, 3 do
   assert(pool:wait())
   for _ in pool:records() do n = n + 1 end
   assert(n == 50 * 20 + 200, n)
+  -- as_completed and cancel while the tasks finish, on another pool
+  local fs = {}
+  for i = 1, 40 do fs[i] = pool:spawn({ pool = "side", priority = i % 3 }, "node", 5) end
+  local k = 0
+  for f in lp.as_completed(fs, 60) do
+    assert(f:get() == 15)
+    k = k + 1
+  end
+  assert(k == 40, k)
+  local c = pool:spawn({ pool = "side" }, "nap", 10)
+  assert(c:cancel() and c:done())
   pool:spawn("nap", 10) -- cancelled by the close at the end of the round
   futures = nil
   collectgarbage()
