@@ -405,7 +405,10 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, const luapool_ta
     /* Another pool's processes: the main pool's roots run on an engine
      * thread, a root sent elsewhere runs where its pool's tasks do. */
     if (lp_procs_push(lp, t) != 0) {
+      atomic_store(&t->awaited, 1); /* the failed submit says it */
       lp_task_finish(t, LP_TASK_FAILED, NULL);
+      if (f) luapool_future_free(f);
+      if (out) *out = NULL;
       return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
     }
   } else {
