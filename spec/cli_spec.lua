@@ -4,8 +4,8 @@
 -- Assumptions where the SPEC is open (also listed in the spec report):
 --  * --help and --version write to stdout; --version prints a dotted number.
 --  * Usage errors (no command, unknown command, unknown flag, bad or missing
---    flag value) exit 2 and write a message to stderr; for the --workers
---    values and unknown flags that message includes the word "usage".
+--    flag value) exit 2 and write a message to stderr; a bad flag or value
+--    is one line naming the flag, the reason and `luapool --help`.
 --  * An error raised by the script's top-level code is a load error: exit 2.
 --  * A global `main` that is not a function counts as "without main".
 --  * `luapool check` exits 0 for a good script, 2 for a bad one, and never
@@ -97,21 +97,60 @@ describe("luapool", function()
   describe("flags", function()
     local script = 'function main() print("ran") end\n'
 
-    it("bad --workers values exit 2 with usage on stderr", function()
-      for _, flags in ipairs({ { "--workers", "-1" }, { "--workers", "abc" },
-                               { "--workers", "1.5" }, { "--workers" } }) do
+    -- One line: the flag, what it takes, what it got, and where the usage is.
+    local function one_line(res)
+      local lines = H.split_lines(res.err)
+      return #lines == 1 and lines[1] or nil
+    end
+
+    it("bad --workers values exit 2 with one line naming the reason", function()
+      for _, case in ipairs({ { { "--workers", "-1" }, "got '-1'" }, { { "--workers", "abc" }, "got 'abc'" },
+                              { { "--workers", "1.5" }, "got '1.5'" }, { { "--workers" }, "got nothing" } }) do
+        local flags, got = case[1], case[2]
         local res = H.run(script, nil, { flags = flags })
         assert.are.equal(2, res.code, table.concat(flags, " ") .. ": " .. H.describe(res))
-        assert.truthy(res.err:lower():find("usage", 1, true), H.describe(res))
+        assert.are.equal("luapool: --workers: expected a whole number from 0 to 1024, " .. got ..
+                         " (see luapool --help)", one_line(res), H.describe(res))
         assert.are.equal("", res.out)
       end
     end)
 
-    it("an unknown flag exits 2 naming it", function()
+    it("every flag with a value says what it takes in one line", function()
+      for _, case in ipairs({
+        { { "--processes", "x" }, "--processes: expected a whole number from 0 to 1024, got 'x'" },
+        { { "--threads", "0", "--processes", "1" }, "--threads: expected a whole number from 1 to 1024, got '0'" },
+        { { "--retries", "-2" }, "--retries: expected a whole number from 0 to 1000000, got '-2'" },
+        { { "--pool", "io" }, "--pool: expected NAME=threads:N or NAME=processes:N[xT], got 'io'" },
+        { { "--pool", "io=procs:2" }, "--pool io=procs:2: " },
+        { { "--order" }, "--order: expected tree, priority or completion, got nothing" },
+        { { "--format", "yaml" }, "--format: expected text or json, got 'yaml'" },
+        { { "--task-timeout", "soon" }, "--task-timeout: expected a positive number of seconds, got 'soon'" },
+        { { "--memory-limit", "5q" }, "--memory-limit: expected a positive size in bytes (like 64m), got '5q'" },
+        { { "--trace" }, "--trace: expected a file name, got nothing" },
+      }) do
+        local res = H.run(script, nil, { flags = case[1] })
+        local line = one_line(res)
+        assert.are.equal(2, res.code, H.describe(res))
+        assert.truthy(line, H.describe(res))
+        assert.are.equal("luapool: " .. case[2], line:sub(1, 9 + #case[2]), H.describe(res))
+        assert.truthy(line:find(" %(see luapool %-%-help%)$"), H.describe(res))
+      end
+    end)
+
+    it("an unknown flag exits 2 with one line naming it", function()
       local res = H.run(script, nil, { flags = { "--frobnicate" } })
       assert.are.equal(2, res.code, H.describe(res))
-      assert.truthy(res.err:find("frobnicate", 1, true), H.describe(res))
-      assert.truthy(res.err:lower():find("usage", 1, true), H.describe(res))
+      assert.are.equal("luapool: unknown option '--frobnicate' (see luapool --help)", one_line(res),
+                       H.describe(res))
+    end)
+
+    it("a --trace file that cannot be created names the system's reason before the run", function()
+      local res = H.run('function main() print("ran") end\n', nil,
+                        { flags = { "--trace", "/no/such/dir/t.json" } })
+      assert.are.equal(2, res.code, H.describe(res))
+      assert.are.equal("", res.out, H.describe(res))
+      assert.are.equal("luapool: --trace /no/such/dir/t.json: No such file or directory", one_line(res),
+                       H.describe(res))
     end)
 
     it("bad --order and --format values exit 2 naming the value", function()
