@@ -204,6 +204,68 @@ function helper() end
     end)
   end)
 
+  describe("--format json", function()
+    -- Reads JSON lines with Python's strict json module and turns each value
+    -- back into bytes (the \udcXX escapes through surrogateescape); prints
+    -- one line per record: the name's and the value's bytes in hex.
+    local reader = [=[
+import json, sys
+def back(v):
+    if isinstance(v, str): return v.encode("utf-8", "surrogateescape").hex()
+    if isinstance(v, list): return [back(x) for x in v]
+    if isinstance(v, dict): return {back(k): back(x) for k, x in v.items()}
+    return v
+for line in sys.stdin.buffer.read().decode("utf-8").splitlines():
+    r = json.loads(line)
+    print(back(r["name"]), json.dumps(back(r["value"]), sort_keys=True))
+]=]
+    local function hex(s) return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end)) end
+
+    it("is valid JSON for strings that are not UTF-8, and gives their bytes back", function()
+      local res = H.run([[
+local luapool = require "luapool"
+_G["odd\254name"] = function() luapool.emit("from \255 it") end
+function main()
+  luapool.emit("\255")
+  luapool.emit("ok \u{e9} \xe9 \xc3 \xed\xb3\xbf \xf4\x90\x80\x80 \xc1\xbf end")
+  luapool.emit({ ["k\200ey"] = { "nested \193", { deep = "x\255" } }, plain = "\u{e9}" })
+  print("printed \255")
+  luapool.spawn("odd\254name")
+end
+]], nil, { workers = 2, format = "json" })
+      assert.are.equal(0, res.code, H.describe(res))
+      -- Valid UTF-8 throughout: every byte outside it became an escape.
+      assert.truthy(utf8.len(res.out), H.describe(res))
+      local py, input = H.tmpname(".py"), H.tmpname(".json")
+      H.write_file(py, reader)
+      H.write_file(input, res.out)
+      local p = io.popen("python3 " .. H.quote(py) .. " < " .. H.quote(input) .. " 2>&1")
+      local got = H.split_lines(p:read("a"))
+      p:close()
+      os.remove(py)
+      os.remove(input)
+      local main, json = hex("main"), function(v) return string.format('"%s"', hex(v)) end
+      assert.are.same({
+        main .. " " .. json("\255"),
+        main .. " " .. json("ok \u{e9} \xe9 \xc3 \xed\xb3\xbf \xf4\x90\x80\x80 \xc1\xbf end"),
+        main .. string.format(' {"%s": [%s, {"%s": %s}], "%s": %s}', hex("k\200ey"), json("nested \193"),
+                              hex("deep"), json("x\255"), hex("plain"), json("\u{e9}")),
+        main .. " " .. json("printed \255"),
+        hex("odd\254name") .. " " .. json("from \255 it"),
+      }, got, res.out)
+    end)
+
+    it("writes valid UTF-8 as it is", function()
+      local res = H.run([[
+local luapool = require "luapool"
+function main() luapool.emit({ "caf\u{e9}", "\u{1F600}" }) end
+]], nil, { workers = 1, format = "json" })
+      assert.are.equal(0, res.code, H.describe(res))
+      assert.are.same({ '{"task":1,"name":"main","priority":0,"value":["caf\u{e9}","\u{1F600}"]}' },
+                      res.lines)
+    end)
+  end)
+
   describe("failures", function()
     it("an unawaited failing task goes to stderr with its name and exits 1", function()
       local res = H.run([[
