@@ -66,9 +66,29 @@ void lp_progress_clear(lp_progress *p) {
   p->shown = 0;
 }
 
+/* A duration with the precision a person wants: seconds from 1 s up,
+ * milliseconds and microseconds below (a short run is not "0.000 s"). */
+static void duration(char *buf, size_t size, double s) {
+  if (s >= 1)
+    snprintf(buf, size, "%.3f s", s);
+  else if (s >= 1e-3)
+    snprintf(buf, size, "%.1f ms", s * 1e3);
+  else
+    snprintf(buf, size, "%.0f \u00b5s", s * 1e6);
+}
+
 void lp_progress_summary(luapool *lp, FILE *out) {
+  /* The workers first, then the run: each busy time is then measured up to
+   * an instant no later than the wall time it is divided by, so no share
+   * passes 100% (taken the other way round, a short run's workers showed
+   * up to 280%: their clock ran on while the first lines were printed). */
+  luapool_worker_stats ws[64];
+  int n = luapool_get_worker_stats(lp, ws, 64);
   luapool_stats st;
   luapool_get_stats(lp, &st);
+  char wall[32], cpu[32];
+  duration(wall, sizeof wall, st.wall);
+  duration(cpu, sizeof cpu, st.cpu);
   fprintf(out, "luapool stats\n");
   fprintf(out, "  tasks run         %llu (failed %llu, retried %llu)\n",
           (unsigned long long)st.tasks_run, (unsigned long long)st.tasks_failed,
@@ -76,11 +96,9 @@ void lp_progress_summary(luapool *lp, FILE *out) {
   fprintf(out, "  deepest level     %d\n", st.max_depth);
   fprintf(out, "  peak queued       %ld\n", st.peak_queued);
   fprintf(out, "  peak suspended    %ld\n", st.peak_suspended);
-  fprintf(out, "  wall time         %.3f s\n", st.wall);
-  fprintf(out, "  CPU time          %.3f s\n", st.cpu);
+  fprintf(out, "  wall time         %s\n", wall);
+  fprintf(out, "  CPU time          %s\n", cpu);
   fprintf(out, "  tasks per second  %.1f\n", st.wall > 0 ? (double)st.tasks_run / st.wall : 0.0);
-  luapool_worker_stats ws[64];
-  int n = luapool_get_worker_stats(lp, ws, 64);
   fprintf(out, "  worker busy      ");
   for (int i = 0; i < n && i < 64; i++) {
     if (i > 0 && i % 8 == 0) fprintf(out, "\n                   ");

@@ -94,7 +94,7 @@ describe("--stats", function()
     assert.is_true(peak >= 1 and peak <= 50, H.describe(res))
     local wall = tonumber(err:match("wall time +([%d.]+) s"))
     assert.is_true(wall > 0, H.describe(res))
-    assert.truthy(err:match("CPU time +[%d.]+ s"), H.describe(res))
+    assert.truthy(err:match("CPU time +[%d.]+ [m\194\181]*s\n"), H.describe(res))
     assert.truthy(err:match("tasks per second +[%d.]+"), H.describe(res))
     local busy = err:match("worker busy +([^\n]*)")
     assert.truthy(busy and busy:match("^1: *%d+%% 2: *%d+%%$"), H.describe(res))
@@ -165,6 +165,29 @@ end
     -- main; outer; bad three times inside outer's process; sub and its five
     -- leaves; the engine's bad twice (the engine ran it again).
     assert.truthy(failing.err:find("tasks run +13 %(failed 2, retried 3%)"), H.describe(failing))
+  end)
+
+  it("keeps every busy share within 100% and gives a short run's time a unit", function()
+    -- A run of next to nothing: the workers' time is measured over the same
+    -- span as the wall time it is divided by (before, shares of 150% and
+    -- more, and a wall time of 0.000 s).
+    for _ = 1, 10 do
+      local res = H.run("function main() end\n", {}, { workers = 2, flags = { "--stats" } })
+      assert.are.equal(0, res.code, H.describe(res))
+      local busy = res.err:match("worker busy +([^\n]*)")
+      assert.truthy(busy, H.describe(res))
+      for share in busy:gmatch(": *(%d+)%%") do
+        assert.is_true(tonumber(share) <= 100, H.describe(res))
+      end
+      for _, what in ipairs({ "wall time", "CPU time" }) do
+        local num, unit = res.err:match(what .. " +([%d.]+) ([^\n]+)\n")
+        assert.truthy(unit == "s" or unit == "ms" or unit == "\194\181s", H.describe(res))
+        if what == "wall time" then
+          assert.is_true(tonumber(num) > 0, H.describe(res))
+          assert.are_not.equal("s", unit, H.describe(res)) -- far below a second
+        end
+      end
+    end
   end)
 
   it("works in a sequential run", function()
