@@ -32,14 +32,37 @@ static void human(char *buf, size_t size, double n) {
 
 int lp_progress_wanted(int requested) { return requested && isatty(STDERR_FILENO); }
 
+/* Appends field i to text at *len, right-aligned in the widest it has
+ * been this run (at least min): the line keeps its length as numbers grow,
+ * so the bar and the fields after it do not shift from draw to draw. */
+static void field(lp_progress *p, int i, int min, char *text, size_t size, int *len,
+                  const char *fmt, const char *value) {
+  int w = (int)strlen(value);
+  if (w < min) w = min;
+  if (w > p->width[i]) p->width[i] = w;
+  if (*len < 0 || (size_t)*len >= size) return;
+  int n = snprintf(text + *len, size - (size_t)*len, fmt, p->width[i], value);
+  if (n > 0) *len += n;
+}
+
 void lp_progress_draw(lp_progress *p, const luapool_stats *st) {
-  char rate[16], text[160];
+  char rate[16], tasks[48], running[24], waiting[24], failed[24], elapsed[24], text[200];
   human(rate, sizeof rate, st->wall > 0 ? (double)st->tasks_done / st->wall : 0);
+  snprintf(tasks, sizeof tasks, "%llu/%llu", (unsigned long long)st->tasks_done,
+           (unsigned long long)st->tasks_known);
+  snprintf(running, sizeof running, "%ld", st->running);
+  snprintf(waiting, sizeof waiting, "%ld", st->suspended);
+  snprintf(failed, sizeof failed, "%llu", (unsigned long long)st->tasks_failed);
   int secs = (int)st->wall;
-  int n =
-      snprintf(text, sizeof text, " %llu/%llu tasks, %ld running, %ld waiting, %s/s, %d:%02d.%d",
-               (unsigned long long)st->tasks_done, (unsigned long long)st->tasks_known, st->running,
-               st->suspended, rate, secs / 60, secs % 60, (int)((st->wall - secs) * 10));
+  snprintf(elapsed, sizeof elapsed, "%d:%02d.%d", secs / 60, secs % 60,
+           (int)((st->wall - secs) * 10));
+  int n = 0;
+  field(p, 0, 9, text, sizeof text, &n, " %*s tasks", tasks);
+  field(p, 1, 2, text, sizeof text, &n, ", %*s running", running);
+  field(p, 2, 3, text, sizeof text, &n, ", %*s waiting", waiting);
+  field(p, 3, 2, text, sizeof text, &n, ", %*s failed", failed);
+  field(p, 4, 5, text, sizeof text, &n, ", %*s/s", rate);
+  field(p, 5, 6, text, sizeof text, &n, ", %*s", elapsed);
   int width = columns() - n - 3;
   if (width > 40) width = 40;
   char bar[48];

@@ -71,6 +71,54 @@ describe("--progress", function()
     assert.are.same(expected_lines(), H.split_lines(off.out), show(off))
   end)
 
+  it("shows the failures so far, in fields that keep their place as numbers grow", function()
+    -- 12 tasks fail one after another over 1.2 s (done goes from one digit
+    -- to two, waiting from two to one), 12 others sleep 1.5 s; failures are
+    -- collected with ok(), so stderr holds only the bar.
+    local res = on_pty([[
+local luapool = require "luapool"
+function bad(i) luapool.sleep(0.1 * i) error("bad " .. i, 0) end
+function good() for _ = 1, 15 do luapool.sleep(0.1) end end
+function main()
+  local fs = {}
+  for i = 1, 12 do fs[#fs + 1] = luapool.spawn(bad, i) end
+  for _ = 1, 12 do fs[#fs + 1] = luapool.spawn(good) end
+  luapool.wait(fs)
+  for _, f in ipairs(fs) do f:ok() end
+end
+]], { "--progress" })
+    assert.are.equal(0, res.code, show(res))
+    local frames = {}
+    for f in res.tty:gmatch("\r(%[[^\r]*)\27%[K") do frames[#frames + 1] = f end
+    assert.is_true(#frames >= 4, show(res))
+    local most = 0
+    for _, f in ipairs(frames) do
+      local failed = tonumber(f:match("(%d+) failed"))
+      assert.truthy(failed, f)
+      most = math.max(most, failed)
+    end
+    assert.is_true(most >= 3, show(res))
+    -- The same bar width, and every field at the same column, in every frame.
+    local first = frames[1]
+    local function layout(f)
+      local t = { #f:match("^%[([#.]*)%]") }
+      for _, label in ipairs({ " tasks", " running", " waiting", " failed", "/s" }) do
+        t[#t + 1] = f:find(label, 1, true)
+      end
+      return table.concat(t, " ")
+    end
+    for _, f in ipairs(frames) do
+      assert.are.equal(layout(first), layout(f), show(res))
+    end
+    -- The numbers did grow past a digit while the bar was shown.
+    local lo, hi = math.huge, 0
+    for _, f in ipairs(frames) do
+      local done = tonumber(f:match("(%d+)/%d+ tasks"))
+      lo, hi = math.min(lo, done), math.max(hi, done)
+    end
+    assert.is_true(lo < 10 and hi >= 10, show(res))
+  end)
+
   it("is never drawn when stderr is a pipe", function()
     local res = H.run(SLOW, {}, { workers = 2, flags = { "--progress" } })
     assert.are.equal(0, res.code, H.describe(res))
