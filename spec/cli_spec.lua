@@ -282,6 +282,35 @@ end
       assert.are.same({ "before" }, res.lines)
     end)
 
+    it("a traceback shows each task's levels once, also for a child run inside its parent's get", function()
+      -- With one worker the child is still on the parent's queue when the
+      -- parent asks for it, and runs inline inside get(); its traceback used
+      -- to go on through the parent's levels, which the parent's own
+      -- traceback then showed again.
+      local script = [[
+local luapool = require "luapool"
+function child() error("boom in child") end
+function parent() return luapool.spawn(child):get() end
+function main() luapool.spawn(parent) end
+]]
+      for _, flags in ipairs({ { "--workers", "1" }, { "--workers", "0" }, { "--processes", "1" } }) do
+        local res = H.run(script, nil, { flags = flags })
+        local what = table.concat(flags, " ") .. ": " .. H.describe(res)
+        assert.are.equal(1, res.code, what)
+        local function count(s)
+          local n = 0
+          for _ in res.err:gmatch(s) do n = n + 1 end
+          return n
+        end
+        assert.are.equal(2, count("stack traceback:"), what)  -- the child's, then the parent's
+        assert.are.equal(1, count("in function 'child'"), what)
+        assert.are.equal(1, count("in function 'parent'"), what)
+        assert.are.equal(1, count("in method 'get'"), what)
+        -- The child's traceback ends at the child: the next line starts the parent's.
+        assert.truthy(res.err:find("in function 'child'\n\t%[C%]: in %?\nstack traceback:\n"), what)
+      end
+    end)
+
     it("a failing main exits 1 with its message", function()
       local res = H.run("function main() error('main gave up') end\n", nil, { workers = 2 })
       assert.are.equal(1, res.code, H.describe(res))
