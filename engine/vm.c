@@ -147,12 +147,14 @@ lua_State *lp_vm_new(lp_worker *w) {
   return L;
 }
 
-static void set_err(char *err, size_t errlen, const char *msg) {
-  snprintf(err, errlen, "%s", msg ? msg : "(no message)");
+/* A copy of the whole message: a load error can be as long as the script
+ * makes it (an error() string, a syntax error near a long token). */
+static void set_err(char **err, const char *msg) {
+  free(*err);
+  *err = strdup(msg ? msg : "(no message)");
 }
 
-int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char *err,
-               size_t errlen) {
+int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char **err) {
   lp_worker *w = lp_worker_of(L);
   int top = lua_gettop(L);
   lua_pushcfunction(L, lp_vm_traceback);
@@ -160,25 +162,27 @@ int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunknam
   int rc = luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK ||
            lua_pcall(L, 0, 0, top + 1) != LUA_OK;
   w->limit_on = 0;
-  if (rc) set_err(err, errlen, lua_tostring(L, -1));
+  if (rc) set_err(err, lua_tostring(L, -1));
   lua_settop(L, top);
   return rc ? -1 : 0;
 }
 
-int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char *err, size_t errlen) {
+int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char **err) {
   if (len > 0 && chunk[0] == LUA_SIGNATURE[0]) {
-    snprintf(err, errlen, "%s: precompiled (binary) chunks are not accepted; give the source",
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: precompiled (binary) chunks are not accepted; give the source",
              chunkname[0] == '@' || chunkname[0] == '=' ? chunkname + 1 : chunkname);
+    set_err(err, msg);
     return -1;
   }
   lua_State *L = luaL_newstate();
   if (!L) {
-    set_err(err, errlen, "out of memory");
+    set_err(err, "out of memory");
     return -1;
   }
   int rc = 0;
   if (luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK) {
-    set_err(err, errlen, lua_tostring(L, -1));
+    set_err(err, lua_tostring(L, -1));
     rc = -1;
   }
   lua_close(L);

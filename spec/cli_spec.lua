@@ -68,6 +68,29 @@ describe("luapool", function()
       assert.truthy(res.err:find("broken at load time", 1, true), H.describe(res))
     end)
 
+    it("with a long load error, exit 2 with the whole message", function()
+      -- An error() string at load time and a syntax error near a long token:
+      -- both were cut (at 511 and 1023 bytes).
+      local long = string.rep("x", 3000)
+      local raises = H.write_script('error("' .. long .. 'END")\nfunction main() end\n')
+      local unfinished = H.write_script('local s = "' .. long .. 'END\nfunction main() end\n')
+      for _, case in ipairs({ { raises, long .. "END\nstack traceback:" },
+                              { unfinished, ":1: unfinished string near '\"" .. long .. "END'" } }) do
+        local runs = { H.check(case[1]) }
+        for _, flags in ipairs({ { "--workers", "1" }, { "--workers", "0" }, { "--processes", "1" } }) do
+          runs[#runs + 1] = H.run(case[1], nil, { flags = flags })
+        end
+        for i, r in ipairs(runs) do
+          if i > 1 or case[1] == unfinished then -- check does not run the top level
+            assert.are.equal(2, r.code, H.describe(r))
+            assert.truthy(r.err:find(case[2], 1, true), H.describe(r))
+          end
+        end
+      end
+      os.remove(raises)
+      os.remove(unfinished)
+    end)
+
     it("without main, exit 2 saying so", function()
       for _, text in ipairs({ "function helper() end\n", "main = 5\nfunction helper() end\n" }) do
         local res = H.run(text)
