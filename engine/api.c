@@ -82,14 +82,23 @@ void luapool_config_init(luapool_config *cfg) {
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(eng->errmsg, sizeof eng->errmsg, fmt, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap);
   va_end(ap);
+  char *msg = n >= 0 ? malloc((size_t)n + 1) : NULL;
+  if (msg) {
+    va_start(ap, fmt);
+    vsnprintf(msg, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
+  free(eng->errmsg);
+  eng->errmsg = msg; /* NULL: out of memory, which luapool_errmsg says */
   return err;
 }
 
 const char *luapool_errmsg(luapool *lp) {
   if (!lp) return "no engine";
-  return lp_engine_is_open(lp) ? lp->errmsg : "not an open luapool handle";
+  if (!lp_engine_is_open(lp)) return "not an open luapool handle";
+  return lp->errmsg ? lp->errmsg : "out of memory (the message was lost)";
 }
 
 static void destroy(luapool *lp);
@@ -218,9 +227,12 @@ static int cmp_names(const void *a, const void *b);
 static int load(luapool *lp, const char *chunk, size_t len, const char *chunkname) {
   if (lp->phase != LP_PHASE_OPEN)
     return lp_engine_error(lp, LUAPOOL_ESTATE, "a script is already loaded");
-  char err[1024];
-  if (lp_vm_check(chunk, len, chunkname, err, sizeof err) != 0)
-    return lp_engine_error(lp, LUAPOOL_ESCRIPT, "%s", err);
+  char *err = NULL;
+  if (lp_vm_check(chunk, len, chunkname, &err) != 0) {
+    int rc = lp_engine_error(lp, LUAPOOL_ESCRIPT, "%s", err ? err : "out of memory");
+    free(err);
+    return rc;
+  }
   lp->script = malloc(len + 1);
   lp->chunkname = strdup(chunkname);
   if (!lp->script || !lp->chunkname) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
@@ -961,6 +973,7 @@ static void destroy(luapool *lp) {
   free(lp->counters);
   free(lp->script);
   free(lp->chunkname);
+  free(lp->errmsg);
   for (int i = 0; i < lp->nmodules; i++) free(lp->modules[i].name);
   free(lp->modules);
   for (int i = 0; i < lp->ndefined; i++) free(lp->defined[i]);

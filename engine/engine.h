@@ -89,7 +89,7 @@ struct luapool {
   struct luapool_future *futures; /* host-only: live futures, detached at close */
   struct luapool *next_open;      /* the list of open engines (api.c) */
 
-  char errmsg[1024];
+  char *errmsg; /* the last error, whole (a load error can be long); malloc'd */
 };
 
 #define LP_COUNTER_BLOCK 256

@@ -404,7 +404,11 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   w->current = t;
   lp_stats_switch(&w->stats, t);
   lua_settop(L, 1);
-  lua_pushcfunction(L, lp_vm_traceback);
+  lua_Debug ar;
+  int below = 0; /* the levels of the parent (and its own inline parents) */
+  while (lua_getstack(L, below, &ar)) below++;
+  lua_pushinteger(L, below);
+  lua_pushcclosure(L, lp_vm_traceback_inline, 1);
   lua_pushcfunction(L, lp_pool_task_entry);
   return lua_pcallk(L, 0, 0, 2, (lua_KContext)self, get_inline_k);
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,23 +67,35 @@ static const char usage_text[] =
 static const char **g_args; /* freed on every exit path, for leak checkers */
 static const char **g_pools;
 
-static void usage_error(const char *fmt, const char *arg) {
+/* A usage error is one line: what was wrong and where the usage is. The
+ * 35 lines of usage would bury the reason. */
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void usage_error(const char *fmt, ...) {
   free(g_args);
   free(g_pools);
+  va_list ap;
+  va_start(ap, fmt);
   fprintf(stderr, "luapool: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\n\n%s", usage_text);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, " (see luapool --help)\n");
+  va_end(ap);
   exit(EXIT_USAGE);
 }
 
-static long parse_count(const char *flag, const char *s, long max) {
+/* A flag's value that is missing or not what the flag takes. */
+static void bad_value(const char *flag, const char *expected, const char *val) {
+  if (val) usage_error("%s: expected %s, got '%s'", flag, expected, val);
+  usage_error("%s: expected %s, got nothing", flag, expected);
+}
+
+static long parse_count(const char *flag, const char *s, long min, long max) {
   char *end;
   errno = 0;
   long v = s ? strtol(s, &end, 10) : -1;
-  if (!s || errno || end == s || *end || v < 0 || v > max) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s needs a whole number from 0 to %ld, not '%%s'", flag, max);
-    usage_error(msg, s ? s : "");
+  if (!s || errno || end == s || *end || v < min || v > max) {
+    char what[96];
+    snprintf(what, sizeof what, "a whole number from %ld to %ld", min, max);
+    bad_value(flag, what, s);
   }
   return v;
 }
@@ -106,11 +119,8 @@ static size_t parse_bytes(const char *flag, const char *s) {
     end++;
     if (*end == 'b' || *end == 'B') end++;
   }
-  if (!s || errno || end == s || *end || mult < 0 || v * mult < 1 || v * mult > 1e15) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s needs a positive size in bytes (like 64m), not '%%s'", flag);
-    usage_error(msg, s ? s : "");
-  }
+  if (!s || errno || end == s || *end || mult < 0 || v * mult < 1 || v * mult > 1e15)
+    bad_value(flag, "a positive size in bytes (like 64m)", s);
   return (size_t)(v * mult);
 }
 
@@ -180,7 +190,7 @@ static int load_script(luapool *lp, const char *path) {
 }
 
 static int cmd_check(int argc, char **argv) {
-  if (argc != 1) usage_error("check takes exactly one script%s", "");
+  if (argc != 1) usage_error("check takes exactly one script");
   luapool_config cfg;
   luapool_config_init(&cfg);
   cfg.workers = 0;
@@ -232,51 +242,51 @@ static int cmd_run(int argc, char **argv) {
     } else if (strcmp(a, "--") == 0) {
       only_args = 1;
     } else if (strcmp(a, "--workers") == 0) {
-      cfg.workers = (int)parse_count(a, val, 1024);
+      cfg.workers = (int)parse_count(a, val, 0, 1024);
       i++;
     } else if (strcmp(a, "--processes") == 0) {
-      cfg.processes = (int)parse_count(a, val, 1024);
+      cfg.processes = (int)parse_count(a, val, 0, 1024);
       i++;
     } else if (strcmp(a, "--threads") == 0) {
-      cfg.threads = (int)parse_count(a, val, 1024);
-      if (cfg.threads == 0) usage_error("--threads needs at least 1%s", "");
+      cfg.threads = (int)parse_count(a, val, 1, 1024);
       i++;
     } else if (strcmp(a, "--pool") == 0) {
       const char *eq = val ? strchr(val, '=') : NULL;
-      if (!eq || eq == val)
-        usage_error("--pool needs NAME=threads:N or NAME=processes:N[xT]%s", "");
+      if (!eq || eq == val) bad_value(a, "NAME=threads:N or NAME=processes:N[xT]", val);
       pools[npools++] = val;
       i++;
     } else if (strcmp(a, "--fail-fast") == 0) {
       cfg.fail_fast = 1;
     } else if (strcmp(a, "--order") == 0) {
-      if (!val) usage_error("--order needs tree, priority or completion%s", "");
-      if (strcmp(val, "tree") == 0)
+      if (!val)
+        bad_value(a, "tree, priority or completion", val);
+      else if (strcmp(val, "tree") == 0)
         cfg.order = LUAPOOL_ORDER_TREE;
       else if (strcmp(val, "priority") == 0)
         cfg.order = LUAPOOL_ORDER_PRIORITY;
       else if (strcmp(val, "completion") == 0)
         cfg.order = LUAPOOL_ORDER_COMPLETION;
       else
-        usage_error("--order needs tree, priority or completion, not '%s'", val);
+        bad_value(a, "tree, priority or completion", val);
       i++;
     } else if (strcmp(a, "--format") == 0) {
-      if (!val) usage_error("--format needs text or json%s", "");
-      if (strcmp(val, "text") == 0)
+      if (!val)
+        bad_value(a, "text or json", val);
+      else if (strcmp(val, "text") == 0)
         c.json = 0;
       else if (strcmp(val, "json") == 0)
         c.json = 1;
       else
-        usage_error("--format needs text or json, not '%s'", val);
+        bad_value(a, "text or json", val);
       i++;
     } else if (strcmp(a, "--retries") == 0) {
-      cfg.retries = (int)parse_count(a, val, 1000000);
+      cfg.retries = (int)parse_count(a, val, 0, 1000000);
       i++;
     } else if (strcmp(a, "--task-timeout") == 0) {
       char *end;
       double v = val ? strtod(val, &end) : -1;
       if (!val || end == val || *end || !(v > 0) || v > 1e9)
-        usage_error("--task-timeout needs a positive number of seconds, not '%s'", val ? val : "");
+        bad_value(a, "a positive number of seconds", val);
       cfg.task_timeout = v;
       i++;
     } else if (strcmp(a, "--memory-limit") == 0) {
@@ -287,9 +297,15 @@ static int cmd_run(int argc, char **argv) {
     } else if (strcmp(a, "--stats") == 0) {
       stats = 1;
     } else if (strcmp(a, "--trace") == 0) {
-      if (!val || !*val) usage_error("--trace needs a file name%s", "");
-      FILE *f = fopen(val, "w"); /* fail now rather than after the run */
-      if (!f) usage_error("--trace: cannot write '%s'", val);
+      if (!val || !*val) bad_value(a, "a file name", val && *val ? val : NULL);
+      FILE *f = fopen(val, "w"); /* fail now, with the system's reason, rather than after the run */
+      if (!f) { /* a system error, not a misuse: its reason is all there is to say */
+        fprintf(stderr, "luapool: --trace %s: %s\n", val, strerror(errno));
+        free(args);
+        free(pools);
+        g_args = g_pools = NULL;
+        return EXIT_USAGE;
+      }
       fclose(f);
       cfg.trace_path = val;
       i++;
@@ -297,8 +313,8 @@ static int cmd_run(int argc, char **argv) {
       usage_error("unknown option '%s'", a);
     }
   }
-  if (!script) usage_error("run needs a script%s", "");
-  if (cfg.threads > 0 && cfg.processes == 0) usage_error("--threads needs --processes%s", "");
+  if (!script) usage_error("run needs a script");
+  if (cfg.threads > 0 && cfg.processes == 0) usage_error("--threads needs --processes");
   cfg.json_records = c.json;
   cfg.on_record = on_record;
   cfg.on_failure = on_failure;
@@ -320,7 +336,8 @@ static int cmd_run(int argc, char **argv) {
     char name[128];
     snprintf(name, sizeof name, "%.*s", (int)(eq - pools[i]), pools[i]);
     if (luapool_add_pool(lp, name, eq + 1) != 0) {
-      fprintf(stderr, "luapool: --pool %s: %s\n\n%s", pools[i], luapool_errmsg(lp), usage_text);
+      fprintf(stderr, "luapool: --pool %s: %s (see luapool --help)\n", pools[i],
+              luapool_errmsg(lp));
       luapool_close(lp);
       free(args);
       free(pools);

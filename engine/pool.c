@@ -440,13 +440,12 @@ void lp_pool_run_nested(lp_worker *w, lp_task *until) {
 static int start_state(luapool *eng, lp_worker *w) {
   w->L = lp_vm_new(w);
   if (!w->L) {
-    snprintf(w->errmsg, sizeof w->errmsg, "cannot create a Lua state");
+    w->errmsg = strdup("cannot create a Lua state");
     return LUAPOOL_ENOMEM;
   }
   lua_newtable(w->L);
   w->cos_ref = luaL_ref(w->L, LUA_REGISTRYINDEX);
-  if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, w->errmsg, sizeof w->errmsg) !=
-      0)
+  if (lp_vm_load(w->L, eng->script, eng->script_len, eng->chunkname, &w->errmsg) != 0)
     return LUAPOOL_ESCRIPT;
   return 0;
 }
@@ -467,7 +466,7 @@ int lp_pool_start(luapool *eng) {
   if (eng->inline_mode) { /* the host's thread is the worker */
     lp_worker *w = &eng->workers[0];
     int rc = start_state(eng, w);
-    if (rc != 0) return lp_engine_error(eng, rc, "%s", w->errmsg);
+    if (rc != 0) return lp_engine_error(eng, rc, "%s", w->errmsg ? w->errmsg : "out of memory");
   } else {
     int rc = 0;
     for (int i = 0; i < n && rc == 0; i++) {
@@ -483,7 +482,7 @@ int lp_pool_start(luapool *eng) {
       lp_worker *w = &eng->workers[i];
       while (w->started && !w->start_rc) pthread_cond_wait(&eng->host_cond, &eng->host_lock);
       if (rc == 0 && w->started && w->start_rc != 1)
-        rc = lp_engine_error(eng, w->start_rc, "%s", w->errmsg);
+        rc = lp_engine_error(eng, w->start_rc, "%s", w->errmsg ? w->errmsg : "out of memory");
     }
     pthread_mutex_unlock(&eng->host_lock);
     if (rc != 0) {
@@ -525,7 +524,10 @@ void lp_pool_stop(luapool *eng) {
 void lp_pool_free(luapool *eng) {
   if (!eng->workers) return;
   /* Last: every task record and report node lives in these slabs. */
-  for (int i = 0; i < eng->nworkers; i++) lp_task_cache_drain(&eng->workers[i].cache);
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_task_cache_drain(&eng->workers[i].cache);
+    free(eng->workers[i].errmsg);
+  }
   free(eng->workers);
   eng->workers = NULL;
 }

@@ -53,9 +53,9 @@ typedef struct lp_worker {
   int inline_depth;    /* tasks being run inline by get(), nested */
   const void *last_fn; /* the function value spawn saw last, and its id */
   int last_fn_id;
-  lp_buf result;    /* the running task's packed return values */
-  lp_wstats stats;  /* counters and trace events, owner-written (stats.h) */
-  char errmsg[512]; /* why start-up failed */
+  lp_buf result;   /* the running task's packed return values */
+  lp_wstats stats; /* counters and trace events, owner-written (stats.h) */
+  char *errmsg;    /* why start-up failed; malloc'd, freed by lp_pool_free */
 } lp_worker;
 
 /* Creates every worker's state, loads the script into each and starts the

@@ -88,7 +88,7 @@ typedef struct lp_conn {
   int threads_started;
   pthread_mutex_t mlock; /* guards `tasks` */
   lp_idmap tasks;        /* sent to this process and not DONE */
-  char loaderr[512];
+  char *loaderr;         /* why it could not load or start, whole (malloc'd) */
   /* Under the pool's lock: what the running process said of itself last,
    * and what the processes before it in this slot counted in all. */
   lp_rstats now, before;
@@ -680,7 +680,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
     case LP_MSG_LOADERR:
       if (lp_wire_get_bytes(m, &p, &n) != 0) break;
       pthread_mutex_lock(&ps->lock);
-      snprintf(c->loaderr, sizeof c->loaderr, "%.*s", (int)n, p);
+      if (!c->loaderr) c->loaderr = strndup(p, n);
       pthread_cond_broadcast(&ps->ready_cond);
       pthread_mutex_unlock(&ps->lock);
       break;
@@ -856,11 +856,15 @@ static void process_died(lp_conn *c, const char *why) {
   if (!closing) {
     pthread_mutex_lock(&ps->lock);
     c->early = was_ready ? 0 : c->early + 1;
-    int again = was_ready || (!c->loaderr[0] && why == NULL && c->early < EARLY_DEATHS);
+    int again = was_ready || (!c->loaderr && why == NULL && c->early < EARLY_DEATHS);
     replaced = again && spawn_process(ps, c) == 0;
     if (!replaced) {
       c->gone = 1;
-      if (!c->loaderr[0]) snprintf(c->loaderr, sizeof c->loaderr, "%s before it was ready", what);
+      if (!c->loaderr) {
+        char text[320];
+        snprintf(text, sizeof text, "%s before it was ready", what);
+        c->loaderr = strdup(text);
+      }
       pthread_cond_broadcast(&ps->ready_cond);
     }
     pthread_mutex_unlock(&ps->lock);
@@ -909,7 +913,7 @@ static void process_died(lp_conn *c, const char *why) {
     if (!alive) {
       pthread_mutex_lock(&ps->lock);
       snprintf(ps->lost, sizeof ps->lost, "no worker process is left in pool '%s' (the last: %s)",
-               eng->pools[ps->pool].name, c->loaderr);
+               eng->pools[ps->pool].name, c->loaderr ? c->loaderr : what);
       pthread_mutex_unlock(&ps->lock);
       cancel_pool(eng, ps);
     }
@@ -1174,12 +1178,12 @@ static int start_pool(luapool *eng, int pool) {
   pthread_mutex_lock(&ps->lock);
   for (int i = 0; i < ps->n && rc == 0; i++) {
     lp_conn *c = &ps->conns[i];
-    while (!c->ready && !c->loaderr[0] && !c->gone) pthread_cond_wait(&ps->ready_cond, &ps->lock);
-    if (c->loaderr[0] && !c->gone)
+    while (!c->ready && !c->loaderr && !c->gone) pthread_cond_wait(&ps->ready_cond, &ps->lock);
+    if (c->loaderr && !c->gone)
       rc = lp_engine_error(eng, LUAPOOL_ESCRIPT, "%s", c->loaderr);
     else if (!c->ready)
       rc = lp_engine_error(eng, LUAPOOL_ESYS, "worker process %d could not start: %s", i + 1,
-                           c->loaderr[0] ? c->loaderr : "no reason given");
+                           c->loaderr ? c->loaderr : "no reason given");
   }
   pthread_mutex_unlock(&ps->lock);
   return rc;
@@ -1234,6 +1238,7 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
     }
     lp_buf_free(&c->out);
     free(c->tasks.slot);
+    free(c->loaderr);
     free(c->now.threads);
     free(c->before.threads);
     pthread_cond_destroy(&c->cond);

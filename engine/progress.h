@@ -10,7 +10,8 @@
 #include "luapool.h"
 
 typedef struct lp_progress {
-  int shown; /* the bar is on the screen now */
+  int shown;    /* the bar is on the screen now */
+  int width[6]; /* the widest each field has been: fields only grow */
 } lp_progress;
 
 /* Whether to draw a bar: asked for and stderr is a terminal. */

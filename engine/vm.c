@@ -52,6 +52,54 @@ int lp_vm_traceback(lua_State *L) {
   return 1;
 }
 
+/* Finds the last "\nstack traceback:" in s: the one luaL_traceback added
+ * (a child's re-raised error carries its own earlier in the message). */
+static const char *last_traceback(const char *s) {
+  const char *found = NULL;
+  for (const char *p = s; (p = strstr(p, "\nstack traceback:")); p++) found = p;
+  return found;
+}
+
+int lp_vm_traceback_inline(lua_State *L) {
+  int base = (int)lua_tointeger(L, lua_upvalueindex(1));
+  lua_Debug ar;
+  int last = 0; /* the deepest level; 0 is this handler */
+  while (lua_getstack(L, last + 1, &ar)) last++;
+  int keep = last - base; /* levels 1..keep are the task's own */
+  lp_vm_traceback(L);
+  size_t len;
+  const char *s = lua_tolstring(L, -1, &len);
+  const char *tb = s ? last_traceback(s) : NULL;
+  if (!tb || base <= 0 || keep < 0) return 1;
+  /* One line per level from level 1 (and a "(...tail calls...)" line after
+   * a level that made them); a long traceback has a "... (skipping N
+   * levels)" line between its first and last levels. */
+  static const char skipping[] = "\n\t...\t(skipping ";
+  int level = 0;
+  for (const char *q = strchr(tb + 1, '\n'); q; q = strchr(q + 1, '\n')) {
+    if (strncmp(q, skipping, sizeof skipping - 1) == 0) {
+      int n = atoi(q + sizeof skipping - 1) + 1; /* it says one fewer than it skips */
+      if (level + n < keep) {
+        level += n;
+        continue;
+      }
+      lua_pushlstring(L, s, (size_t)(q - s));
+      if (keep > level)
+        lua_pushfstring(L, "%s%d levels)", skipping, keep - level);
+      else
+        lua_pushliteral(L, "");
+      lua_concat(L, 2);
+      return 1;
+    }
+    if (strncmp(q, "\n\t(...tail calls...)", 20) == 0) continue; /* no level of its own */
+    if (++level > keep) {
+      lua_pushlstring(L, s, (size_t)(q - s));
+      return 1;
+    }
+  }
+  return 1;
+}
+
 static int l_preload(lua_State *L) { return lp_lib_open(L); }
 
 /* os.exit in a thread worker would end the whole run, every other task
@@ -99,12 +147,14 @@ lua_State *lp_vm_new(lp_worker *w) {
   return L;
 }
 
-static void set_err(char *err, size_t errlen, const char *msg) {
-  snprintf(err, errlen, "%s", msg ? msg : "(no message)");
+/* A copy of the whole message: a load error can be as long as the script
+ * makes it (an error() string, a syntax error near a long token). */
+static void set_err(char **err, const char *msg) {
+  free(*err);
+  *err = strdup(msg ? msg : "(no message)");
 }
 
-int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char *err,
-               size_t errlen) {
+int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char **err) {
   lp_worker *w = lp_worker_of(L);
   int top = lua_gettop(L);
   lua_pushcfunction(L, lp_vm_traceback);
@@ -112,25 +162,27 @@ int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunknam
   int rc = luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK ||
            lua_pcall(L, 0, 0, top + 1) != LUA_OK;
   w->limit_on = 0;
-  if (rc) set_err(err, errlen, lua_tostring(L, -1));
+  if (rc) set_err(err, lua_tostring(L, -1));
   lua_settop(L, top);
   return rc ? -1 : 0;
 }
 
-int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char *err, size_t errlen) {
+int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char **err) {
   if (len > 0 && chunk[0] == LUA_SIGNATURE[0]) {
-    snprintf(err, errlen, "%s: precompiled (binary) chunks are not accepted; give the source",
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s: precompiled (binary) chunks are not accepted; give the source",
              chunkname[0] == '@' || chunkname[0] == '=' ? chunkname + 1 : chunkname);
+    set_err(err, msg);
     return -1;
   }
   lua_State *L = luaL_newstate();
   if (!L) {
-    set_err(err, errlen, "out of memory");
+    set_err(err, "out of memory");
     return -1;
   }
   int rc = 0;
   if (luaL_loadbufferx(L, chunk, len, chunkname, "t") != LUA_OK) {
-    set_err(err, errlen, lua_tostring(L, -1));
+    set_err(err, lua_tostring(L, -1));
     rc = -1;
   }
   lua_close(L);

@@ -18,14 +18,15 @@ struct lp_worker;
 lua_State *lp_vm_new(struct lp_worker *w);
 
 /* Compiles chunk (text only) and runs its top level with a traceback
- * handler. Returns 0, or -1 with the message in err. */
-int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char *err,
-               size_t errlen);
+ * handler. Returns 0, or -1 with the whole message in *err (malloc'd, the
+ * caller frees it; NULL if out of memory). */
+int lp_vm_load(lua_State *L, const char *chunk, size_t len, const char *chunkname, char **err);
 
 /* Checks that source is a text chunk that compiles and defines a global
  * function `main` when run; used by `luapool check` and before starting
- * workers. Returns 0, or -1 with a message (file:line for syntax errors). */
-int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char *err, size_t errlen);
+ * workers. Returns 0, or -1 with a message in *err as lp_vm_load gives it
+ * (file:line for syntax errors). */
+int lp_vm_check(const char *chunk, size_t len, const char *chunkname, char **err);
 
 /* Pushes the task function with name id `fn`, resolving and caching it on
  * first use. Returns 0, or -1 with nothing pushed if the script has none. */
@@ -47,6 +48,11 @@ int lp_vm_function_names(lua_State *L, char ***names, int *n);
 
 /* Message handler for lua_pcall: appends a traceback to the message. */
 int lp_vm_traceback(lua_State *L);
+/* The same for a task run inline inside its parent's coroutine (lib.c):
+ * upvalue 1 is the number of levels below the task, its parent's, which
+ * the traceback leaves out (the parent's own traceback shows them if it
+ * fails too: printed here, they appeared twice). */
+int lp_vm_traceback_inline(lua_State *L);
 
 /* Opens the task-side module (lib.c). */
 int lp_lib_open(lua_State *L);

@@ -8,7 +8,8 @@
 -- chart; then, when the run has at most N tasks (default 300), one row per
 -- task in tree order: a line for its life from its first slice to its
 -- last, its slices coloured by worker, and an arrow from the moment its
--- parent spawned it to its first slice. Plain Lua 5.4 with its own small JSON reader: no modules.
+-- parent spawned it to its first slice (with more tasks, a line says how
+-- many got no row). The legend lists every depth drawn. Plain Lua 5.4 with its own small JSON reader: no modules.
 
 -- ---- a small JSON reader (the subset JSON itself is) ----
 
@@ -115,6 +116,12 @@ local PALETTE = { "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc94
 
 local MERGE_ABOVE = 5000
 
+-- Names the engine gives tasks of its own, shown as what the script wrote:
+-- a chunk of luapool.map / starmap / imap (opts.chunksize > 1) runs as the
+-- task luapool._chunk. (The trace does not say which function it maps.)
+local SHOWN_AS = { ["luapool._chunk"] = "map chunk" }
+local function shown(name) return SHOWN_AS[name] or name end
+
 local function esc(s)
   return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
                                          ['"'] = "&quot;" }))
@@ -171,6 +178,7 @@ local function render(doc, width, max_rows)
       t1 = math.max(t1, e.ts + e.dur)
       local id = e.args and e.args.id or -#slices
       local t = tasks[id]
+      e.name = shown(e.name)
       if not t then
         t = { name = e.name, parent = e.args and e.args.parent, depth = e.args and e.args.depth or 0,
               from = e.ts, to = e.ts + e.dur, slices = {} }
@@ -196,7 +204,10 @@ local function render(doc, width, max_rows)
   local lane_of = {}
   for i, tid in ipairs(lanes) do lane_of[tid] = i end
   local rows = tree_order(tasks)
-  if #rows > max_rows then rows = {} end
+  local elided = 0 -- tasks that get no row: the picture says how many
+  if #rows > max_rows then rows, elided = {}, #rows end
+  local max_depth = 0
+  for _, e in ipairs(slices) do max_depth = math.max(max_depth, e.args and e.args.depth or 0) end
   local row_of = {}
   for i, id in ipairs(rows) do row_of[id] = i end
 
@@ -206,7 +217,7 @@ local function render(doc, width, max_rows)
   local lanes_bottom = lanes_top + #lanes * (lane_h + gap)
   local chart_top = lanes_bottom + 10
   local rows_top = chart_top + (chart_h > 0 and chart_h + 30 or 0) + 14
-  local height = rows_top + #rows * row_h + 36
+  local height = rows_top + #rows * row_h + (elided > 0 and 14 or 0) + 36
   local span = math.max(t1 - t0, 1)
   local function x(ts) return left + (ts - t0) / span * (width - left - right) end
   local function lane_y(tid) return lanes_top + (lane_of[tid] - 1) * (lane_h + gap) end
@@ -336,20 +347,38 @@ local function render(doc, width, max_rows)
       end
     end
   end
-  -- Legends.
+  if elided > 0 then
+    w('<text x="8" y="%d" class="elided" fill="#555">%s</text>', rows_top - 4,
+      esc(string.format("%d tasks, more than the %d that get a row each: rows not drawn " ..
+                        "(--rows %d draws them)", elided, max_rows, elided)))
+  end
+  -- Legends: every depth drawn (the colours repeat every #PALETTE levels:
+  -- "2,12" is one colour).
   local ly = height - 10
   w('<text x="%d" y="%d" fill="#555">worker lanes by depth:</text>', left, ly)
-  for d = 0, 5 do
-    w('<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%d</text>',
-      left + 130 + d * 30, ly - 9, PALETTE[d + 1], left + 144 + d * 30, ly, d)
+  local lx = left + 130
+  w('<g class="legend-depth">')
+  for d = 0, math.min(max_depth, #PALETTE - 1) do
+    local label = tostring(d)
+    if d + #PALETTE <= max_depth then
+      label = label .. "," .. (d + #PALETTE) .. (d + 2 * #PALETTE <= max_depth and ",..." or "")
+    end
+    w('<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%s</text>', lx,
+      ly - 9, PALETTE[d + 1], lx + 14, ly, label)
+    lx = lx + 22 + 7 * #label
   end
+  w('</g>')
   if #rows > 0 then
-    w('<text x="%d" y="%d" fill="#555">task rows by worker:</text>', left + 330, ly)
+    lx = lx + 20
+    w('<text x="%d" y="%d" fill="#555">task rows by worker:</text>', lx, ly)
     for i, tid in ipairs(lanes) do
-      if i > 8 then break end
+      if i > #PALETTE then -- the colours repeat
+        w('<text x="%d" y="%d">...</text>', lx + 120 + (i - 1) * 30, ly)
+        break
+      end
       w('<rect x="%d" y="%d" width="10" height="10" fill="%s"/><text x="%d" y="%d">%d</text>',
-        left + 450 + (i - 1) * 30, ly - 9, PALETTE[(tid - 1) % #PALETTE + 1],
-        left + 464 + (i - 1) * 30, ly, tid)
+        lx + 120 + (i - 1) * 30, ly - 9, PALETTE[(tid - 1) % #PALETTE + 1],
+        lx + 134 + (i - 1) * 30, ly, tid)
     end
   end
   w("</svg>")

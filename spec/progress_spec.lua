@@ -71,6 +71,54 @@ describe("--progress", function()
     assert.are.same(expected_lines(), H.split_lines(off.out), show(off))
   end)
 
+  it("shows the failures so far, in fields that keep their place as numbers grow", function()
+    -- 12 tasks fail one after another over 1.2 s (done goes from one digit
+    -- to two, waiting from two to one), 12 others sleep 1.5 s; failures are
+    -- collected with ok(), so stderr holds only the bar.
+    local res = on_pty([[
+local luapool = require "luapool"
+function bad(i) luapool.sleep(0.1 * i) error("bad " .. i, 0) end
+function good() for _ = 1, 15 do luapool.sleep(0.1) end end
+function main()
+  local fs = {}
+  for i = 1, 12 do fs[#fs + 1] = luapool.spawn(bad, i) end
+  for _ = 1, 12 do fs[#fs + 1] = luapool.spawn(good) end
+  luapool.wait(fs)
+  for _, f in ipairs(fs) do f:ok() end
+end
+]], { "--progress" })
+    assert.are.equal(0, res.code, show(res))
+    local frames = {}
+    for f in res.tty:gmatch("\r(%[[^\r]*)\27%[K") do frames[#frames + 1] = f end
+    assert.is_true(#frames >= 4, show(res))
+    local most = 0
+    for _, f in ipairs(frames) do
+      local failed = tonumber(f:match("(%d+) failed"))
+      assert.truthy(failed, f)
+      most = math.max(most, failed)
+    end
+    assert.is_true(most >= 3, show(res))
+    -- The same bar width, and every field at the same column, in every frame.
+    local first = frames[1]
+    local function layout(f)
+      local t = { #f:match("^%[([#.]*)%]") }
+      for _, label in ipairs({ " tasks", " running", " waiting", " failed", "/s" }) do
+        t[#t + 1] = f:find(label, 1, true)
+      end
+      return table.concat(t, " ")
+    end
+    for _, f in ipairs(frames) do
+      assert.are.equal(layout(first), layout(f), show(res))
+    end
+    -- The numbers did grow past a digit while the bar was shown.
+    local lo, hi = math.huge, 0
+    for _, f in ipairs(frames) do
+      local done = tonumber(f:match("(%d+)/%d+ tasks"))
+      lo, hi = math.min(lo, done), math.max(hi, done)
+    end
+    assert.is_true(lo < 10 and hi >= 10, show(res))
+  end)
+
   it("is never drawn when stderr is a pipe", function()
     local res = H.run(SLOW, {}, { workers = 2, flags = { "--progress" } })
     assert.are.equal(0, res.code, H.describe(res))
@@ -94,7 +142,7 @@ describe("--stats", function()
     assert.is_true(peak >= 1 and peak <= 50, H.describe(res))
     local wall = tonumber(err:match("wall time +([%d.]+) s"))
     assert.is_true(wall > 0, H.describe(res))
-    assert.truthy(err:match("CPU time +[%d.]+ s"), H.describe(res))
+    assert.truthy(err:match("CPU time +[%d.]+ [m\194\181]*s\n"), H.describe(res))
     assert.truthy(err:match("tasks per second +[%d.]+"), H.describe(res))
     local busy = err:match("worker busy +([^\n]*)")
     assert.truthy(busy and busy:match("^1: *%d+%% 2: *%d+%%$"), H.describe(res))
@@ -165,6 +213,29 @@ end
     -- main; outer; bad three times inside outer's process; sub and its five
     -- leaves; the engine's bad twice (the engine ran it again).
     assert.truthy(failing.err:find("tasks run +13 %(failed 2, retried 3%)"), H.describe(failing))
+  end)
+
+  it("keeps every busy share within 100% and gives a short run's time a unit", function()
+    -- A run of next to nothing: the workers' time is measured over the same
+    -- span as the wall time it is divided by (before, shares of 150% and
+    -- more, and a wall time of 0.000 s).
+    for _ = 1, 10 do
+      local res = H.run("function main() end\n", {}, { workers = 2, flags = { "--stats" } })
+      assert.are.equal(0, res.code, H.describe(res))
+      local busy = res.err:match("worker busy +([^\n]*)")
+      assert.truthy(busy, H.describe(res))
+      for share in busy:gmatch(": *(%d+)%%") do
+        assert.is_true(tonumber(share) <= 100, H.describe(res))
+      end
+      for _, what in ipairs({ "wall time", "CPU time" }) do
+        local num, unit = res.err:match(what .. " +([%d.]+) ([^\n]+)\n")
+        assert.truthy(unit == "s" or unit == "ms" or unit == "\194\181s", H.describe(res))
+        if what == "wall time" then
+          assert.is_true(tonumber(num) > 0, H.describe(res))
+          assert.are_not.equal("s", unit, H.describe(res)) -- far below a second
+        end
+      end
+    end
   end)
 
   it("works in a sequential run", function()

@@ -218,6 +218,45 @@ end
     assert.are.equal(30, rows) -- a row per task: 30 of them run task3
   end)
 
+  it("draws an SVG whose legend covers every depth, with map chunks named and elided rows counted",
+     function()
+    local path = H.tmpname(".json")
+    local res = H.run([[
+local luapool = require "luapool"
+function down(n) if n > 0 then luapool.spawn(down, n - 1):get() end end
+function sq(x) return x * x end
+function main()
+  luapool.spawn(down, 8):get()                       -- depths 1 to 9
+  luapool.emit(#luapool.map(sq, { 1, 2, 3, 4, 5, 6 }, { chunksize = 2 }))
+end
+]], {}, { workers = 2, flags = { "--trace", path } })
+    assert.are.equal(0, res.code, H.describe(res))
+    local function render(...)
+      local svg = H.tmpname(".svg")
+      local words = { "lua5.4", H.root .. "/scripts/trace_svg.lua", path, "-o", svg, ... }
+      for i, w in ipairs(words) do words[i] = H.quote(w) end
+      assert.is_true(os.execute(table.concat(words, " ")) == true)
+      local text = H.read_file(svg) or ""
+      os.remove(svg)
+      return text
+    end
+    local full, few = render(), render("--rows", "5")
+    os.remove(path)
+    -- main at 0, down at 1..9, the chunks at 1: ten depths, ten colours.
+    local legend = full:match('<g class="legend%-depth">(.-)</g>')
+    assert.truthy(legend, full)
+    local labels = {}
+    for l in legend:gmatch(">([%d,.]+)</text>") do labels[#labels + 1] = l end
+    assert.are.same({ "0", "1", "2", "3", "4", "5", "6", "7", "8", "9" }, labels)
+    -- The map's chunks show as what the script wrote, not the engine's name.
+    assert.falsy(full:find("luapool._chunk", 1, true))
+    assert.truthy(full:find("map chunk 1%d</text>"), full)
+    -- 13 tasks (main, 9 down, 3 chunks): with room for 5 rows, the picture
+    -- says how many it leaves out.
+    assert.falsy(full:find('class="elided"', 1, true))
+    assert.truthy(few:find('<text [^>]*class="elided"[^>]*>13 tasks, more than the 5 that get a row each'), few)
+  end)
+
   it("names the tracks of named pools after their pool", function()
     local res, doc = traced([[
 local luapool = require "luapool"
