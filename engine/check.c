@@ -448,7 +448,8 @@ static void walk(check *c, const lp_proto *f, int depth) {
       }
       case LP_OP_NEWTABLE: ra->kind = TABLE; break;
       case LP_OP_CLOSURE: ra->kind = CLOSURE; break;
-      case LP_OP_CALL: call(c, f, a, b ? b - 1 : -1, pc); break;
+      case LP_OP_CALL:
+      case LP_OP_TAILCALL: call(c, f, a, b ? b - 1 : -1, pc); break;
       default:
         if (writes_a(op))
           ra->kind = UNKNOWN;

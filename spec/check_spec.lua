@@ -189,6 +189,7 @@ function main()
   local ok = { spawn("fetch", "x"), spawn(fetch, "not_a_task"), luapool.map("util.parse", {}),
                luapool.spawn({}, fetch, "nor_this"), luapool.spawn("luapool.map", "fetch", {}) }
 end
+function tail() return luapool.map("fetchx", {}) end
 ]])
     assert.are.equal(1, res.code, H.describe(res))
     assert.are.same({
@@ -198,6 +199,7 @@ end
       "10 task 'utl.parse': the script defines no global 'utl' (did you mean 'util.parse'?)",
       "11 task 'nothing_like_it' is not a global function of the script",
       "12 luapool has no field 'mapp' (did you mean 'map'?)",
+      "17 task 'fetchx' is not a global function of the script (did you mean 'fetch'?)",
     }, warnings(res))
   end)
 
@@ -222,6 +224,22 @@ end
       "9 os has no field 'tim' (did you mean 'time'?)",
       "9 io has no field 'nope'",
     }, warnings(res))
+  end)
+end)
+
+describe("luapool check in the README", function()
+  it("prints what the README shows for its example", function()
+    local readme = H.read_file(H.root .. "/README.md")
+    local script, shown = readme:match(
+      "Each names the closest known name when one is close%. For this script:\n\n```lua\n(.-)```" ..
+      "\n\n```\n%$ luapool check typo%.lua\n(.-)```")
+    assert.truthy(script, "the example is not in the README")
+    local path = H.tmpname(".lua")
+    H.write_file(path, script)
+    local res = H.check(path)
+    os.remove(path)
+    assert.are.equal(1, res.code, H.describe(res))
+    assert.are.equal(shown, (res.out:gsub(path:gsub("%p", "%%%0"), "typo.lua")))
   end)
 end)
 
