@@ -1,22 +1,34 @@
 /*
- * check.c - `luapool check`: the globals a script reads but never defines.
+ * check.c - `luapool check`: mistakes in a script that would otherwise
+ * surface only when a task reaches the line, on some worker, mid-run.
  *
- * Part of the command. The script is compiled (not run) in a plain Lua
- * state and its bytecode, as lua_dump writes it with debug information, is
- * walked: every GETTABUP on the upvalue named _ENV with a constant key is a
- * read of a global, every SETTABUP on it an assignment. A name read
- * somewhere that no code of the script assigns and that the standard
- * libraries do not provide is reported, with the line of its first read.
+ * The script is compiled (not run) in a plain Lua state with the standard
+ * libraries and the task-side luapool module, and its bytecode, read by
+ * check_dump.c, is walked. The rules:
+ *   - a global read that no code of the script assigns and that the
+ *     standard libraries do not provide (GETTABUP on _ENV);
+ *   - a global assigned inside a function (SETTABUP on _ENV below the main
+ *     chunk's top level): a task's global stays in its worker's state;
+ *   - a field of the luapool module that the module does not have;
+ *   - a literal task name given to spawn/map/starmap/imap/imap_unordered
+ *     whose first component the script never assigns as a global;
+ *   - a field of a standard library table that the table does not have.
+ * The names the module and the libraries have are read from the tables in
+ * that state, so the lists cannot drift from what a worker sees.
  *
  * Why bytecode rather than running the top level with a recording _ENV:
- * it sees the bodies of task functions too (where a misspelt global
- * otherwise surfaces only when that line runs on a worker), it runs no code
- * of the script, and it needs no stand-in for the luapool module. Its limit:
- * a global made dynamically (`_G[name] = v`, rawset) is not seen as
- * defined. The dump format is Lua 5.4's (format 0); the header is checked
- * and any other layout is refused, never misread.
+ * it sees the bodies of task functions too, and it runs no code of the
+ * script. To know what a register holds (the module, one of its fields, a
+ * library, a string constant, a new table), each function's code is
+ * interpreted along its straight lines: what is known is forgotten at
+ * every jump target, and locals and upvalues are also known by name (a
+ * local or upvalue bound to `require "luapool"`, even under another name,
+ * is the module wherever that name is seen). A value the walk cannot
+ * follow is simply not checked: the rules prefer silence to a false
+ * warning. Its limit: a global made dynamically (`_G[name] = v`, rawset)
+ * is not seen as defined.
  */
-#include <stdint.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,172 +36,504 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include "check.h"
 #include "progress.h"
+#include "vm.h"
 
-/* Lua 5.4 opcodes and constant tags used here (lopcodes.h, lobject.h). */
-enum { OP_GETTABUP = 11, OP_SETTABUP = 15 };
-enum { VNIL = 0, VFALSE = 1, VTRUE = 17, VNUMINT = 3, VNUMFLT = 19, VSHRSTR = 4, VLNGSTR = 20 };
+/* The check's tables, at fixed stack slots of the protected call. */
+enum {
+  T_G = 1,  /* the standard globals */
+  T_MOD,    /* the luapool module */
+  T_READS,  /* global name -> line of its first read */
+  T_WRITES, /* global name -> line of its first assignment */
+  T_TASKW,  /* global name -> first line assigned inside a function */
+  T_ALIAS,  /* names (local, upvalue, global) that hold the module */
+  T_FALIAS, /* local or upvalue name -> the module field it holds */
+  T_MODW,   /* module fields the script assigns */
+  T_STDW,   /* "lib.field" the script assigns */
+  T_DONE,   /* warnings already given (one per name) */
+  T_WARN,   /* warning texts, in the order found */
+  T_LINE,   /* their lines */
+  T_COUNT = T_LINE
+};
 
-typedef struct reader {
-  const unsigned char *p, *end;
-  int bad;
-} reader;
+/* What a register is known to hold. */
+enum { UNKNOWN, KSTR, TABLE, CLOSURE, REQUIRE, MODULE, MODFIELD, STDLIB };
 
-static unsigned byte(reader *r) {
-  if (!r->p || r->p >= r->end) {
-    r->bad = 1;
-    return 0;
+typedef struct val {
+  int kind;
+  lp_str s; /* KSTR: the string; MODFIELD: the field; STDLIB: the library */
+} val;
+
+typedef struct check {
+  lua_State *L;
+  const char *path;
+  int pass; /* 0: aliases and globals; 1: fields the script assigns; 2: rules */
+  val reg[256];
+} check;
+
+static void pushs(lua_State *L, lp_str s) { lua_pushlstring(L, s.s, s.len); }
+
+static int str_is(lp_str s, const char *z) {
+  return s.s && s.len == strlen(z) && !memcmp(s.s, z, s.len);
+}
+
+/* The value of t[s] (nil if s is not a string), left on the stack. */
+static int get(lua_State *L, int t, lp_str s) {
+  if (!s.s) {
+    lua_pushnil(L);
+    return LUA_TNIL;
   }
-  return *r->p++;
+  pushs(L, s);
+  return lua_rawget(L, t);
 }
 
-static size_t size(reader *r) {
-  size_t x = 0;
-  unsigned b;
-  do {
-    b = byte(r);
-    x = (x << 7) | (b & 0x7f);
-  } while (!(b & 0x80) && !r->bad);
-  return x;
+static int has(lua_State *L, int t, lp_str s) {
+  int type = get(L, t, s);
+  lua_pop(L, 1);
+  return type != LUA_TNIL;
 }
 
-static const unsigned char *skip(reader *r, size_t n) {
-  if ((size_t)(r->end - r->p) < n) {
-    r->bad = 1;
-    r->p = r->end;
-    return NULL;
-  }
-  const unsigned char *at = r->p;
-  r->p += n;
-  return at;
+/* t[s] = line unless t[s] is set already. */
+static void mark(lua_State *L, int t, lp_str s, int line) {
+  if (!s.s || has(L, t, s)) return;
+  pushs(L, s);
+  lua_pushinteger(L, line);
+  lua_rawset(L, t);
 }
 
-typedef struct str {
-  const char *s;
-  size_t len;
-} str;
-
-static str string(reader *r) {
-  size_t n = size(r);
-  str s = {NULL, 0};
-  if (n == 0) return s;
-  s.s = (const char *)skip(r, n - 1);
-  s.len = s.s ? n - 1 : 0;
-  return s;
-}
-
-/* What the walk finds: names with the line of their first read. */
-typedef struct name {
-  str n;
-  int line;
-  int read, written;
-} name;
-
-typedef struct found {
-  name *v;
-  int n, cap;
-  int bad;
-} found;
-
-static name *note(found *f, str s) {
-  for (int i = 0; i < f->n; i++)
-    if (f->v[i].n.len == s.len && memcmp(f->v[i].n.s, s.s, s.len) == 0) return &f->v[i];
-  if (f->n == f->cap) {
-    int cap = f->cap ? f->cap * 2 : 64;
-    name *nv = realloc(f->v, sizeof *nv * (size_t)cap);
-    if (!nv) {
-      f->bad = 1;
-      return NULL;
-    }
-    f->v = nv;
-    f->cap = cap;
-  }
-  f->v[f->n] = (name){s, 0, 0, 0};
-  return &f->v[f->n++];
-}
-
-/* One function prototype (and, recursively, those nested in it). */
-static void function(reader *r, found *f) {
-  string(r); /* source */
-  int linedefined = (int)size(r);
-  size(r); /* lastlinedefined */
-  skip(r, 3);
-  size_t ncode = size(r);
-  const unsigned char *code = skip(r, ncode * 4);
-  size_t nk = size(r);
-  str *k = calloc(nk ? nk : 1, sizeof *k);
-  if (!k) {
-    f->bad = r->bad = 1;
+/* Adds a warning unless the same key has had one; the text is a format for
+ * lua_pushfstring. */
+static void warn(check *c, int line, const char *key, const char *fmt, ...) {
+  lua_State *L = c->L;
+  if (lua_getfield(L, T_DONE, key) != LUA_TNIL) {
+    lua_pop(L, 1);
     return;
   }
-  for (size_t i = 0; i < nk && !r->bad; i++) {
-    unsigned tag = byte(r);
-    if (tag == VNUMINT || tag == VNUMFLT)
-      skip(r, 8);
-    else if (tag == VSHRSTR || tag == VLNGSTR)
-      k[i] = string(r);
-    else if (tag != VNIL && tag != VFALSE && tag != VTRUE)
-      r->bad = 1;
-  }
-  size_t nup = size(r);
-  skip(r, nup * 3);
-  size_t nproto = size(r);
-  for (size_t i = 0; i < nproto && !r->bad; i++) function(r, f);
-  size_t nline = size(r);
-  const unsigned char *lineinfo = skip(r, nline);
-  size_t nabs = size(r);
-  int *abspc = calloc(nabs ? nabs : 1, sizeof(int)),
-      *absline = calloc(nabs ? nabs : 1, sizeof(int));
-  for (size_t i = 0; i < nabs && !r->bad && abspc && absline; i++) {
-    abspc[i] = (int)size(r);
-    absline[i] = (int)size(r);
-  }
-  size_t nloc = size(r);
-  for (size_t i = 0; i < nloc && !r->bad; i++) {
-    string(r);
-    size(r);
-    size(r);
-  }
-  size_t nupname = size(r);
-  int env = -1; /* the upvalue that is _ENV */
-  for (size_t i = 0; i < nupname && !r->bad; i++) {
-    str s = string(r);
-    if (s.len == 4 && memcmp(s.s, "_ENV", 4) == 0 && env < 0) env = (int)i;
-  }
-  if (!abspc || !absline) f->bad = 1;
-  for (size_t pc = 0; pc < ncode && env >= 0 && !r->bad && !f->bad; pc++) {
-    uint32_t ins;
-    memcpy(&ins, code + pc * 4, 4);
-    unsigned op = ins & 0x7f, a = (ins >> 7) & 0xff, b = (ins >> 16) & 0xff, c = (ins >> 24) & 0xff;
-    unsigned up = op == OP_GETTABUP ? b : a, key = op == OP_GETTABUP ? c : b;
-    if ((op != OP_GETTABUP && op != OP_SETTABUP) || (int)up != env || key >= nk || !k[key].s)
-      continue;
-    name *nm = note(f, k[key]);
-    if (!nm) break;
-    if (op == OP_SETTABUP) {
-      nm->written = 1;
-      continue;
+  lua_pop(L, 1);
+  lua_pushboolean(L, 1);
+  lua_setfield(L, T_DONE, key);
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, T_WARN) + 1;
+  lua_rawseti(L, T_WARN, n);
+  lua_pushinteger(L, line);
+  lua_rawseti(L, T_LINE, n);
+}
+
+/* Edit distance with adjacent transpositions ("spwan" is one from
+ * "spawn"); names longer than 63 bytes are not compared. */
+static size_t distance(const char *a, size_t n, const char *b, size_t m) {
+  if (n > 63 || m > 63) return (size_t)-1;
+  size_t d[64][64];
+  for (size_t i = 0; i <= n; i++) d[i][0] = i;
+  for (size_t j = 0; j <= m; j++) d[0][j] = j;
+  for (size_t i = 1; i <= n; i++)
+    for (size_t j = 1; j <= m; j++) {
+      size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+      if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+          d[i - 2][j - 2] + 1 < best)
+        best = d[i - 2][j - 2] + 1;
+      d[i][j] = best;
     }
-    if (nm->read) continue;
-    /* The line of pc: from the last absolute entry at or before it, add
-     * the per-instruction deltas (as luaG_getfuncline does). */
-    int line = linedefined;
-    size_t basepc = 0;
-    int from_start = 1;
-    for (size_t i = 0; i < nabs; i++)
-      if ((size_t)abspc[i] <= pc) {
-        line = absline[i];
-        basepc = (size_t)abspc[i];
-        from_start = 0;
-      }
-    for (size_t i = from_start ? 0 : basepc + 1; i <= pc && i < nline; i++)
-      line += (signed char)lineinfo[i];
-    nm->read = 1;
-    nm->line = line;
+  return d[n][m];
+}
+
+/* Pushes the key of tables t1/t2 (0: none) closest to name, or nil if none
+ * is close: at most one edit for short names, two from five letters, three
+ * from eight. Ties go to the name that sorts first, so the hint does not
+ * depend on the order of a table. */
+static void push_closest(lua_State *L, lp_str name, int t1, int t2) {
+  size_t most = name.len < 5 ? 1 : name.len < 8 ? 2 : 3, best = most + 1;
+  lua_pushnil(L); /* the best so far */
+  int ts[2] = {t1, t2};
+  for (int i = 0; i < 2; i++) {
+    if (!ts[i]) continue;
+    lua_pushnil(L);
+    while (lua_next(L, ts[i])) {
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING) continue;
+      size_t len;
+      const char *k = lua_tolstring(L, -1, &len);
+      size_t d = distance(name.s, name.len, k, len);
+      if (d == 0 || d > best || (d == best && strcmp(k, lua_tostring(L, -3)) >= 0)) continue;
+      best = d;
+      lua_pushvalue(L, -1);
+      lua_replace(L, -3);
+    }
   }
-  free(k);
-  free(abspc);
-  free(absline);
+}
+
+/* Pushes " (did you mean 'x<rest>'?)" for the closest name, or "". */
+static void push_hint(lua_State *L, lp_str name, int t1, int t2, const char *rest) {
+  push_closest(L, name, t1, t2);
+  if (lua_isnil(L, -1))
+    lua_pushliteral(L, "");
+  else
+    lua_pushfstring(L, " (did you mean '%s%s'?)", lua_tostring(L, -1), rest);
+  lua_remove(L, -2);
+}
+
+/* The name of the local in register r at pc, as luaF_getlocalname finds it. */
+static lp_str local_at(const lp_proto *f, int r, int pc) {
+  int n = -1;
+  for (int i = 0; i < f->nloc && f->loc[i].startpc <= pc; i++)
+    if (pc < f->loc[i].endpc && ++n == r) return f->loc[i].name;
+  return (lp_str){NULL, 0};
+}
+
+/* What a name (of a local or an upvalue) is known to hold. */
+static val named(check *c, lp_str name) {
+  val v = {UNKNOWN, {NULL, 0}};
+  if (!name.s) return v;
+  if (has(c->L, T_ALIAS, name)) {
+    v.kind = MODULE;
+    return v;
+  }
+  if (get(c->L, T_FALIAS, name) == LUA_TSTRING) {
+    v.kind = MODFIELD;
+    v.s.s = lua_tolstring(c->L, -1, &v.s.len); /* T_FALIAS keeps it alive */
+  }
+  lua_pop(c->L, 1);
+  return v;
+}
+
+static val value(check *c, const lp_proto *f, int r, int pc) {
+  val v = named(c, local_at(f, r, pc));
+  return v.kind != UNKNOWN ? v : c->reg[r];
+}
+
+/* After an instruction at pc put the module (or one of its fields) in
+ * register r: a local declared there takes its name along. */
+static void bind(check *c, const lp_proto *f, int r, int pc) {
+  lp_str name = local_at(f, r, pc + 1);
+  if (c->pass != 0 || !name.s || local_at(f, r, pc).s) return;
+  lua_State *L = c->L;
+  if (c->reg[r].kind == MODULE) {
+    mark(L, T_ALIAS, name, 0);
+  } else if (c->reg[r].kind == MODFIELD && !has(L, T_FALIAS, name)) {
+    pushs(L, name);
+    pushs(L, c->reg[r].s);
+    lua_rawset(L, T_FALIAS);
+  }
+}
+
+/* A read of field `key` of the module; `tested`: only to see whether it is
+ * there (`luapool.x or y`, `if luapool.x then`), which is never reported. */
+static void module_field(check *c, lp_str key, int line, int tested) {
+  lua_State *L = c->L;
+  if (c->pass != 2 || tested || !key.s || has(L, T_MOD, key) || has(L, T_MODW, key)) return;
+  pushs(L, key);
+  const char *k = lua_tostring(L, -1);
+  push_hint(L, key, T_MOD, T_MODW, "");
+  lua_pushfstring(L, "luapool.%s", k);
+  warn(c, line, lua_tostring(L, -1), "%s:%d: warning: luapool has no field '%s'%s", c->path, line,
+       k, lua_tostring(L, -2));
+  lua_pop(L, 3);
+}
+
+/* A read of field `key` of the standard library `lib` (`tested`: as above;
+ * `package.loaders or package.searchers` is a common idiom). */
+static void library_field(check *c, lp_str lib, lp_str key, int line, int tested) {
+  lua_State *L = c->L;
+  if (c->pass != 2 || tested || !key.s) return;
+  int top = lua_gettop(L);
+  int t = top + 1;
+  get(L, T_G, lib);
+  pushs(L, lib);
+  pushs(L, key);
+  lua_pushfstring(L, "%s.%s", lua_tostring(L, t + 1), lua_tostring(L, t + 2));
+  int known = !lua_istable(L, t) || has(L, t, key) ||
+              has(L, T_STDW, (lp_str){lua_tostring(L, -1), lua_rawlen(L, -1)});
+  if (!known) {
+    push_hint(L, key, t, 0, "");
+    warn(c, line, lua_tostring(L, t + 3), "%s:%d: warning: %s has no field '%s'%s", c->path, line,
+         lua_tostring(L, t + 1), lua_tostring(L, t + 2), lua_tostring(L, -1));
+  }
+  lua_settop(L, top);
+}
+
+/* A string given as a task name. */
+static void task_name(check *c, lp_str name, int line) {
+  lua_State *L = c->L;
+  if (c->pass != 2) return;
+  if (name.len > 8 && memcmp(name.s, "luapool.", 8) == 0) {
+    module_field(c, (lp_str){name.s + 8, name.len - 8}, line, 0);
+    return;
+  }
+  const char *dot = memchr(name.s, '.', name.len);
+  lp_str first = {name.s, dot ? (size_t)(dot - name.s) : name.len};
+  if (has(L, T_WRITES, first) || has(L, T_G, first)) return;
+  pushs(L, name);
+  pushs(L, first);
+  push_hint(L, first, T_WRITES, 0, lua_tostring(L, -2) + first.len);
+  lua_pushfstring(L, "task %s", lua_tostring(L, -3));
+  if (dot)
+    warn(c, line, lua_tostring(L, -1),
+         "%s:%d: warning: task '%s': the script defines no global '%s'%s", c->path, line,
+         lua_tostring(L, -4), lua_tostring(L, -3), lua_tostring(L, -2));
+  else
+    warn(c, line, lua_tostring(L, -1),
+         "%s:%d: warning: task '%s' is not a global function of the script%s", c->path, line,
+         lua_tostring(L, -4), lua_tostring(L, -2));
+  lua_pop(L, 4);
+}
+
+static int spawns_by_name(lp_str f) {
+  static const char *const fns[] = {"spawn", "map", "starmap", "imap", "imap_unordered"};
+  for (size_t i = 0; i < sizeof fns / sizeof *fns; i++)
+    if (str_is(f, fns[i])) return 1;
+  return 0;
+}
+
+/* A call of the function in register a with nargs arguments (-1: up to the
+ * top): task names, and `require "luapool"`. */
+static void call(check *c, const lp_proto *f, int a, int nargs, int pc) {
+  val fn = value(c, f, a, pc);
+  val arg1 = nargs != 0 && a + 1 < 256 ? value(c, f, a + 1, pc) : (val){UNKNOWN, {NULL, 0}};
+  if (fn.kind == MODFIELD && spawns_by_name(fn.s)) {
+    if (arg1.kind == KSTR) {
+      task_name(c, arg1.s, f->line[pc]);
+    } else if (arg1.kind == TABLE && str_is(fn.s, "spawn") && (nargs < 0 || nargs >= 2) &&
+               a + 2 < 256) {
+      val arg2 = value(c, f, a + 2, pc);
+      if (arg2.kind == KSTR) task_name(c, arg2.s, f->line[pc]);
+    }
+  }
+  int module = fn.kind == REQUIRE && nargs == 1 && arg1.kind == KSTR && str_is(arg1.s, "luapool");
+  for (int r = a; r < 256; r++) c->reg[r].kind = UNKNOWN;
+  if (module) {
+    c->reg[a].kind = MODULE;
+    bind(c, f, a, pc);
+  }
+}
+
+/* What reading global `key` gives. */
+static val global(check *c, lp_str key) {
+  lua_State *L = c->L;
+  val v = {UNKNOWN, key};
+  if (!key.s) return v;
+  if (has(L, T_ALIAS, key)) {
+    v.kind = MODULE;
+  } else if (has(L, T_WRITES, key) || str_is(key, "_G")) {
+    /* the script's own, or all the globals */
+  } else if (str_is(key, "require")) {
+    v.kind = REQUIRE;
+  } else {
+    if (get(L, T_G, key) == LUA_TTABLE) v.kind = STDLIB;
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
+static void assign_global(check *c, lp_str key, val v, int line, int depth) {
+  lua_State *L = c->L;
+  if (c->pass != 0 || !key.s) return;
+  mark(L, T_WRITES, key, line);
+  if (depth > 0) mark(L, T_TASKW, key, line);
+  if (v.kind == MODULE) mark(L, T_ALIAS, key, line);
+}
+
+/* Instructions that write register A alone: loads, arithmetic, GETTABLE,
+ * GETI, unary operators, CONCAT, TESTSET. The others that write registers
+ * write A and up, or none (below). */
+static int writes_a(int op) {
+  return (op >= 1 && op <= 2) || (op >= 4 && op <= 7) || (op >= 12 && op <= 13) ||
+         (op >= 21 && op <= 45) || (op >= 49 && op <= 53) || op == 67;
+}
+
+static int writes_none(int op) {
+  return op == LP_OP_SETUPVAL || (op >= LP_OP_SETTABLE && op <= LP_OP_SETFIELD) ||
+         (op >= LP_OP_MMBIN && op <= LP_OP_MMBINK) || op == LP_OP_CLOSE || op == LP_OP_TBC ||
+         (op >= LP_OP_JMP && op <= LP_OP_TEST) || (op >= LP_OP_RETURN && op <= LP_OP_RETURN1) ||
+         op == LP_OP_SETLIST || op == LP_OP_VARARGPREP || op == LP_OP_EXTRAARG;
+}
+
+/* Marks the instructions that a jump can reach: there what the registers
+ * hold depends on the path, so it is forgotten. */
+static void jump_targets(const lp_proto *f, unsigned char *target) {
+  for (int pc = 0; pc < f->ncode; pc++) {
+    uint32_t ins = f->code[pc];
+    int op = ins & 0x7f, bx = (int)(ins >> 15), to = -1;
+    if (op == LP_OP_JMP) to = pc + 1 + (int)(ins >> 7) - ((1 << 24) - 1);
+    if (op == LP_OP_FORLOOP || op == LP_OP_TFORLOOP) to = pc + 1 - bx;
+    if (op == LP_OP_FORPREP) to = pc + 2 + bx;
+    if (op == LP_OP_TFORPREP) to = pc + 1 + bx;
+    if (to >= 0 && to < f->ncode) target[to] = 1;
+  }
+}
+
+/* Whether the instruction after pc only tests the value in register r:
+ * TEST, TESTSET or NOT on it. */
+static int tested(const lp_proto *f, int pc, int r) {
+  if (pc + 1 >= f->ncode) return 0;
+  uint32_t ins = f->code[pc + 1];
+  int op = ins & 0x7f, a = (ins >> 7) & 0xff, b = (ins >> 16) & 0xff;
+  return (op == LP_OP_TEST && a == r) || ((op == LP_OP_TESTSET || op == LP_OP_NOT) && b == r);
+}
+
+static void walk(check *c, const lp_proto *f, int depth) {
+  lua_State *L = c->L;
+  int env = -1;
+  for (int i = 0; i < f->nup && env < 0; i++)
+    if (str_is(f->upname[i], "_ENV")) env = i;
+  unsigned char *target = lua_newuserdatauv(L, (size_t)f->ncode + 1, 0);
+  memset(target, 0, (size_t)f->ncode + 1);
+  jump_targets(f, target);
+  memset(c->reg, 0, sizeof c->reg);
+  for (int pc = 0; pc < f->ncode; pc++) {
+    if (target[pc]) memset(c->reg, 0, sizeof c->reg);
+    uint32_t ins = f->code[pc];
+    int op = ins & 0x7f, a = (ins >> 7) & 0xff, k = (ins >> 15) & 1, b = (ins >> 16) & 0xff,
+        cc = (ins >> 24) & 0xff, bx = (int)(ins >> 15), line = f->line[pc];
+    lp_str kb = b < f->nk ? f->k[b] : (lp_str){NULL, 0};
+    lp_str kc = cc < f->nk ? f->k[cc] : (lp_str){NULL, 0};
+    val *ra = &c->reg[a];
+    switch (op) {
+      case LP_OP_MOVE: *ra = value(c, f, b, pc); break;
+      case LP_OP_LOADK:
+        ra->kind = UNKNOWN;
+        if (bx < f->nk && f->k[bx].s) *ra = (val){KSTR, f->k[bx]};
+        break;
+      case LP_OP_GETUPVAL:
+        *ra = b < f->nup ? named(c, f->upname[b]) : (val){UNKNOWN, {0, 0}};
+        break;
+      case LP_OP_GETTABUP:
+        if (b == env) {
+          if (c->pass == 0) mark(L, T_READS, kc, line);
+          *ra = global(c, kc);
+        } else if (b < f->nup && named(c, f->upname[b]).kind == MODULE) {
+          module_field(c, kc, line, tested(f, pc, a));
+          *ra = (val){MODFIELD, kc};
+        } else {
+          ra->kind = UNKNOWN;
+        }
+        bind(c, f, a, pc);
+        break;
+      case LP_OP_GETFIELD: {
+        val base = value(c, f, b, pc);
+        if (base.kind == MODULE) {
+          module_field(c, kc, line, tested(f, pc, a));
+          *ra = (val){MODFIELD, kc};
+        } else {
+          if (base.kind == STDLIB) library_field(c, base.s, kc, line, tested(f, pc, a));
+          ra->kind = UNKNOWN;
+        }
+        bind(c, f, a, pc);
+        break;
+      }
+      case LP_OP_SETTABUP:
+        if (a == env) {
+          assign_global(c, kb, k ? (val){UNKNOWN, {0, 0}} : value(c, f, cc, pc), line, depth);
+        } else if (c->pass == 1 && a < f->nup && named(c, f->upname[a]).kind == MODULE) {
+          mark(L, T_MODW, kb, line);
+        }
+        break;
+      case LP_OP_SETFIELD: {
+        val base = value(c, f, a, pc);
+        if (c->pass == 1 && base.kind == MODULE) mark(L, T_MODW, kb, line);
+        if (c->pass == 1 && base.kind == STDLIB && kb.s) {
+          pushs(L, base.s);
+          lua_pushliteral(L, ".");
+          pushs(L, kb);
+          lua_concat(L, 3);
+          lua_pushboolean(L, 1);
+          lua_rawset(L, T_STDW);
+        }
+        break;
+      }
+      case LP_OP_NEWTABLE: ra->kind = TABLE; break;
+      case LP_OP_CLOSURE: ra->kind = CLOSURE; break;
+      case LP_OP_CALL:
+      case LP_OP_TAILCALL: call(c, f, a, b ? b - 1 : -1, pc); break;
+      default:
+        if (writes_a(op))
+          ra->kind = UNKNOWN;
+        else if (!writes_none(op))
+          for (int r = a; r < 256; r++) c->reg[r].kind = UNKNOWN;
+    }
+  }
+  lua_pop(L, 1);
+  for (int i = 0; i < f->np; i++) walk(c, &f->p[i], depth + 1);
+}
+
+typedef struct order {
+  lua_Integer line;
+  int seq;
+} order;
+
+static int by_line(const void *x, const void *y) {
+  const order *a = x, *b = y;
+  if (a->line != b->line) return a->line < b->line ? -1 : 1;
+  return a->seq - b->seq;
+}
+
+/* The warnings of the last pass that are about globals: reads of names
+ * never defined, and assignments inside functions. */
+static void global_warnings(check *c) {
+  lua_State *L = c->L;
+  lua_pushnil(L);
+  while (lua_next(L, T_READS)) {
+    lua_pushvalue(L, -2);
+    int known = lua_rawget(L, T_WRITES) != LUA_TNIL;
+    lua_pushvalue(L, -3);
+    known = lua_rawget(L, T_G) != LUA_TNIL || known;
+    lua_pop(L, 2);
+    int line = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (known) continue;
+    lua_pushfstring(L, "read %s", lua_tostring(L, -1));
+    warn(c, line, lua_tostring(L, -1), "%s:%d: warning: global '%s' is read but never defined",
+         c->path, line, lua_tostring(L, -2));
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, T_TASKW)) {
+    int line = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_pushfstring(L, "set %s", lua_tostring(L, -1));
+    warn(c, line, lua_tostring(L, -1),
+         "%s:%d: warning: global '%s' is assigned inside a function: it stays in the Lua state "
+         "of the worker that ran it (see \"What tasks share\" in the README)",
+         c->path, line, lua_tostring(L, -2));
+    lua_pop(L, 1);
+  }
+}
+
+/* Protected: 1 the dump, 2 the tree, 3 the path, 4 the output. Returns the
+ * number of warnings printed. */
+static int analyse(lua_State *L) {
+  const lp_proto *main = lua_touserdata(L, 2);
+  const char *path = lua_touserdata(L, 3);
+  FILE *out = lua_touserdata(L, 4);
+  lua_settop(L, 0);
+  lua_pushglobaltable(L);
+  lp_lib_module(L);
+  while (lua_gettop(L) < T_COUNT) lua_newtable(L);
+  check *c = lua_newuserdatauv(L, sizeof *c, 0);
+  c->L = L;
+  c->path = path;
+  for (c->pass = 0; c->pass < 3; c->pass++) walk(c, main, 0);
+  global_warnings(c);
+  int n = (int)lua_rawlen(L, T_WARN);
+  order *o = lua_newuserdatauv(L, sizeof *o * (size_t)(n ? n : 1), 0);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, T_LINE, i + 1);
+    o[i] = (order){lua_tointeger(L, -1), i + 1};
+    lua_pop(L, 1);
+  }
+  qsort(o, (size_t)n, sizeof *o, by_line);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, T_WARN, o[i].seq);
+    fprintf(out, "%s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pushinteger(L, n);
+  return 1;
 }
 
 typedef struct sink {
@@ -212,13 +556,7 @@ static int writer(lua_State *L, const void *p, size_t sz, void *ud) {
   return 0;
 }
 
-static int by_line(const void *a, const void *b) {
-  const name *x = a, *y = b;
-  return x->line - y->line;
-}
-
-/* Protected: leaves the dump of the script (a string) at 1 and the
- * standard globals (a table) at 2. */
+/* Protected: leaves the dump of the script (a string) at 1. */
 static int dump(lua_State *L) {
   const char *path = lua_touserdata(L, 1);
   lua_settop(L, 0);
@@ -228,61 +566,36 @@ static int dump(lua_State *L) {
   if (rc == 0) lua_pushlstring(L, s.p, s.len);
   free(s.p);
   if (rc != 0) return luaL_error(L, "out of memory");
-  lua_pushglobaltable(L);
-  return 2;
+  return 1;
 }
 
-int lp_check_globals(const char *path, FILE *out) {
+int lp_check_script(const char *path, FILE *out) {
   lua_State *L = luaL_newstate();
   if (!L) return -1;
   luaL_openlibs(L);
   lua_pushcfunction(L, dump);
   lua_pushlightuserdata(L, (void *)path);
-  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     lua_close(L);
     return -1;
   }
   size_t len;
   const char *bc = lua_tolstring(L, 1, &len);
-  reader r = {NULL, NULL, 1};
-  /* Header: signature, version 5.4, format 0, LUAC_DATA, sizes 4/8/8, and
-   * the test integer and float. */
-  static const unsigned char head[] = {0x1b, 'L',  'u',  'a',  0x54, 0, 0x19, 0x93,
-                                       '\r', '\n', 0x1a, '\n', 4,    8, 8};
-  lua_Integer i;
-  lua_Number n;
-  int ok = bc && len > sizeof head + 17 && memcmp(bc, head, sizeof head) == 0;
-  if (ok) {
-    memcpy(&i, bc + sizeof head, 8);
-    memcpy(&n, bc + sizeof head + 8, 8);
-    ok = i == 0x5678 && n == 370.5;
+  lp_proto main;
+  int count = -1;
+  if (lp_dump_read(bc, len, &main) == 0) {
+    lua_pushcfunction(L, analyse);
+    lua_pushvalue(L, 1);
+    lua_pushlightuserdata(L, &main);
+    lua_pushlightuserdata(L, (void *)path);
+    lua_pushlightuserdata(L, out);
+    if (lua_pcall(L, 4, 1, 0) == LUA_OK) count = (int)lua_tointeger(L, -1);
+    lp_dump_free(&main);
   }
-  found f = {NULL, 0, 0, 0};
-  if (ok) {
-    /* Past the header and the main function's upvalue count. */
-    r = (reader){(const unsigned char *)bc + sizeof head + 17, (const unsigned char *)bc + len, 0};
-    function(&r, &f);
+  if (count < 0) {
+    fprintf(out, "%s: the script could not be checked (unexpected bytecode)\n", path);
+    count = 0;
   }
-  if (!ok || r.bad || f.bad) {
-    fprintf(out, "%s: the globals could not be checked (unexpected bytecode)\n", path);
-    free(f.v);
-    lua_close(L);
-    return 0;
-  }
-  int count = 0;
-  if (f.n > 1) qsort(f.v, (size_t)f.n, sizeof *f.v, by_line);
-  for (int j = 0; j < f.n; j++) {
-    name *nm = &f.v[j];
-    if (!nm->read || nm->written) continue;
-    lua_pushlstring(L, nm->n.s, nm->n.len);
-    int std = lua_rawget(L, 2) != LUA_TNIL;
-    lua_pop(L, 1);
-    if (std) continue;
-    fprintf(out, "%s:%d: warning: global '%.*s' is read but never defined\n", path, nm->line,
-            (int)nm->n.len, nm->n.s);
-    count++;
-  }
-  free(f.v);
   lua_close(L);
   return count;
 }

@@ -958,7 +958,10 @@ int lp_lib_open(lua_State *L) {
 
   lua_pushcfunction(L, l_print);
   lua_setglobal(L, "print");
+  return lp_lib_module(L);
+}
 
+int lp_lib_module(lua_State *L) {
   if (luaL_loadbufferx(L, lp_embedded_luapool, lp_embedded_luapool_len, "=luapool.lua", "t") !=
       LUA_OK)
     return lua_error(L);

@@ -59,7 +59,8 @@ static const char usage_text[] =
     "  --                    the arguments that follow are all for main\n"
     "\n"
     "check lists the script's task functions and warns of globals it reads\n"
-    "but never defines.\n"
+    "but never defines or assigns inside functions, unknown luapool.* and\n"
+    "standard library fields, and task names it does not define.\n"
     "\n"
     "exit status: 0 success; 1 a task failed (check: warnings); 2 bad usage\n"
     "or an invalid script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
@@ -208,9 +209,9 @@ static int cmd_check(int argc, char **argv) {
     printf("\n");
   }
   luapool_close(lp);
-  /* Then the globals it reads and never defines (-1: it does not compile,
-   * which the load has reported). */
-  int warnings = lp_check_globals(argv[0], stdout);
+  /* Then what its bytecode shows (-1: it does not compile, which the load
+   * has reported). */
+  int warnings = lp_check_script(argv[0], stdout);
   if (rc == 0 && warnings > 0) rc = EXIT_TASKFAIL;
   return rc;
 }

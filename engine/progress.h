@@ -22,9 +22,11 @@ void lp_progress_clear(lp_progress *p);
 /* The --stats summary. */
 void lp_progress_summary(luapool *lp, FILE *out);
 
-/* luapool check: reads of globals that the script never defines. Prints one
- * warning per name to `out` and returns how many, or -1 if the script
- * cannot be analysed (its error is then the engine's to report). */
-int lp_check_globals(const char *path, FILE *out);
+/* luapool check: what the script's bytecode shows it gets wrong (globals
+ * read and never defined or assigned inside functions, unknown fields of
+ * the luapool module and the standard libraries, unknown task names).
+ * Prints one warning per finding to `out` and returns how many, or -1 if
+ * the script cannot be analysed (its error is then the engine's to report). */
+int lp_check_script(const char *path, FILE *out);
 
 #endif
