@@ -164,10 +164,18 @@ local function get_or_drop(f, futures)
 end
 
 -- luapool.map(fn, list [, opts]): fn(item) for every item, results in list order.
-function M.map(fn, list, opts) return map("map", fn, list, opts, false) end
+-- (Not tail calls: a misuse error names the variable the caller passed,
+-- which needs the caller's frame to know the call it made.)
+function M.map(fn, list, opts)
+  local out = map("map", fn, list, opts, false)
+  return out
+end
 
 -- luapool.starmap(fn, list_of_arg_lists [, opts]): fn(table.unpack(args)) for each.
-function M.starmap(fn, list, opts) return map("starmap", fn, list, opts, true) end
+function M.starmap(fn, list, opts)
+  local out = map("starmap", fn, list, opts, true)
+  return out
+end
 
 -- luapool.imap(fn, list [, opts]): iterator over the results in list order,
 -- each as soon as it and all before it are ready; yields (index, result).
