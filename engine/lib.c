@@ -131,7 +131,6 @@ static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
   return 1; /* the future, left on top before yielding */
 }
 
-
 static double opt_number(lua_State *L, int idx, const char *what, const char *name, double dflt) {
   int ty = lua_getfield(L, idx, name);
   if (ty == LUA_TNIL) {
@@ -157,8 +156,7 @@ void lp_lib_read_options(lua_State *L, int idx, const char *what, spawn_opts *o)
       lua_pop(L, 1);
       /* map and its kin take chunksize besides (the Lua layer removes it). */
       lp_lib_error(L, "%s: unknown option '%s' (known: priority, pool, timeout, retries%s)", what,
-                   luaL_tolstring(L, -1, NULL),
-                   strcmp(what, "luapool.spawn") ? ", chunksize" : "");
+                   luaL_tolstring(L, -1, NULL), strcmp(what, "luapool.spawn") ? ", chunksize" : "");
     }
     lua_pop(L, 1);
   }
@@ -971,12 +969,21 @@ static const luaL_Reg future_methods[] = {{"get", fut_get}, {"done", fut_done},
                                           {"ok", fut_ok},   {"cancel", fut_cancel},
                                           {"id", fut_id},   {NULL, NULL}};
 
-static const luaL_Reg core_funcs[] = {
-    {"spawn", l_spawn},     {"wait", l_wait},   {"join", l_join},
-    {"sleep", l_sleep},     {"yield", l_yield}, {"emit", l_emit},
-    {"counter", l_counter}, {"self", l_self},   {"_watch", l_watch},
-    {"_call", l_call},      {"_drop", l_drop},  {"_error", l_error},
-    {"_now", l_now},        {"_spawn_list", lp_lib_spawn_list}, {NULL, NULL}};
+static const luaL_Reg core_funcs[] = {{"spawn", l_spawn},
+                                      {"wait", l_wait},
+                                      {"join", l_join},
+                                      {"sleep", l_sleep},
+                                      {"yield", l_yield},
+                                      {"emit", l_emit},
+                                      {"counter", l_counter},
+                                      {"self", l_self},
+                                      {"_watch", l_watch},
+                                      {"_call", l_call},
+                                      {"_drop", l_drop},
+                                      {"_error", l_error},
+                                      {"_now", l_now},
+                                      {"_spawn_list", lp_lib_spawn_list},
+                                      {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
   luaL_newmetatable(L, name);
