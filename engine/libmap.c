@@ -27,13 +27,23 @@
 
 /* ---- errors at the user's line ---- */
 
-/* The first frame outside luapool's Lua layer with a line: the user's code
- * that called (directly, or through map and its kin) the failing function.
- * Returns its level, or -1. */
+/* The first frame outside luapool's Lua layer: the user's code that called
+ * (directly, or through map and its kin) the failing function. Returns its
+ * level, or -1 when that is a C function (such as the user's pcall), which
+ * has no line: as with luaL_where, the message then has no position. */
+static int is_layer(lua_State *L, int level) {
+  lua_Debug ar;
+  return lua_getstack(L, level, &ar) && lua_getinfo(L, "S", &ar) &&
+         strcmp(ar.source, "=luapool.lua") == 0;
+}
+
 static int user_level(lua_State *L, lua_Debug *ar) {
   for (int level = 1; lua_getstack(L, level, ar); level++) {
     lua_getinfo(L, "Sl", ar);
-    if (ar->currentline > 0 && strcmp(ar->source, "=luapool.lua") != 0) return level;
+    if (strcmp(ar->source, "=luapool.lua") == 0) continue;
+    /* A pcall the layer made is part of the layer. */
+    if (ar->currentline <= 0 && is_layer(L, level + 1)) continue;
+    return ar->currentline > 0 ? level : -1;
   }
   return -1;
 }
