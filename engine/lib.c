@@ -924,15 +924,9 @@ static int watch_gc(lua_State *L) {
   if (!wa) return 0;
   *ud = NULL;
   for (int i = 0; i < wa->n; i++) {
-    watch_node *node = &wa->nodes[i];
-    lp_spin_lock(&node->t->lock);
-    int linked = node->w.prev || node->t->waiters == &node->w;
-    lp_spin_unlock(&node->t->lock);
-    if (linked) {
-      lp_task_unwatch(node->t, &node->w);
-      /* Unlinked by us (not by a finish): its reference is ours to drop.
-       * If a finish unlinked it in between, its fire() drops it. */
-    }
+    /* Unlinked by us (not by a finish): its reference is ours to drop. If
+     * a finish unlinked it first, its fire() drops it. */
+    if (lp_task_unwatch(wa->nodes[i].t, &wa->nodes[i].w)) watch_unref(wa);
   }
   watch_unref(wa);
   return 0;
