@@ -55,10 +55,10 @@ lp_task *lp_lib_running(lua_State *L, const char *what) {
 lp_task *lp_lib_waiting(lua_State *L, const char *what) {
   lp_task *self = lp_lib_running(L, what);
   if (L != self->co || !lua_isyieldable(L))
-    luaL_error(L,
-               "%s: cannot wait here: inside a coroutine of the task's own or a C function "
-               "that cannot yield (such as a table.sort comparator)",
-               what);
+    lp_lib_error(L,
+                 "%s: cannot wait here: inside a coroutine of the task's own or a C function "
+                 "that cannot yield (such as a table.sort comparator)",
+                 what);
   return self;
 }
 
@@ -131,43 +131,36 @@ static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
   return 1; /* the future, left on top before yielding */
 }
 
-/* The options table at index 1 of luapool.spawn. */
-typedef struct spawn_opts {
-  int pool;
-  double priority;
-  double timeout; /* seconds; 0: none */
-  int retries;
-} spawn_opts;
-
-static double opt_number(lua_State *L, const char *name, double dflt) {
-  int ty = lua_getfield(L, 1, name);
+static double opt_number(lua_State *L, int idx, const char *what, const char *name, double dflt) {
+  int ty = lua_getfield(L, idx, name);
   if (ty == LUA_TNIL) {
     lua_pop(L, 1);
     return dflt;
   }
-  if (ty != LUA_TNUMBER) luaL_error(L, "luapool.spawn: option '%s' must be a number", name);
+  if (ty != LUA_TNUMBER) lp_lib_error(L, "%s: option '%s' must be a number", what, name);
   double v = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (v != v) luaL_error(L, "luapool.spawn: option '%s' is NaN", name);
+  if (v != v) lp_lib_error(L, "%s: option '%s' is NaN", what, name);
   return v;
 }
 
-static void read_options(lua_State *L, spawn_opts *o) {
+void lp_lib_read_options(lua_State *L, int idx, const char *what, spawn_opts *o) {
   static const char *known[] = {"priority", "pool", "timeout", "retries", NULL};
   lua_pushnil(L);
-  while (lua_next(L, 1)) {
+  while (lua_next(L, idx)) {
     int ok = 0;
     if (lua_type(L, -2) == LUA_TSTRING)
       for (int i = 0; known[i]; i++)
         if (strcmp(lua_tostring(L, -2), known[i]) == 0) ok = 1;
     if (!ok) {
       lua_pop(L, 1);
-      luaL_error(L, "luapool.spawn: unknown option '%s' (known: priority, pool, timeout, retries)",
-                 luaL_tolstring(L, -1, NULL));
+      /* map and its kin take chunksize besides (the Lua layer removes it). */
+      lp_lib_error(L, "%s: unknown option '%s' (known: priority, pool, timeout, retries%s)", what,
+                   luaL_tolstring(L, -1, NULL), strcmp(what, "luapool.spawn") ? ", chunksize" : "");
     }
     lua_pop(L, 1);
   }
-  if (lua_getfield(L, 1, "pool") != LUA_TNIL) {
+  if (lua_getfield(L, idx, "pool") != LUA_TNIL) {
     luapool *eng = lp_worker_of(L)->eng;
     size_t len;
     const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
@@ -182,19 +175,67 @@ static void read_options(lua_State *L, spawn_opts *o) {
       luaL_pushresult(&b);
       const char *names = lua_tostring(L, -1);
       const char *asked = luaL_tolstring(L, -2, NULL);
-      luaL_error(L, "luapool.spawn: no pool named '%s' (%s: %s)", asked,
-                 eng->link ? "a task in a worker process spawns into its own pool" : "pools",
-                 names);
+      lp_lib_error(L, "%s: no pool named '%s' (%s: %s)", what, asked,
+                   eng->link ? "a task in a worker process spawns into its own pool" : "pools",
+                   names);
     }
   }
   lua_pop(L, 1);
-  o->priority = opt_number(L, "priority", o->priority);
-  o->timeout = opt_number(L, "timeout", o->timeout);
-  if (o->timeout < 0) luaL_error(L, "luapool.spawn: option 'timeout' must not be negative");
-  double r = opt_number(L, "retries", o->retries);
+  o->priority = opt_number(L, idx, what, "priority", o->priority);
+  o->timeout = opt_number(L, idx, what, "timeout", o->timeout);
+  if (o->timeout < 0) lp_lib_error(L, "%s: option 'timeout' must not be negative", what);
+  double r = opt_number(L, idx, what, "retries", o->retries);
   if (r < 0 || r > 1e6 || r != (int)r)
-    luaL_error(L, "luapool.spawn: option 'retries' must be a whole number from 0");
+    lp_lib_error(L, "%s: option 'retries' must be a whole number from 0", what);
   o->retries = (int)r;
+}
+
+/* Makes the future (pushed) and the task of a spawn from its packed
+ * arguments (taken), placing it in the report and the figures; the caller
+ * queues it (lp_lib_spawn_queue). NULL when out of memory. */
+lp_task *lp_lib_spawn_new(lua_State *L, lp_task *self, int fn, const spawn_opts *o, lp_buf *args) {
+  lp_worker *w = worker(L);
+  luapool *eng = w->eng;
+  lp_future *f = lua_newuserdatauv(L, sizeof *f, 0);
+  f->t = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, w->future_mt_ref);
+  lua_setmetatable(L, -2);
+  lp_task *t = lp_task_new(eng, self, fn, o->priority, args);
+  if (!t) return NULL;
+  t->timeout = o->timeout;
+  t->retries = o->retries;
+  t->pool = o->pool;
+  lp_task_ref(t); /* the future's */
+  f->t = t;
+  lp_report_spawn(&eng->report, self, t);
+  lp_stats_spawn(&w->stats, self, t);
+  return t;
+}
+
+/* Where a new task of a threads or processes run goes: its pool's worker
+ * processes, another pool's threads, or the spawning worker's own queue. */
+int lp_lib_spawn_dest(lua_State *L, lp_task *t) {
+  luapool *eng = worker(L)->eng;
+  if (eng->pools[t->pool].procs) return LP_SPAWN_PROCS;
+  if (t->pool != eng->sched.wq[worker(L)->index].pool) return LP_SPAWN_INJECT;
+  return LP_SPAWN_OWN;
+}
+
+/* Queues a task made by lp_lib_spawn_new (not in a sequential run).
+ * 0, or -1 when out of memory (then the task has failed). */
+int lp_lib_spawn_queue(lua_State *L, lp_task *t, int dest) {
+  lp_worker *w = worker(L);
+  luapool *eng = w->eng;
+  int rc = 0;
+  if (dest == LP_SPAWN_PROCS)
+    rc = lp_procs_push(eng, t);
+  else if (dest == LP_SPAWN_INJECT)
+    lp_sched_inject(&eng->sched, t); /* another pool's threads */
+  else
+    rc = lp_sched_push(&eng->sched, w->index, t);
+  /* Out of memory in the queue: this child can never run. */
+  if (rc != 0) lp_task_finish(t, LP_TASK_FAILED, NULL);
+  return rc;
 }
 
 static int l_spawn(lua_State *L) {
@@ -204,7 +245,7 @@ static int l_spawn(lua_State *L) {
   int base = 1;
   spawn_opts o = {self->pool, self->priority, eng->cfg.task_timeout, eng->cfg.retries};
   if (lua_type(L, 1) == LUA_TTABLE) {
-    read_options(L, &o);
+    lp_lib_read_options(L, 1, "luapool.spawn", &o);
     base = 2;
   }
   char err[320];
@@ -214,7 +255,7 @@ static int l_spawn(lua_State *L) {
     fn = w->last_fn_id;
   } else {
     fn = lp_vm_fn_id(L, base, err, sizeof err);
-    if (fn < 0) return luaL_error(L, "luapool.spawn: argument %d: %s", base, err);
+    if (fn < 0) return lp_lib_fn_error(L, "luapool.spawn", base, base, err);
     if (fp) {
       /* The id cache also anchors the function, so the address stays its. */
       w->last_fn = fp;
@@ -222,54 +263,29 @@ static int l_spawn(lua_State *L) {
     }
   }
   int nargs = lua_gettop(L) - base;
-  lp_future *f = lua_newuserdatauv(L, sizeof *f, 0);
-  f->t = NULL;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, w->future_mt_ref);
-  lua_setmetatable(L, -2);
   lp_buf args;
   lp_buf_init(&args);
   lp_pack_ctx ctx = lp_vm_pack_ctx(L, base + 1);
   if (lp_pack_values(L, base + 1, nargs, &args, &ctx, err, sizeof err) != 0)
-    return luaL_error(L, "luapool.spawn: %s", err);
-  lp_task *t = lp_task_new(eng, self, fn, o.priority, &args);
+    return lp_lib_error(L, "luapool.spawn: %s", err);
+  lp_task *t = lp_lib_spawn_new(L, self, fn, &o, &args);
   if (!t) return luaL_error(L, "luapool.spawn: out of memory");
-  t->timeout = o.timeout;
-  t->retries = o.retries;
-  t->pool = o.pool;
-  lp_task_ref(t); /* the future's */
-  f->t = t;
-  lp_report_spawn(&eng->report, self, t);
-  lp_stats_spawn(&w->stats, self, t);
-  if (!eng->inline_mode && eng->pools[t->pool].procs) {
-    if (lp_procs_push(eng, t) != 0) {
-      lp_task_finish(t, LP_TASK_FAILED, NULL);
+  if (!eng->inline_mode) {
+    if (lp_lib_spawn_queue(L, t, lp_lib_spawn_dest(L, t)) != 0)
       return luaL_error(L, "luapool.spawn: out of memory");
-    }
     return 1;
   }
-  if (!eng->inline_mode && t->pool != eng->sched.wq[w->index].pool) {
-    lp_sched_inject(&eng->sched, t); /* another pool's threads */
-    return 1;
-  }
-  if (eng->inline_mode) {
-    /* Sequential reference: the child, and everything it spawns, runs to
-     * its end before the parent goes on. The parent goes back on the stack
-     * under the child, and yields. */
-    if (L == self->co && lua_isyieldable(L)) {
-      lp_sched_push(&eng->sched, w->index, self);
-      lp_sched_push(&eng->sched, w->index, t);
-      w->yield_kind = LP_YIELD_WAIT;
-      return lua_yieldk(L, 0, 0, spawn_k);
-    }
+  /* Sequential reference: the child, and everything it spawns, runs to
+   * its end before the parent goes on. The parent goes back on the stack
+   * under the child, and yields. */
+  if (L == self->co && lua_isyieldable(L)) {
+    lp_sched_push(&eng->sched, w->index, self);
     lp_sched_push(&eng->sched, w->index, t);
-    lp_pool_run_nested(w, t);
-    return 1;
+    w->yield_kind = LP_YIELD_WAIT;
+    return lua_yieldk(L, 0, 0, spawn_k);
   }
-  if (lp_sched_push(&eng->sched, w->index, t) != 0) {
-    /* Out of memory in the queue: this child can never run. */
-    lp_task_finish(t, LP_TASK_FAILED, NULL);
-    return luaL_error(L, "luapool.spawn: out of memory");
-  }
+  lp_sched_push(&eng->sched, w->index, t);
+  lp_pool_run_nested(w, t);
   return 1;
 }
 
@@ -440,8 +456,11 @@ static int fut_get(lua_State *L) {
   return get_timed_out(L, f->t);
 }
 
+/* A task cancelled through its future is done at once: it will never give
+ * a result, even while it still unwinds (get waits for that). */
 static int fut_done(lua_State *L) {
-  lua_pushboolean(L, lp_task_finished(check_future(L, 1)->t));
+  lp_task *t = check_future(L, 1)->t;
+  lua_pushboolean(L, lp_task_finished(t) || atomic_load_explicit(&t->cancel, memory_order_relaxed));
   return 1;
 }
 
@@ -459,6 +478,22 @@ static int fut_ok(lua_State *L) {
 static int fut_cancel(lua_State *L) {
   lua_pushboolean(L, lp_task_cancel(check_future(L, 1)->t));
   return 1;
+}
+
+/* core._drop(futures): the caller gives these up (a map that raised, an
+ * imap loop left early): those not finished are cancelled, and a failure of
+ * any of them counts as handled. */
+static int l_drop(lua_State *L) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    lp_future *f = to_future(L, -1);
+    lua_pop(L, 1);
+    if (!f) continue;
+    atomic_store(&f->t->awaited, 1);
+    lp_task_cancel(f->t);
+  }
+  return 0;
 }
 
 static int fut_id(lua_State *L) {
@@ -601,8 +636,8 @@ static int l_sleep(lua_State *L) {
   double s = luaL_checknumber(L, 1);
   if (s != s) return luaL_argerror(L, 1, "NaN");
   lp_worker *w = worker(L);
-  lp_task *self = lp_lib_running(L, "luapool.sleep");
-  if (w->eng->inline_mode || L != self->co || !lua_isyieldable(L)) {
+  lp_lib_waiting(L, "luapool.sleep");
+  if (w->eng->inline_mode) {
     lp_sleep(s); /* nothing else could run meanwhile on this thread */
     return 0;
   }
@@ -620,8 +655,8 @@ static int yield_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int l_yield(lua_State *L) {
   lp_worker *w = worker(L);
-  lp_task *self = lp_lib_running(L, "luapool.yield");
-  if (w->eng->inline_mode || L != self->co || !lua_isyieldable(L)) return 0;
+  lp_lib_waiting(L, "luapool.yield");
+  if (w->eng->inline_mode) return 0;
   lp_pool_yield_current(w);
   return lua_yieldk(L, 0, 0, yield_k);
 }
@@ -808,7 +843,7 @@ static int l_watch(lua_State *L) {
       free(wa->ready);
       free(wa->nodes);
       free(wa);
-      return luaL_error(L, "luapool.as_completed: item %d is not a future", i + 1);
+      return lp_lib_error(L, "luapool.as_completed: argument 1: item %d is not a future", i + 1);
     }
     wa->nodes[i].t = f->t;
     lp_task_ref(f->t);
@@ -893,15 +928,9 @@ static int watch_gc(lua_State *L) {
   if (!wa) return 0;
   *ud = NULL;
   for (int i = 0; i < wa->n; i++) {
-    watch_node *node = &wa->nodes[i];
-    lp_spin_lock(&node->t->lock);
-    int linked = node->w.prev || node->t->waiters == &node->w;
-    lp_spin_unlock(&node->t->lock);
-    if (linked) {
-      lp_task_unwatch(node->t, &node->w);
-      /* Unlinked by us (not by a finish): its reference is ours to drop.
-       * If a finish unlinked it in between, its fire() drops it. */
-    }
+    /* Unlinked by us (not by a finish): its reference is ours to drop. If
+     * a finish unlinked it first, its fire() drops it. */
+    if (lp_task_unwatch(wa->nodes[i].t, &wa->nodes[i].w)) watch_unref(wa);
   }
   watch_unref(wa);
   return 0;
@@ -909,26 +938,50 @@ static int watch_gc(lua_State *L) {
 
 /* ---- internals for the Lua layer ---- */
 
-/* core.call(name, ...) calls the task function `name` in this state. */
+static int call_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return lua_gettop(L);
+}
+
+/* core.call(name, ...) calls the task function `name` in this state; the
+ * function may wait (a chunk of a map is one task). */
 static int l_call(lua_State *L) {
   char err[320];
   int fn = lp_vm_fn_id(L, 1, err, sizeof err);
   if (fn < 0) return luaL_error(L, "luapool: %s", err);
   if (lp_vm_push_fn(L, fn) != 0) return luaL_error(L, "luapool: %s", "task function vanished");
   lua_replace(L, 1);
-  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-  return lua_gettop(L);
+  lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, call_k);
+  return call_k(L, LUA_OK, 0);
+}
+
+/* core._error(message): raises it at the user's line (lp_lib_error). */
+static int l_error(lua_State *L) { return lp_lib_error(L, "%s", luaL_checkstring(L, 1)); }
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, lp_now());
+  return 1;
 }
 
 static const luaL_Reg future_methods[] = {{"get", fut_get}, {"done", fut_done},
                                           {"ok", fut_ok},   {"cancel", fut_cancel},
                                           {"id", fut_id},   {NULL, NULL}};
 
-static const luaL_Reg core_funcs[] = {
-    {"spawn", l_spawn},     {"wait", l_wait},   {"join", l_join},
-    {"sleep", l_sleep},     {"yield", l_yield}, {"emit", l_emit},
-    {"counter", l_counter}, {"self", l_self},   {"_watch", l_watch},
-    {"_call", l_call},      {NULL, NULL}};
+static const luaL_Reg core_funcs[] = {{"spawn", l_spawn},
+                                      {"wait", l_wait},
+                                      {"join", l_join},
+                                      {"sleep", l_sleep},
+                                      {"yield", l_yield},
+                                      {"emit", l_emit},
+                                      {"counter", l_counter},
+                                      {"self", l_self},
+                                      {"_watch", l_watch},
+                                      {"_call", l_call},
+                                      {"_drop", l_drop},
+                                      {"_error", l_error},
+                                      {"_now", l_now},
+                                      {"_spawn_list", lp_lib_spawn_list},
+                                      {NULL, NULL}};
 
 static void new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
   luaL_newmetatable(L, name);
@@ -955,6 +1008,8 @@ int lp_lib_open(lua_State *L) {
   new_class(L, COUNTER_MT, counter_methods, NULL);
   static const luaL_Reg watch_methods[] = {{"next", watch_next}, {NULL, NULL}};
   new_class(L, WATCH_MT, watch_methods, watch_gc);
+
+  lp_lib_map_open(L);
 
   lua_pushcfunction(L, l_print);
   lua_setglobal(L, "print");

@@ -30,6 +30,37 @@ void lp_lib_resumed(lua_State *L, lp_task *self);
 /* The deadline for an optional timeout argument at idx: -1 if none. */
 double lp_lib_deadline(lua_State *L, int idx);
 
+/* Raises "WHERE: message", WHERE being the file:line of the user's code
+ * that made the call: the first frame outside luapool's Lua layer. */
+int lp_lib_error(lua_State *L, const char *fmt, ...);
+/* Raises "what: argument argn: err" for the task function at stack index
+ * idx, naming the variable the user passed when it was a nil one. */
+int lp_lib_fn_error(lua_State *L, const char *what, int idx, int argn, const char *err);
+
+/* Spawn options (luapool.spawn's table, map's other options). */
+typedef struct spawn_opts {
+  int pool;
+  double priority;
+  double timeout; /* seconds; 0: none */
+  int retries;
+} spawn_opts;
+
+/* Reads the options table at idx into o (whose fields hold the defaults);
+ * raises errors naming `what`. */
+void lp_lib_read_options(lua_State *L, int idx, const char *what, spawn_opts *o);
+/* Pushes a future for a new child of self with the packed args (taken).
+ * NULL when out of memory. The task is not queued yet. */
+lp_task *lp_lib_spawn_new(lua_State *L, lp_task *self, int fn, const spawn_opts *o, lp_buf *args);
+enum { LP_SPAWN_OWN, LP_SPAWN_INJECT, LP_SPAWN_PROCS };
+/* Where a new task goes (not in a sequential run): one of LP_SPAWN_*. */
+int lp_lib_spawn_dest(lua_State *L, lp_task *t);
+/* Queues it there: 0, or -1 when out of memory (the task has failed). */
+int lp_lib_spawn_queue(lua_State *L, lp_task *t, int dest);
+
+/* core._spawn_list and the metatables it uses (libmap.c). */
+int lp_lib_spawn_list(lua_State *L);
+void lp_lib_map_open(lua_State *L);
+
 /* Raises an error for a shared object (counter, channel, sequencer) asked
  * for inside a worker process, where it could not be shared with the rest
  * of the run. */

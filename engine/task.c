@@ -213,7 +213,7 @@ int lp_task_watch(lp_task *t, lp_waiter *w) {
   return 0;
 }
 
-void lp_task_unwatch(lp_task *t, lp_waiter *w) {
+int lp_task_unwatch(lp_task *t, lp_waiter *w) {
   lp_spin_lock(&t->lock);
   /* A fired node was unlinked by lp_task_finish before fire(). */
   int linked = w->prev || t->waiters == w;
@@ -226,6 +226,7 @@ void lp_task_unwatch(lp_task *t, lp_waiter *w) {
     w->next = w->prev = NULL;
   }
   lp_spin_unlock(&t->lock);
+  return linked;
 }
 
 int lp_task_join_begin(lp_task *t) {

@@ -130,8 +130,9 @@ void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_
 /* Links w into t's waiters unless t has already finished; returns 0 if
  * linked, 1 if t had finished (w untouched). */
 int lp_task_watch(lp_task *t, lp_waiter *w);
-/* Unlinks w if it is still linked (a wait that timed out). */
-void lp_task_unwatch(lp_task *t, lp_waiter *w);
+/* Unlinks w if it is still linked (a wait that timed out); returns whether
+ * it was (then w will not fire). */
+int lp_task_unwatch(lp_task *t, lp_waiter *w);
 
 /* Wake protocol. A task arms itself, checks its condition, and yields if
  * the condition is still unmet. Any waker disarms and, if it found the task

@@ -214,3 +214,159 @@ end
     assert.are.same({ "4: 1 nil 3 nil", "4" }, res.lines)
   end)
 end)
+
+-- The modes a map runs in: threads, and tasks in worker processes.
+local MODES = { { "--workers", "2" }, { "--processes", "2" } }
+
+describe("a failure caught around map", function()
+  -- Items 2, 4, 6, ... fail; the caller catches the first error. The rest
+  -- are cancelled or count as handled: nothing is reported, exit 0.
+  local script = [[
+function f(x)
+  if x % 2 == 0 then error("bad " .. x) end
+  luapool.sleep(0.01)
+  return x
+end
+function slow(x) local t = os.clock() while os.clock() - t < 0.01 do end return x end
+function main(which)
+  local items = {}
+  for i = 1, 6 do items[i] = i end
+  local ok, err
+  if which == "map" then ok, err = pcall(luapool.map, f, items)
+  elseif which == "chunks" then ok, err = pcall(luapool.map, f, items, { chunksize = 2 })
+  elseif which == "starmap" then
+    local lists = {}
+    for i = 1, 6 do lists[i] = { i } end
+    ok, err = pcall(luapool.starmap, f, lists)
+  elseif which == "imap" then
+    ok, err = pcall(function() for _ in luapool.imap(f, items) do end end)
+  elseif which == "imap_unordered" then
+    ok, err = pcall(function() for _ in luapool.imap_unordered(f, items) do end end)
+  elseif which == "break" then
+    -- (imap_unordered's first result may be a failure: then it raises.)
+    for _ in luapool.imap(f, items) do break end
+    pcall(function() for _ in luapool.imap_unordered(f, items) do break end end)
+    ok, err = false, "left early"
+  elseif which == "timeout" then
+    for i = 1, 100 do items[i] = i end
+    ok, err = pcall(luapool.map, slow, items, { timeout = 0.001 })
+  end
+  luapool.emit(tostring(ok) .. " " .. tostring(err):match("[^\n]*"))
+end
+]]
+  for _, mode in ipairs(MODES) do
+    for _, which in ipairs({ "map", "chunks", "starmap", "imap", "imap_unordered", "break", "timeout" }) do
+      it(which .. " (" .. mode[1] .. ")", function()
+        local res = H.run(H.PRELUDE .. script, { which }, { flags = mode })
+        assert.are.equal(0, res.code, H.describe(res))
+        assert.are.equal("", res.err, H.describe(res))
+        assert.are.equal(1, #res.lines, H.describe(res))
+        assert.matches("^false ", res.lines[1])
+        if which == "timeout" then
+          assert.matches("timed out", res.lines[1])
+        elseif which == "imap_unordered" then -- the first failure to finish
+          assert.matches("bad [246]", res.lines[1])
+        elseif which ~= "break" then
+          assert.matches("bad 2", res.lines[1], 1, true)
+        end
+      end)
+    end
+  end
+end)
+
+describe("map's items start in list order", function()
+  -- With one worker, item i is the i-th to start, and the first result of
+  -- imap comes before the last item starts. Each item says when it starts
+  -- and the loop when it gets a result; --order completion keeps the order
+  -- they were said in. Run inside a task, so that with --processes 1 the
+  -- items are queued inside the worker process.
+  local script = [[
+function item(i)
+  print("start " .. i)
+  local t0 = os.clock()
+  while os.clock() - t0 < 0.02 do end
+  return i
+end
+function run(kind)
+  local items = {}
+  for i = 1, 12 do items[i] = i end
+  if kind == "map" then
+    luapool.map(item, items)
+  else
+    for i in luapool[kind](item, items) do print("result " .. i) end
+  end
+end
+function main(kind) luapool.spawn(run, kind):get() end
+]]
+  for _, mode in ipairs({ { "--workers", "1" }, { "--processes", "1" } }) do
+    for _, kind in ipairs({ "map", "imap", "imap_unordered" }) do
+      it(kind .. " (" .. mode[1] .. " 1)", function()
+        local flags = { mode[1], mode[2], "--order", "completion" }
+        local res = H.run(H.PRELUDE .. script, { kind }, { flags = flags })
+        assert.are.equal(0, res.code, H.describe(res))
+        local starts, first_result, last_start = {}, nil, nil
+        for n, line in ipairs(res.lines) do
+          local i = line:match("^start (%d+)$")
+          if i then starts[#starts + 1] = tonumber(i) end
+          if i == "12" then last_start = n end
+          if not first_result and line:match("^result ") then first_result = n end
+        end
+        assert.are.same({ 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 }, starts, H.describe(res))
+        if kind ~= "map" then
+          assert.is_true(first_result ~= nil and first_result < last_start, H.describe(res))
+        end
+      end)
+    end
+  end
+end)
+
+describe("map misuse", function()
+  local function failure(body, flags)
+    local res = H.run(H.PRELUDE .. body, {}, { flags = flags or { "--workers", "2" } })
+    assert.are.equal(1, res.code, H.describe(res))
+    return res.err:match("failed: ([^\n]*)") or res.err
+  end
+
+  it("names the caller's line, the call and its argument", function()
+    -- The script's lines: 1-21 are the prelude; main's calls follow.
+    local body = [[
+function sq(x) return x * x end
+function main(which)
+  luapool.map(function(x) return x end, { 1, 2 })
+end
+]]
+    for _, flags in ipairs({ { "--workers", "2" }, { "--workers", "0" }, { "--processes", "2" } }) do
+      local msg = failure(body, flags)
+      assert.matches("^[^:]+%.lua:%d+: luapool%.map: argument 1: the function is not a task function", msg)
+      assert.not_matches("luapool%.lua", msg)
+    end
+  end)
+
+  it("names the variable of a nil task function", function()
+    assert.matches("%.lua:%d+: luapool%.imap: argument 1: task function expected %(a name or a function%), got nil %(global 'fecth' is not defined%)",
+      failure("function main() for _ in luapool.imap(fecth, { 1 }) do end end\n"))
+    assert.matches("%.lua:%d+: luapool%.map: argument 1: .*got nil %(global 'fecth' is not defined%)",
+      failure("function main() local r = luapool.map(fecth, { 1 }) end\n"))
+  end)
+
+  for _, case in ipairs({
+    { "luapool.map(sq, 5)", "luapool%.map: argument 2: table expected, got number" },
+    { "luapool.imap_unordered(sq, {1}, 7)", "luapool%.imap_unordered: argument 3: options table expected, got number" },
+    { "luapool.map(sq, {1}, { chunksize = 0 })", "luapool%.map: option 'chunksize' must be a positive integer" },
+    { "luapool.map(sq, {1}, { timout = 1 })", "luapool%.map: unknown option 'timout' %(known: priority, pool, timeout, retries, chunksize%)" },
+    { "luapool.starmap(sq, { 1 })", "luapool%.starmap: item 1: a list of arguments expected, got number" },
+    { "luapool.map(sq, { 1, function() end })", "luapool%.map: item 2: argument 1: cannot send a function" },
+    { "luapool.map(sq, { 1, 2, { f = sq, g = function() end } }, { chunksize = 2 })", "luapool%.map: item 3: argument 1 %(at %.g%): cannot send a function" },
+    { "luapool.imap(sq, { 1 }, { pool = 'nope' })", "luapool%.imap: no pool named 'nope'" },
+    { "luapool.as_completed(5)", "luapool%.as_completed: argument 1: a list of futures expected, got number" },
+    { "luapool.as_completed({ 1 })", "luapool%.as_completed: argument 1: item 1 is not a future" },
+    { "luapool.as_completed({}, 'soon')", "luapool%.as_completed: argument 2: timeout %(seconds%) expected, got string" },
+  }) do
+    it(case[1], function()
+      local msg = failure("function sq(x) return x end\nfunction main()\n  " .. case[1] .. "\nend\n")
+      -- The prelude is 20-odd lines; the call is on main's first line.
+      local line = select(2, (H.PRELUDE .. "function sq(x) return x end\nfunction main()\n"):gsub("\n", "")) + 1
+      assert.matches("^[^:]+%.lua:" .. line .. ": " .. case[2], msg)
+    end)
+  end
+end)

@@ -299,3 +299,27 @@ function main() luapool.spawn("ghost_task"):get() end
     end)
   end)
 end)
+
+describe("spawn misuse", function()
+  local function failure(body)
+    local res = H.run(H.PRELUDE .. body, {}, { workers = 2 })
+    assert.are.equal(1, res.code, H.describe(res))
+    return res.err:match("failed: ([^\n]*)") or res.err
+  end
+
+  it("names the nil variable passed as the task function", function()
+    assert.matches("^[^:]+%.lua:%d+: luapool%.spawn: argument 1: task function expected %(a name or a function%), got nil %(global 'fecth' is not defined%)$",
+      failure("function main() luapool.spawn(fecth, 1) end\n"))
+    assert.matches("luapool%.spawn: argument 2: task function expected %(a name or a function%), got nil %(global 'fecth' is not defined%)$",
+      failure("function main() luapool.spawn({ priority = 1 }, fecth, 1) end\n"))
+    assert.matches("luapool%.spawn: argument 1: .*got nil %(local 'job' is nil%)$",
+      failure("function main() local job; luapool.spawn(job) end\n"))
+    assert.matches("luapool%.spawn: argument 1: .*got nil %(upvalue 'job' is nil%)$",
+      failure("local job\nfunction main() luapool.spawn(job) end\n"))
+    -- Through a local alias; and a field that is nil: no guess at a name.
+    assert.matches("luapool%.spawn: argument 1: .*got nil %(global 'fecth' is not defined%)$",
+      failure("local sp = luapool.spawn\nfunction main() sp(fecth) end\n"))
+    assert.matches("luapool%.spawn: argument 1: task function expected %(a name or a function%), got nil$",
+      failure("local t = {}\nfunction main() luapool.spawn(t.fetch) end\n"))
+  end)
+end)

@@ -198,3 +198,77 @@ end
     assert.are.same({ "count 0" }, res.lines)
   end)
 end)
+
+describe("as_completed with a timeout", function()
+  -- The timeout counts from the call for the whole loop; past it the
+  -- iterator raises, saying how many futures are not done.
+  for _, mode in ipairs({ { "--workers", "2" }, { "--processes", "2" } }) do
+    it(mode[1], function()
+      local res = run_ok([[
+function nap(s) luapool.sleep(s) return s end
+function main()
+  local fs = { luapool.spawn(nap, 0.05), luapool.spawn(nap, 30), luapool.spawn(nap, 0.1) }
+  local got = {}
+  local ok, err = pcall(function()
+    for f in luapool.as_completed(fs, 1.5) do got[#got + 1] = f:get() end
+  end)
+  luapool.emit(table.concat(got, " "))
+  luapool.emit(tostring(ok) .. " " .. oneline(err))
+  fs[2]:cancel()
+  local n = 0
+  for f in luapool.as_completed({ fs[1], fs[3] }, 5) do n = n + 1 end
+  luapool.emit(n)
+end
+]], nil, { flags = mode })
+      assert.are.equal(3, #res.lines, H.describe(res))
+      assert.are.equal("0.05 0.1", res.lines[1])
+      assert.matches("^false [^ ]+%.lua:%d+: luapool%.as_completed: timed out after 1%.5 s: 1 of 3 futures not done$",
+        res.lines[2])
+      assert.are.equal("2", res.lines[3])
+    end)
+  end
+end)
+
+describe("a wait where the task cannot be suspended", function()
+  -- Inside a table.sort comparator, a gsub callback or a metamethod called
+  -- from C (__tostring through tostring) the task
+  -- cannot yield: every call that would wait raises, saying so.
+  local calls = {
+    sleep = "luapool.sleep(0.01)",
+    ["sleep(0)"] = "luapool.sleep(0)",
+    yield = "luapool.yield()",
+    get = "luapool.spawn(nap):get()",
+    wait = "luapool.wait({ luapool.spawn(nap) })",
+    join = "luapool.spawn(nap); luapool.join()",
+    as_completed = "for _ in luapool.as_completed({ luapool.spawn(nap) }) do end",
+    imap = "for _ in luapool.imap(nap, { 1 }) do end",
+  }
+  local names = {}
+  for name in pairs(calls) do names[#names + 1] = name end
+  table.sort(names)
+  for _, mode in ipairs({ { "--workers", "2" }, { "--processes", "2" } }) do
+    for _, name in ipairs(names) do
+      it(name .. " (" .. mode[1] .. ")", function()
+        local res = run_ok([[
+function nap() luapool.sleep(0.05) return 1 end
+function main()
+  local function call() ]] .. calls[name] .. [[ end
+  local places = {
+    function() table.sort({ 3, 2, 1 }, function(a, b) call() return a < b end) end,
+    function() ("ab"):gsub(".", function() call() end) end,
+    function() return tostring(setmetatable({}, { __tostring = function() call() return "" end })) end,
+  }
+  for _, place in ipairs(places) do
+    local ok, err = pcall(place)
+    luapool.emit(tostring(ok) .. " " .. oneline(err))
+  end
+end
+]], nil, { flags = mode })
+        assert.are.equal(3, #res.lines, H.describe(res))
+        for _, line in ipairs(res.lines) do
+          assert.matches("^false [^ ]+%.lua:%d+: [%w.:_]+: cannot wait here", line)
+        end
+      end)
+    end
+  end
+end)
