@@ -332,8 +332,10 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, double priority,
     free(wake);
     return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
-  t->timeout = lp->cfg.task_timeout;
-  t->retries = lp->cfg.retries;
+  if (!lp->root_is_run) {
+    t->timeout = lp->cfg.task_timeout;
+    t->retries = lp->cfg.retries;
+  }
   if (f) {
     lp_task_ref(t);
     f->eng = lp;

@@ -255,14 +255,25 @@ static void start_limit(lp_worker *w, lp_task *t, lua_State *co) {
   (void)w;
 }
 
-/* A failed task with runs left goes back on the queue, as new. */
+/* A failed task with runs left runs again, as new, once everything its
+ * failed attempt spawned has ended: the attempt's records, its subtree's
+ * included, are dropped then (lp_report_retry), so each record is reported
+ * once. Meanwhile it waits like a joining task; the last child's end wakes
+ * it into its owner's inbox, where run() starts it afresh. */
 static int retry(lp_worker *w, lp_task *t) {
   if (t->retries <= 0 || lp_task_cancelled(t)) return 0;
-  t->retries--;
+  t->retry_pending = 1; /* `retries` counts down when the run begins: the attempt's
+                           subtree is still held by it until then */
   lp_stats_inc(&w->stats.retried);
   t->deadline = 0;
   atomic_store_explicit(&t->state, LP_TASK_QUEUED, memory_order_relaxed);
-  if (lp_sched_push(&w->eng->sched, w->index, t) != 0) return 0;
+  lp_task_arm(t);
+  if (!lp_task_join_begin(t)) return 1; /* the wake is the last child's */
+  lp_task_disarm(t);
+  if (lp_sched_push(&w->eng->sched, w->index, t) != 0) {
+    t->retry_pending = 0;
+    return 0;
+  }
   return 1;
 }
 
@@ -272,6 +283,11 @@ static void run(lp_worker *w, lp_task *t) {
   luapool *eng = w->eng;
   lua_State *co = t->co;
   if (!co) { /* a new task */
+    if (t->retry_pending) {
+      t->retry_pending = 0;
+      t->retries--;
+      lp_report_retry(&eng->report, t);
+    }
     uint64_t epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
     if (epoch != 0 && lp_task_cancelled(t)) {
       cancel_task(w, t);
@@ -291,6 +307,7 @@ static void run(lp_worker *w, lp_task *t) {
     t->co_slot = slot;
     t->owner = w->index;
     t->cancel_epoch = epoch;
+    t->attempts++;
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
     lp_stats_inc(&w->stats.run);
