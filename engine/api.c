@@ -763,6 +763,7 @@ static void cancel_run(luapool *lp) {
   atomic_store(&lp->stopping, 1);
   atomic_fetch_add(&lp->cancel_epoch, 1);
   lp_procs_cancel_all(lp);
+  lp_pool_stop_lua(lp); /* a task that never waits stops too */
   /* Parked workers must see it: they fire all their timers at once, so
    * sleepers resume and find themselves cancelled. */
   lp_sched_wake_all(&lp->sched);

@@ -234,6 +234,10 @@ static void limit_hook(lua_State *L, lua_Debug *ar) {
   lp_worker *w = lp_worker_of(L);
   lp_task *t = w->current;
   if (!t) return;
+  if (atomic_load_explicit(&w->eng->stopping, memory_order_relaxed)) {
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1); /* as for a timeout: pcall cannot keep it */
+    luaL_error(L, "luapool: task cancelled");
+  }
   lp_task *base = t->co_base ? t->co_base : t;
   lp_task *late = t->deadline > 0 && lp_now() >= t->deadline         ? t
                   : base->deadline > 0 && lp_now() >= base->deadline ? base
@@ -325,7 +329,13 @@ static void run(lp_worker *w, lp_task *t) {
   int nres = 0;
   int limit_was = w->limit_on; /* a nested run (lp_pool_run_nested) is inside a resume */
   w->limit_on = 1;
+  lua_State *running_was = atomic_load_explicit(&w->running, memory_order_relaxed);
+  atomic_store(&w->running, co);
+  /* After publishing: either lp_pool_stop_lua sees co, or we see `stopping`. */
+  if (atomic_load(&eng->stopping)) lua_sethook(co, limit_hook, LUA_MASKCOUNT, 1);
   int st = lua_resume(co, outer ? outer->co : w->L, 0, &nres);
+  atomic_store(&w->running, running_was);
+  while (atomic_load(&w->hooking)) lp_cpu_relax();
   w->limit_on = limit_was;
   lp_task *now = w->current; /* differs from t when a task run inline yielded */
   w->current = outer;
@@ -354,6 +364,20 @@ static void run(lp_worker *w, lp_task *t) {
   }
   w->nlive--;
   co_put(w, slot, st == LUA_OK);
+}
+
+/* lua_sethook is made to be called asynchronously (lua.c calls it from a
+ * signal handler): it only stores the hook and marks the running frames.
+ * The coroutine stays alive meanwhile: its resume waits for `hooking`. */
+void lp_pool_stop_lua(luapool *eng) {
+  if (!eng->workers || eng->inline_mode) return;
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    atomic_fetch_add(&w->hooking, 1);
+    lua_State *co = atomic_load(&w->running);
+    if (co) lua_sethook(co, limit_hook, LUA_MASKCOUNT, 1);
+    atomic_fetch_sub(&w->hooking, 1);
+  }
 }
 
 void lp_pool_yield_current(lp_worker *w) { w->yield_kind = LP_YIELD_AGAIN; }

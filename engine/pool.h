@@ -33,6 +33,12 @@ typedef struct lp_worker {
   int limit_on;            /* the limit applies: inside lua_resume or the script's load,
                               where a memory error is caught (vm.c) */
   struct lp_task *current; /* the task running now, NULL between tasks */
+  /* The coroutine inside lua_resume, for a cancel of the whole run from
+   * another thread (lp_pool_stop_lua); `hooking` counts such threads at work
+   * on it, and a resume that returns waits for them: the coroutine outlives
+   * their lua_sethook. */
+  _Atomic(lua_State *) running;
+  _Atomic int hooking;
   lp_timers timers;
   lp_task_cache cache; /* task records this worker allocates */
   int fn_by_id_ref;    /* registry refs of the state's caches (vm.c) */
@@ -88,6 +94,11 @@ void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len)
 
 /* Raises the timeout error of `t` in L (from the hook or a wait). */
 int lp_pool_timed_out(lua_State *L, struct lp_task *t);
+
+/* The run is being cancelled: Lua that runs now on any worker (a task
+ * spinning in pure Lua included) stops at its next instruction, through
+ * the count hook. Any thread. */
+void lp_pool_stop_lua(struct luapool *eng);
 
 /* Requeues the running task of w to run again after other ready tasks. */
 void lp_pool_yield_current(lp_worker *w);
