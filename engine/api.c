@@ -630,6 +630,7 @@ int luapool_future_wait(luapool_future *f, double timeout) {
   int state = outcome(f, &bytes);
   if (state == 0) {
     int rc = wait_run(f->eng, timeout, f);
+    if (rc == LUAPOOL_EDEADLOCK) return rc;
     state = outcome(f, &bytes);
     if (state == 0) return rc == 0 || rc == LUAPOOL_ETASKFAIL ? LUAPOOL_EDEADLOCK : rc;
   }
@@ -777,6 +778,28 @@ void luapool_interrupt(luapool *lp) {
   if (lp) atomic_store(&lp->interrupted, 1);
 }
 
+/* A deadlock: every worker sleeps with no timer to come and nothing
+ * queued, so no task can wake another; the host could, but it is waiting
+ * without a timeout. Worker processes report what they run with a delay,
+ * so runs with process pools are not judged (nor is the engine inside a
+ * worker process). On a deadlock the error names the waiting tasks, and
+ * the run is cancelled: each ends where it waits. Returns 1 then. */
+static int deadlocked(luapool *lp) {
+  if (lp->link) return 0;
+  for (int i = 0; i < lp->npools; i++)
+    if (lp->pools[i].procs) return 0;
+  if (!lp_sched_stalled(&lp->sched)) return 0;
+  char list[2048];
+  int n = lp_pool_describe_waits(lp, list, sizeof list);
+  if (n == 0 || !lp_sched_stalled(&lp->sched)) return 0;
+  lp_engine_error(lp, LUAPOOL_EDEADLOCK,
+                  "deadlock: %d task%s wait%s for what no task can give any more:%s", n,
+                  n == 1 ? "" : "s", n == 1 ? "s" : "", list);
+  cancel_run(lp);
+  lp_pool_wake_waits(lp);
+  return 1;
+}
+
 /* Runs the host's side of a run until every root has completed, or until
  * `until` (a future) has finished, or the timeout: delivers records and
  * failure reports, turns an interrupt into a cancel, and in inline mode runs
@@ -791,10 +814,17 @@ static int wait_run(luapool *lp, double timeout, luapool_future *until) {
     if (rc == LUAPOOL_EDEADLOCK)
       lp_engine_error(lp, rc, "deadlock: tasks wait for something that can never happen");
   } else {
+    int stalls = 0, deadlock = 0;
     for (;;) {
       lp_report_deliver(&lp->report, 0);
       lp_stats_tick(lp);
       if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) cancel_run(lp);
+      /* Judged after a few looks in a row: a cheap guard on top of the
+       * exact test in lp_sched_stalled. */
+      if (timeout < 0 && !deadlock && !atomic_load(&lp->stopping) &&
+          (lp_sched_stalled(&lp->sched) ? ++stalls : (stalls = 0)) >= 3)
+        deadlock = deadlocked(lp);
+      if (deadlock && rc == 0) rc = LUAPOOL_EDEADLOCK;
       pthread_mutex_lock(&lp->host_lock);
       live = lp->live_roots;
       int waiting = until ? !lp_task_finished(until->task) : live > 0;

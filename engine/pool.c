@@ -48,6 +48,9 @@ static int co_grow(lp_worker *w) {
   int *e = realloc(w->cos_empty, sizeof *e * (size_t)cap);
   if (!e) return -1;
   w->cos_empty = e;
+  lp_task **ts = realloc(w->cos_task, sizeof *ts * (size_t)cap);
+  if (!ts) return -1;
+  w->cos_task = ts;
   w->cap = cap;
   return 0;
 }
@@ -71,6 +74,7 @@ static int co_get(lp_worker *w) {
  * of a hook, Lua leaves hooks disabled in it for good. */
 static void co_put(lp_worker *w, int slot, int clean) {
   lua_State *co = w->cos_ptr[slot];
+  w->cos_task[slot] = NULL;
   if (clean) lua_settop(co, 0);
   if (clean && w->nfree < CO_KEEP) {
     w->cos_free[w->nfree++] = slot;
@@ -309,6 +313,7 @@ static void run(lp_worker *w, lp_task *t) {
     t->co = co;
     t->co_base = t;
     t->co_slot = slot;
+    w->cos_task[slot] = t;
     t->owner = w->index;
     t->cancel_epoch = epoch;
     t->attempts++;
@@ -341,6 +346,7 @@ static void run(lp_worker *w, lp_task *t) {
   w->current = outer;
   lp_stats_switch(&w->stats, outer);
   if (st == LUA_YIELD) {
+    w->cos_task[base->co_slot] = now; /* a task run inline may be the one waiting */
     if (w->yield_kind != LP_YIELD_WAIT) {
       lua_pop(co, nres);
       lp_sched_yielded(&eng->sched, w->index, now);
@@ -378,6 +384,74 @@ void lp_pool_stop_lua(luapool *eng) {
     if (co) lua_sethook(co, limit_hook, LUA_MASKCOUNT, 1);
     atomic_fetch_sub(&w->hooking, 1);
   }
+}
+
+/* Reads the workers' states from another thread: only while they sleep
+ * with nothing to do (lp_sched_stalled), and only reading (lua_getstack
+ * and lua_getinfo neither allocate nor push). */
+int lp_pool_describe_waits(luapool *eng, char *buf, size_t n) {
+  size_t used = 0;
+  int count = 0;
+  if (n) buf[0] = '\0';
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    for (int slot = 0; slot < w->ncos; slot++) {
+      lp_task *t = w->cos_task ? w->cos_task[slot] : NULL;
+      lua_State *co = w->cos_ptr[slot];
+      if (!t || !co || lua_status(co) != LUA_YIELD) continue;
+      count++;
+      lua_Debug call, at;
+      const char *fn = "?", *src = "?";
+      int line = -1;
+      if (lua_getstack(co, 0, &call) && lua_getinfo(co, "n", &call) && call.name) fn = call.name;
+      for (int level = 1; lua_getstack(co, level, &at); level++)
+        if (lua_getinfo(co, "Sl", &at) && at.currentline > 0) {
+          src = at.short_src;
+          line = at.currentline;
+          break;
+        }
+      if (used + 1 < n) {
+        int k =
+            snprintf(buf + used, n - used, "\n  task '%s' (id %llu) waits in %s() at %s:%d",
+                     lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, fn, src, line);
+        if (k > 0) used += (size_t)k < n - used ? (size_t)k : n - used - 1;
+      }
+      /* Tasks whose get() ran t inline, in this same coroutine, wait for it. */
+      for (lp_task *p = t->parent; p && p->co == co && t->co == co; t = p, p = p->parent) {
+        count++;
+        if (used + 1 >= n) continue;
+        int k = snprintf(buf + used, n - used,
+                         "\n  task '%s' (id %llu) waits in get() for task '%s' (id %llu)",
+                         lp_names_get(&eng->names, p->fn), (unsigned long long)p->id,
+                         lp_names_get(&eng->names, t->fn), (unsigned long long)t->id);
+        if (k > 0) used += (size_t)k < n - used ? (size_t)k : n - used - 1;
+      }
+    }
+  }
+  return count;
+}
+
+void lp_pool_wake_waits(luapool *eng) {
+  int n = 0, cap = 0;
+  lp_task **all = NULL;
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    for (int slot = 0; slot < w->ncos; slot++) {
+      lp_task *t = w->cos_task ? w->cos_task[slot] : NULL;
+      if (!t || !w->cos_ptr[slot] || lua_status(w->cos_ptr[slot]) != LUA_YIELD) continue;
+      if (n == cap) {
+        cap = cap ? cap * 2 : 16;
+        lp_task **p = realloc(all, sizeof *p * (size_t)cap);
+        if (!p) break;
+        all = p;
+      }
+      lp_task_ref(t); /* a wake may end others before we reach them */
+      all[n++] = t;
+    }
+  }
+  for (int i = 0; i < n; i++) lp_task_wake(all[i]);
+  for (int i = 0; i < n; i++) lp_task_unref(all[i]);
+  free(all);
 }
 
 void lp_pool_yield_current(lp_worker *w) { w->yield_kind = LP_YIELD_AGAIN; }
@@ -559,6 +633,7 @@ void lp_pool_stop(luapool *eng) {
     free(w->cos_ptr);
     free(w->cos_free);
     free(w->cos_empty);
+    free(w->cos_task);
     lp_buf_free(&w->result);
   }
 }

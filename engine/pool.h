@@ -48,6 +48,7 @@ typedef struct lp_worker {
   /* Coroutine pool: slot i of the registry table `cos` anchors cos_ptr[i]. */
   int cos_ref;
   lua_State **cos_ptr;
+  struct lp_task **cos_task; /* the task whose body runs (or waits) in each */
   int *cos_free; /* slots holding an idle coroutine */
   int nfree;
   int *cos_empty; /* slots with no coroutine */
@@ -99,6 +100,15 @@ int lp_pool_timed_out(lua_State *L, struct lp_task *t);
  * spinning in pure Lua included) stops at its next instruction, through
  * the count hook. Any thread. */
 void lp_pool_stop_lua(struct luapool *eng);
+
+/* A deadlock: writes into buf (size n) a line per task waiting with
+ * nothing to wake it, naming the task and the call it waits in. Only while
+ * lp_sched_stalled holds: the workers sleep, their states are still.
+ * Returns how many tasks wait. */
+int lp_pool_describe_waits(struct luapool *eng, char *buf, size_t n);
+/* And then: wakes every such task (the run is being cancelled: each ends
+ * as cancelled where it waits). Same conditions. */
+void lp_pool_wake_waits(struct luapool *eng);
 
 /* Requeues the running task of w to run again after other ready tasks. */
 void lp_pool_yield_current(lp_worker *w);
