@@ -332,8 +332,10 @@ void luapool_task_opts_init(luapool_task_opts *opts) {
 static int check_opts(luapool *lp, const luapool_task_opts *o, int *pool, double *timeout,
                       int *retries) {
   *pool = 0;
-  *timeout = lp->cfg.task_timeout;
-  *retries = lp->cfg.retries;
+  /* The CLI's main is the run itself: the run's limits are for what it
+   * spawns. An option given on the submit still applies. */
+  *timeout = lp->root_is_run ? 0 : lp->cfg.task_timeout;
+  *retries = lp->root_is_run ? 0 : lp->cfg.retries;
   if (!o) return 0;
   if (o->priority != o->priority)
     return lp_engine_error(lp, LUAPOOL_EINVAL, "option 'priority' is NaN");
@@ -720,6 +722,7 @@ int luapool_future_wait(luapool_future *f, double timeout) {
   int state = outcome(f, &bytes);
   if (state == 0) {
     int rc = wait_run(f->eng, timeout, &f, 1);
+    if (rc == LUAPOOL_EDEADLOCK) return rc;
     state = outcome(f, &bytes);
     if (state == 0) return rc == 0 || rc == LUAPOOL_ETASKFAIL ? LUAPOOL_EDEADLOCK : rc;
   }
@@ -853,6 +856,7 @@ static void cancel_run(luapool *lp) {
   atomic_store(&lp->stopping, 1);
   atomic_fetch_add(&lp->cancel_epoch, 1);
   lp_procs_cancel_all(lp);
+  lp_pool_stop_lua(lp); /* a task that never waits stops too */
   /* Parked workers must see it: they fire all their timers at once, so
    * sleepers resume and find themselves cancelled. */
   lp_sched_wake_all(&lp->sched);
@@ -873,6 +877,28 @@ static int any_done(luapool_future *const *fs, int n) {
   return 0;
 }
 
+/* A deadlock: every worker sleeps with no timer to come and nothing
+ * queued, so no task can wake another; the host could, but it is waiting
+ * without a timeout. Worker processes report what they run with a delay,
+ * so runs with process pools are not judged (nor is the engine inside a
+ * worker process). On a deadlock the error names the waiting tasks, and
+ * the run is cancelled: each ends where it waits. Returns 1 then. */
+static int deadlocked(luapool *lp) {
+  if (lp->link) return 0;
+  for (int i = 0; i < lp->npools; i++)
+    if (lp->pools[i].procs) return 0;
+  if (!lp_sched_stalled(&lp->sched)) return 0;
+  char list[2048];
+  int n = lp_pool_describe_waits(lp, list, sizeof list);
+  if (n == 0 || !lp_sched_stalled(&lp->sched)) return 0;
+  lp_engine_error(lp, LUAPOOL_EDEADLOCK,
+                  "deadlock: %d task%s wait%s for what no task can give any more:%s", n,
+                  n == 1 ? "" : "s", n == 1 ? "s" : "", list);
+  cancel_run(lp);
+  lp_pool_wake_waits(lp);
+  return 1;
+}
+
 /* Runs the host's side of a run until every root has completed, or until
  * one of the futures `until[0 .. nuntil-1]` has finished (nuntil > 0), or
  * the timeout: delivers records and failure reports, turns an interrupt
@@ -887,10 +913,17 @@ static int wait_run(luapool *lp, double timeout, luapool_future *const *until, i
     if (rc == LUAPOOL_EDEADLOCK)
       lp_engine_error(lp, rc, "deadlock: tasks wait for something that can never happen");
   } else {
+    int stalls = 0, deadlock = 0;
     for (;;) {
       lp_report_deliver(&lp->report, 0);
       lp_stats_tick(lp);
       if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) cancel_run(lp);
+      /* Judged after a few looks in a row: a cheap guard on top of the
+       * exact test in lp_sched_stalled. */
+      if (timeout < 0 && !deadlock && !atomic_load(&lp->stopping) &&
+          (lp_sched_stalled(&lp->sched) ? ++stalls : (stalls = 0)) >= 3)
+        deadlock = deadlocked(lp);
+      if (deadlock && rc == 0) rc = LUAPOOL_EDEADLOCK;
       pthread_mutex_lock(&lp->host_lock);
       live = lp->live_roots;
       int waiting = nuntil > 0 ? !any_done(until, nuntil) : live > 0;

@@ -67,6 +67,8 @@ struct luapool {
   pthread_cond_t host_cond;
   long live_roots;
   int workers_go; /* 1: workers may run, -1: start-up failed, leave */
+  int root_is_run; /* the CLI's main: the run itself, which --task-timeout and
+                      --retries do not limit (they apply to what it spawns) */
   int host_waiting;
 
   /* Named atomic counters shared by every task: counters[id] for name id. */

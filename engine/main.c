@@ -355,6 +355,7 @@ static int cmd_run(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    lp->root_is_run = 1; /* main is the run: the task limits are for what it spawns */
     rc = luapool_submit(lp, "main", nargs, args);
     if (rc == 0) rc = luapool_wait(lp, -1);
     lp_progress_clear(&c.bar);

@@ -48,6 +48,9 @@ static int co_grow(lp_worker *w) {
   int *e = realloc(w->cos_empty, sizeof *e * (size_t)cap);
   if (!e) return -1;
   w->cos_empty = e;
+  lp_task **ts = realloc(w->cos_task, sizeof *ts * (size_t)cap);
+  if (!ts) return -1;
+  w->cos_task = ts;
   w->cap = cap;
   return 0;
 }
@@ -71,6 +74,7 @@ static int co_get(lp_worker *w) {
  * of a hook, Lua leaves hooks disabled in it for good. */
 static void co_put(lp_worker *w, int slot, int clean) {
   lua_State *co = w->cos_ptr[slot];
+  w->cos_task[slot] = NULL;
   if (clean) lua_settop(co, 0);
   if (clean && w->nfree < CO_KEEP) {
     w->cos_free[w->nfree++] = slot;
@@ -234,6 +238,10 @@ static void limit_hook(lua_State *L, lua_Debug *ar) {
   lp_worker *w = lp_worker_of(L);
   lp_task *t = w->current;
   if (!t) return;
+  if (atomic_load_explicit(&w->eng->stopping, memory_order_relaxed)) {
+    lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1); /* as for a timeout: pcall cannot keep it */
+    luaL_error(L, "luapool: task cancelled");
+  }
   lp_task *base = t->co_base ? t->co_base : t;
   lp_task *late = t->deadline > 0 && lp_now() >= t->deadline         ? t
                   : base->deadline > 0 && lp_now() >= base->deadline ? base
@@ -255,14 +263,25 @@ static void start_limit(lp_worker *w, lp_task *t, lua_State *co) {
   (void)w;
 }
 
-/* A failed task with runs left goes back on the queue, as new. */
+/* A failed task with runs left runs again, as new, once everything its
+ * failed attempt spawned has ended: the attempt's records, its subtree's
+ * included, are dropped then (lp_report_retry), so each record is reported
+ * once. Meanwhile it waits like a joining task; the last child's end wakes
+ * it into its owner's inbox, where run() starts it afresh. */
 static int retry(lp_worker *w, lp_task *t) {
   if (t->retries <= 0 || lp_task_cancelled(t)) return 0;
-  t->retries--;
+  t->retry_pending = 1; /* `retries` counts down when the run begins: the attempt's
+                           subtree is still held by it until then */
   lp_stats_inc(&w->stats.retried);
   t->deadline = 0;
   atomic_store_explicit(&t->state, LP_TASK_QUEUED, memory_order_relaxed);
-  if (lp_sched_push(&w->eng->sched, w->index, t) != 0) return 0;
+  lp_task_arm(t);
+  if (!lp_task_join_begin(t)) return 1; /* the wake is the last child's */
+  lp_task_disarm(t);
+  if (lp_sched_push(&w->eng->sched, w->index, t) != 0) {
+    t->retry_pending = 0;
+    return 0;
+  }
   return 1;
 }
 
@@ -272,6 +291,11 @@ static void run(lp_worker *w, lp_task *t) {
   luapool *eng = w->eng;
   lua_State *co = t->co;
   if (!co) { /* a new task */
+    if (t->retry_pending) {
+      t->retry_pending = 0;
+      t->retries--;
+      lp_report_retry(&eng->report, t);
+    }
     uint64_t epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
     if (epoch != 0 && lp_task_cancelled(t)) {
       cancel_task(w, t);
@@ -289,8 +313,10 @@ static void run(lp_worker *w, lp_task *t) {
     t->co = co;
     t->co_base = t;
     t->co_slot = slot;
+    w->cos_task[slot] = t;
     t->owner = w->index;
     t->cancel_epoch = epoch;
+    t->attempts++;
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
     lp_stats_inc(&w->stats.run);
@@ -308,12 +334,19 @@ static void run(lp_worker *w, lp_task *t) {
   int nres = 0;
   int limit_was = w->limit_on; /* a nested run (lp_pool_run_nested) is inside a resume */
   w->limit_on = 1;
+  lua_State *running_was = atomic_load_explicit(&w->running, memory_order_relaxed);
+  atomic_store(&w->running, co);
+  /* After publishing: either lp_pool_stop_lua sees co, or we see `stopping`. */
+  if (atomic_load(&eng->stopping)) lua_sethook(co, limit_hook, LUA_MASKCOUNT, 1);
   int st = lua_resume(co, outer ? outer->co : w->L, 0, &nres);
+  atomic_store(&w->running, running_was);
+  while (atomic_load(&w->hooking)) lp_cpu_relax();
   w->limit_on = limit_was;
   lp_task *now = w->current; /* differs from t when a task run inline yielded */
   w->current = outer;
   lp_stats_switch(&w->stats, outer);
   if (st == LUA_YIELD) {
+    w->cos_task[base->co_slot] = now; /* a task run inline may be the one waiting */
     if (w->yield_kind != LP_YIELD_WAIT) {
       lua_pop(co, nres);
       lp_sched_yielded(&eng->sched, w->index, now);
@@ -337,6 +370,88 @@ static void run(lp_worker *w, lp_task *t) {
   }
   w->nlive--;
   co_put(w, slot, st == LUA_OK);
+}
+
+/* lua_sethook is made to be called asynchronously (lua.c calls it from a
+ * signal handler): it only stores the hook and marks the running frames.
+ * The coroutine stays alive meanwhile: its resume waits for `hooking`. */
+void lp_pool_stop_lua(luapool *eng) {
+  if (!eng->workers || eng->inline_mode) return;
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    atomic_fetch_add(&w->hooking, 1);
+    lua_State *co = atomic_load(&w->running);
+    if (co) lua_sethook(co, limit_hook, LUA_MASKCOUNT, 1);
+    atomic_fetch_sub(&w->hooking, 1);
+  }
+}
+
+/* Reads the workers' states from another thread: only while they sleep
+ * with nothing to do (lp_sched_stalled), and only reading (lua_getstack
+ * and lua_getinfo neither allocate nor push). */
+int lp_pool_describe_waits(luapool *eng, char *buf, size_t n) {
+  size_t used = 0;
+  int count = 0;
+  if (n) buf[0] = '\0';
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    for (int slot = 0; slot < w->ncos; slot++) {
+      lp_task *t = w->cos_task ? w->cos_task[slot] : NULL;
+      lua_State *co = w->cos_ptr[slot];
+      if (!t || !co || lua_status(co) != LUA_YIELD) continue;
+      count++;
+      lua_Debug call, at;
+      const char *fn = "?", *src = "?";
+      int line = -1;
+      if (lua_getstack(co, 0, &call) && lua_getinfo(co, "n", &call) && call.name) fn = call.name;
+      for (int level = 1; lua_getstack(co, level, &at); level++)
+        if (lua_getinfo(co, "Sl", &at) && at.currentline > 0) {
+          src = at.short_src;
+          line = at.currentline;
+          break;
+        }
+      if (used + 1 < n) {
+        int k =
+            snprintf(buf + used, n - used, "\n  task '%s' (id %llu) waits in %s() at %s:%d",
+                     lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, fn, src, line);
+        if (k > 0) used += (size_t)k < n - used ? (size_t)k : n - used - 1;
+      }
+      /* Tasks whose get() ran t inline, in this same coroutine, wait for it. */
+      for (lp_task *p = t->parent; p && p->co == co && t->co == co; t = p, p = p->parent) {
+        count++;
+        if (used + 1 >= n) continue;
+        int k = snprintf(buf + used, n - used,
+                         "\n  task '%s' (id %llu) waits in get() for task '%s' (id %llu)",
+                         lp_names_get(&eng->names, p->fn), (unsigned long long)p->id,
+                         lp_names_get(&eng->names, t->fn), (unsigned long long)t->id);
+        if (k > 0) used += (size_t)k < n - used ? (size_t)k : n - used - 1;
+      }
+    }
+  }
+  return count;
+}
+
+void lp_pool_wake_waits(luapool *eng) {
+  int n = 0, cap = 0;
+  lp_task **all = NULL;
+  for (int i = 0; i < eng->nworkers; i++) {
+    lp_worker *w = &eng->workers[i];
+    for (int slot = 0; slot < w->ncos; slot++) {
+      lp_task *t = w->cos_task ? w->cos_task[slot] : NULL;
+      if (!t || !w->cos_ptr[slot] || lua_status(w->cos_ptr[slot]) != LUA_YIELD) continue;
+      if (n == cap) {
+        cap = cap ? cap * 2 : 16;
+        lp_task **p = realloc(all, sizeof *p * (size_t)cap);
+        if (!p) break;
+        all = p;
+      }
+      lp_task_ref(t); /* a wake may end others before we reach them */
+      all[n++] = t;
+    }
+  }
+  for (int i = 0; i < n; i++) lp_task_wake(all[i]);
+  for (int i = 0; i < n; i++) lp_task_unref(all[i]);
+  free(all);
 }
 
 void lp_pool_yield_current(lp_worker *w) { w->yield_kind = LP_YIELD_AGAIN; }
@@ -517,6 +632,7 @@ void lp_pool_stop(luapool *eng) {
     free(w->cos_ptr);
     free(w->cos_free);
     free(w->cos_empty);
+    free(w->cos_task);
     lp_buf_free(&w->result);
   }
 }

@@ -33,6 +33,12 @@ typedef struct lp_worker {
   int limit_on;            /* the limit applies: inside lua_resume or the script's load,
                               where a memory error is caught (vm.c) */
   struct lp_task *current; /* the task running now, NULL between tasks */
+  /* The coroutine inside lua_resume, for a cancel of the whole run from
+   * another thread (lp_pool_stop_lua); `hooking` counts such threads at work
+   * on it, and a resume that returns waits for them: the coroutine outlives
+   * their lua_sethook. */
+  _Atomic(lua_State *) running;
+  _Atomic int hooking;
   lp_timers timers;
   lp_task_cache cache; /* task records this worker allocates */
   int fn_by_id_ref;    /* registry refs of the state's caches (vm.c) */
@@ -42,6 +48,7 @@ typedef struct lp_worker {
   /* Coroutine pool: slot i of the registry table `cos` anchors cos_ptr[i]. */
   int cos_ref;
   lua_State **cos_ptr;
+  struct lp_task **cos_task; /* the task whose body runs (or waits) in each */
   int *cos_free; /* slots holding an idle coroutine */
   int nfree;
   int *cos_empty; /* slots with no coroutine */
@@ -88,6 +95,20 @@ void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len)
 
 /* Raises the timeout error of `t` in L (from the hook or a wait). */
 int lp_pool_timed_out(lua_State *L, struct lp_task *t);
+
+/* The run is being cancelled: Lua that runs now on any worker (a task
+ * spinning in pure Lua included) stops at its next instruction, through
+ * the count hook. Any thread. */
+void lp_pool_stop_lua(struct luapool *eng);
+
+/* A deadlock: writes into buf (size n) a line per task waiting with
+ * nothing to wake it, naming the task and the call it waits in. Only while
+ * lp_sched_stalled holds: the workers sleep, their states are still.
+ * Returns how many tasks wait. */
+int lp_pool_describe_waits(struct luapool *eng, char *buf, size_t n);
+/* And then: wakes every such task (the run is being cancelled: each ends
+ * as cancelled where it waits). Same conditions. */
+void lp_pool_wake_waits(struct luapool *eng);
 
 /* Requeues the running task of w to run again after other ready tasks. */
 void lp_pool_yield_current(lp_worker *w);

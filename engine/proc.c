@@ -21,7 +21,8 @@
  * Of the tasks it had, those whose body had not begun go back on the queue
  * as they were; the others fail with what happened, or run again while
  * they have retries. Records of a task that may still be retried are kept
- * until its subtree is over, so each is reported once.
+ * until its outcome is known, and a failed attempt's are dropped once its
+ * subtree is over (report.c, as for threads), so each is reported once.
  *
  * One mutex (`lock`) guards the queue and the connections' state; each
  * connection's `wlock` orders writes against replacement of the process.
@@ -400,11 +401,7 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     t->retry_pending = 0;
     t->remote = 0;
     t->started = 0;
-    for (lp_record *r = t->held, *next; r; r = next) {
-      next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
-      free(r);
-    }
-    t->held = t->held_tail = NULL;
+    lp_report_retry(&eng->report, t); /* the failed attempt's records go */
     atomic_store(&t->state, LP_TASK_QUEUED);
     lp_task_remote_done(t); /* the body's unit stays: it runs again */
     push(eng, t, 0);
@@ -421,11 +418,6 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     relay_done(t, 1);
     return;
   }
-  for (lp_record *r = t->held, *next; r; r = next) {
-    next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
-    lp_report_add(&eng->report, t, r);
-  }
-  t->held = t->held_tail = NULL;
   t->remote = 0;
   lp_report_remote_done(&eng->report, t);
   lp_task_remote_done(t);
@@ -468,7 +460,7 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
   if (!rec) return;
   rec->task = task;
   rec->fn = lp_names_intern(&eng->names, fn, fnlen);
-  if (t->retries > 0) { /* kept until no retry can come */
+  if (t->relay && t->retries > 0) { /* kept until no retry can come */
     atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
     if (t->held_tail)
       atomic_store_explicit(&t->held_tail->item.next, &rec->item, memory_order_relaxed);
@@ -696,6 +688,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
       pthread_mutex_lock(&c->mlock);
       if ((t = lp_idmap_get(&c->tasks, v))) {
         t->started = 1;
+        t->attempts++;
         if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
       }
       pthread_mutex_unlock(&c->mlock);

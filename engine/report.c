@@ -61,6 +61,7 @@ static void seq_init(lp_rnode *n, lp_rnode *parent) {
   atomic_init(&n->first, NULL);
   n->last = NULL;
   atomic_init(&n->done, 0);
+  n->held = 0;
   n->parent = parent;
 }
 
@@ -106,32 +107,113 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   return 0;
 }
 
+static void add_completion(lp_report *r, lp_task *t, lp_record *rec) {
+  /* The nearest task that may still run again holds it (parents live while
+   * their subtree is pending, so the walk up is safe). */
+  if (atomic_load_explicit(&r->holding, memory_order_relaxed))
+    for (lp_task *h = t; h; h = h->parent)
+      if (h->retries > 0 && lp_task_hold(h, rec)) return;
+  atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
+  lp_item *prev = atomic_exchange_explicit(&r->ctail, &rec->item, memory_order_acq_rel);
+  atomic_store_explicit(&prev->next, &rec->item, memory_order_release);
+}
+
 void lp_report_add(lp_report *r, lp_task *t, lp_record *rec) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION) {
-    atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
-    lp_item *prev = atomic_exchange_explicit(&r->ctail, &rec->item, memory_order_acq_rel);
-    atomic_store_explicit(&prev->next, &rec->item, memory_order_release);
-  } else if (t->rn) {
+  if (r->order == LUAPOOL_ORDER_COMPLETION)
+    add_completion(r, t, rec);
+  else if (t->rn)
     seq_append(t->rn, &rec->item);
-  } else {
+  else
     free(rec);
+}
+
+void lp_report_release(lp_report *r, lp_task *t, lp_record *held) {
+  for (lp_record *rec = held, *next; rec; rec = next) {
+    next = (lp_record *)atomic_load_explicit(&rec->item.next, memory_order_relaxed);
+    add_completion(r, t->parent, rec);
   }
 }
 
+/* Makes t's sequence (t->rn) and returns what takes t's place in its
+ * parent's sequence: the sequence itself or, while t may still run again,
+ * a place that stays empty until the attempt's outcome is known. NULL: out
+ * of memory (t's records are dropped). */
+static lp_rnode *attempt_new(lp_task *t, lp_rnode *parent) {
+  if (t->retries <= 0) return seq_new(t, parent);
+  lp_rnode *place = seq_new(t, parent);
+  if (!place) return NULL;
+  lp_rnode *n = seq_new(t, place);
+  if (n)
+    n->held = 1;
+  else
+    atomic_store_explicit(&place->done, 1, memory_order_release);
+  return place;
+}
+
+/* The attempt's outcome is final: it takes its place, the only item there. */
+static void attempt_link(lp_rnode *n) {
+  lp_rnode *place = n->parent;
+  n->held = 0;
+  seq_append(place, &n->item);
+  atomic_store_explicit(&place->done, 1, memory_order_release);
+}
+
+/* Frees what a dropped attempt made: its records and its subtree's
+ * sequences (all complete: the subtree is over), leaving n empty. */
+static void attempt_clear(lp_rnode *n) {
+  lp_task_cache *self = lp_task_cache_self;
+  lp_rnode *seq = n;
+  lp_item *it = atomic_load_explicit(&n->first, memory_order_acquire);
+  for (;;) {
+    if (!it) {
+      if (seq == n) break;
+      lp_rnode *up = seq->parent;
+      it = atomic_load_explicit(&seq->item.next, memory_order_acquire);
+      lp_fl_free(seq->home, self ? &self->nodes : NULL, seq);
+      seq = up;
+      continue;
+    }
+    lp_item *next = atomic_load_explicit(&it->next, memory_order_acquire);
+    if (it->kind == LP_ITEM_RECORD) {
+      free(it);
+      it = next;
+    } else {
+      seq = (lp_rnode *)it;
+      it = atomic_load_explicit(&seq->first, memory_order_acquire);
+    }
+  }
+  atomic_store_explicit(&n->first, NULL, memory_order_relaxed);
+  n->last = NULL;
+}
+
+void lp_report_retry(lp_report *r, lp_task *t) {
+  for (lp_record *rec = lp_task_take_held(t), *next; rec; rec = next) {
+    next = (lp_record *)atomic_load_explicit(&rec->item.next, memory_order_relaxed);
+    free(rec);
+  }
+  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn || !t->rn->held) return;
+  attempt_clear(t->rn);
+  if (t->retries <= 0) attempt_link(t->rn); /* the last run streams */
+}
+
 void lp_report_spawn(lp_report *r, lp_task *parent, lp_task *child) {
+  if (child->retries > 0) atomic_store_explicit(&r->holding, 1, memory_order_relaxed);
   if (r->order == LUAPOOL_ORDER_COMPLETION || !parent->rn) return;
-  lp_rnode *n = seq_new(child, parent->rn);
+  lp_rnode *n = attempt_new(child, parent->rn);
   if (n) seq_append(parent->rn, &n->item);
 }
 
 void lp_report_root(lp_report *r, lp_task *root) {
+  if (root->retries > 0) atomic_store_explicit(&r->holding, 1, memory_order_relaxed);
   if (r->order == LUAPOOL_ORDER_COMPLETION) return;
-  lp_rnode *n = seq_new(root, NULL);
+  lp_rnode *n = attempt_new(root, NULL);
   if (n) seq_append(&r->roots, &n->item);
 }
 
 void lp_report_body_done(lp_report *r, lp_task *t) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn || t->remote) return;
+  if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
+  if (t->rn->held) attempt_link(t->rn);
+  if (t->remote) return;
   /* The last touch of the node by its producer: the cursor may free it. */
   atomic_store_explicit(&t->rn->done, 1, memory_order_release);
 }

@@ -34,6 +34,8 @@ typedef struct lp_rnode {
   _Atomic(lp_item *) first; /* the sequence */
   lp_item *last;            /* producer-only */
   _Atomic int done;         /* the body has finished: the sequence is complete */
+  int held;                 /* an attempt of a task that may still run again: not yet linked
+                               into its place (parent), which stays empty until the outcome */
   struct lp_rnode *parent;  /* NULL for roots */
   struct lp_freelist *home; /* where the node returns when the cursor frees it */
 } lp_rnode;
@@ -85,6 +87,7 @@ typedef struct lp_report {
   lp_item csentinel;
   _Atomic(lp_item *) ctail;
   lp_item *cpos; /* host-only: the last record consumed (or &csentinel) */
+  _Atomic int holding; /* a task with retries exists: completion order looks for holders */
   int noutbox;   /* workers: the homes of report nodes */
   /* Failures of unawaited tasks, from any thread. */
   pthread_mutex_t fail_lock;
@@ -112,7 +115,17 @@ lp_record *lp_record_new(int kind, const struct lp_task *t, double priority, con
 /* Producer side, called by the worker running task t. */
 void lp_report_add(lp_report *r, struct lp_task *t, lp_record *rec);
 void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child);
+/* t's outcome is final (its body has finished for good): its records may
+ * leave, and (unless t runs in a worker process) its sequence is complete. */
 void lp_report_body_done(lp_report *r, struct lp_task *t);
+/* Retries. A task that may still run again keeps the records of its
+ * current attempt, and of the subtree made during it, until its outcome is
+ * known (lp_report_body_done). A failed attempt whose subtree is over:
+ * lp_report_retry drops its records and opens the next attempt. In
+ * completion order the records wait in the task's `held` list (task.c),
+ * lp_report_release hands them on, under the task's lock. */
+void lp_report_retry(lp_report *r, struct lp_task *t);
+void lp_report_release(lp_report *r, struct lp_task *t, lp_record *held);
 /* Called by the host when it submits a root. */
 void lp_report_root(lp_report *r, struct lp_task *root);
 void lp_report_failure(lp_report *r, const char *text);

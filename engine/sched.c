@@ -34,6 +34,7 @@
 #include "levels.h"
 #include "spin.h"
 #include "task.h"
+#include "timer.h"
 
 static void futex_wait(_Atomic unsigned *addr, unsigned val, double timeout) {
   struct timespec ts, *tp = NULL;
@@ -376,11 +377,31 @@ static int has_work(lp_sched *s, int w) {
 
 void lp_sched_park(lp_sched *s, int w, double timeout) {
   lp_wq *q = &s->wq[w];
+  int idle = timeout < 0 || timeout >= LP_TIMER_FOREVER / 2;
   atomic_store(&q->parked, 1);
   atomic_fetch_add(&s->nparked, 1);
+  if (idle) atomic_fetch_add(&s->nidle, 1);
   if (!has_work(s, w) && !atomic_load(&s->stop)) futex_wait(&q->parked, 1, timeout);
+  if (idle) { /* counted before this worker can take anything */
+    atomic_fetch_add(&s->unparks, 1);
+    atomic_fetch_sub(&s->nidle, 1);
+  }
   atomic_store(&q->parked, 0);
   atomic_fetch_sub(&s->nparked, 1);
+}
+
+/* A worker takes a task only after its unpark is counted, and a task is
+ * queued or handed back before the wake: so if `unparks` is the same after
+ * the look as before, every worker was parked idle and stayed so, and the
+ * queues were empty while they were. */
+int lp_sched_stalled(lp_sched *s) {
+  unsigned long u = atomic_load(&s->unparks);
+  if (atomic_load(&s->nidle) != s->n) return 0;
+  for (int p = 0; p < s->npools; p++)
+    if (atomic_load(&s->inj[p].n)) return 0;
+  for (int i = 0; i < s->n; i++)
+    if (atomic_load(&s->wq[i].nready) || atomic_load(&s->wq[i].ninbox)) return 0;
+  return atomic_load(&s->unparks) == u;
 }
 
 void lp_sched_spinning(lp_sched *s, int delta) { atomic_fetch_add(&s->nspinning, delta); }

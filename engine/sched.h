@@ -58,6 +58,8 @@ typedef struct lp_sched {
   lp_inj *inj;           /* per pool */
   _Atomic int nparked;   /* workers asleep in lp_sched_park */
   _Atomic int nspinning; /* workers looking for work before parking */
+  _Atomic int nidle;     /* parked with no timer that will come: only a wake moves them */
+  _Atomic unsigned long unparks; /* bumped by every return from an idle park */
   _Atomic int stop;      /* shutting down: parked workers return */
   int one_level;         /* inline mode: strict LIFO, priorities ignored */
 } lp_sched;
@@ -93,6 +95,10 @@ struct lp_task *lp_sched_next(lp_sched *s, int w);
 /* Sleeps until work may have arrived for w, or until `timeout` seconds
  * (negative: no limit), or lp_sched_stop. */
 void lp_sched_park(lp_sched *s, int w, double timeout);
+/* Whether every worker is parked with no timer to come and nothing is
+ * queued anywhere: then only a thread outside the workers can make
+ * progress (see lp_pool_stalled). Any thread. */
+int lp_sched_stalled(lp_sched *s);
 /* Counts the caller as spinning (looking for work) or not. */
 void lp_sched_spinning(lp_sched *s, int delta);
 /* Wakes every parked worker (a cancel: they must look at their timers). */

@@ -32,7 +32,6 @@
 #include "pool.h"
 #include "timer.h"
 
-#define FOREVER 1e9 /* seconds: the timer of a wait without a timeout */
 
 /* ---- the registry ---- */
 
@@ -95,7 +94,7 @@ void lp_sync_hand_back(lp_task *t) {
  * entry is then moved, not allocated, by lp_lib_suspend. */
 double lp_sync_add_timer(lua_State *L, lp_task *self, double deadline, int *oom) {
   lp_worker *w = lp_worker_of(L);
-  if (deadline < 0 && !w->eng->inline_mode) deadline = lp_now() + FOREVER;
+  if (deadline < 0 && !w->eng->inline_mode) deadline = lp_now() + LP_TIMER_FOREVER;
   *oom = deadline >= 0 && lp_timers_add(&w->timers, self, deadline) != 0;
   return deadline;
 }

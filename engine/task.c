@@ -20,6 +20,7 @@
  */
 #include "task.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,6 +109,7 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->resent = 0;
   t->overtime = 0;
   t->retry_pending = 0;
+  t->attempts = 0;
   t->held = t->held_tail = NULL;
   t->ext = NULL;
   t->relay = NULL;
@@ -166,7 +168,37 @@ static void subtree_done(lp_task *t) {
   }
 }
 
+/* A failure after retries says how many runs it took: the note goes after
+ * "task 'NAME' (id N) failed", the head every failure message starts with
+ * (made here, in the worker or process that ran the last attempt). */
+static void note_attempts(lp_task *t, lp_buf *msg) {
+  const char *s;
+  size_t len;
+  char head[320], note[48];
+  if (!lp_pack_single_string(msg->data, msg->len, &s, &len)) return;
+  int hn = snprintf(head, sizeof head, "task '%s' (id %llu) failed",
+                    lp_names_get(&t->eng->names, t->fn), (unsigned long long)t->id);
+  if (hn <= 0 || (size_t)hn >= sizeof head || len < (size_t)hn || memcmp(s, head, (size_t)hn) != 0)
+    return;
+  lp_task_attempts_note(t, note, sizeof note);
+  size_t nn = strlen(note);
+  char *text = malloc(len + nn);
+  if (!text) return;
+  memcpy(text, s, (size_t)hn);
+  memcpy(text + hn, note, nn);
+  memcpy(text + hn + nn, s + hn, len - (size_t)hn);
+  lp_buf out;
+  lp_buf_init(&out);
+  if (lp_pack_begin(&out, 1) == 0 && lp_pack_put_string(&out, text, len + nn) == 0) {
+    lp_buf_free(msg);
+    lp_buf_move(msg, &out);
+  }
+  lp_buf_free(&out);
+  free(text);
+}
+
 void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
+  if (state == LP_TASK_FAILED && t->attempts > 1 && result) note_attempts(t, result);
   if (lp_task_cache_self)
     lp_stats_inc(&lp_task_cache_self->finished);
   else
@@ -176,6 +208,12 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   atomic_store_explicit(&t->state, (int)state, memory_order_release);
   lp_waiter *w = t->waiters;
   t->waiters = NULL;
+  /* Under the lock: a record made after this goes past t, and must come
+   * after the ones t held. */
+  if (t->held && !t->relay) {
+    lp_report_release(&t->eng->report, t, t->held);
+    t->held = t->held_tail = NULL;
+  }
   lp_spin_unlock(&t->lock);
   lp_report_body_done(&t->eng->report, t);
   /* --fail-fast: a failure that no task is waiting for stops the run. */
@@ -197,6 +235,37 @@ void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_
   if (lp_buf_append(&b, res, len) != 0) lp_buf_reset(&b);
   lp_task_finish(t, state, &b);
   lp_buf_free(&b);
+}
+
+int lp_task_hold(lp_task *t, lp_record *rec) {
+  lp_spin_lock(&t->lock);
+  int held = !lp_task_finished(t);
+  if (held) {
+    atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
+    if (t->held_tail)
+      atomic_store_explicit(&t->held_tail->item.next, &rec->item, memory_order_relaxed);
+    else
+      t->held = rec;
+    t->held_tail = rec;
+  }
+  lp_spin_unlock(&t->lock);
+  return held;
+}
+
+lp_record *lp_task_take_held(lp_task *t) {
+  lp_spin_lock(&t->lock);
+  lp_record *r = t->held;
+  t->held = t->held_tail = NULL;
+  lp_spin_unlock(&t->lock);
+  return r;
+}
+
+const char *lp_task_attempts_note(const lp_task *t, char *buf, size_t n) {
+  if (t->attempts > 1)
+    snprintf(buf, n, " (after %d attempts)", t->attempts);
+  else if (n)
+    buf[0] = '\0';
+  return buf;
 }
 
 int lp_task_watch(lp_task *t, lp_waiter *w) {

@@ -85,11 +85,13 @@ typedef struct lp_task {
   /* A task sent to a worker process (proc.c), seen from the engine. */
   int remote;         /* 1 while a worker process has it; owner is then the process slot */
   int started;        /* the process has begun its body */
-  int resent;         /* sent again after its process died before it began */
-  int overtime;       /* its process was killed because it ran past its time limit */
-  int retry_pending;  /* failed there: runs again once its subtree has ended */
+  short resent;       /* sent again after its process died before it began */
+  short overtime;     /* its process was killed because it ran past its time limit */
+  int attempts;       /* runs of its body begun (or sent) so far */
+  int retry_pending;  /* failed: runs again once its subtree has ended */
   unsigned relay_gen; /* see relay */
-  lp_record *held;    /* its subtree's records, kept while a retry could still come */
+  lp_record *held;    /* its subtree's records, kept while a retry could still come
+                         (completion order, and relayed tasks); under `lock` */
   lp_record *held_tail;
   /* One or the other, never both (the record stays at six cache lines). */
   union {
@@ -126,6 +128,14 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result);
  * arguments for a failure report: a task that ran in another process. */
 void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_t len,
                          const char *note, size_t notelen);
+
+/* Completion order: keeps rec in t's held list unless t has finished (then
+ * returns 0); lp_task_take_held empties the list. */
+int lp_task_hold(lp_task *t, lp_record *rec);
+lp_record *lp_task_take_held(lp_task *t);
+/* The note a failure that used up its retries carries, " (after N
+ * attempts)", or "" for a task that ran once: written into buf (size n). */
+const char *lp_task_attempts_note(const lp_task *t, char *buf, size_t n);
 
 /* Links w into t's waiters unless t has already finished; returns 0 if
  * linked, 1 if t had finished (w untouched). */

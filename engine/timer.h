@@ -4,6 +4,11 @@
 #ifndef LP_TIMER_H
 #define LP_TIMER_H
 
+/* Seconds: the timer of a wait without a timeout (sync.c), there only so
+ * that a cancel of the run finds the waiter. A worker whose next timer is
+ * this far away waits for a wake and nothing else. */
+#define LP_TIMER_FOREVER 1e9
+
 #include <stddef.h>
 
 struct lp_task;

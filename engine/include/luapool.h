@@ -288,8 +288,8 @@ int luapool_submit_opts(luapool *lp, const char *fn, const luapool_values *args,
  * waits forever. Returns 0 when the task returned, LUAPOOL_ETASKFAIL when it
  * raised an error (the failure then counts as handled: it is not reported
  * as unawaited), LUAPOOL_ECANCELLED, LUAPOOL_ETIMEDOUT (the task goes on),
- * LUAPOOL_EDEADLOCK (inline mode: it waits for something that can never
- * happen) or LUAPOOL_EINVAL (f NULL). */
+ * LUAPOOL_EDEADLOCK (it waits for something that can never happen: see
+ * luapool_wait) or LUAPOOL_EINVAL (f NULL). */
 int luapool_future_wait(luapool_future *f, double timeout);
 /* 1 if the task has finished or was cancelled, 0 if not (never waits). */
 int luapool_future_done(const luapool_future *f);
@@ -319,7 +319,11 @@ void luapool_future_free(luapool_future *f);
 /* Waits until every submitted task and all of its descendants have finished,
  * delivering records through on_record meanwhile. timeout < 0 waits forever.
  * Returns 0, LUAPOOL_ETIMEDOUT, or LUAPOOL_ETASKFAIL when a task failed
- * without being awaited (the run completed nonetheless). */
+ * without being awaited (the run completed nonetheless). With no timeout,
+ * LUAPOOL_EDEADLOCK when every worker thread sleeps with no timer to come
+ * and nothing queued while tasks still wait: nothing but another host
+ * thread could wake them. The waiting tasks are named in luapool_errmsg
+ * and the run is cancelled. Runs with worker processes are not judged. */
 int luapool_wait(luapool *lp, double timeout);
 
 /* Stops the run as soon as possible: nothing new starts, what has not
