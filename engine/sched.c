@@ -381,7 +381,12 @@ void lp_sched_park(lp_sched *s, int w, double timeout) {
   atomic_store(&q->parked, 1);
   atomic_fetch_add(&s->nparked, 1);
   if (idle) atomic_fetch_add(&s->nidle, 1);
-  if (!has_work(s, w) && !atomic_load(&s->stop)) futex_wait(&q->parked, 1, timeout);
+  /* After `parked` is set: either lp_sched_wake_all sees it and wakes us,
+   * or we see its alarm here and look again instead of sleeping. */
+  unsigned long alarms = atomic_load(&s->alarms);
+  int alarmed = alarms != q->alarms_seen;
+  q->alarms_seen = alarms;
+  if (!alarmed && !has_work(s, w) && !atomic_load(&s->stop)) futex_wait(&q->parked, 1, timeout);
   if (idle) { /* counted before this worker can take anything */
     atomic_fetch_add(&s->unparks, 1);
     atomic_fetch_sub(&s->nidle, 1);
@@ -407,6 +412,7 @@ int lp_sched_stalled(lp_sched *s) {
 void lp_sched_spinning(lp_sched *s, int delta) { atomic_fetch_add(&s->nspinning, delta); }
 
 void lp_sched_wake_all(lp_sched *s) {
+  atomic_fetch_add(&s->alarms, 1);
   for (int i = 0; i < s->n; i++)
     if (atomic_exchange(&s->wq[i].parked, 0)) futex_wake(&s->wq[i].parked);
 }

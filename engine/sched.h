@@ -40,6 +40,7 @@ typedef struct lp_wq {
   int pool;                /* the pool this worker serves: it steals only there */
   unsigned rng;            /* owner-only: victim choice */
   unsigned picks;          /* owner-only: fairness counter */
+  unsigned long alarms_seen; /* owner-only: the last lp_sched_wake_all it noticed */
   char pad[64];
 } lp_wq;
 
@@ -61,6 +62,7 @@ typedef struct lp_sched {
   _Atomic int nidle;     /* parked with no timer that will come: only a wake moves them */
   _Atomic unsigned long unparks; /* bumped by every return from an idle park */
   _Atomic int stop;      /* shutting down: parked workers return */
+  _Atomic unsigned long alarms; /* bumped by every lp_sched_wake_all */
   int one_level;         /* inline mode: strict LIFO, priorities ignored */
 } lp_sched;
 
@@ -101,7 +103,9 @@ void lp_sched_park(lp_sched *s, int w, double timeout);
 int lp_sched_stalled(lp_sched *s);
 /* Counts the caller as spinning (looking for work) or not. */
 void lp_sched_spinning(lp_sched *s, int delta);
-/* Wakes every parked worker (a cancel: they must look at their timers). */
+/* Wakes every parked worker (a cancel: they must look at their timers),
+ * and makes the next park of a worker that is about to sleep return at once:
+ * a worker between its last look at the timers and its park would miss it. */
 void lp_sched_wake_all(lp_sched *s);
 /* Wakes every worker for shutdown. */
 void lp_sched_stop(lp_sched *s);

@@ -5,6 +5,7 @@
  */
 #include <pthread.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "check.h"
 #include "sched.h"
@@ -150,6 +151,28 @@ static void test_concurrent_exactly_once(void) {
   for (int i = 0; i < NW * PER; i++) free(g_tasks[i]);
 }
 
+/* A wake_all (a cancel) that comes after a worker's last look at its
+ * timers but before it parks is not lost: the park returns at once instead
+ * of sleeping until the worker's next timer. */
+static void test_wake_all_before_park(void) {
+  lp_sched s;
+  CHECK_EQ(lp_sched_init(&s, 1), 0);
+  lp_sched_wake_all(&s); /* the worker is not parked yet */
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  lp_sched_park(&s, 0, 5.0);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  double took = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+  CHECK(took < 2.5);
+  /* The alarm is spent: the next park sleeps for its timeout. */
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  lp_sched_park(&s, 0, 0.05);
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  took = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+  CHECK(took >= 0.04);
+  lp_sched_free(&s);
+}
+
 int main(void) {
   test_lifo_and_priority();
   test_inbox_first_and_take();
@@ -157,5 +180,6 @@ int main(void) {
   test_yielded_and_injected();
   test_many_levels();
   test_concurrent_exactly_once();
+  test_wake_all_before_park();
   return check_report("test_sched");
 }
