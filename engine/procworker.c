@@ -11,11 +11,13 @@
  * its RECORDs in the order the engine's report needs (tree order of the
  * subtree, or the order they were made), RESULT when its body ends, DONE
  * when its whole subtree has. It asks for more work with WANT, keeping a
- * window of tasks that grows while its workers run dry, so small tasks
- * travel in large batches and long ones are not hoarded.
+ * window of runnable tasks (queued or running: a task that waits leaves
+ * it, as it leaves its thread) that grows while its workers run dry, so
+ * small tasks travel in large batches and long ones are not hoarded.
  *
- * Worker threads never write to the pipe. They hand finished roots over
- * on two lists under `lock` and kick the link awake only when it sleeps.
+ * Worker threads never write to the pipe. They hand roots over on three
+ * stacks (begun, ended, subtree ended; one CAS each) and kick the link
+ * awake only when it sleeps; the link alone frees and reuses an exec.
  */
 #include <errno.h>
 #include <fcntl.h>
