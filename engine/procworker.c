@@ -53,6 +53,7 @@ typedef struct lp_exec {
   int walked;                  /* the cursor has walked the whole subtree */
   int is_done;                 /* its subtree has ended */
   int sent_done;               /* DONE went out with its RESULT */
+  int began;                   /* its body began (set before it went on `started`) */
   struct lp_exec *prev, *next; /* the active list, link-only */
   struct lp_exec *st_next;     /* the started stack */
   _Atomic int on_started;      /* on the started stack, not yet taken */
@@ -84,6 +85,7 @@ typedef struct lp_link {
   _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
   _Atomic int sleeping;        /* the link waits in poll: kick it */
   _Atomic unsigned nfinished;  /* bodies ended, for batching wakes */
+  _Atomic uint64_t begun;      /* bodies begun */
   /* Link-only. */
   lp_exec *active;
   lp_exec *spare; /* freed execs, for reuse */
@@ -96,7 +98,7 @@ typedef struct lp_link {
   size_t wpos;
   lp_buf rbuf;              /* bytes read, not yet a whole frame */
   uint64_t received, ended; /* tasks received, bodies ended */
-  uint64_t begun;           /* bodies begun (their STARTED taken) */
+  uint64_t never_begun;     /* bodies ended before they began (cancelled) */
   uint64_t asked;           /* tasks asked for with WANT */
   long target;              /* runnable tasks to keep here */
   double rate;              /* bodies begun per second, smoothed */
@@ -134,8 +136,10 @@ static void kick(lp_link *k) {
 void lp_procworker_started(luapool *eng, lp_task *t) {
   lp_exec *x = t->ext;
   if (!x) return;
+  x->began = 1;
   atomic_store_explicit(&x->on_started, 1, memory_order_relaxed);
   PUSH(eng->link->started, x, st_next);
+  atomic_fetch_add_explicit(&eng->link->begun, 1, memory_order_relaxed);
 }
 
 /* Ending tasks do not wake the link one by one: it looks every
@@ -590,7 +594,6 @@ static void forward(lp_link *k) {
   for (; st; st = st->st_next) {
     atomic_store_explicit(&st->on_started, 0, memory_order_relaxed);
     put_id(k, LP_MSG_STARTED, st->id);
-    k->begun++;
   }
   uint64_t ended = k->ended;
   for (lp_exec *x = fin; x; x = x->fin_next) ended++;
@@ -622,6 +625,7 @@ static void forward(lp_link *k) {
     fin->sent_done = fin->is_done && fin->walked;
     put_result(k, fin, fin->sent_done);
     k->ended++;
+    if (!fin->began) k->never_begun++;
   }
   while (done) {
     lp_exec *x = done;
@@ -661,17 +665,22 @@ static void forward(lp_link *k) {
 static void want(lp_link *k) {
   luapool *eng = k->eng;
   double now = lp_now();
+  uint64_t begun = atomic_load_explicit(&k->begun, memory_order_relaxed);
   if (now - k->win_start >= 0.02) {
-    double rate = (double)(k->begun - k->win_begun) / (now - k->win_start);
+    double rate = (double)(begun - k->win_begun) / (now - k->win_start);
     k->rate = k->rate > 0 ? 0.5 * k->rate + 0.5 * rate : rate;
     k->win_start = now;
-    k->win_begun = k->begun;
+    k->win_begun = begun;
     long t = (long)(k->rate * WINDOW);
     k->target = t < k->threads ? k->threads : t > 1024 ? 1024 : t;
   }
   if (k->stopping) return;
   long credit = (long)(k->asked - k->received);
-  long runnable = lp_sched_queued(&eng->sched);
+  /* Roots not begun count from their arrival: a root a thread has taken
+   * from its queue but not yet begun is neither queued nor running. */
+  long queued = lp_sched_queued(&eng->sched),
+       unbegun = (long)(k->received - begun - k->never_begun);
+  long runnable = queued > unbegun ? queued : unbegun;
   for (int i = 0; i < eng->nworkers; i++)
     runnable += atomic_load_explicit(&eng->workers[i].stats.executing, memory_order_relaxed);
   long held = (long)(k->received - k->subtrees);

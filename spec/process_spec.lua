@@ -353,7 +353,9 @@ describe("worker processes", function()
       function()
       local text, status = helpers.run_while([[
         local luapool = require "luapool"
-        function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
+        -- CPU, not a sleep: sleeping tasks do not hold a process, and
+        -- 100,000 of them would be over before the signal.
+        function leaf(i) local x = 0 for k = 1, 20000 do x = x + k end luapool.emit(i) end
         function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
       ]], { "--processes", "2" },
         "sleep 1; kids=$(pgrep -P $pid -f __worker | tr '\\n' ' '); kill -" .. sig[1] .. " $pid",
