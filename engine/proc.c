@@ -1090,9 +1090,6 @@ static void *feeder_main(void *arg) {
       }
       continue;
     }
-    lp_buf_reset(&frames);
-    lp_buf_append(&frames, c->out.data, c->out.len);
-    lp_buf_reset(&c->out);
     /* Few tasks and several processes asking: share them out, the
      * process with the most room first. */
     long asking = 0, room = 0;
@@ -1111,6 +1108,11 @@ static void *feeder_main(void *arg) {
       c->waiting = 0;
       continue;
     }
+    /* Only now: frames taken out of c->out before that wait were dropped
+     * (a REPLY lost there left its task waiting for good). */
+    lp_buf_reset(&frames);
+    lp_buf_append(&frames, c->out.data, c->out.len);
+    lp_buf_reset(&c->out);
     long share =
         room > 0 && room > c->credits ? (ps->queue.n * c->credits + room - 1) / room : ps->queue.n;
     long want = share < c->credits ? share : c->credits;
