@@ -1073,7 +1073,7 @@ static void *feeder_main(void *arg) {
     }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->queue.n > 0;
     int relays = c->ready && c->fd >= 0 && ps->relays.n > 0 && c->relay_pick;
-    int resends = c->ready && c->fd >= 0 && c->resend;
+    int resends = c->ready && c->fd >= 0 && c->resend && c->credits > 0;
     if (c->ready && c->credits > 0 && ps->queue.n == 0 && !ps->relays.n && !ps->stopping)
       ask_to_share(ps, c);
     if (!c->out.len && !sendable && !relays && !resends) {
@@ -1116,14 +1116,17 @@ static void *feeder_main(void *arg) {
     long share =
         room > 0 && room > c->credits ? (ps->queue.n * c->credits + room - 1) / room : ps->queue.n;
     long want = share < c->credits ? share : c->credits;
-    /* Tasks its last process left first, then tasks handed over, outside
-     * the credits; then what it asked for. */
+    /* What its last process left first, within what it asked for; then
+     * tasks handed over, outside the credits; then the queue. */
     int nr = 0;
-    while (c->resend && nr < SEND_BATCH / 4) {
+    while (c->resend && nr < SEND_BATCH / 4 && nr < c->credits) {
       batch[nr++] = c->resend;
       c->resend = c->resend->qnext;
       c->nresend--;
     }
+    c->credits -= nr;
+    if (want > c->credits) want = c->credits;
+    if (want < 0) want = 0;
     nr += relays ? lp_sendq_take(&ps->relays, batch + nr, SEND_BATCH / 4) : 0;
     c->relay_pick = 0;
     int nq = sendable ? lp_sendq_take(&ps->queue, batch + nr,
