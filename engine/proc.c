@@ -80,9 +80,15 @@ typedef struct lp_conn {
   int early;       /* processes in a row that died before they were ready */
   double asked_at; /* when it was last asked to share its queued tasks */
   int relay_pick;  /* its feeder is to send the tasks handed over */
-  long credits;    /* tasks it asked for and has not been sent */
-  lp_buf out;      /* frames other than EXEC waiting for the feeder */
-  int waiting;     /* the feeder sleeps on cond */
+  /* Tasks its last process had not begun when it died: its replacement
+   * takes them first, before other work (linked through qnext). One may
+   * have killed that process: a process with tasks waiting in it must not
+   * take it. */
+  lp_task *resend;
+  long nresend;
+  long credits; /* tasks it asked for and has not been sent */
+  lp_buf out;   /* frames other than EXEC waiting for the feeder */
+  int waiting;  /* the feeder sleeps on cond */
   pthread_cond_t cond;
   pthread_mutex_t wlock;
   pthread_t reader, feeder;
@@ -296,9 +302,17 @@ static void cancel_pool(luapool *eng, lp_procs *ps) {
   pthread_mutex_lock(&ps->lock);
   ps->stopping = 1;
   size_t n = 0;
-  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->queue.n + ps->relays.n + 1));
+  long nres = 0;
+  for (int i = 0; i < ps->n; i++) nres += ps->conns[i].nresend;
+  lp_task **unsent = malloc(sizeof *unsent * (size_t)(ps->queue.n + ps->relays.n + nres + 1));
   for (lp_task *t; unsent && (t = lp_sendq_pop(&ps->queue));) unsent[n++] = t;
   for (lp_task *t; unsent && (t = lp_sendq_pop(&ps->relays));) unsent[n++] = t;
+  for (int i = 0; unsent && i < ps->n; i++) {
+    lp_conn *c = &ps->conns[i];
+    for (lp_task *t = c->resend, *next; t; t = next) next = t->qnext, unsent[n++] = t;
+    c->resend = NULL;
+    c->nresend = 0;
+  }
   for (int i = 0; i < ps->n; i++) {
     lp_conn *c = &ps->conns[i];
     size_t mark;
@@ -873,7 +887,16 @@ static void process_died(lp_conn *c, const char *why) {
       t->remote = 0;
       atomic_store(&t->state, LP_TASK_QUEUED);
       lp_task_remote_done(t);
-      push(eng, t, 1);
+      pthread_mutex_lock(&ps->lock);
+      int own = replaced && !ps->stopping && !lp_task_cancelled(t);
+      if (own) {
+        t->qnext = c->resend;
+        c->resend = t;
+        c->nresend++;
+        poke(c);
+      }
+      pthread_mutex_unlock(&ps->lock);
+      if (!own) push(eng, t, 1);
       lp_task_unref(t);
       continue;
     }
@@ -896,6 +919,17 @@ static void process_died(lp_conn *c, const char *why) {
     subtree_over(ps, t);
   }
   free(had.slot);
+  if (!replaced) { /* the slot is given up: what it was to run goes to the others */
+    pthread_mutex_lock(&ps->lock);
+    lp_task *list = c->resend;
+    c->resend = NULL;
+    c->nresend = 0;
+    pthread_mutex_unlock(&ps->lock);
+    for (lp_task *t = list, *next; t; t = next) {
+      next = t->qnext;
+      push(eng, t, 1);
+    }
+  }
   if (!replaced && !closing) {
     /* No process here any more: if none is left anywhere, nothing queued
      * can ever run. */
@@ -1031,9 +1065,10 @@ static void *feeder_main(void *arg) {
     }
     int sendable = c->ready && c->fd >= 0 && c->credits > 0 && ps->queue.n > 0;
     int relays = c->ready && c->fd >= 0 && ps->relays.n > 0 && c->relay_pick;
+    int resends = c->ready && c->fd >= 0 && c->resend && c->credits > 0;
     if (c->ready && c->credits > 0 && ps->queue.n == 0 && !ps->relays.n && !ps->stopping)
       ask_to_share(ps, c);
-    if (!c->out.len && !sendable && !relays) {
+    if (!c->out.len && !sendable && !relays && !resends) {
       c->waiting = 1;
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
@@ -1047,9 +1082,6 @@ static void *feeder_main(void *arg) {
       }
       continue;
     }
-    lp_buf_reset(&frames);
-    lp_buf_append(&frames, c->out.data, c->out.len);
-    lp_buf_reset(&c->out);
     /* Few tasks and several processes asking: share them out, the
      * process with the most room first. */
     long asking = 0, room = 0;
@@ -1061,18 +1093,33 @@ static void *feeder_main(void *arg) {
       room += o->credits;
       if (o->credits > best->credits) best = o;
     }
-    if (sendable && !relays && best != c && ps->queue.n < asking && !c->out.len) {
+    if (sendable && !relays && !resends && best != c && ps->queue.n < asking && !c->out.len) {
       poke(best);
       c->waiting = 1;
       pthread_cond_wait(&c->cond, &ps->lock);
       c->waiting = 0;
       continue;
     }
+    /* Only now: frames taken out of c->out before that wait were dropped
+     * (a REPLY lost there left its task waiting for good). */
+    lp_buf_reset(&frames);
+    lp_buf_append(&frames, c->out.data, c->out.len);
+    lp_buf_reset(&c->out);
     long share =
         room > 0 && room > c->credits ? (ps->queue.n * c->credits + room - 1) / room : ps->queue.n;
     long want = share < c->credits ? share : c->credits;
-    /* Tasks handed over first, outside the credits; then what it asked for. */
-    int nr = relays ? lp_sendq_take(&ps->relays, batch, SEND_BATCH / 2) : 0;
+    /* What its last process left first, within what it asked for; then
+     * tasks handed over, outside the credits; then the queue. */
+    int nr = 0;
+    while (c->resend && nr < SEND_BATCH / 4 && nr < c->credits) {
+      batch[nr++] = c->resend;
+      c->resend = c->resend->qnext;
+      c->nresend--;
+    }
+    c->credits -= nr;
+    if (want > c->credits) want = c->credits;
+    if (want < 0) want = 0;
+    nr += relays ? lp_sendq_take(&ps->relays, batch + nr, SEND_BATCH / 4) : 0;
     c->relay_pick = 0;
     int nq = sendable ? lp_sendq_take(&ps->queue, batch + nr,
                                       want < SEND_BATCH / 2 ? (int)want : SEND_BATCH / 2)
@@ -1240,6 +1287,8 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
   }
   for (lp_task *t; (t = lp_sendq_pop(&ps->queue));) lp_task_unref(t);
   for (lp_task *t; (t = lp_sendq_pop(&ps->relays));) lp_task_unref(t);
+  for (int i = 0; i < ps->n; i++)
+    for (lp_task *t = ps->conns[i].resend, *next; t; t = next) next = t->qnext, lp_task_unref(t);
   lp_sendq_free(&ps->queue);
   lp_sendq_free(&ps->relays);
   free(ps->conns);

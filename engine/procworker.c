@@ -11,11 +11,13 @@
  * its RECORDs in the order the engine's report needs (tree order of the
  * subtree, or the order they were made), RESULT when its body ends, DONE
  * when its whole subtree has. It asks for more work with WANT, keeping a
- * window of tasks that grows while its workers run dry, so small tasks
- * travel in large batches and long ones are not hoarded.
+ * window of runnable tasks (queued or running: a task that waits leaves
+ * it, as it leaves its thread) that grows while its workers run dry, so
+ * small tasks travel in large batches and long ones are not hoarded.
  *
- * Worker threads never write to the pipe. They hand finished roots over
- * on two lists under `lock` and kick the link awake only when it sleeps.
+ * Worker threads never write to the pipe. They hand roots over on three
+ * stacks (begun, ended, subtree ended; one CAS each) and kick the link
+ * awake only when it sleeps; the link alone frees and reuses an exec.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -51,9 +53,10 @@ typedef struct lp_exec {
   int walked;                  /* the cursor has walked the whole subtree */
   int is_done;                 /* its subtree has ended */
   int sent_done;               /* DONE went out with its RESULT */
+  int began;                   /* its body began (set before it went on `started`) */
   struct lp_exec *prev, *next; /* the active list, link-only */
   struct lp_exec *st_next;     /* the started stack */
-  _Atomic int st_pushed;       /* it went on the started stack */
+  _Atomic int on_started;      /* on the started stack, not yet taken */
   struct lp_exec *fin_next;    /* the finished stack */
   struct lp_exec *done_next;   /* the done stack, then the late list */
 } lp_exec;
@@ -82,6 +85,7 @@ typedef struct lp_link {
   _Atomic(lp_exec *) done;     /* subtrees ended: DONE to send */
   _Atomic int sleeping;        /* the link waits in poll: kick it */
   _Atomic unsigned nfinished;  /* bodies ended, for batching wakes */
+  _Atomic uint64_t begun;      /* bodies begun */
   /* Link-only. */
   lp_exec *active;
   lp_exec *spare; /* freed execs, for reuse */
@@ -94,17 +98,19 @@ typedef struct lp_link {
   size_t wpos;
   lp_buf rbuf;              /* bytes read, not yet a whole frame */
   uint64_t received, ended; /* tasks received, bodies ended */
+  uint64_t never_begun;     /* bodies ended before they began (cancelled) */
   uint64_t asked;           /* tasks asked for with WANT */
-  long target;              /* tasks to keep here */
-  double rate;              /* tasks ended per second, smoothed */
+  long target;              /* runnable tasks to keep here */
+  double rate;              /* bodies begun per second, smoothed */
   double win_start;
-  uint64_t win_ended;
+  uint64_t win_begun;
   int stopping;
   lp_idmap exported;        /* tasks handed to the engine for another process */
   luapool_worker_stats *ws; /* one per thread, for STATS */
   uint64_t stats_sent;      /* bodies ended at the last STATS */
   uint64_t subtrees;        /* tasks received whose subtrees have ended */
   double stats_at;          /* when it went */
+  long test_pause;          /* µs between the link's takes (LUAPOOL_TEST_LINK_PAUSE, specs) */
 } lp_link;
 
 static void kick(lp_link *k) {
@@ -125,11 +131,15 @@ static void kick(lp_link *k) {
                                                   memory_order_relaxed));                      \
   } while (0)
 
+/* A root's body begins once: roots are made with no retries (the engine
+ * runs its own tasks again, as new roots). */
 void lp_procworker_started(luapool *eng, lp_task *t) {
   lp_exec *x = t->ext;
-  /* Once: a body that begins again (a retry) must not push the exec on the
-   * stack while the link may still be walking it from the first time. */
-  if (x && !atomic_exchange(&x->st_pushed, 1)) PUSH(eng->link->started, x, st_next);
+  if (!x) return;
+  x->began = 1;
+  atomic_store_explicit(&x->on_started, 1, memory_order_relaxed);
+  PUSH(eng->link->started, x, st_next);
+  atomic_fetch_add_explicit(&eng->link->begun, 1, memory_order_relaxed);
 }
 
 /* Ending tasks do not wake the link one by one: it looks every
@@ -264,6 +274,14 @@ static void sink_made(void *ud, const lp_record *rec) { put_record(ud, rec->root
 /* ---- frames in ---- */
 
 static void exec_free(lp_link *k, lp_exec *x) {
+  /* Reused while still on the started stack, the exec would link the stack
+   * into a cycle: the order in which forward() takes the stacks rules it
+   * out, and this says so loudly if that ever changes. */
+  if (atomic_load_explicit(&x->on_started, memory_order_relaxed)) {
+    fprintf(stderr, "luapool worker %d: internal error: task %llu freed on the started stack\n",
+            (int)getpid(), (unsigned long long)x->id);
+    abort();
+  }
   if (x->prev)
     x->prev->next = x->next;
   else
@@ -560,14 +578,23 @@ void lp_procworker_trace(luapool *eng, int thread, const lp_trace_ev *e, const c
  * subtree ended with its body gets one frame for both. */
 static void forward(lp_link *k) {
   luapool *eng = k->eng;
-  lp_exec *st = take_stack(&k->started);
+  /* A root goes on the started stack as its body begins, on the finished
+   * one as it ends, on the done one after that; an exec on the done stack
+   * is freed below. So the stacks are taken in the reverse order: each take
+   * holds every push that came before the pushes the previous took, and an
+   * exec is never freed (and reused) while it is still on a stack. */
   lp_exec *done = take_stack(&k->done);
+  if (k->test_pause) usleep((useconds_t)k->test_pause);
   lp_exec *fin = take_stack(&k->finished);
+  lp_exec *st = take_stack(&k->started);
   pthread_mutex_lock(&k->lock);
   if (k->out.len) lp_buf_append(&k->wbuf, k->out.data, k->out.len);
   lp_buf_reset(&k->out);
   pthread_mutex_unlock(&k->lock);
-  for (; st; st = st->st_next) put_id(k, LP_MSG_STARTED, st->id);
+  for (; st; st = st->st_next) {
+    atomic_store_explicit(&st->on_started, 0, memory_order_relaxed);
+    put_id(k, LP_MSG_STARTED, st->id);
+  }
   uint64_t ended = k->ended;
   for (lp_exec *x = fin; x; x = x->fin_next) ended++;
   for (lp_exec *x = done; x; x = x->done_next) k->subtrees++;
@@ -598,6 +625,7 @@ static void forward(lp_link *k) {
     fin->sent_done = fin->is_done && fin->walked;
     put_result(k, fin, fin->sent_done);
     k->ended++;
+    if (!fin->began) k->never_begun++;
   }
   while (done) {
     lp_exec *x = done;
@@ -624,25 +652,42 @@ static void forward(lp_link *k) {
 }
 
 /* Asks for more work when the window has room for a good batch. The
- * window holds about WINDOW seconds of work at the rate tasks end here,
- * never less than one task per thread: short tasks come in large batches,
- * long ones are not hoarded while another process could run them. */
+ * window counts runnable work only: tasks queued here (the roots not yet
+ * begun and what they spawned) and tasks running on a thread. A task that
+ * waits (a sleep, a get, a channel) leaves the window, as it leaves its
+ * worker thread, so the process takes more work meanwhile; what it holds
+ * in all, waiting tasks included, stays under HELD_MAX. The window holds
+ * about WINDOW seconds of work at the rate bodies begin here, never less
+ * than one task per thread: short tasks come in large batches, long ones
+ * are not hoarded while another process could run them. */
 #define WINDOW 0.002
+#define HELD_MAX 65536 /* roots whose subtrees have not ended, per process */
 static void want(lp_link *k) {
+  luapool *eng = k->eng;
   double now = lp_now();
+  uint64_t begun = atomic_load_explicit(&k->begun, memory_order_relaxed);
   if (now - k->win_start >= 0.02) {
-    double rate = (double)(k->ended - k->win_ended) / (now - k->win_start);
+    double rate = (double)(begun - k->win_begun) / (now - k->win_start);
     k->rate = k->rate > 0 ? 0.5 * k->rate + 0.5 * rate : rate;
     k->win_start = now;
-    k->win_ended = k->ended;
+    k->win_begun = begun;
     long t = (long)(k->rate * WINDOW);
     k->target = t < k->threads ? k->threads : t > 1024 ? 1024 : t;
   }
-  long here = (long)(k->received - k->ended);
+  if (k->stopping) return;
   long credit = (long)(k->asked - k->received);
-  long n = k->target - here - credit;
+  /* Roots not begun count from their arrival: a root a thread has taken
+   * from its queue but not yet begun is neither queued nor running. */
+  long queued = lp_sched_queued(&eng->sched),
+       unbegun = (long)(k->received - begun - k->never_begun);
+  long runnable = queued > unbegun ? queued : unbegun;
+  for (int i = 0; i < eng->nworkers; i++)
+    runnable += atomic_load_explicit(&eng->workers[i].stats.executing, memory_order_relaxed);
+  long held = (long)(k->received - k->subtrees);
+  long n = k->target - runnable - credit;
+  if (n > HELD_MAX - held - credit) n = HELD_MAX - held - credit;
   long batch = k->target / 4 > 0 ? k->target / 4 : 1;
-  if (k->stopping || n < batch) return;
+  if (n < batch) return;
   put_id(k, LP_MSG_WANT, (uint64_t)n);
   k->asked += (uint64_t)n;
 }
@@ -823,6 +868,9 @@ int lp_procworker_main(int in_fd, int out_fd) {
   if (!k.ws) return leave(&k, eng, 2);
   lp_task_cache_self = &k.cache;
   k.target = (long)threads;
+  /* Specs widen the window between the link's takes of its stacks. */
+  const char *pause = getenv("LUAPOOL_TEST_LINK_PAUSE");
+  k.test_pause = pause ? strtol(pause, NULL, 10) : 0;
   k.win_start = lp_now();
   char *chunkname = strndup(name, namelen);
   int rc = chunkname ? luapool_load_string(eng, script, scriptlen, chunkname) : LUAPOOL_ENOMEM;

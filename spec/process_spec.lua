@@ -353,7 +353,9 @@ describe("worker processes", function()
       function()
       local text, status = helpers.run_while([[
         local luapool = require "luapool"
-        function leaf(i) luapool.sleep(0.05) luapool.emit(i) end
+        -- CPU, not a sleep: sleeping tasks do not hold a process, and
+        -- 100,000 of them would be over before the signal.
+        function leaf(i) local x = 0 for k = 1, 20000 do x = x + k end luapool.emit(i) end
         function main() for i = 1, 100000 do luapool.spawn(leaf, i) end end
       ]], { "--processes", "2" },
         "sleep 1; kids=$(pgrep -P $pid -f __worker | tr '\\n' ' '); kill -" .. sig[1] .. " $pid",
@@ -656,6 +658,92 @@ describe("work shared between worker processes", function()
       assert.are.equal(1, kills, status)
       assert.are.same(expected.lines, helpers.split_lines(text))
     end
+  end)
+end)
+
+describe("worker processes, while tasks wait", function()
+  -- Every sleeper counts itself in, sleeps, then reads the count: when a
+  -- waiting task does not hold its process, all of them are in before the
+  -- first wakes (min = n); one process slot per task gives min = 1.
+  local SLEEPERS = [[
+    local luapool = require "luapool"
+    function sleeper(s)
+      luapool.counter("in"):add(1)
+      luapool.sleep(s)
+      return luapool.counter("in"):get()
+    end
+    function main(n, s)
+      local fs = {}
+      for i = 1, tonumber(n) do fs[i] = luapool.spawn(sleeper, tonumber(s)) end
+      local min = math.huge
+      for i = 1, #fs do min = math.min(min, fs[i]:get()) end
+      luapool.emit(min)
+    end
+  ]]
+  for _, flags in ipairs({ { "--processes", "1" }, { "--processes", "2" },
+                           { "--processes", "2", "--threads", "2" } }) do
+    it("take more work while their tasks sleep (" .. table.concat(flags, " ") .. ")", function()
+      local res = helpers.run(SLEEPERS, { "8", "1.0" }, { flags = flags, timeout = 60 })
+      assert.are.equal(0, res.code, helpers.describe(res))
+      assert.are.same({ "8" }, res.lines, helpers.describe(res))
+      -- 8 s one after another on one process, 4 s on two; about 1 s together.
+      assert.is_true(res.elapsed < 3, helpers.describe(res))
+    end)
+  end
+
+  it("take more jobs while a job waits on its subtasks (--processes 1)", function()
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function sub(s) luapool.sleep(s) return 1 end
+      function job(s)
+        luapool.counter("jobs"):add(1)
+        local fs = {}
+        for i = 1, 3 do fs[i] = luapool.spawn(sub, s) end
+        for i = 1, 3 do fs[i]:get() end
+        return luapool.counter("jobs"):get()
+      end
+      function main()
+        local fs = {}
+        for i = 1, 6 do fs[i] = luapool.spawn(job, 0.5) end
+        local min = math.huge
+        for i = 1, 6 do min = math.min(min, fs[i]:get()) end
+        luapool.emit(min)
+      end
+    ]], {}, { flags = { "--processes", "1" }, timeout = 60 })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ "6" }, res.lines, helpers.describe(res))
+  end)
+
+  it("run examples/process_threads.lua 8 5 on one process about as fast as on threads", function()
+    local threads = helpers.run("examples/process_threads.lua", { "8", "5" }, { workers = 1 })
+    local procs = helpers.run("examples/process_threads.lua", { "8", "5" },
+      { flags = { "--processes", "1" }, timeout = 60 })
+    assert.are.equal(0, threads.code, helpers.describe(threads))
+    assert.are.equal(0, procs.code, helpers.describe(procs))
+    assert.are.equal(#threads.lines, #procs.lines)
+    assert.are.equal(threads.lines[#threads.lines], procs.lines[#procs.lines])
+    -- Jobs one after another take 8 x 0.2 s; together 0.2 s, as on threads.
+    assert.is_true(procs.elapsed < threads.elapsed + 0.9,
+      ("%.2f s on a process, %.2f s on a thread"):format(procs.elapsed, threads.elapsed))
+  end)
+
+  it("never reuse a task's slot while its start is still to be reported (link paused)", function()
+    -- The pause widens the moment between the link's takes of what its
+    -- threads handed over; tiny tasks begin and end inside it.
+    local res = helpers.run([[
+      local luapool = require "luapool"
+      function leaf(i) return i end
+      function main(n)
+        local fs = {}
+        for i = 1, tonumber(n) do fs[i] = luapool.spawn(leaf, i) end
+        local sum = 0
+        for i = 1, #fs do sum = sum + fs[i]:get() end
+        luapool.emit(sum)
+      end
+    ]], { "3000" }, { flags = { "--processes", "2" }, timeout = 120,
+                      env = { LUAPOOL_TEST_LINK_PAUSE = "300" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same({ tostring(3000 * 3001 // 2) }, res.lines)
   end)
 end)
 
