@@ -280,6 +280,11 @@ static int push(luapool *eng, lp_task *t, int front) {
 
 int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
 
+static void put_cancel(lp_buf *b, uint64_t id) {
+  size_t mark;
+  if (lp_wire_begin(b, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(b, id) == 0) lp_wire_end(b, mark);
+}
+
 void lp_procs_cancel(luapool *eng, lp_task *t) {
   if (eng->link) { /* inside a worker process: a task it handed over */
     lp_procworker_cancel(eng, t);
@@ -290,9 +295,7 @@ void lp_procs_cancel(luapool *eng, lp_task *t) {
   pthread_mutex_lock(&ps->lock);
   if (t->remote && t->owner >= 0 && t->owner < ps->n) {
     lp_conn *c = &ps->conns[t->owner];
-    size_t mark;
-    if (lp_wire_begin(&c->out, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(&c->out, t->id) == 0)
-      lp_wire_end(&c->out, mark);
+    put_cancel(&c->out, t->id);
     poke(c);
   }
   pthread_mutex_unlock(&ps->lock);
@@ -1145,6 +1148,11 @@ static void *feeder_main(void *arg) {
       atomic_store(&t->state, LP_TASK_RUNNING);
       lp_task_ref(t); /* the connection's, until DONE */
       lp_task_remote_begin(t);
+      /* Cancelled while it waited in the queue (lp_task_cancel saw it
+       * queued and sent nothing): the CANCEL follows its EXEC. The fence
+       * pairs with lp_task_cancel's: it sees RUNNING, or this sees cancel. */
+      atomic_thread_fence(memory_order_seq_cst);
+      if (lp_task_cancelled(t)) put_cancel(&frames, t->id);
     }
     pthread_mutex_unlock(&c->mlock);
     if (live) lp_wire_write_all(c->fd, frames.data, frames.len);
