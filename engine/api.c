@@ -879,18 +879,21 @@ static int any_done(luapool_future *const *fs, int n) {
 
 /* A deadlock: every worker sleeps with no timer to come and nothing
  * queued, so no task can wake another; the host could, but it is waiting
- * without a timeout. Worker processes report what they run with a delay,
- * so runs with process pools are not judged (nor is the engine inside a
- * worker process). On a deadlock the error names the waiting tasks, and
- * the run is cancelled: each ends where it waits. Returns 1 then. */
+ * without a timeout. With process pools, also no task is left with them:
+ * a task in a worker process cannot wait for one of this process (no
+ * future, channel or sequencer crosses), so while one is there it will
+ * end and may wake ours. (The engine inside a worker process is not
+ * judged: its roots belong to the engine's run.) On a deadlock the error
+ * names the waiting tasks, and the run is cancelled: each ends where it
+ * waits. Returns 1 then. */
 static int deadlocked(luapool *lp) {
   if (lp->link) return 0;
-  for (int i = 0; i < lp->npools; i++)
-    if (lp->pools[i].procs) return 0;
-  if (!lp_sched_stalled(&lp->sched)) return 0;
+  if (!lp_procs_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
   char list[2048];
   int n = lp_pool_describe_waits(lp, list, sizeof list);
-  if (n == 0 || !lp_sched_stalled(&lp->sched)) return 0;
+  /* Processes first: a task they give back wakes its waiter before it
+   * stops counting as held, so the look at the workers after sees it. */
+  if (n == 0 || !lp_procs_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
   lp_engine_error(lp, LUAPOOL_EDEADLOCK,
                   "deadlock: %d task%s wait%s for what no task can give any more:%s", n,
                   n == 1 ? "" : "s", n == 1 ? "s" : "", list);

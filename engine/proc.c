@@ -122,6 +122,11 @@ typedef struct lp_procs {
    * another go, failures for good, failures a process counted that the
    * engine turned into a retry. */
   _Atomic uint64_t retried, failed, unfailed;
+  /* Tasks taken (queued, in a process, or waiting to go again) and not yet
+   * over. Lowered only after a task's ending has woken its waiters, so
+   * that 0 here and nothing to do on the engine's threads is a deadlock
+   * (lp_procs_idle). */
+  _Atomic long held;
   char exe[4096];
 } lp_procs;
 
@@ -251,11 +256,13 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
              ps->lost);
     finish_with(t, LP_TASK_FAILED, text);
     if (relayed) relay_done(t, 0);
+    atomic_fetch_sub(&ps->held, 1);
     return;
   }
   snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled", name, (unsigned long long)t->id);
   finish_with(t, LP_TASK_CANCELLED, text);
   if (relayed) relay_done(t, 0);
+  atomic_fetch_sub(&ps->held, 1);
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
@@ -278,7 +285,25 @@ static int push(luapool *eng, lp_task *t, int front) {
   return 0;
 }
 
-int lp_procs_push(luapool *eng, lp_task *t) { return push(eng, t, 0); }
+/* A task comes to the pool: from the engine, or handed over by a process.
+ * (Tasks that go again after a death or a failure are still held.) */
+static int take(luapool *eng, lp_task *t) {
+  lp_procs *ps = eng->pools[t->pool].procs;
+  atomic_fetch_add(&ps->held, 1);
+  int rc = push(eng, t, 0);
+  if (rc != 0) atomic_fetch_sub(&ps->held, 1);
+  return rc;
+}
+
+int lp_procs_push(luapool *eng, lp_task *t) { return take(eng, t); }
+
+int lp_procs_idle(luapool *eng) {
+  for (int i = 0; i < eng->npools; i++) {
+    lp_procs *ps = eng->pools[i].procs;
+    if (ps && atomic_load(&ps->held) != 0) return 0;
+  }
+  return 1;
+}
 
 static void put_cancel(lp_buf *b, uint64_t id) {
   size_t mark;
@@ -433,11 +458,13 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     }
     t->held = t->held_tail = NULL;
     relay_done(t, 1);
+    atomic_fetch_sub(&ps->held, 1);
     return;
   }
   t->remote = 0;
   lp_report_remote_done(&eng->report, t);
   lp_task_remote_done(t);
+  atomic_fetch_sub(&ps->held, 1);
   lp_task_unref(t); /* the connection's */
 }
 
@@ -579,7 +606,7 @@ static void on_export(lp_conn *c, lp_wire_msg *m) {
   atomic_store(&t->awaited, 1); /* its process reports it if nobody waits */
   t->relay = c;
   t->relay_gen = c->gen;
-  push(eng, t, 0);
+  take(eng, t);
 }
 
 static void on_trace(lp_conn *c, lp_wire_msg *m) {

@@ -21,6 +21,9 @@ int lp_procs_push(struct luapool *eng, struct lp_task *t);
 void lp_procs_cancel(struct luapool *eng, struct lp_task *t);
 /* The run is being cancelled: tasks not sent are cancelled, processes stop. */
 void lp_procs_cancel_all(struct luapool *eng);
+/* 1 when no process pool holds a task (queued, in a process, or waiting to
+ * go again) whose ending could still wake a task of the engine's. */
+int lp_procs_idle(struct luapool *eng);
 
 /* What the worker processes have counted of themselves (their STATS
  * frames) and what the engine decided about their tasks, summed over every

@@ -1,7 +1,8 @@
 -- A run whose tasks all wait for what no task can give any more fails,
 -- naming the waiting tasks and what each waits on, instead of hanging
--- (threads; --workers 0 raises in the waiting task). Waits that a timer
--- ends are not deadlocks.
+-- (threads and processes; --workers 0 raises in the waiting task). Waits
+-- that a timer ends, or a task still running in a worker process may end,
+-- are not deadlocks.
 local helpers = require "helpers"
 
 local CASES = {
@@ -83,4 +84,53 @@ end
     assert.are.equal(0, res.code, helpers.describe(res))
     assert.are.same({ "pushed late", "nil", "second ran", "get timed out" }, res.lines)
   end)
+
+  -- With worker processes the engine's own tasks (main) can wait on a
+  -- channel or a sequencer; tasks in processes cannot reach either, so the
+  -- run is stuck once nothing is left with the processes -- not before.
+  for _, flags in ipairs({ { "--processes", "2" }, { "--processes", "1", "--threads", "2" } }) do
+    local how = table.concat(flags, " ")
+    it("is reported, not hung, with worker processes: main's pop after its children ended, " .. how,
+       function()
+      local res = helpers.run([[
+local luapool = require "luapool"
+function nap(i) luapool.sleep(0.3) return i end
+function main()
+  local fs = {}
+  for i = 1, 4 do fs[i] = luapool.spawn(nap, i) end
+  luapool.emit("spawned")
+  luapool.emit(tostring(luapool.channel("c"):pop()))
+end
+]], {}, { flags = flags, timeout = 20 })
+      assert.is_false(res.timed_out, "the run hung")
+      assert.are.equal(1, res.code, helpers.describe(res))
+      assert.are.same({ "spawned" }, res.lines)
+      assert.truthy(res.err:find("deadlock", 1, true), res.err)
+      assert.truthy(res.err:find("task 'main' %(id 1%) waits in pop%(%) at [^\n]*:7"), res.err)
+    end)
+
+    it("is reported with worker processes: a sequencer ticket that never comes, " .. how, function()
+      local res = helpers.run([[
+local luapool = require "luapool"
+function main() luapool.sequencer("s"):run(2, function() end) end
+]], {}, { flags = flags, timeout = 20 })
+      assert.is_false(res.timed_out, "the run hung")
+      assert.are.equal(1, res.code, helpers.describe(res))
+      assert.truthy(res.err:find("task 'main' %(id 1%) waits in run%(%)"), res.err)
+    end)
+
+    it("is not a wait that a task in a process ends later, " .. how, function()
+      local res = helpers.run([[
+local luapool = require "luapool"
+function slow(i) luapool.sleep(0.4) return i * 10 end
+function main()
+  local f = luapool.spawn(slow, 4)
+  luapool.emit(tostring(luapool.channel("c"):pop(0.2)))  -- times out: a timer
+  luapool.emit(f:get())                                   -- waits on the process
+end
+]], {}, { flags = flags, timeout = 20 })
+      assert.are.equal(0, res.code, helpers.describe(res))
+      assert.are.same({ "nil", "40" }, res.lines)
+    end)
+  end
 end)
