@@ -543,7 +543,7 @@ static int as_completed_next(lua_State *L) {
     double left = deadline < 0 ? -1 : deadline - lp_now();
     if (deadline >= 0 && left <= 0) {
       char msg[160];
-      snprintf(msg, sizeof msg, "as_completed: timeout after %g s (%d of %d futures not done)",
+      snprintf(msg, sizeof msg, "as_completed: timed out after %g s: %d of %d futures not done",
                lua_tonumber(L, lua_upvalueindex(3)), (int)n,
                (int)lua_tointeger(L, lua_upvalueindex(4)));
       return luaL_error(L, "%s", msg); /* at the line of the loop */
