@@ -897,8 +897,12 @@ static int deadlocked(luapool *lp) {
   lp_engine_error(lp, LUAPOOL_EDEADLOCK,
                   "deadlock: %d task%s wait%s for what no task can give any more:%s", n,
                   n == 1 ? "" : "s", n == 1 ? "s" : "", list);
-  cancel_run(lp);
+  /* The waiting tasks are read while every worker still sleeps (cancel_run
+   * wakes them all); they are woken after `stopping`, so they end. */
+  atomic_store(&lp->stopping, 1);
+  atomic_fetch_add(&lp->cancel_epoch, 1);
   lp_pool_wake_waits(lp);
+  cancel_run(lp);
   return 1;
 }
 
