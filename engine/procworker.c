@@ -427,7 +427,9 @@ static int on_relayed(lp_link *k, lp_wire_msg *m) {
           lp_wire_get_bytes(m, &res, &len) || kind > LUAPOOL_RECORD_PRINT)
         return -1;
       if (!(t = lp_idmap_get(&k->exported, id))) return 0;
-      lp_record *rec = lp_record_new((int)kind, NULL, prio, res, len);
+      /* Made for t, the proxy: the record takes the id of the task sent
+       * here that t descends from, which completion order sends it under. */
+      lp_record *rec = lp_record_new((int)kind, t, prio, res, len);
       if (!rec) return 0;
       rec->task = task;
       rec->fn = lp_names_intern(&eng->names, fn, fnlen);
