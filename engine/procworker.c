@@ -106,6 +106,7 @@ typedef struct lp_link {
   uint64_t win_begun;
   int stopping;
   lp_idmap exported;        /* tasks handed to the engine for another process */
+  int made_all;             /* completion order: the last walk missed no record */
   luapool_worker_stats *ws; /* one per thread, for STATS */
   uint64_t stats_sent;      /* bodies ended at the last STATS */
   uint64_t subtrees;        /* tasks received whose subtrees have ended */
@@ -445,7 +446,9 @@ static int on_relayed(lp_link *k, lp_wire_msg *m) {
           lp_wire_get_bytes(m, &res, &len) || kind > LUAPOOL_RECORD_PRINT)
         return -1;
       if (!(t = lp_idmap_get(&k->exported, id))) return 0;
-      lp_record *rec = lp_record_new((int)kind, NULL, prio, res, len);
+      /* Made for t, the proxy: the record takes the id of the task sent
+       * here that t descends from, which completion order sends it under. */
+      lp_record *rec = lp_record_new((int)kind, t, prio, res, len);
       if (!rec) return 0;
       rec->task = task;
       rec->fn = lp_names_intern(&eng->names, fn, fnlen);
@@ -514,7 +517,10 @@ static lp_exec *take_stack(_Atomic(lp_exec *) *stack) {
 
 static void walk(lp_link *k, lp_exec *x) {
   sub_sink s = {k, x->id};
-  if (!x->walked) x->walked = lp_report_walk_sub(&k->eng->report, &x->cur, sink_sub, &s);
+  if (k->eng->report.order == LUAPOOL_ORDER_COMPLETION)
+    x->walked = x->walked || k->made_all;
+  else if (!x->walked)
+    x->walked = lp_report_walk_sub(&k->eng->report, &x->cur, sink_sub, &s);
 }
 
 /* What this process has counted, for the engine's --stats and progress
@@ -609,8 +615,12 @@ static void forward(lp_link *k) {
     put_stats(k, ended);
   for (lp_exec *x = done; x; x = x->done_next) x->is_done = 1;
   if (eng->report.order == LUAPOOL_ORDER_COMPLETION) {
-    lp_report_walk_made(&eng->report, sink_made, k);
-    for (lp_exec *x = done; x; x = x->done_next) x->walked = 1;
+    /* A subtree that has ended made its records before: once the walk has
+     * every record made so far, it has all of them. Not before: a worker
+     * stalled in the middle of adding a record hides the ones after it,
+     * and a DONE sent now would have the engine drop them when they come. */
+    k->made_all = lp_report_walk_made(&eng->report, sink_made, k);
+    for (lp_exec *x = done; x; x = x->done_next) walk(k, x);
   } else {
     /* Every active subtree now and then (streaming); the ended ones now. */
     if (now - k->last_walk > 0.001) {

@@ -560,8 +560,19 @@ static long walk_completion(lp_report *r, int deliver, lp_sink_fn sink, void *ud
   return n;
 }
 
-void lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud) {
-  walk_completion(r, 0, sink, ud);
+int lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud) {
+  /* The queue is in exchange order: once past the tail read here, the walk
+   * has had every record whose exchange happened before this call. Records
+   * added meanwhile do not hold the answer back. */
+  lp_item *upto = atomic_load_explicit(&r->ctail, memory_order_acquire), *next;
+  int all = r->cpos == upto;
+  while ((next = atomic_load_explicit(&r->cpos->next, memory_order_acquire))) {
+    sink(ud, (lp_record *)next);
+    if (r->cpos != &r->csentinel) release_item(r, r->cpos);
+    r->cpos = next;
+    all |= next == upto;
+  }
+  return all;
 }
 
 long lp_report_deliver(lp_report *r, int final) {

@@ -136,8 +136,11 @@ void lp_report_subroot(lp_report *r, struct lp_task *t, lp_cursor *c);
 /* Hands every record of c's subtree that may leave now to sink; returns 1
  * once the whole subtree has been walked (its node is freed then). */
 int lp_report_walk_sub(lp_report *r, lp_cursor *c, lp_sink_fn sink, void *ud);
-/* Completion order: hands every record made so far to sink. */
-void lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud);
+/* Completion order: hands every record made so far to sink. Returns 1 when
+ * it had every record made before the call, 0 while a producer has taken
+ * its place in the queue but not yet linked it (the records after that
+ * place wait for the next walk). */
+int lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud);
 /* Returns the nodes the walks freed to their home lists. */
 void lp_report_flush_nodes(lp_report *r);
 /* The engine side of a task run in a worker process: its body has ended

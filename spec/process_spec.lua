@@ -616,6 +616,24 @@ describe("work shared between worker processes", function()
     assert.are.equal(2, helpers.count_keys(pids), helpers.describe(res))
   end)
 
+  -- The one task sent goes to one process: every leaf the other process
+  -- ran was handed over, and its record came back through the relay.
+  it("keeps the records of the tasks handed over in completion order", function()
+    local res = helpers.run(TREE, { "pids" }, { order = "completion", timeout = 120,
+                                                flags = { "--processes", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.equal(649, #res.lines, helpers.describe(res))
+    assert.are.equal("leaves 648", res.lines[#res.lines])
+    local pids = {}
+    for i = 1, #res.lines - 1 do pids[res.lines[i]] = true end
+    assert.are.equal(2, helpers.count_keys(pids), helpers.describe(res))
+    local seq = helpers.run(TREE, { "tree" }, { workers = 0 })
+    res = helpers.run(TREE, { "tree" }, { order = "completion", timeout = 120,
+                                          flags = { "--processes", "2", "--threads", "2" } })
+    assert.are.equal(0, res.code, helpers.describe(res))
+    assert.are.same(helpers.sorted(seq.lines), helpers.sorted(res.lines))
+  end)
+
   it("cancels a task handed over to another process where it runs", function()
     local res = helpers.run([[
       local luapool = require "luapool"
