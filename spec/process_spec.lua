@@ -669,13 +669,18 @@ describe("work shared between worker processes", function()
 
   it("keeps every record exactly once when a process is killed while work is shared", function()
     local expected = helpers.run(TREE, { "slow" }, { workers = 0, timeout = 120 })
-    for _ = 1, 3 do
+    -- Three runs in which the kill landed; a run the killer missed (the
+    -- machine too slow to find a worker in time) must be right all the same.
+    local landed = 0
+    for _ = 1, 8 do
       local text, rc, kills, status = helpers.run_killing_workers(TREE, { "slow", "--processes",
         "2", "--retries", "3", "--no-progress" }, 1)
       assert.are.equal("0", rc, status .. "\n" .. text:gsub("[^\n]*start\n", ""):sub(1, 3000))
-      assert.are.equal(1, kills, status)
       assert.are.same(expected.lines, helpers.split_lines(text))
+      landed = landed + kills
+      if landed == 3 then break end
     end
+    assert.are.equal(3, landed, "kills that landed in 8 runs")
   end)
 end)
 
