@@ -257,9 +257,10 @@ static void pack_task(lua_State *L, const char *what, lua_Integer k, lua_Integer
 }
 
 /* core._spawn_list(what, opts, fn, list, n, star, chunksize): spawns the
- * tasks of a map (one per item, or luapool._chunk per chunk) and returns
- * their futures in list order; nil in a sequential run, where the Lua layer
- * spawns them one by one (each runs at its spawn) once this has checked them. */
+ * tasks of a map (one per item, or luapool._chunk per chunk, named as the
+ * call: "luapool.map(fetch)") and returns their futures in list order; in a
+ * sequential run, where the Lua layer spawns them one by one (each runs at
+ * its spawn) once this has checked them, nil and the task name to spawn. */
 int lp_lib_spawn_list(lua_State *L) {
   const char *what = luaL_checkstring(L, 1);
   lp_task *self = lp_lib_running(L, what);
@@ -273,8 +274,8 @@ int lp_lib_spawn_list(lua_State *L) {
   int star = lua_toboolean(L, 6);
   lua_Integer cs = luaL_checkinteger(L, 7);
   lua_settop(L, 7);
-  if (cs > 1) {
-    lua_pushliteral(L, "luapool._chunk");
+  if (cs > 1) { /* luapool._chunk, named as the call: see vm.c push_by_name */
+    lua_pushfstring(L, "%s(%s)", what, lp_names_get(&eng->names, fn));
     fn = lp_vm_fn_id(L, -1, err, sizeof err);
     lua_pop(L, 1);
     if (fn < 0) return luaL_error(L, "%s: %s", what, err);
@@ -290,7 +291,11 @@ int lp_lib_spawn_list(lua_State *L) {
     bs->n = k + 1;
     pack_task(L, what, k, n, star, cs, &bs->b[k]);
   }
-  if (eng->inline_mode) return 0;
+  if (eng->inline_mode) { /* nil, and the name the chunks are spawned under */
+    lua_pushnil(L);
+    lua_pushstring(L, lp_names_get(&eng->names, fn));
+    return 2;
+  }
   lua_createtable(L, (int)ntasks, 0); /* 9: the futures */
   lp_task **ts = lua_newuserdatauv(L, (size_t)ntasks * sizeof *ts + 1, 0);
   lua_Integer made = 0;

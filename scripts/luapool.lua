@@ -102,7 +102,7 @@ end
 -- Returns the futures, the chunk size and the number of items.
 local function spawn_chunks(what, fn, list, opts, star)
   local cs, sopts, n = check_map_args(what, fn, list, opts, star)
-  local futures = spawn_list("luapool." .. what, sopts, fn, list, n, star, cs)
+  local futures, task = spawn_list("luapool." .. what, sopts, fn, list, n, star, cs)
   if futures then return futures, cs, n end
   -- A sequential run (--workers 0): each item runs at its spawn, as in a
   -- loop. _spawn_list has checked every argument already.
@@ -116,7 +116,7 @@ local function spawn_chunks(what, fn, list, opts, star)
         futures[first] = spawn(sopts, fn, it)
       end
     else
-      futures[#futures + 1] = spawn(sopts, "luapool._chunk", fn, star,
+      futures[#futures + 1] = spawn(sopts, task, fn, star,
                                     table.move(list, first, math.min(first + cs - 1, n), 1, {}))
     end
   end

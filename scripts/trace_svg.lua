@@ -116,11 +116,6 @@ local PALETTE = { "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc94
 
 local MERGE_ABOVE = 5000
 
--- Names the engine gives tasks of its own, shown as what the script wrote:
--- a chunk of luapool.map / starmap / imap (opts.chunksize > 1) runs as the
--- task luapool._chunk. (The trace does not say which function it maps.)
-local SHOWN_AS = { ["luapool._chunk"] = "map chunk" }
-local function shown(name) return SHOWN_AS[name] or name end
 
 local function esc(s)
   return (tostring(s):gsub("[&<>\"]", { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;",
@@ -178,7 +173,6 @@ local function render(doc, width, max_rows)
       t1 = math.max(t1, e.ts + e.dur)
       local id = e.args and e.args.id or -#slices
       local t = tasks[id]
-      e.name = shown(e.name)
       if not t then
         t = { name = e.name, parent = e.args and e.args.parent, depth = e.args and e.args.depth or 0,
               from = e.ts, to = e.ts + e.dur, slices = {} }

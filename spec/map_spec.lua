@@ -101,6 +101,27 @@ end
   end)
 end)
 
+describe("a chunk of a map", function()
+  -- Chunk tasks are named as the call that made them, in every mode: an
+  -- unawaited failure, --format json and the trace show what the script wrote.
+  for _, flags in ipairs({ { "--workers", "2" }, { "--workers", "0" }, { "--processes", "2" } }) do
+    it("is named luapool.map(fn) (" .. table.concat(flags, " ") .. ")", function()
+      local res = H.run(H.PRELUDE .. [[
+function sq(x) if x == 5 then error("five") end luapool.emit(x * x) return x * x end
+function mapper() return luapool.starmap(sq, { { 4 }, { 5 }, { 6 } }, { chunksize = 2 }) end
+function main()
+  luapool.map(sq, { 1, 2 }, { chunksize = 2 })
+  luapool.spawn(mapper)
+end
+]], {}, { format = "json", flags = flags })
+      assert.are.equal(1, res.code, H.describe(res))
+      assert.truthy(res.lines[1]:find('"name":"luapool.map(sq)"', 1, true), H.describe(res))
+      assert.truthy(res.err:find("task 'luapool.starmap(sq)' (id ", 1, true), res.err)
+      assert.falsy(res.err:find("task 'luapool._chunk'", 1, true), res.err)
+    end)
+  end
+end)
+
 describe("starmap", function()
   it("unpacks each element as the arguments", function()
     local res = run_ok([[
