@@ -597,6 +597,25 @@ describe("work shared between worker processes", function()
     function main(mode) luapool.emit("leaves " .. luapool.spawn(node, 7, "r", mode):get()) end
   ]]
 
+  -- Runs TREE in "pids" mode: every leaf's record comes back, whichever
+  -- process ran it. Whether a hand-over happens at all depends on timing
+  -- (a slow machine may finish in one process before the other asks), so
+  -- a run in one process is repeated, up to five times, until one shares.
+  local function pids_run(flags, order)
+    local shared = 0
+    for _ = 1, 5 do
+      local res = helpers.run(TREE, { "pids" }, { order = order, flags = flags, timeout = 120 })
+      assert.are.equal(0, res.code, helpers.describe(res))
+      assert.are.equal(649, #res.lines, helpers.describe(res))
+      assert.are.equal("leaves 648", res.lines[#res.lines])
+      local pids = {}
+      for i = 1, #res.lines - 1 do pids[res.lines[i]] = true end
+      shared = helpers.count_keys(pids)
+      if shared == 2 then break end
+    end
+    assert.are.equal(2, shared, "the leaves ran in both processes in one of five runs")
+  end
+
   it("spreads one task's subtree over the processes, in tree order as a sequential run", function()
     local seq = helpers.run(TREE, { "tree" }, { workers = 0 })
     assert.are.equal(0, seq.code, helpers.describe(seq))
@@ -608,25 +627,13 @@ describe("work shared between worker processes", function()
       assert.are.same(seq.lines, res.lines, table.concat(flags, " "))
     end
     -- The leaves ran in more than one process.
-    local res = helpers.run(TREE, { "pids" }, { flags = { "--processes", "2" }, timeout = 120 })
-    assert.are.equal(0, res.code, helpers.describe(res))
-    local pids = {}
-    for i = 1, #res.lines - 1 do pids[res.lines[i]] = true end
-    assert.are.equal("leaves 648", res.lines[#res.lines])
-    assert.are.equal(2, helpers.count_keys(pids), helpers.describe(res))
+    pids_run({ "--processes", "2" })
   end)
 
   -- The one task sent goes to one process: every leaf the other process
   -- ran was handed over, and its record came back through the relay.
   it("keeps the records of the tasks handed over in completion order", function()
-    local res = helpers.run(TREE, { "pids" }, { order = "completion", timeout = 120,
-                                                flags = { "--processes", "2" } })
-    assert.are.equal(0, res.code, helpers.describe(res))
-    assert.are.equal(649, #res.lines, helpers.describe(res))
-    assert.are.equal("leaves 648", res.lines[#res.lines])
-    local pids = {}
-    for i = 1, #res.lines - 1 do pids[res.lines[i]] = true end
-    assert.are.equal(2, helpers.count_keys(pids), helpers.describe(res))
+    pids_run({ "--processes", "2" }, "completion")
     local seq = helpers.run(TREE, { "tree" }, { workers = 0 })
     res = helpers.run(TREE, { "tree" }, { order = "completion", timeout = 120,
                                           flags = { "--processes", "2", "--threads", "2" } })
