@@ -66,7 +66,7 @@ struct luapool {
   pthread_mutex_t host_lock;
   pthread_cond_t host_cond;
   long live_roots;
-  int workers_go; /* 1: workers may run, -1: start-up failed, leave */
+  int workers_go;  /* 1: workers may run, -1: start-up failed, leave */
   int root_is_run; /* the CLI's main: the run itself, which --task-timeout and
                       --retries do not limit (they apply to what it spawns) */
   int host_waiting;

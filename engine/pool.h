@@ -49,7 +49,7 @@ typedef struct lp_worker {
   int cos_ref;
   lua_State **cos_ptr;
   struct lp_task **cos_task; /* the task whose body runs (or waits) in each */
-  int *cos_free; /* slots holding an idle coroutine */
+  int *cos_free;             /* slots holding an idle coroutine */
   int nfree;
   int *cos_empty; /* slots with no coroutine */
   int nempty;

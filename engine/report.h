@@ -86,9 +86,9 @@ typedef struct lp_report {
    * of producers (an exchange on `ctail` orders them), the host consuming. */
   lp_item csentinel;
   _Atomic(lp_item *) ctail;
-  lp_item *cpos; /* host-only: the last record consumed (or &csentinel) */
+  lp_item *cpos;       /* host-only: the last record consumed (or &csentinel) */
   _Atomic int holding; /* a task with retries exists: completion order looks for holders */
-  int noutbox;   /* workers: the homes of report nodes */
+  int noutbox;         /* workers: the homes of report nodes */
   /* Failures of unawaited tasks, from any thread. */
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;

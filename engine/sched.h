@@ -36,10 +36,10 @@ typedef struct lp_wq {
   _Atomic long ninbox;
   struct lp_task *yielded; /* owner-only: tasks that called luapool.yield() */
   struct lp_task *yielded_tail;
-  _Atomic unsigned parked; /* futex word: 1 while the owner sleeps */
-  int pool;                /* the pool this worker serves: it steals only there */
-  unsigned rng;            /* owner-only: victim choice */
-  unsigned picks;          /* owner-only: fairness counter */
+  _Atomic unsigned parked;   /* futex word: 1 while the owner sleeps */
+  int pool;                  /* the pool this worker serves: it steals only there */
+  unsigned rng;              /* owner-only: victim choice */
+  unsigned picks;            /* owner-only: fairness counter */
   unsigned long alarms_seen; /* owner-only: the last lp_sched_wake_all it noticed */
   char pad[64];
 } lp_wq;
@@ -56,14 +56,14 @@ typedef struct lp_sched {
   int n;
   lp_wq *wq;
   int npools;
-  lp_inj *inj;           /* per pool */
-  _Atomic int nparked;   /* workers asleep in lp_sched_park */
-  _Atomic int nspinning; /* workers looking for work before parking */
-  _Atomic int nidle;     /* parked with no timer that will come: only a wake moves them */
+  lp_inj *inj;                   /* per pool */
+  _Atomic int nparked;           /* workers asleep in lp_sched_park */
+  _Atomic int nspinning;         /* workers looking for work before parking */
+  _Atomic int nidle;             /* parked with no timer that will come: only a wake moves them */
   _Atomic unsigned long unparks; /* bumped by every return from an idle park */
-  _Atomic int stop;      /* shutting down: parked workers return */
-  _Atomic unsigned long alarms; /* bumped by every lp_sched_wake_all */
-  int one_level;         /* inline mode: strict LIFO, priorities ignored */
+  _Atomic int stop;              /* shutting down: parked workers return */
+  _Atomic unsigned long alarms;  /* bumped by every lp_sched_wake_all */
+  int one_level;                 /* inline mode: strict LIFO, priorities ignored */
 } lp_sched;
 
 int lp_sched_init(lp_sched *s, int nworkers);

@@ -32,7 +32,6 @@
 #include "pool.h"
 #include "timer.h"
 
-
 /* ---- the registry ---- */
 
 struct lp_sync {

@@ -202,8 +202,10 @@ static void push_by_name(lua_State *L, const char *name, size_t len) {
      * "luapool.map(fetch)", so that failures, traces and stats show what
      * the script wrote; every such name runs luapool._chunk. */
     if (memchr(p, '(', (size_t)(end - p))) {
-      if (lua_istable(L, -1)) lua_getfield(L, -1, "_chunk");
-      else lua_pushnil(L);
+      if (lua_istable(L, -1))
+        lua_getfield(L, -1, "_chunk");
+      else
+        lua_pushnil(L);
       lua_remove(L, -2);
       return;
     }
