@@ -440,10 +440,11 @@ void lp_pool_wake_waits(luapool *eng) {
       lp_task *t = w->cos_task ? w->cos_task[slot] : NULL;
       if (!t || !w->cos_ptr[slot] || lua_status(w->cos_ptr[slot]) != LUA_YIELD) continue;
       if (n == cap) {
-        cap = cap ? cap * 2 : 16;
-        lp_task **p = realloc(all, sizeof *p * (size_t)cap);
-        if (!p) break;
+        int more = cap ? cap * 2 : 16;
+        lp_task **p = realloc(all, sizeof *p * (size_t)more);
+        if (!p) break; /* out of memory: the tasks listed so far are woken */
         all = p;
+        cap = more;
       }
       lp_task_ref(t); /* a wake may end others before we reach them */
       all[n++] = t;
