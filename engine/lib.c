@@ -405,6 +405,25 @@ static int get_inline_k(lua_State *L, int status, lua_KContext ctx) {
   return fut_get(L);
 }
 
+/* Message handler of a task run inline: its traceback ends at its own
+ * entry, the innermost lp_pool_task_entry on the stack; the levels below
+ * are its parent's. Found only when it fails: a get() that runs a child
+ * inline must not pay for a walk of the stack (fib's depth made it 2x). */
+static int inline_traceback(lua_State *L) {
+  lua_Debug ar;
+  int keep = 0;
+  for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lua_getinfo(L, "f", &ar);
+    int entry = lua_tocfunction(L, -1) == lp_pool_task_entry;
+    lua_pop(L, 1);
+    if (entry) {
+      keep = level;
+      break;
+    }
+  }
+  return lp_vm_traceback_upto(L, keep);
+}
+
 /* Runs t (a child of self taken from our queue) inside self's coroutine.
  * Returns its pcall status when it ends without yielding. */
 static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
@@ -420,11 +439,7 @@ static int inline_run(lua_State *L, lp_task *self, lp_task *t) {
   w->current = t;
   lp_stats_switch(&w->stats, t);
   lua_settop(L, 1);
-  lua_Debug ar;
-  int below = 0; /* the levels of the parent (and its own inline parents) */
-  while (lua_getstack(L, below, &ar)) below++;
-  lua_pushinteger(L, below);
-  lua_pushcclosure(L, lp_vm_traceback_inline, 1);
+  lua_pushcfunction(L, inline_traceback);
   lua_pushcfunction(L, lp_pool_task_entry);
   return lua_pcallk(L, 0, 0, 2, (lua_KContext)self, get_inline_k);
 }

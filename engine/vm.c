@@ -60,17 +60,12 @@ static const char *last_traceback(const char *s) {
   return found;
 }
 
-int lp_vm_traceback_inline(lua_State *L) {
-  int base = (int)lua_tointeger(L, lua_upvalueindex(1));
-  lua_Debug ar;
-  int last = 0; /* the deepest level; 0 is this handler */
-  while (lua_getstack(L, last + 1, &ar)) last++;
-  int keep = last - base; /* levels 1..keep are the task's own */
+int lp_vm_traceback_upto(lua_State *L, int keep) {
   lp_vm_traceback(L);
   size_t len;
   const char *s = lua_tolstring(L, -1, &len);
   const char *tb = s ? last_traceback(s) : NULL;
-  if (!tb || base <= 0 || keep < 0) return 1;
+  if (!tb || keep <= 0) return 1;
   /* One line per level from level 1 (and a "(...tail calls...)" line after
    * a level that made them); a long traceback has a "... (skipping N
    * levels)" line between its first and last levels. */
