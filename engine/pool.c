@@ -374,7 +374,10 @@ static void run(lp_worker *w, lp_task *t) {
 
 /* lua_sethook is made to be called asynchronously (lua.c calls it from a
  * signal handler): it only stores the hook and marks the running frames.
- * The coroutine stays alive meanwhile: its resume waits for `hooking`. */
+ * From another thread, those frames must stay where they are while it
+ * walks them: the coroutine stays alive (its resume waits for `hooking`)
+ * and the worker's state frees nothing meanwhile (vm.c's allocator waits
+ * for `hooking` too), so no frame the walk may reach is freed under it. */
 void lp_pool_stop_lua(luapool *eng) {
   if (!eng->workers || eng->inline_mode) return;
   for (int i = 0; i < eng->nworkers; i++) {

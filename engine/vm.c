@@ -19,6 +19,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "spin.h"
 
 /* Caches, in the registry: w->fn_by_id_ref (id -> function),
  * w->id_by_name_ref (name string or function value -> id), and: */
@@ -28,6 +29,10 @@ static void *counting_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   lp_worker *w = ud;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
+    /* Another thread setting the cancel hook walks the running
+     * coroutine's call frames (lp_pool_stop_lua): none is freed (the
+     * collector shrinks a coroutine's frame list) until it is done. */
+    while (atomic_load_explicit(&w->hooking, memory_order_acquire)) lp_cpu_relax();
     free(ptr);
     w->mem_used -= old;
     return NULL;
