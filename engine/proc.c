@@ -451,12 +451,11 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     return;
   }
   if (t->relay) {
-    for (lp_record *r = t->held, *next; r; r = next) {
+    for (lp_record *r = lp_task_take_held(t), *next; r; r = next) {
       next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
       relay_record(t, eng, r);
       free(r);
     }
-    t->held = t->held_tail = NULL;
     relay_done(t, 1);
     atomic_fetch_sub(&ps->held, 1);
     return;
@@ -505,12 +504,7 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
   rec->task = task;
   rec->fn = lp_names_intern(&eng->names, fn, fnlen);
   if (t->relay && t->retries > 0) { /* kept until no retry can come */
-    atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
-    if (t->held_tail)
-      atomic_store_explicit(&t->held_tail->item.next, &rec->item, memory_order_relaxed);
-    else
-      t->held = rec;
-    t->held_tail = rec;
+    lp_task_keep(t, rec);
   } else if (t->relay) {
     relay_record(t, eng, rec);
     free(rec);

@@ -237,17 +237,19 @@ void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_
   lp_buf_free(&b);
 }
 
+void lp_task_keep(lp_task *t, lp_record *rec) {
+  atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
+  if (t->held_tail)
+    atomic_store_explicit(&t->held_tail->item.next, &rec->item, memory_order_relaxed);
+  else
+    t->held = rec;
+  t->held_tail = rec;
+}
+
 int lp_task_hold(lp_task *t, lp_record *rec) {
   lp_spin_lock(&t->lock);
   int held = !lp_task_finished(t);
-  if (held) {
-    atomic_store_explicit(&rec->item.next, NULL, memory_order_relaxed);
-    if (t->held_tail)
-      atomic_store_explicit(&t->held_tail->item.next, &rec->item, memory_order_relaxed);
-    else
-      t->held = rec;
-    t->held_tail = rec;
-  }
+  if (held) lp_task_keep(t, rec);
   lp_spin_unlock(&t->lock);
   return held;
 }

@@ -133,6 +133,9 @@ void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_
  * returns 0); lp_task_take_held empties the list. */
 int lp_task_hold(lp_task *t, lp_record *rec);
 lp_record *lp_task_take_held(lp_task *t);
+/* Appends rec to t's held list whatever t's state, without the lock: for
+ * a list only one thread touches (a task relayed between processes). */
+void lp_task_keep(lp_task *t, lp_record *rec);
 /* The note a failure that used up its retries carries, " (after N
  * attempts)", or "" for a task that ran once: written into buf (size n). */
 const char *lp_task_attempts_note(const lp_task *t, char *buf, size_t n);
