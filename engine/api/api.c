@@ -241,7 +241,8 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
   lp->script_len = len;
   if (plan_workers(lp) != 0) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   int rc = lp_pool_start(lp);
-  if (rc == 0) rc = lp_procs_start(lp);
+  if (rc == 0) rc = lp_procs_attach(lp);
+  if (rc == 0) rc = lp_places_start(lp);
   if (rc != 0) return rc;
   if (lp->ndefined > 1) qsort(lp->defined, (size_t)lp->ndefined, sizeof(char *), cmp_names);
   lp->phase = LP_PHASE_RUNNING;
@@ -415,10 +416,10 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, const luapool_ta
   lp_report_root(&lp->report, t);
   if (lp->inline_mode) {
     lp_sched_push(&lp->sched, 0, t);
-  } else if (pool != 0 && lp->pools[pool].procs) {
+  } else if (pool != 0 && lp->pools[pool].place) {
     /* Another pool's processes: the main pool's roots run on an engine
      * thread, a root sent elsewhere runs where its pool's tasks do. */
-    if (lp_procs_push(lp, t) != 0) {
+    if (lp_place_push(lp, t) != 0) {
       atomic_store(&t->awaited, 1); /* the failed submit says it */
       lp_task_finish(t, LP_TASK_FAILED, NULL);
       if (f) luapool_future_free(f);
@@ -804,7 +805,7 @@ int luapool_functions(luapool *lp, const char *const **names) {
 }
 
 void lp_engine_root_done(luapool *eng, lp_task *root) {
-  if (eng->link) lp_procworker_root_done(eng, root);
+  if (eng->up) eng->up->ops->root_done(eng->up, root);
   pthread_mutex_lock(&eng->host_lock);
   eng->live_roots--;
   if (eng->live_roots == 0) pthread_cond_broadcast(&eng->host_cond);
@@ -855,7 +856,7 @@ _Atomic int64_t *lp_engine_counter(luapool *eng, int id) {
 static void cancel_run(luapool *lp) {
   atomic_store(&lp->stopping, 1);
   atomic_fetch_add(&lp->cancel_epoch, 1);
-  lp_procs_cancel_all(lp);
+  lp_places_cancel_all(lp);
   lp_pool_stop_lua(lp); /* a task that never waits stops too */
   /* Parked workers must see it: they fire all their timers at once, so
    * sleepers resume and find themselves cancelled. */
@@ -887,13 +888,13 @@ static int any_done(luapool_future *const *fs, int n) {
  * names the waiting tasks, and the run is cancelled: each ends where it
  * waits. Returns 1 then. */
 static int deadlocked(luapool *lp) {
-  if (lp->link) return 0;
-  if (!lp_procs_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
+  if (lp->up) return 0;
+  if (!lp_places_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
   char list[2048];
   int n = lp_pool_describe_waits(lp, list, sizeof list);
   /* Processes first: a task they give back wakes its waiter before it
    * stops counting as held, so the look at the workers after sees it. */
-  if (n == 0 || !lp_procs_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
+  if (n == 0 || !lp_places_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
   lp_engine_error(lp, LUAPOOL_EDEADLOCK,
                   "deadlock: %d task%s wait%s for what no task can give any more:%s", n,
                   n == 1 ? "" : "s", n == 1 ? "s" : "", list);
@@ -1001,7 +1002,7 @@ static void destroy(luapool *lp) {
    * nobody awaited is still reported. */
   while (lp->futures) detach(lp->futures);
   lp->phase = LP_PHASE_CLOSING;
-  lp_procs_stop(lp);
+  lp_places_stop(lp);
   lp_pool_stop(lp);
   lp_trace_close(lp); /* the workers are joined: their events can be read */
   lp_sync_free(lp);

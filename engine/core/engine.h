@@ -10,6 +10,7 @@
 
 #include "luapool.h"
 #include "names.h"
+#include "place.h"
 #include "report.h"
 #include "sched.h"
 #include "stats.h"
@@ -26,7 +27,7 @@ typedef struct lp_pooldef {
   int threads;      /* threads in each worker process */
   int first_worker; /* the engine's worker threads serving it */
   int nworkers;
-  struct lp_procs *procs; /* a process pool's processes (proc.c) */
+  lp_place *place;  /* where its tasks run when not on the engine's threads (place.h) */
 } lp_pooldef;
 
 typedef enum lp_engine_phase {
@@ -78,8 +79,8 @@ struct luapool {
 
   lp_pooldef *pools; /* pools[0] is "main" */
   int npools;
-  uint64_t proc_gens;   /* worker processes started: each gets its own range of task ids */
-  struct lp_link *link; /* inside a worker process: the pipe to the engine (procworker.c) */
+  uint64_t proc_gens;   /* ranges of task ids handed to places (each worker process has one) */
+  lp_uplink *up;        /* set when this engine runs tasks for one upstream (place.h) */
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
@@ -95,15 +96,6 @@ struct luapool {
 };
 
 #define LP_COUNTER_BLOCK 256
-
-/* The program run as a worker process (`luapool __worker`); the luapool
- * binary points it at itself. NULL (a host program): exe.c finds it. */
-extern const char *lp_worker_exe;
-
-/* Writes the path of the program to run as a worker process into out
- * (exe.c): LUAPOOL_WORKER_EXE, else lp_worker_exe, else the luapool binary
- * installed with the library that holds the engine. */
-void lp_exe_worker(char *out, size_t size);
 
 /* Sets the handle's error message (printf-style) and returns err. */
 int lp_engine_error(luapool *eng, int err, const char *fmt, ...)

@@ -28,7 +28,6 @@
 #include <lauxlib.h>
 
 #include "engine.h"
-#include "proc.h"
 #include "spin.h"
 #include "trace.h"
 #include "vm.h"
@@ -320,7 +319,7 @@ static void run(lp_worker *w, lp_task *t) {
     atomic_store_explicit(&t->state, LP_TASK_RUNNING, memory_order_relaxed);
     w->nlive++;
     lp_stats_inc(&w->stats.run);
-    if (eng->link && !t->parent) lp_procworker_started(eng, t);
+    if (eng->up && !t->parent) eng->up->ops->root_started(eng->up, t);
     if (t->depth > atomic_load_explicit(&eng->max_depth, memory_order_relaxed))
       atomic_store_explicit(&eng->max_depth, t->depth, memory_order_relaxed);
   }
@@ -503,7 +502,7 @@ static void loop(lp_worker *w) {
     }
     if (atomic_load(&s->stop) && w->nlive == 0) return;
     double next = lp_timers_next(&w->timers, lp_now());
-    if (eng->link) lp_procworker_idle(eng);
+    if (eng->up) eng->up->ops->idle(eng->up);
     lp_sched_park(s, w->index, next);
     lp_stats_idle(w, 0);
   }

@@ -41,7 +41,7 @@ lp_record *lp_record_new(int kind, const lp_task *t, double priority, const void
   rec->kind = kind;
   rec->task = t ? t->id : 0;
   rec->root = 0;
-  if (t && t->eng->link) { /* a worker process: the engine needs the subtree it belongs to */
+  if (t && t->eng->up) { /* the engine upstream needs the subtree it belongs to */
     const lp_task *top = t;
     while (top->parent) top = top->parent;
     rec->root = top->id;
@@ -213,7 +213,7 @@ void lp_report_root(lp_report *r, lp_task *root) {
 void lp_report_body_done(lp_report *r, lp_task *t) {
   if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
   if (t->rn->held) attempt_link(t->rn);
-  if (t->remote) return;
+  if (t->away) return;
   /* The last touch of the node by its producer: the cursor may free it. */
   atomic_store_explicit(&t->rn->done, 1, memory_order_release);
 }
@@ -538,7 +538,7 @@ int lp_report_walk_sub(lp_report *r, lp_cursor *c, lp_sink_fn sink, void *ud) {
 
 void lp_report_flush_nodes(lp_report *r) { flush_all_freed(r); }
 
-void lp_report_remote_done(lp_report *r, lp_task *t) {
+void lp_report_away_done(lp_report *r, lp_task *t) {
   if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
   atomic_store_explicit(&t->rn->done, 1, memory_order_release);
 }

@@ -44,7 +44,7 @@ typedef struct lp_record {
   lp_item item;
   int kind; /* LUAPOOL_RECORD_* */
   uint64_t task;
-  uint64_t root; /* inside a worker process: the task sent to it that this descends from */
+  uint64_t root; /* with an uplink (place.h): the root here that this descends from */
   int fn;
   double priority;
   int held; /* host-only: kept for priority order, freed after it */
@@ -64,8 +64,8 @@ typedef struct lp_failure {
   char text[];
 } lp_failure;
 
-/* A cursor over one subtree of sequences (a worker process walks the
- * subtree of each task it was sent, and forwards the records). */
+/* A cursor over one subtree of sequences (an uplink walks the subtree of
+ * each root it was sent, and forwards the records). */
 typedef struct lp_cursor {
   lp_rnode *top; /* the subtree's own sequence */
   lp_rnode *cur;
@@ -116,7 +116,7 @@ lp_record *lp_record_new(int kind, const struct lp_task *t, double priority, con
 void lp_report_add(lp_report *r, struct lp_task *t, lp_record *rec);
 void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child);
 /* t's outcome is final (its body has finished for good): its records may
- * leave, and (unless t runs in a worker process) its sequence is complete. */
+ * leave, and (unless t is away: place.h) its sequence is complete. */
 void lp_report_body_done(lp_report *r, struct lp_task *t);
 /* Retries. A task that may still run again keeps the records of its
  * current attempt, and of the subtree made during it, until its outcome is
@@ -130,8 +130,7 @@ void lp_report_release(lp_report *r, struct lp_task *t, lp_record *held);
 void lp_report_root(lp_report *r, struct lp_task *root);
 void lp_report_failure(lp_report *r, const char *text);
 
-/* Worker processes: gives the task sent to this process a sequence of its
- * own, walked by c. */
+/* An uplink: gives a root it was sent a sequence of its own, walked by c. */
 void lp_report_subroot(lp_report *r, struct lp_task *t, lp_cursor *c);
 /* Hands every record of c's subtree that may leave now to sink; returns 1
  * once the whole subtree has been walked (its node is freed then). */
@@ -143,10 +142,10 @@ int lp_report_walk_sub(lp_report *r, lp_cursor *c, lp_sink_fn sink, void *ud);
 int lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud);
 /* Returns the nodes the walks freed to their home lists. */
 void lp_report_flush_nodes(lp_report *r);
-/* The engine side of a task run in a worker process: its body has ended
- * but records of its subtree may still arrive; the sequence stays open
- * until lp_report_remote_done. */
-void lp_report_remote_done(lp_report *r, struct lp_task *t);
+/* An away task (place.h): its body has ended but records of its subtree
+ * may still arrive; its sequence stays open until this, called when its
+ * place says the subtree has ended (lp_task_away_done). */
+void lp_report_away_done(lp_report *r, struct lp_task *t);
 
 /* Host side: delivers every record that may leave now through the
  * configured callback; returns how many. With `final` set, the run is over

@@ -26,7 +26,6 @@
 
 #include "engine.h"
 #include "report.h"
-#include "proc.h"
 #include "spin.h"
 
 _Thread_local lp_task_cache *lp_task_cache_self __attribute__((tls_model("initial-exec")));
@@ -104,16 +103,16 @@ lp_task *lp_task_new(struct luapool *eng, lp_task *parent, int fn, double priori
   t->timeout = 0;
   t->deadline = 0;
   t->retries = 0;
-  t->remote = 0;
-  t->started = 0;
-  t->resent = 0;
-  t->overtime = 0;
+  t->away = 0;
+  t->foreign = 0;
+  t->at_started = 0;
+  t->at_resent = 0;
+  t->at_overtime = 0;
   t->retry_pending = 0;
   t->attempts = 0;
   t->held = t->held_tail = NULL;
-  t->ext = NULL;
-  t->relay = NULL;
-  t->relay_gen = 0;
+  t->at_ref = NULL;
+  t->at_gen = 0;
   if (parent) atomic_fetch_add_explicit(&parent->pending, 1, memory_order_relaxed);
   return t;
 }
@@ -141,9 +140,9 @@ static void subtree_done(lp_task *t) {
     luapool *eng = t->eng;
     if (!p) {
       /* The host may return from its wait as soon as it hears of the
-       * root: an unawaited failure must be counted before that. Inside a
-       * worker process the link still holds the record. */
-      if (eng->link) {
+       * root: an unawaited failure must be counted before that. With an
+       * uplink, the uplink still holds the record. */
+      if (eng->up) {
         lp_engine_root_done(eng, t);
         lp_task_unref(t);
       } else {
@@ -210,7 +209,7 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   t->waiters = NULL;
   /* Under the lock: a record made after this goes past t, and must come
    * after the ones t held. */
-  if (t->held && !t->relay) {
+  if (t->held && !t->foreign) {
     lp_report_release(&t->eng->report, t, t->held);
     t->held = t->held_tail = NULL;
   }
@@ -227,7 +226,7 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   if (atomic_fetch_sub(&t->pending, 1) == 1) subtree_done(t);
 }
 
-void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_t len,
+void lp_task_finish_away(lp_task *t, lp_task_state state, const char *res, size_t len,
                          const char *note, size_t notelen) {
   if (notelen && !t->failnote) t->failnote = strndup(note, notelen);
   lp_buf b;
@@ -315,9 +314,15 @@ int lp_task_join_end(lp_task *t) {
   return 0;
 }
 
-void lp_task_remote_begin(lp_task *t) { atomic_fetch_add(&t->pending, 1); }
+void lp_task_away_begin(lp_task *t) {
+  t->away = 1; /* before the state: a cancel that sees it running asks the place */
+  atomic_store(&t->state, LP_TASK_RUNNING);
+  atomic_fetch_add(&t->pending, 1);
+}
 
-void lp_task_remote_done(lp_task *t) {
+void lp_task_away_done(lp_task *t, int again) {
+  t->away = 0;
+  if (!again) lp_report_away_done(&t->eng->report, t);
   if (atomic_fetch_sub(&t->pending, 1) == 1) subtree_done(t);
 }
 
@@ -339,8 +344,8 @@ int lp_task_cancel(lp_task *t) {
   /* A suspended task notices at its next resume; make that now. Queued
    * tasks notice when a worker takes them. */
   if (atomic_load(&t->state) == LP_TASK_RUNNING) {
-    if (t->remote)
-      lp_procs_cancel(t->eng, t);
+    if (t->away)
+      lp_place_cancel(t->eng, t);
     else
       lp_task_wake(t);
   }

@@ -82,25 +82,26 @@ typedef struct lp_task {
   uint64_t cancel_epoch;   /* engine cancel epoch last checked */
   lp_rnode *rn;            /* its output sequence (tree and priority order) */
 
-  /* A task sent to a worker process (proc.c), seen from the engine. */
-  int remote;         /* 1 while a worker process has it; owner is then the process slot */
-  int started;        /* the process has begun its body */
-  short resent;       /* sent again after its process died before it began */
-  short overtime;     /* its process was killed because it ran past its time limit */
-  int attempts;       /* runs of its body begun (or sent) so far */
-  int retry_pending;  /* failed: runs again once its subtree has ended */
-  unsigned relay_gen; /* see relay */
-  lp_record *held;    /* its subtree's records, kept while a retry could still come
-                         (completion order, and relayed tasks); under `lock` */
+  int attempts;        /* runs of its body begun (or sent) so far */
+  short retry_pending; /* failed: runs again once its subtree has ended */
+
+  /* A task that runs away from the engine's threads (place.h). The core
+   * reads `away` and `foreign`; the at_ fields belong to the place that
+   * holds it. */
+  short away;       /* 1 while a place (or the engine upstream) holds it; owner is its slot there */
+  short foreign;    /* no task of this engine's tree: a place took it from another engine
+                       to share the load; its outcome and records go back there */
+  short at_started; /* the place has begun its body */
+  short at_resent;  /* sent again after the process running it died before it began */
+  short at_overtime; /* the process running it was killed: past its time limit */
+  unsigned at_gen;   /* a foreign task: the generation of the connection it goes back to */
+
+  lp_record *held; /* its subtree's records, kept while a retry could still come
+                      (completion order, and foreign tasks); under `lock` */
   lp_record *held_tail;
-  /* One or the other, never both (the record stays at six cache lines). */
-  union {
-    void *ext; /* inside a worker process: the lp_exec of a task sent to it */
-    /* In the engine: a task a worker process handed over (EXPORT). It is no
-     * task of the engine's tree: what happens to it is relayed to that
-     * process's connection while it has generation relay_gen. */
-    void *relay;
-  };
+  /* Inside a worker process: the exec of a task sent to it. In the engine:
+   * the connection a foreign task goes back to. */
+  void *at_ref;
 } lp_task;
 
 /* The cache of the calling thread (set by each worker), or NULL. */
@@ -124,9 +125,10 @@ static inline int lp_task_finished(lp_task *t) {
 /* Records the outcome (taking ownership of result), fires the waiters and
  * counts the body as done for completion counting. */
 void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result);
-/* lp_task_finish with the result copied from bytes, and the summary of its
- * arguments for a failure report: a task that ran in another process. */
-void lp_task_finish_copy(lp_task *t, lp_task_state state, const char *res, size_t len,
+/* The one way an away task (place.h) finishes: lp_task_finish with the
+ * result its place sent, copied from bytes, and the summary of its
+ * arguments for a failure report. */
+void lp_task_finish_away(lp_task *t, lp_task_state state, const char *res, size_t len,
                          const char *note, size_t notelen);
 
 /* Completion order: keeps rec in t's held list unless t has finished (then
@@ -166,11 +168,12 @@ int lp_task_join_begin(lp_task *t);
 /* Ends it; returns 1 if a child took the flag (its wake is on the way). */
 int lp_task_join_end(lp_task *t);
 
-/* A task sent to a worker process: counts its remote subtree as one more
- * pending unit, released by lp_task_remote_done when the process says the
- * subtree has ended. */
-void lp_task_remote_begin(lp_task *t);
-void lp_task_remote_done(lp_task *t);
+/* A task handed to a place (place.h) is away and running there: its subtree
+ * there counts as one more pending unit, released by lp_task_away_done when
+ * the place says that subtree has ended; `again`: it runs once more (a
+ * retry, or it never began), so its place in the report stays open. */
+void lp_task_away_begin(lp_task *t);
+void lp_task_away_done(lp_task *t, int again);
 
 /* True if t or one of its ancestors was cancelled. */
 int lp_task_cancelled(lp_task *t);

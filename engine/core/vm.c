@@ -124,7 +124,7 @@ lua_State *lp_vm_new(lp_worker *w) {
     lua_gc(L, LUA_GCINC, 1, 1000);
   else
     lua_gc(L, LUA_GCGEN, 0, 0);
-  if (!w->eng->link) {
+  if (!w->eng->up || !w->eng->up->keeps_exit) {
     lua_getglobal(L, "os");
     lua_pushcfunction(L, l_no_exit);
     lua_setfield(L, -2, "exit");

@@ -19,7 +19,6 @@
 
 #include "engine.h"
 #include "pool.h"
-#include "proc.h"
 #include "spin.h"
 #include "timer.h"
 #include "lib.h"
@@ -175,9 +174,10 @@ void lp_lib_read_options(lua_State *L, int idx, const char *what, spawn_opts *o)
       luaL_pushresult(&b);
       const char *names = lua_tostring(L, -1);
       const char *asked = luaL_tolstring(L, -2, NULL);
-      lp_lib_error(L, "%s: no pool named '%s' (%s: %s)", what, asked,
-                   eng->link ? "a task in a worker process spawns into its own pool" : "pools",
-                   names);
+      if (eng->up)
+        lp_lib_error(L, "%s: no pool named '%s' (a task in %s spawns into its own pool: %s)", what,
+                     asked, eng->up->where, names);
+      lp_lib_error(L, "%s: no pool named '%s' (pools: %s)", what, asked, names);
     }
   }
   lua_pop(L, 1);
@@ -216,7 +216,7 @@ lp_task *lp_lib_spawn_new(lua_State *L, lp_task *self, int fn, const spawn_opts 
  * processes, another pool's threads, or the spawning worker's own queue. */
 int lp_lib_spawn_dest(lua_State *L, lp_task *t) {
   luapool *eng = worker(L)->eng;
-  if (eng->pools[t->pool].procs) return LP_SPAWN_PROCS;
+  if (eng->pools[t->pool].place) return LP_SPAWN_PLACE;
   if (t->pool != eng->sched.wq[worker(L)->index].pool) return LP_SPAWN_INJECT;
   return LP_SPAWN_OWN;
 }
@@ -227,8 +227,8 @@ int lp_lib_spawn_queue(lua_State *L, lp_task *t, int dest) {
   lp_worker *w = worker(L);
   luapool *eng = w->eng;
   int rc = 0;
-  if (dest == LP_SPAWN_PROCS)
-    rc = lp_procs_push(eng, t);
+  if (dest == LP_SPAWN_PLACE)
+    rc = lp_place_push(eng, t);
   else if (dest == LP_SPAWN_INJECT)
     lp_sched_inject(&eng->sched, t); /* another pool's threads */
   else
@@ -726,17 +726,19 @@ static int l_print(lua_State *L) {
 /* ---- counters ---- */
 
 void lp_lib_not_in_process(lua_State *L, const char *what) {
-  if (lp_worker_of(L)->eng->link)
+  lp_uplink *up = lp_worker_of(L)->eng->up;
+  if (up)
     luaL_error(L,
-               "%s is not available in a worker process: it would not be shared with the "
+               "%s is not available in %s: it would not be shared with the "
                "rest of the run (use return values and records, or a pool of threads)",
-               what);
+               what, up->where);
 }
 
-/* A counter is a slot of the engine's; inside a worker process it is only
- * a name, and every use asks the engine (the task waits for the answer). */
+/* A counter is a slot of the engine's; in an engine with an uplink (a
+ * worker process) it is only a name, and every use asks upstream (the task
+ * waits for the answer). */
 typedef struct lp_counter {
-  _Atomic int64_t *slot; /* NULL inside a worker process */
+  _Atomic int64_t *slot; /* NULL in an engine with an uplink */
   int name;
 } lp_counter;
 
@@ -745,8 +747,8 @@ static int l_counter(lua_State *L) {
   const char *name = luaL_checklstring(L, 1, &len);
   luapool *eng = worker(L)->eng;
   int id = lp_names_intern(&eng->names, name, len);
-  _Atomic int64_t *slot = id >= 0 && !eng->link ? lp_engine_counter(eng, id) : NULL;
-  if (id < 0 || (!slot && !eng->link)) return luaL_error(L, "luapool.counter: out of memory");
+  _Atomic int64_t *slot = id >= 0 && !eng->up ? lp_engine_counter(eng, id) : NULL;
+  if (id < 0 || (!slot && !eng->up)) return luaL_error(L, "luapool.counter: out of memory");
   lp_counter *c = lua_newuserdatauv(L, sizeof *c, 0);
   c->slot = slot;
   c->name = id;
@@ -757,14 +759,20 @@ static int l_counter(lua_State *L) {
 static int counter_add(lua_State *L) {
   lp_counter *c = luaL_checkudata(L, 1, COUNTER_MT);
   lua_Integer n = luaL_optinteger(L, 2, 1);
-  if (!c->slot) return lp_procworker_counter(L, c->name, (int64_t)n, 1);
+  if (!c->slot) {
+    lp_uplink *up = worker(L)->eng->up;
+    return up->ops->counter(up, L, c->name, (int64_t)n, 1);
+  }
   lua_pushinteger(L, (lua_Integer)(atomic_fetch_add(c->slot, (int64_t)n) + (int64_t)n));
   return 1;
 }
 
 static int counter_get(lua_State *L) {
   lp_counter *c = luaL_checkudata(L, 1, COUNTER_MT);
-  if (!c->slot) return lp_procworker_counter(L, c->name, 0, 0);
+  if (!c->slot) {
+    lp_uplink *up = worker(L)->eng->up;
+    return up->ops->counter(up, L, c->name, 0, 0);
+  }
   lua_pushinteger(L, (lua_Integer)atomic_load(c->slot));
   return 1;
 }

@@ -51,7 +51,7 @@ void lp_lib_read_options(lua_State *L, int idx, const char *what, spawn_opts *o)
 /* Pushes a future for a new child of self with the packed args (taken).
  * NULL when out of memory. The task is not queued yet. */
 lp_task *lp_lib_spawn_new(lua_State *L, lp_task *self, int fn, const spawn_opts *o, lp_buf *args);
-enum { LP_SPAWN_OWN, LP_SPAWN_INJECT, LP_SPAWN_PROCS };
+enum { LP_SPAWN_OWN, LP_SPAWN_INJECT, LP_SPAWN_PLACE };
 /* Where a new task goes (not in a sequential run): one of LP_SPAWN_*. */
 int lp_lib_spawn_dest(lua_State *L, lp_task *t);
 /* Queues it there: 0, or -1 when out of memory (the task has failed). */

@@ -21,7 +21,6 @@
 
 #include "engine.h"
 #include "pool.h"
-#include "proc.h"
 #include "trace.h"
 
 uint64_t lp_stats_ns(void) {
@@ -74,7 +73,7 @@ void lp_stats_idle(lp_worker *w, int idle) {
 /* The levels: tasks waiting for a worker, running, and started but
  * waiting for something (what is left of the tasks created and not
  * finished). */
-static void levels(luapool *eng, const lp_remote_totals *rt, uint64_t *known, uint64_t *done,
+static void levels(luapool *eng, const lp_place_totals *rt, uint64_t *known, uint64_t *done,
                    long *queued, long *running, long *suspended) {
   uint64_t made = atomic_load(&eng->stats.host_created);
   uint64_t fin = atomic_load(&eng->stats.host_finished);
@@ -102,7 +101,7 @@ static void levels(luapool *eng, const lp_remote_totals *rt, uint64_t *known, ui
   *suspended = s > 0 ? s : 0;
 }
 
-static void sample(luapool *eng, const lp_remote_totals *rt, luapool_stats *out) {
+static void sample(luapool *eng, const lp_place_totals *rt, luapool_stats *out) {
   uint64_t known, done;
   long queued, running, suspended;
   levels(eng, rt, &known, &done, &queued, &running, &suspended);
@@ -120,8 +119,8 @@ static void sample(luapool *eng, const lp_remote_totals *rt, luapool_stats *out)
 void lp_stats_tick(luapool *eng) {
   if (!eng->workers) return;
   lp_stats *s = &eng->stats;
-  lp_remote_totals rt;
-  lp_procs_totals(eng, &rt);
+  lp_place_totals rt;
+  lp_places_totals(eng, &rt);
   if (!eng->trace && !eng->cfg.on_progress) {
     sample(eng, &rt, NULL);
     return;
@@ -150,8 +149,8 @@ void luapool_get_stats(luapool *lp, luapool_stats *out) {
   if (!out) return;
   memset(out, 0, sizeof *out);
   if (!lp_engine_is_open(lp) || !lp->workers) return;
-  lp_remote_totals rt;
-  lp_procs_totals(lp, &rt);
+  lp_place_totals rt;
+  lp_places_totals(lp, &rt);
   sample(lp, &rt, out);
   out->tasks_run = rt.run;
   out->tasks_failed = rt.failed;
@@ -194,5 +193,5 @@ int luapool_get_worker_stats(luapool *lp, luapool_worker_stats *out, int n) {
     out[i].thread = i + 1;
   }
   int k = n > lp->nworkers ? lp->nworkers : n < 0 ? 0 : n;
-  return lp->nworkers + lp_procs_worker_stats(lp, out + k, n - k);
+  return lp->nworkers + lp_places_worker_stats(lp, out + k, n - k);
 }

@@ -28,7 +28,6 @@
 
 #include "engine.h"
 #include "names.h"
-#include "proc.h"
 #include "task.h"
 
 #define CHUNK 4096
@@ -418,7 +417,7 @@ void lp_trace_close(luapool *eng) {
     return;
   }
   lp_trace *tr = eng->trace;
-  if (eng->link) {
+  if (eng->up) {
     /* A worker process: its events go to the engine, which writes them
      * with its own. */
     for (int i = 0; i < tr->n; i++)
@@ -426,7 +425,7 @@ void lp_trace_close(luapool *eng) {
         tev e = *at(&tr->w[i], k);
         e.ts += tr->origin;
         if (e.kind == EV_SLICE) e.end += tr->origin;
-        lp_procworker_trace(eng, i + 1, &e, lp_names_get(&eng->names, e.fn));
+        eng->up->ops->trace(eng->up, i + 1, &e, lp_names_get(&eng->names, e.fn));
       }
     free_trace(eng, tr);
     return;

@@ -38,7 +38,7 @@ void lp_trace_remote(struct luapool *eng, int process, int thread, const lp_trac
                      const char *fn, size_t fnlen);
 /* After the workers are joined: writes the file and frees the trace.
  * Inside a worker process the events go to the engine instead
- * (lp_procworker_trace), in lp_stats_ns() terms. */
+ * (its uplink's trace), in lp_stats_ns() terms. */
 void lp_trace_close(struct luapool *eng);
 /* Events the buffers had no room for. */
 uint64_t lp_trace_dropped(struct luapool *eng);

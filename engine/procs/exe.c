@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "proc.h"
 
 #ifndef LUAPOOL_BINDIR
 #define LUAPOOL_BINDIR "/usr/local/bin"

@@ -102,6 +102,7 @@ typedef struct lp_conn {
 } lp_conn;
 
 typedef struct lp_procs {
+  lp_place base; /* first: the pool's place (place.h) */
   luapool *eng;
   int pool; /* its index in eng->pools */
   int n;
@@ -125,10 +126,14 @@ typedef struct lp_procs {
   /* Tasks taken (queued, in a process, or waiting to go again) and not yet
    * over. Lowered only after a task's ending has woken its waiters, so
    * that 0 here and nothing to do on the engine's threads is a deadlock
-   * (lp_procs_idle). */
+   * (place_idle). */
   _Atomic long held;
   char exe[4096];
 } lp_procs;
+
+/* The processes of t's pool: a task comes here only through its pool's
+ * place, which is this pool's lp_procs. */
+static lp_procs *procs_of(luapool *eng, int pool) { return (lp_procs *)eng->pools[pool].place; }
 
 /* Under lock: wakes the feeder of c if it sleeps. */
 static void poke(lp_conn *c) {
@@ -153,10 +158,10 @@ static void poke_best(lp_procs *ps) {
 /* Sends a frame about relay task t to the process that exported it, if
  * that process is still the one that did (a replaced one never knew it). */
 static void relay(lp_task *t, lp_buf *frame, size_t mark) {
-  lp_conn *a = t->relay;
+  lp_conn *a = t->at_ref;
   lp_wire_end(frame, mark);
   pthread_mutex_lock(&a->ps->lock);
-  if (a->gen == t->relay_gen && a->fd >= 0 && !a->ps->closing) {
+  if (a->gen == t->at_gen && a->fd >= 0 && !a->ps->closing) {
     lp_buf_append(&a->out, frame->data, frame->len);
     poke(a);
   }
@@ -203,7 +208,7 @@ static void relay_done(lp_task *t, int sent) {
     relay(t, &b, mark);
   else
     lp_buf_free(&b);
-  t->remote = 0;
+  t->away = 0;
   if (sent) lp_task_unref(t); /* the connection's */
   lp_task_unref(t);           /* its own */
 }
@@ -229,7 +234,7 @@ static void finish_with(lp_task *t, lp_task_state state, const char *text) {
   lp_buf_init(&msg);
   if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, strlen(text)) != 0)
     lp_buf_reset(&msg);
-  if (t->relay) {
+  if (t->foreign) {
     const char *note = t->failnote ? t->failnote : "";
     relay_result(t, state, msg.data, msg.len, note, strlen(note));
     atomic_store(&t->state, (int)state);
@@ -244,11 +249,11 @@ static char *summarize_args(const lp_task *t);
 /* A task that will not be sent: cancelled when the run stops, failed when
  * its pool has no process left. */
 static void cancel_unsent(luapool *eng, lp_task *t) {
-  lp_procs *ps = eng->pools[t->pool].procs;
+  lp_procs *ps = procs_of(eng, t->pool);
   const char *name = lp_names_get(&eng->names, t->fn);
   char text[1024];
   /* Read now: once finished, a task of the engine's own may be freed. */
-  int relayed = t->relay != NULL;
+  int relayed = t->foreign;
   if (ps->lost[0] && !lp_task_cancelled(t)) {
     if (!t->failnote) t->failnote = summarize_args(t);
     atomic_fetch_add(&ps->failed, 1);
@@ -266,19 +271,19 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
 }
 
 static int push(luapool *eng, lp_task *t, int front) {
-  lp_procs *ps = eng->pools[t->pool].procs;
+  lp_procs *ps = procs_of(eng, t->pool);
   pthread_mutex_lock(&ps->lock);
   if (ps->stopping || lp_task_cancelled(t)) {
     pthread_mutex_unlock(&ps->lock);
     cancel_unsent(eng, t);
     return 0;
   }
-  if (lp_sendq_push(t->relay ? &ps->relays : &ps->queue, t, front) != 0) {
+  if (lp_sendq_push(t->foreign ? &ps->relays : &ps->queue, t, front) != 0) {
     pthread_mutex_unlock(&ps->lock);
     return -1;
   }
-  if (t->relay)
-    poke_for_relay(ps, t->relay);
+  if (t->foreign)
+    poke_for_relay(ps, t->at_ref);
   else
     poke_best(ps);
   pthread_mutex_unlock(&ps->lock);
@@ -288,37 +293,26 @@ static int push(luapool *eng, lp_task *t, int front) {
 /* A task comes to the pool: from the engine, or handed over by a process.
  * (Tasks that go again after a death or a failure are still held.) */
 static int take(luapool *eng, lp_task *t) {
-  lp_procs *ps = eng->pools[t->pool].procs;
+  lp_procs *ps = procs_of(eng, t->pool);
   atomic_fetch_add(&ps->held, 1);
   int rc = push(eng, t, 0);
   if (rc != 0) atomic_fetch_sub(&ps->held, 1);
   return rc;
 }
 
-int lp_procs_push(luapool *eng, lp_task *t) { return take(eng, t); }
+static int place_push(lp_place *p, lp_task *t) { return take(((lp_procs *)p)->eng, t); }
 
-int lp_procs_idle(luapool *eng) {
-  for (int i = 0; i < eng->npools; i++) {
-    lp_procs *ps = eng->pools[i].procs;
-    if (ps && atomic_load(&ps->held) != 0) return 0;
-  }
-  return 1;
-}
+static int place_idle(lp_place *p) { return atomic_load(&((lp_procs *)p)->held) == 0; }
 
 static void put_cancel(lp_buf *b, uint64_t id) {
   size_t mark;
   if (lp_wire_begin(b, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(b, id) == 0) lp_wire_end(b, mark);
 }
 
-void lp_procs_cancel(luapool *eng, lp_task *t) {
-  if (eng->link) { /* inside a worker process: a task it handed over */
-    lp_procworker_cancel(eng, t);
-    return;
-  }
-  lp_procs *ps = eng->pools ? eng->pools[t->pool].procs : NULL;
-  if (!ps) return;
+static void place_cancel(lp_place *p, lp_task *t) {
+  lp_procs *ps = (lp_procs *)p;
   pthread_mutex_lock(&ps->lock);
-  if (t->remote && t->owner >= 0 && t->owner < ps->n) {
+  if (t->away && t->owner >= 0 && t->owner < ps->n) {
     lp_conn *c = &ps->conns[t->owner];
     put_cancel(&c->out, t->id);
     poke(c);
@@ -352,10 +346,7 @@ static void cancel_pool(luapool *eng, lp_procs *ps) {
   free(unsent);
 }
 
-void lp_procs_cancel_all(luapool *eng) {
-  for (int i = 0; i < eng->npools; i++)
-    if (eng->pools[i].procs) cancel_pool(eng, eng->pools[i].procs);
-}
+static void place_cancel_all(lp_place *p) { cancel_pool(((lp_procs *)p)->eng, (lp_procs *)p); }
 
 /* ---- starting a process ---- */
 
@@ -425,12 +416,12 @@ static lp_task *lookup(lp_conn *c, uint64_t id, int take) {
 
 static void finish_remote(luapool *eng, lp_task *t, int state, const char *res, size_t len,
                           const char *note, size_t notelen) {
-  if (t->relay) {
+  if (t->foreign) {
     relay_result(t, state, res, len, note, notelen);
     atomic_store(&t->state, state);
     return;
   }
-  lp_task_finish_copy(t, (lp_task_state)state, res, len, note, notelen);
+  lp_task_finish_away(t, (lp_task_state)state, res, len, note, notelen);
   (void)eng;
 }
 
@@ -441,16 +432,15 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     atomic_fetch_add(&ps->retried, 1);
     t->retries--;
     t->retry_pending = 0;
-    t->remote = 0;
-    t->started = 0;
+    t->at_started = 0;
     lp_report_retry(&eng->report, t); /* the failed attempt's records go */
     atomic_store(&t->state, LP_TASK_QUEUED);
-    lp_task_remote_done(t); /* the body's unit stays: it runs again */
+    lp_task_away_done(t, 1); /* the body's unit stays: it runs again */
     push(eng, t, 0);
     lp_task_unref(t);
     return;
   }
-  if (t->relay) {
+  if (t->foreign) {
     for (lp_record *r = lp_task_take_held(t), *next; r; r = next) {
       next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
       relay_record(t, eng, r);
@@ -460,9 +450,7 @@ static void subtree_over(lp_procs *ps, lp_task *t) {
     atomic_fetch_sub(&ps->held, 1);
     return;
   }
-  t->remote = 0;
-  lp_report_remote_done(&eng->report, t);
-  lp_task_remote_done(t);
+  lp_task_away_done(t, 0);
   atomic_fetch_sub(&ps->held, 1);
   lp_task_unref(t); /* the connection's */
 }
@@ -503,9 +491,9 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
   if (!rec) return;
   rec->task = task;
   rec->fn = lp_names_intern(&eng->names, fn, fnlen);
-  if (t->relay && t->retries > 0) { /* kept until no retry can come */
+  if (t->foreign && t->retries > 0) { /* kept until no retry can come */
     lp_task_keep(t, rec);
-  } else if (t->relay) {
+  } else if (t->foreign) {
     relay_record(t, eng, rec);
     free(rec);
   } else {
@@ -557,7 +545,7 @@ static void on_cancel_export(lp_procs *ps, uint64_t id) {
   for (int i = 0; i < ps->n && !t; i++) {
     lp_conn *o = &ps->conns[i];
     pthread_mutex_lock(&o->mlock);
-    if ((t = lp_idmap_get(&o->tasks, id)) && t->relay)
+    if ((t = lp_idmap_get(&o->tasks, id)) && t->foreign)
       lp_task_ref(t);
     else
       t = NULL;
@@ -598,8 +586,9 @@ static void on_export(lp_conn *c, lp_wire_msg *m) {
   t->retries = retries > 1000000 ? 1000000 : (int)retries;
   t->pool = ps->pool;
   atomic_store(&t->awaited, 1); /* its process reports it if nobody waits */
-  t->relay = c;
-  t->relay_gen = c->gen;
+  t->foreign = 1;
+  t->at_ref = c;
+  t->at_gen = c->gen;
   take(eng, t);
 }
 
@@ -641,11 +630,9 @@ static void fold_stats(lp_procs *ps, lp_conn *c) {
   r->threads = keep;
 }
 
-void lp_procs_totals(luapool *eng, lp_remote_totals *out) {
-  memset(out, 0, sizeof *out);
-  for (int p = 0; eng->pools && p < eng->npools; p++) {
-    lp_procs *ps = eng->pools[p].procs;
-    if (!ps) continue;
+static void place_totals(lp_place *p, lp_place_totals *out) {
+  lp_procs *ps = (lp_procs *)p;
+  {
     uint64_t failed = atomic_load(&ps->failed), undo = atomic_load(&ps->unfailed);
     pthread_mutex_lock(&ps->lock);
     out->queued += ps->queue.n + ps->relays.n;
@@ -670,11 +657,10 @@ void lp_procs_totals(luapool *eng, lp_remote_totals *out) {
   }
 }
 
-int lp_procs_worker_stats(luapool *eng, luapool_worker_stats *out, int n) {
+static int place_worker_stats(lp_place *p, luapool_worker_stats *out, int n) {
+  lp_procs *ps = (lp_procs *)p;
   int k = 0;
-  for (int p = 0; eng->pools && p < eng->npools; p++) {
-    lp_procs *ps = eng->pools[p].procs;
-    if (!ps) continue;
+  {
     pthread_mutex_lock(&ps->lock);
     for (int i = 0; i < ps->n; i++) {
       lp_conn *c = &ps->conns[i];
@@ -725,7 +711,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
       if (lp_wire_get_u64(m, &v) != 0) break;
       pthread_mutex_lock(&c->mlock);
       if ((t = lp_idmap_get(&c->tasks, v))) {
-        t->started = 1;
+        t->at_started = 1;
         t->attempts++;
         if (t->timeout > 0) t->deadline = lp_now() + t->timeout;
       }
@@ -907,10 +893,9 @@ static void process_died(lp_conn *c, const char *why) {
     /* Never began: nothing was lost, it goes again, once. A process dies
      * before its STARTED frames go out too: the second time, a task that
      * kills its process at once is taken as having begun. */
-    if (!t->started && !lp_task_finished(t) && !t->resent++) {
-      t->remote = 0;
+    if (!t->at_started && !lp_task_finished(t) && !t->at_resent++) {
       atomic_store(&t->state, LP_TASK_QUEUED);
-      lp_task_remote_done(t);
+      lp_task_away_done(t, 1);
       pthread_mutex_lock(&ps->lock);
       int own = replaced && !ps->stopping && !lp_task_cancelled(t);
       if (own) {
@@ -930,7 +915,7 @@ static void process_died(lp_conn *c, const char *why) {
       } else {
         if (!t->failnote) t->failnote = summarize_args(t);
         char text[512];
-        if (t->overtime)
+        if (t->at_overtime)
           snprintf(text, sizeof text, "task '%s' (id %llu) failed: timed out after %g s (%s)",
                    lp_names_get(&eng->names, t->fn), (unsigned long long)t->id, t->timeout, what);
         else
@@ -985,9 +970,9 @@ static void watchdog(lp_conn *c) {
   pthread_mutex_lock(&c->mlock);
   for (size_t i = 0; i < c->tasks.cap; i++) {
     lp_task *t = c->tasks.slot[i];
-    if (t && t->started && t->deadline > 0 && now > t->deadline + KILL_GRACE &&
+    if (t && t->at_started && t->deadline > 0 && now > t->deadline + KILL_GRACE &&
         !lp_task_finished(t) && !t->retry_pending) {
-      t->overtime = 1;
+      t->at_overtime = 1;
       late = 1;
     }
   }
@@ -1163,12 +1148,10 @@ static void *feeder_main(void *arg) {
     for (; live && sent < n; sent++) {
       lp_task *t = batch[sent];
       if (put_exec(&frames, eng, t) != 0 || lp_idmap_put(&c->tasks, t) != 0) break;
-      t->remote = 1;
       t->owner = c->slot;
-      t->started = 0;
-      atomic_store(&t->state, LP_TASK_RUNNING);
+      t->at_started = 0;
       lp_task_ref(t); /* the connection's, until DONE */
-      lp_task_remote_begin(t);
+      lp_task_away_begin(t);
       /* Cancelled while it waited in the queue (lp_task_cancel saw it
        * queued and sent nothing): the CANCEL follows its EXEC. The fence
        * pairs with lp_task_cancel's: it sees RUNNING, or this sees cancel. */
@@ -1180,7 +1163,7 @@ static void *feeder_main(void *arg) {
     pthread_mutex_unlock(&c->wlock);
     pthread_mutex_lock(&ps->lock);
     for (int i = n - 1; i >= sent; i--) /* room: they were in it */
-      lp_sendq_push(batch[i]->relay ? &ps->relays : &ps->queue, batch[i], 1);
+      lp_sendq_push(batch[i]->foreign ? &ps->relays : &ps->queue, batch[i], 1);
   }
   pthread_mutex_unlock(&ps->lock);
   lp_buf_free(&frames);
@@ -1189,20 +1172,14 @@ static void *feeder_main(void *arg) {
 
 /* ---- start and stop ---- */
 
-static int start_pool(luapool *eng, int pool) {
-  lp_procs *ps = calloc(1, sizeof *ps);
-  if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  eng->pools[pool].procs = ps;
-  ps->eng = eng;
-  ps->pool = pool;
+static int place_start(lp_place *p) {
+  lp_procs *ps = (lp_procs *)p;
+  luapool *eng = ps->eng;
+  int pool = ps->pool;
   ps->n = eng->pools[pool].processes;
-  if (lp_sendq_init(&ps->queue) != 0 || lp_sendq_init(&ps->relays) != 0)
-    return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  pthread_mutex_init(&ps->lock, NULL);
-  pthread_cond_init(&ps->ready_cond, NULL);
   lp_exe_worker(ps->exe, sizeof ps->exe);
   ps->threads = eng->pools[pool].threads > 0 ? eng->pools[pool].threads : 1;
-  for (int p = 0; p < pool; p++) ps->first_proc += eng->pools[p].processes;
+  for (int i = 0; i < pool; i++) ps->first_proc += eng->pools[i].processes;
   ps->conns = calloc((size_t)ps->n, sizeof *ps->conns);
   if (!ps->conns) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
   for (int i = 0; i < ps->n; i++) {
@@ -1258,17 +1235,8 @@ static int start_pool(luapool *eng, int pool) {
   return rc;
 }
 
-int lp_procs_start(luapool *eng) {
-  if (eng->inline_mode) return 0;
-  for (int i = 0; i < eng->npools; i++) {
-    if (!eng->pools[i].processes) continue;
-    int rc = start_pool(eng, i);
-    if (rc != 0) return rc;
-  }
-  return 0;
-}
-
-static void stop_pool(luapool *eng, lp_procs *ps) {
+static void place_stop(lp_place *p) {
+  lp_procs *ps = (lp_procs *)p;
   pthread_mutex_lock(&ps->lock);
   ps->closing = 1;
   for (int i = 0; i < ps->n; i++) {
@@ -1323,11 +1291,34 @@ static void stop_pool(luapool *eng, lp_procs *ps) {
   free(ps->conns);
   pthread_mutex_destroy(&ps->lock);
   pthread_cond_destroy(&ps->ready_cond);
-  eng->pools[ps->pool].procs = NULL;
   free(ps);
 }
 
-void lp_procs_stop(luapool *eng) {
-  for (int i = 0; i < eng->npools; i++)
-    if (eng->pools[i].procs) stop_pool(eng, eng->pools[i].procs);
+static const lp_place_ops procs_ops = {
+    .start = place_start,
+    .stop = place_stop,
+    .push = place_push,
+    .cancel = place_cancel,
+    .cancel_all = place_cancel_all,
+    .idle = place_idle,
+    .totals = place_totals,
+    .worker_stats = place_worker_stats,
+};
+
+int lp_procs_attach(luapool *eng) {
+  if (eng->inline_mode) return 0; /* a sequential run runs every task itself */
+  for (int i = 0; i < eng->npools; i++) {
+    if (!eng->pools[i].processes) continue;
+    lp_procs *ps = calloc(1, sizeof *ps);
+    if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+    ps->base.ops = &procs_ops;
+    ps->eng = eng;
+    ps->pool = i;
+    pthread_mutex_init(&ps->lock, NULL);
+    pthread_cond_init(&ps->ready_cond, NULL);
+    eng->pools[i].place = &ps->base; /* stopped and freed at close, started or not */
+    if (lp_sendq_init(&ps->queue) != 0 || lp_sendq_init(&ps->relays) != 0)
+      return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
+  }
+  return 0;
 }

@@ -72,6 +72,7 @@ typedef struct lp_request {
 } lp_request;
 
 typedef struct lp_link {
+  lp_uplink up; /* first: the engine's uplink (place.h) */
   luapool *eng;
   int in_fd, out_fd, kick_fd;
   int threads;
@@ -114,6 +115,9 @@ typedef struct lp_link {
   long test_pause;          /* µs between the link's takes (LUAPOOL_TEST_LINK_PAUSE, specs) */
 } lp_link;
 
+/* The link of the engine inside this process. */
+static lp_link *link_of(luapool *eng) { return (lp_link *)eng->up; }
+
 static void kick(lp_link *k) {
   if (atomic_exchange(&k->sleeping, 0)) {
     uint64_t one = 1;
@@ -134,13 +138,14 @@ static void kick(lp_link *k) {
 
 /* A root's body begins once: roots are made with no retries (the engine
  * runs its own tasks again, as new roots). */
-void lp_procworker_started(luapool *eng, lp_task *t) {
-  lp_exec *x = t->ext;
+static void up_root_started(lp_uplink *u, lp_task *t) {
+  lp_link *k = (lp_link *)u;
+  lp_exec *x = t->at_ref;
   if (!x) return;
   x->began = 1;
   atomic_store_explicit(&x->on_started, 1, memory_order_relaxed);
-  PUSH(eng->link->started, x, st_next);
-  atomic_fetch_add_explicit(&eng->link->begun, 1, memory_order_relaxed);
+  PUSH(k->started, x, st_next);
+  atomic_fetch_add_explicit(&k->begun, 1, memory_order_relaxed);
 }
 
 /* Ending tasks do not wake the link one by one: it looks every
@@ -151,19 +156,19 @@ void lp_procworker_started(luapool *eng, lp_task *t) {
 static void exec_finished(lp_waiter *w, lp_task *t) {
   (void)t;
   lp_exec *x = (lp_exec *)w;
-  lp_link *k = x->t->eng->link;
+  lp_link *k = link_of(x->t->eng);
   PUSH(k->finished, x, fin_next);
   if (atomic_fetch_add_explicit(&k->nfinished, 1, memory_order_relaxed) % KICK_EVERY ==
       KICK_EVERY - 1)
     kick(k);
 }
 
-void lp_procworker_root_done(luapool *eng, lp_task *t) {
-  lp_exec *x = t->ext;
-  if (x) PUSH(eng->link->done, x, done_next);
+static void up_root_done(lp_uplink *u, lp_task *t) {
+  lp_exec *x = t->at_ref;
+  if (x) PUSH(((lp_link *)u)->done, x, done_next);
 }
 
-void lp_procworker_idle(luapool *eng) { kick(eng->link); }
+static void up_idle(lp_uplink *u) { kick((lp_link *)u); }
 
 /* ---- counters: a round trip to the engine ---- */
 
@@ -172,7 +177,7 @@ static int counter_k(lua_State *L, int status, lua_KContext ctx) {
   lp_request *req = (lp_request *)ctx;
   lp_worker *w = lp_worker_of(L);
   lp_task *self = w->current;
-  lp_link *k = w->eng->link;
+  lp_link *k = link_of(w->eng);
   lp_lib_resumed(L, self);
   pthread_mutex_lock(&k->lock);
   int done = req->done;
@@ -190,9 +195,9 @@ static int counter_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
-int lp_procworker_counter(lua_State *L, int name, int64_t delta, int add) {
+static int up_counter(lp_uplink *u, lua_State *L, int name, int64_t delta, int add) {
   lp_task *self = lp_lib_waiting(L, add ? "counter:add" : "counter:get");
-  lp_link *k = lp_worker_of(L)->eng->link;
+  lp_link *k = (lp_link *)u;
   lp_request *req = calloc(1, sizeof *req);
   if (!req) return luaL_error(L, "luapool.counter: out of memory");
   req->task = self;
@@ -288,7 +293,7 @@ static void exec_free(lp_link *k, lp_exec *x) {
   else
     k->active = x->next;
   if (x->next) x->next->prev = x->prev;
-  x->t->ext = NULL;
+  x->t->at_ref = NULL;
   lp_task_unref(x->t);
   x->next = k->spare;
   k->spare = x;
@@ -327,7 +332,7 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
   t->depth = depth > 1000000 ? 1000000 : (int)depth;
   t->timeout = timeout > 0 ? timeout : 0;
   atomic_store(&t->awaited, 1); /* the engine reports it if nobody waits */
-  t->ext = x;
+  t->at_ref = x;
   x->t = t;
   x->id = id;
   x->w.fire = exec_finished;
@@ -396,16 +401,14 @@ static void on_hungry(lp_link *k, uint64_t n) {
       continue;
     }
     lp_wire_end(&k->wbuf, mark);
-    t->remote = 1;
-    t->retries = 0; /* the engine runs it again if it fails there */
-    atomic_store(&t->state, LP_TASK_RUNNING);
-    lp_task_ref(t);          /* the link's, until DONE */
-    lp_task_remote_begin(t); /* its subtree there counts here until DONE */
+    t->retries = 0;        /* the engine runs it again if it fails there */
+    lp_task_ref(t);        /* the link's, until DONE */
+    lp_task_away_begin(t); /* its subtree there counts here until DONE */
   }
 }
 
-void lp_procworker_cancel(luapool *eng, lp_task *t) {
-  lp_link *k = eng->link;
+static void up_cancel(lp_uplink *u, lp_task *t) {
+  lp_link *k = (lp_link *)u;
   size_t mark;
   pthread_mutex_lock(&k->lock);
   if (lp_wire_begin(&k->out, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(&k->out, t->id) == 0)
@@ -415,9 +418,7 @@ void lp_procworker_cancel(luapool *eng, lp_task *t) {
 }
 
 static void relayed_done(lp_link *k, lp_task *t) {
-  t->remote = 0;
-  lp_report_remote_done(&k->eng->report, t);
-  lp_task_remote_done(t);
+  lp_task_away_done(t, 0);
   lp_task_unref(t);
 }
 
@@ -437,7 +438,7 @@ static int on_relayed(lp_link *k, lp_wire_msg *m) {
       t = done ? lp_idmap_take(&k->exported, id) : lp_idmap_get(&k->exported, id);
       if (!t) return 0;
       if (!lp_task_finished(t))
-        lp_task_finish_copy(t, (lp_task_state)state, res, len, note, notelen);
+        lp_task_finish_away(t, (lp_task_state)state, res, len, note, notelen);
       if (done) relayed_done(k, t);
       return 0;
     case LP_MSG_RECORD: {
@@ -562,8 +563,8 @@ static void put_stats(lp_link *k, uint64_t ended) {
   k->stats_at = lp_now();
 }
 
-void lp_procworker_trace(luapool *eng, int thread, const lp_trace_ev *e, const char *fn) {
-  lp_link *k = eng->link;
+static void up_trace(lp_uplink *u, int thread, const lp_trace_ev *e, const char *fn) {
+  lp_link *k = (lp_link *)u;
   lp_buf *b = &k->wbuf;
   size_t mark;
   if (lp_wire_begin(b, LP_MSG_TRACE, &mark) || lp_wire_u64(b, (uint64_t)thread) ||
@@ -819,6 +820,15 @@ static int leave(lp_link *k, luapool *eng, int code) {
   return code;
 }
 
+static const lp_uplink_ops link_ops = {
+    .root_started = up_root_started,
+    .root_done = up_root_done,
+    .idle = up_idle,
+    .counter = up_counter,
+    .cancel = up_cancel,
+    .trace = up_trace,
+};
+
 int lp_procworker_main(int in_fd, int out_fd) {
   /* No worker outlives the engine, even one killed without a word. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -862,12 +872,15 @@ int lp_procworker_main(int in_fd, int out_fd) {
   cfg.retries = (int)retries; /* for the subtasks made here: the engine retries its own */
   cfg.on_failure = on_failure;
   cfg.ud = &k;
-  /* No file here: at close the events go to the engine (lp_procworker_trace). */
+  /* No file here: at close the events go to the engine (its uplink's trace). */
   if (trace) cfg.trace_path = "(the engine's)";
   luapool *eng;
   if (luapool_open(&cfg, &eng) != 0) return leave(&k, NULL, 2);
   k.eng = eng;
-  eng->link = &k;
+  k.up.ops = &link_ops;
+  k.up.where = "a worker process";
+  k.up.keeps_exit = 1; /* os.exit ends this process, which the engine replaces */
+  eng->up = &k.up;
   char *pname = strndup(pool, poollen); /* self().pool, and the pool its spawns go to */
   if (!pname) return leave(&k, eng, 2);
   free(eng->pools[0].name);
