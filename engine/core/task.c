@@ -330,6 +330,18 @@ void lp_task_wake(lp_task *t) {
   if (lp_task_disarm(t)) lp_sched_resume(&t->eng->sched, t->owner, t);
 }
 
+int lp_task_retry(lp_task *t) {
+  if (t->retries <= 0 || lp_task_cancelled(t)) return 0;
+  t->retry_pending = 1;
+  return 1;
+}
+
+void lp_task_retry_begin(lp_task *t) {
+  t->retry_pending = 0;
+  t->retries--;
+  lp_report_retry(&t->eng->report, t);
+}
+
 int lp_task_cancelled(lp_task *t) {
   if (atomic_load_explicit(&t->eng->stopping, memory_order_relaxed)) return 1;
   for (lp_task *p = t; p; p = p->parent)

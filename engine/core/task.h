@@ -175,6 +175,15 @@ int lp_task_join_end(lp_task *t);
 void lp_task_away_begin(lp_task *t);
 void lp_task_away_done(lp_task *t, int again);
 
+/* Retries, one rule wherever a task runs. A failed attempt of a task with
+ * runs left that is not cancelled runs again: lp_task_retry returns 1 and
+ * marks it retry_pending; it goes again once everything the failed
+ * attempt spawned has ended. lp_task_retry_begin starts that next attempt
+ * (`retries` counts down then): the failed attempt's records, its
+ * subtree's included, are dropped (lp_report_retry). */
+int lp_task_retry(lp_task *t);
+void lp_task_retry_begin(lp_task *t);
+
 /* True if t or one of its ancestors was cancelled. */
 int lp_task_cancelled(lp_task *t);
 /* Asks t and its subtree to stop; returns 1 if t had not finished. */
