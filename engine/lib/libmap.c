@@ -266,7 +266,7 @@ int lp_lib_spawn_list(lua_State *L) {
   lp_task *self = lp_lib_running(L, what);
   luapool *eng = lp_worker_of(L)->eng;
   spawn_opts o = {self->pool, self->priority, eng->cfg.task_timeout, eng->cfg.retries};
-  lp_lib_read_options(L, 2, what, &o);
+  lp_spawn_options(L, 2, what, &o);
   char err[320];
   int fn = lp_vm_fn_id(L, 3, err, sizeof err);
   if (fn < 0) return lp_lib_fn_error(L, what, 3, 1, err);
@@ -300,17 +300,17 @@ int lp_lib_spawn_list(lua_State *L) {
   lp_task **ts = lua_newuserdatauv(L, (size_t)ntasks * sizeof *ts + 1, 0);
   lua_Integer made = 0;
   for (; made < ntasks; made++) {
-    lp_task *t = lp_lib_spawn_new(L, self, fn, &o, &bs->b[made]);
+    lp_task *t = lp_spawn_new(L, self, fn, &o, &bs->b[made]);
     if (!t) break;
     lua_rawseti(L, 9, made + 1);
     ts[made] = t;
   }
   int oom = made < ntasks;
-  int dest = made ? lp_lib_spawn_dest(L, ts[0]) : LP_SPAWN_OWN;
+  int dest = made ? lp_spawn_dest(L, ts[0]) : LP_SPAWN_OWN;
   if (dest == LP_SPAWN_OWN) { /* newest on top runs first: the first item goes on last */
-    for (lua_Integer k = made - 1; k >= 0; k--) oom |= lp_lib_spawn_queue(L, ts[k], dest) != 0;
+    for (lua_Integer k = made - 1; k >= 0; k--) oom |= lp_spawn_queue(L, ts[k], dest) != 0;
   } else {
-    for (lua_Integer k = 0; k < made; k++) oom |= lp_lib_spawn_queue(L, ts[k], dest) != 0;
+    for (lua_Integer k = 0; k < made; k++) oom |= lp_spawn_queue(L, ts[k], dest) != 0;
   }
   if (oom) return luaL_error(L, "%s: out of memory", what);
   lua_pushvalue(L, 9);
