@@ -24,6 +24,7 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "lib.h"
 #include "pack.h"
 #include "timer.h"
 
@@ -451,21 +452,36 @@ static int fut_tostring(lua_State *L) {
   return 1;
 }
 
-/* Returns the error message of the failed future at index 1. */
-static int error_of(lua_State *L) {
+/* pool:map's get: the values of the future at 1 once its task has
+ * finished, or raises the task's error text. */
+static int map_get(lua_State *L) {
   hfuture *h = lua_touserdata(L, 1);
+  if (luapool_future_wait(h->f, -1) == 0) return get_values(L, 1, -1);
   size_t len;
   const char *msg = luapool_future_text(h->f, &len);
   if (msg)
     lua_pushlstring(L, msg, len);
   else
     lua_pushliteral(L, "task failed");
-  return 1;
+  return lua_error(L);
+}
+
+/* pool:map's drop: waits for every future of the list at 1 to finish, so
+ * a second failure is seen, not reported as unawaited. */
+static int map_drop(lua_State *L) {
+  lua_Integer n = luaL_len(L, 1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_geti(L, 1, i);
+    luapool_future_wait(((hfuture *)lua_touserdata(L, -1))->f, -1);
+    lua_pop(L, 1);
+  }
+  return 0;
 }
 
 /* pool:map(name, list [, opts]) -> the first result of name(item) for each
  * item, in list order; raises the first error in list order, once every
- * task has finished. */
+ * task has finished. The results are collected by the code the task side's
+ * map uses, scripts/map.lua (upvalue 1). */
 static int pool_map(lua_State *L) {
   pool *p = check_pool(L, "pool:map");
   const char *name = check_name(L, 2, "pool:map");
@@ -479,38 +495,19 @@ static int pool_map(lua_State *L) {
   lua_Integer n = luaL_len(L, 3);
   /* The options table at 4 keeps opts.pool alive while the tasks go. */
   lua_settop(L, 4);
-  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the futures */
+  lua_pushvalue(L, lua_upvalueindex(1));             /* 5: collect */
+  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 6: the futures */
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 3, i); /* 6 */
-    push_spawn(L, p, "pool:map", name, 6, 1, &opts, 2);
-    lua_seti(L, 5, i);
+    lua_geti(L, 3, i); /* 7 */
+    push_spawn(L, p, "pool:map", name, 7, 1, &opts, 2);
+    lua_seti(L, 6, i);
     lua_pop(L, 1);
   }
-  lua_replace(L, 4);                                 /* 4: the futures */
-  lua_createtable(L, (int)(n < 1 << 20 ? n : 0), 0); /* 5: the results */
-  lua_pushnil(L);                                    /* 6: the first error */
-  for (lua_Integer i = 1; i <= n; i++) {
-    lua_geti(L, 4, i); /* 7 */
-    hfuture *h = lua_touserdata(L, 7);
-    /* Every future is waited for, so a second failure is seen, not
-     * reported as unawaited; the first one in list order is raised. */
-    if (!lua_isnil(L, 6)) {
-      luapool_future_wait(h->f, -1);
-    } else if (luapool_future_wait(h->f, -1) == 0) {
-      if (get_values(L, 7, -1) > 0) {
-        lua_settop(L, 8);
-        lua_seti(L, 5, i);
-      }
-    } else {
-      lua_pushcfunction(L, error_of);
-      lua_pushvalue(L, 7);
-      lua_call(L, 1, 1);
-      lua_replace(L, 6);
-    }
-    lua_settop(L, 6);
-  }
-  if (!lua_isnil(L, 6)) return lua_error(L);
-  lua_pop(L, 1);
+  lua_pushinteger(L, 1);
+  lua_pushinteger(L, n);
+  lua_pushcfunction(L, map_get);
+  lua_pushcfunction(L, map_drop);
+  lua_call(L, 5, 1);
   return 1;
 }
 
@@ -730,17 +727,11 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods) {
 }
 
 int luaopen_luapool(lua_State *L) {
-  static const luaL_Reg pool_methods[] = {{"spawn", pool_spawn},
-                                          {"map", pool_map},
-                                          {"wait", pool_wait},
-                                          {"records", pool_records},
-                                          {"cancel", pool_cancel},
-                                          {"stats", pool_stats},
-                                          {"close", pool_close},
-                                          {"__close", pool_close},
-                                          {"__gc", pool_gc},
-                                          {"__tostring", pool_tostring},
-                                          {NULL, NULL}};
+  static const luaL_Reg pool_methods[] = {{"spawn", pool_spawn},         {"wait", pool_wait},
+                                          {"records", pool_records},     {"cancel", pool_cancel},
+                                          {"stats", pool_stats},         {"close", pool_close},
+                                          {"__close", pool_close},       {"__gc", pool_gc},
+                                          {"__tostring", pool_tostring}, {NULL, NULL}};
   static const luaL_Reg future_methods[] = {{"get", fut_get},
                                             {"done", fut_done},
                                             {"ok", fut_ok},
@@ -752,6 +743,11 @@ int luaopen_luapool(lua_State *L) {
   static const luaL_Reg funcs[] = {
       {"open", l_open}, {"as_completed", l_as_completed}, {NULL, NULL}};
   new_class(L, POOL_MT, pool_methods);
+  luaL_getmetatable(L, POOL_MT);
+  lp_lib_map_collect(L);
+  lua_pushcclosure(L, pool_map, 1);
+  lua_setfield(L, -2, "map");
+  lua_pop(L, 1);
   new_class(L, FUTURE_MT, future_methods);
   luaL_newlib(L, funcs);
   lua_pushliteral(L, LUAPOOL_VERSION);

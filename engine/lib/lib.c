@@ -137,6 +137,8 @@ int lp_lib_module(lua_State *L) {
   lp_emit_register(L);
   lp_counter_register(L);
   lp_sync_register(L);
+  lp_lib_map_collect(L);
+  lua_setfield(L, -2, "_collect");
   lua_call(L, 1, 1);
   return 1;
 }

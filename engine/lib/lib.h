@@ -117,6 +117,10 @@ void lp_counter_register(lua_State *L);
 
 int lp_lib_spawn_list(lua_State *L);
 void lp_lib_map_open(lua_State *L);
+/* Pushes collect(futures, cs, n, get, drop) of scripts/map.lua: a map's
+ * results in list order, for the task side and the host module alike (any
+ * state; no worker needed). */
+void lp_lib_map_collect(lua_State *L);
 
 /* Raises an error for a shared object (counter, channel, sequencer) asked
  * for inside a worker process, where it could not be shared with the rest

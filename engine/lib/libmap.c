@@ -12,6 +12,9 @@
  * on top: the worker takes the items in order, and a get() on item 1 runs
  * it inline at once. Processes and other pools take tasks oldest first:
  * those are queued in list order.
+ *
+ * The results are collected by scripts/map.lua, which the host module's
+ * pool:map runs too (lp_lib_map_collect).
  */
 #include <stdarg.h>
 #include <string.h>
@@ -25,22 +28,28 @@
 
 #define BUFSET_MT "luapool.bufset"
 
+extern const char lp_embedded_map[];
+extern const size_t lp_embedded_map_len;
+
 /* ---- errors at the user's line ---- */
 
 /* The first frame outside luapool's Lua layer: the user's code that called
  * (directly, or through map and its kin) the failing function. Returns its
  * level, or -1 when that is a C function (such as the user's pcall), which
  * has no line: as with luaL_where, the message then has no position. */
+static int layer_source(const char *source) {
+  return strcmp(source, "=luapool.lua") == 0 || strcmp(source, "=map.lua") == 0;
+}
+
 static int is_layer(lua_State *L, int level) {
   lua_Debug ar;
-  return lua_getstack(L, level, &ar) && lua_getinfo(L, "S", &ar) &&
-         strcmp(ar.source, "=luapool.lua") == 0;
+  return lua_getstack(L, level, &ar) && lua_getinfo(L, "S", &ar) && layer_source(ar.source);
 }
 
 static int user_level(lua_State *L, lua_Debug *ar) {
   for (int level = 1; lua_getstack(L, level, ar); level++) {
     lua_getinfo(L, "Sl", ar);
-    if (strcmp(ar->source, "=luapool.lua") == 0) continue;
+    if (layer_source(ar->source)) continue;
     /* A pcall the layer made is part of the layer. */
     if (ar->currentline <= 0 && is_layer(L, level + 1)) continue;
     return ar->currentline > 0 ? level : -1;
@@ -322,4 +331,10 @@ void lp_lib_map_open(lua_State *L) {
   lua_pushcfunction(L, bufset_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
+}
+
+void lp_lib_map_collect(lua_State *L) {
+  if (luaL_loadbufferx(L, lp_embedded_map, lp_embedded_map_len, "=map.lua", "t") != LUA_OK)
+    lua_error(L);
+  lua_call(L, 0, 1);
 }
