@@ -1,9 +1,10 @@
 -- luapool.lua: the task-side module's Lua layer.
 --
--- The C core (lib.c) gives the primitives: spawn, futures, wait, join,
+-- The C core (engine/lib/) gives the primitives: spawn, futures, wait, join,
 -- sleep, yield, emit, counter, self, and a watcher that reports futures in
 -- the order they finish. The collection helpers are built here on top of
--- them. This chunk is compiled into the engine and run once in every
+-- them; map's collecting of results is scripts/map.lua (core._collect),
+-- which the host module's pool:map runs too. This chunk is compiled into the engine and run once in every
 -- worker state with the core table as its argument.
 local core = ...
 

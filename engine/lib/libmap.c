@@ -1,7 +1,8 @@
 /*
  * libmap.c - what the task-side Lua layer (scripts/luapool.lua) needs from C
- * beyond the primitives of lib.c: spawning the tasks of a map in one call,
- * and errors that point at the user's line rather than at the layer's.
+ * beyond the module's primitives (spawn.c, future.c, ...): spawning the
+ * tasks of a map in one call, and errors that point at the user's line
+ * rather than at the layer's.
  *
  * A map's items must start in list order. A worker runs its own queue
  * newest first (depth first, see sched.c), so spawning item by item would
