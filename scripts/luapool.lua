@@ -1,15 +1,17 @@
 -- luapool.lua: the task-side module's Lua layer.
 --
--- The C core (lib.c) gives the primitives: spawn, futures, wait, join,
+-- The C core (engine/lib/) gives the primitives: spawn, futures, wait, join,
 -- sleep, yield, emit, counter, self, and a watcher that reports futures in
 -- the order they finish. The collection helpers are built here on top of
--- them. This chunk is compiled into the engine and run once in every
+-- them; map's collecting of results is scripts/map.lua (core._collect),
+-- which the host module's pool:map runs too. This chunk is compiled into the engine and run once in every
 -- worker state with the core table as its argument.
 local core = ...
 
 local spawn, wait = core.spawn, core.wait
 local watch, call = core._watch, core._call
 local spawn_list, drop, now = core._spawn_list, core._drop, core._now
+local collect, get = core._collect, core._get
 local select, type, pcall, error = select, type, pcall, error
 local tunpack = table.unpack
 local mtype = math.type
@@ -123,29 +125,13 @@ local function spawn_chunks(what, fn, list, opts, star)
   return futures, cs, n
 end
 
-local function collect(futures, cs, n)
-  local out = {}
-  if cs == 1 then
-    for i = 1, n do out[i] = (futures[i]:get()) end
-  else
-    for c = 1, #futures do
-      local r, base = futures[c]:get(), (c - 1) * cs
-      for j = 1, math.min(cs, n - base) do out[base + j] = r[j] end
-    end
-  end
-  return out
-end
-
 -- When an item fails, map raises its error; the items not yet finished are
 -- cancelled and the failures of the others count as handled: the caller
--- has the error in hand.
+-- has the error in hand. The collecting is shared with the host module's
+-- pool:map (scripts/map.lua).
 local function map(what, fn, list, opts, star)
   local futures, cs, n = spawn_chunks(what, fn, list, opts, star)
-  local ok, out = pcall(collect, futures, cs, n)
-  if not ok then
-    drop(futures)
-    error(out, 0)
-  end
+  local out = collect(futures, cs, n, get, drop)
   return out
 end
 

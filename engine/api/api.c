@@ -117,7 +117,6 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   atomic_init(&eng->next_id, 1);
   pthread_mutex_init(&eng->host_lock, NULL);
   pthread_cond_init(&eng->host_cond, NULL);
-  pthread_mutex_init(&eng->counters_lock, NULL);
   if (lp_names_init(&eng->names) != 0 || !(eng->pools = calloc(1, sizeof *eng->pools)) ||
       !(eng->pools[0].name = strdup("main"))) {
     destroy(eng);
@@ -833,26 +832,6 @@ void lp_engine_unawaited_failure(luapool *eng, lp_task *t) {
   if (eng->cfg.fail_fast) cancel_run(eng); /* any thread: no handle check */
 }
 
-_Atomic int64_t *lp_engine_counter(luapool *eng, int id) {
-  int b = id / LP_COUNTER_BLOCK;
-  pthread_mutex_lock(&eng->counters_lock);
-  if (b >= eng->ncounter_blocks) {
-    int nb = b + 1;
-    _Atomic int64_t **blocks = realloc(eng->counters, sizeof *blocks * (size_t)nb);
-    if (!blocks) {
-      pthread_mutex_unlock(&eng->counters_lock);
-      return NULL;
-    }
-    for (int i = eng->ncounter_blocks; i < nb; i++) blocks[i] = NULL;
-    eng->counters = blocks;
-    eng->ncounter_blocks = nb;
-  }
-  if (!eng->counters[b]) eng->counters[b] = calloc(LP_COUNTER_BLOCK, sizeof(_Atomic int64_t));
-  _Atomic int64_t *slot = eng->counters[b] ? &eng->counters[b][id % LP_COUNTER_BLOCK] : NULL;
-  pthread_mutex_unlock(&eng->counters_lock);
-  return slot;
-}
-
 static void cancel_run(luapool *lp) {
   atomic_store(&lp->stopping, 1);
   atomic_fetch_add(&lp->cancel_epoch, 1);
@@ -1010,8 +989,6 @@ static void destroy(luapool *lp) {
   lp_pool_free(lp);
   lp_sched_free(&lp->sched);
   lp_names_free(&lp->names);
-  for (int i = 0; i < lp->ncounter_blocks; i++) free(lp->counters[i]);
-  free(lp->counters);
   free(lp->script);
   free(lp->chunkname);
   free(lp->errmsg);
@@ -1023,6 +1000,5 @@ static void destroy(luapool *lp) {
   free(lp->pools);
   pthread_mutex_destroy(&lp->host_lock);
   pthread_cond_destroy(&lp->host_cond);
-  pthread_mutex_destroy(&lp->counters_lock);
   free(lp);
 }

@@ -43,7 +43,7 @@ typedef struct lp_worker {
   lp_task_cache cache; /* task records this worker allocates */
   int fn_by_id_ref;    /* registry refs of the state's caches (vm.c) */
   int id_by_name_ref;
-  int future_mt_ref;     /* registry ref of the future metatable (lib.c) */
+  int future_mt_ref;     /* registry ref of the future metatable (lib/future.c) */
   const void *future_mt; /* and its address, to recognise futures */
   /* Coroutine pool: slot i of the registry table `cos` anchors cos_ptr[i]. */
   int cos_ref;
@@ -88,7 +88,7 @@ void lp_pool_run_nested(lp_worker *w, struct lp_task *t);
 
 /* The body of every task: calls w->current's function with its arguments
  * and packs the results into w->result. Runs as a coroutine's body, or
- * under lua_pcallk for a task run inline (lib.c). */
+ * under lua_pcallk for a task run inline (lib/future.c). */
 int lp_pool_task_entry(lua_State *L);
 /* Finishes t as failed (or cancelled, if it was) with the message text. */
 void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len);

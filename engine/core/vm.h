@@ -49,7 +49,7 @@ int lp_vm_function_names(lua_State *L, char ***names, int *n);
 /* Message handler for lua_pcall: appends a traceback to the message. */
 int lp_vm_traceback(lua_State *L);
 /* The same, keeping only stack levels 1 .. keep (for a task run inline
- * inside its parent's coroutine, lib.c: the levels below are its parent's,
+ * inside its parent's coroutine, lib/future.c: the levels below are its parent's,
  * which the parent's own traceback shows if it fails too; printed here as
  * well, they appeared twice). */
 int lp_vm_traceback_upto(lua_State *L, int keep);

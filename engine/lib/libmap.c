@@ -1,7 +1,8 @@
 /*
  * libmap.c - what the task-side Lua layer (scripts/luapool.lua) needs from C
- * beyond the primitives of lib.c: spawning the tasks of a map in one call,
- * and errors that point at the user's line rather than at the layer's.
+ * beyond the module's primitives (spawn.c, future.c, ...): spawning the
+ * tasks of a map in one call, and errors that point at the user's line
+ * rather than at the layer's.
  *
  * A map's items must start in list order. A worker runs its own queue
  * newest first (depth first, see sched.c), so spawning item by item would
@@ -12,6 +13,9 @@
  * on top: the worker takes the items in order, and a get() on item 1 runs
  * it inline at once. Processes and other pools take tasks oldest first:
  * those are queued in list order.
+ *
+ * The results are collected by scripts/map.lua, which the host module's
+ * pool:map runs too (lp_lib_map_collect).
  */
 #include <stdarg.h>
 #include <string.h>
@@ -25,22 +29,28 @@
 
 #define BUFSET_MT "luapool.bufset"
 
+extern const char lp_embedded_map[];
+extern const size_t lp_embedded_map_len;
+
 /* ---- errors at the user's line ---- */
 
 /* The first frame outside luapool's Lua layer: the user's code that called
  * (directly, or through map and its kin) the failing function. Returns its
  * level, or -1 when that is a C function (such as the user's pcall), which
  * has no line: as with luaL_where, the message then has no position. */
+static int layer_source(const char *source) {
+  return strcmp(source, "=luapool.lua") == 0 || strcmp(source, "=map.lua") == 0;
+}
+
 static int is_layer(lua_State *L, int level) {
   lua_Debug ar;
-  return lua_getstack(L, level, &ar) && lua_getinfo(L, "S", &ar) &&
-         strcmp(ar.source, "=luapool.lua") == 0;
+  return lua_getstack(L, level, &ar) && lua_getinfo(L, "S", &ar) && layer_source(ar.source);
 }
 
 static int user_level(lua_State *L, lua_Debug *ar) {
   for (int level = 1; lua_getstack(L, level, ar); level++) {
     lua_getinfo(L, "Sl", ar);
-    if (strcmp(ar->source, "=luapool.lua") == 0) continue;
+    if (layer_source(ar->source)) continue;
     /* A pcall the layer made is part of the layer. */
     if (ar->currentline <= 0 && is_layer(L, level + 1)) continue;
     return ar->currentline > 0 ? level : -1;
@@ -266,7 +276,7 @@ int lp_lib_spawn_list(lua_State *L) {
   lp_task *self = lp_lib_running(L, what);
   luapool *eng = lp_worker_of(L)->eng;
   spawn_opts o = {self->pool, self->priority, eng->cfg.task_timeout, eng->cfg.retries};
-  lp_lib_read_options(L, 2, what, &o);
+  lp_spawn_options(L, 2, what, &o);
   char err[320];
   int fn = lp_vm_fn_id(L, 3, err, sizeof err);
   if (fn < 0) return lp_lib_fn_error(L, what, 3, 1, err);
@@ -300,17 +310,17 @@ int lp_lib_spawn_list(lua_State *L) {
   lp_task **ts = lua_newuserdatauv(L, (size_t)ntasks * sizeof *ts + 1, 0);
   lua_Integer made = 0;
   for (; made < ntasks; made++) {
-    lp_task *t = lp_lib_spawn_new(L, self, fn, &o, &bs->b[made]);
+    lp_task *t = lp_spawn_new(L, self, fn, &o, &bs->b[made]);
     if (!t) break;
     lua_rawseti(L, 9, made + 1);
     ts[made] = t;
   }
   int oom = made < ntasks;
-  int dest = made ? lp_lib_spawn_dest(L, ts[0]) : LP_SPAWN_OWN;
+  int dest = made ? lp_spawn_dest(L, ts[0]) : LP_SPAWN_OWN;
   if (dest == LP_SPAWN_OWN) { /* newest on top runs first: the first item goes on last */
-    for (lua_Integer k = made - 1; k >= 0; k--) oom |= lp_lib_spawn_queue(L, ts[k], dest) != 0;
+    for (lua_Integer k = made - 1; k >= 0; k--) oom |= lp_spawn_queue(L, ts[k], dest) != 0;
   } else {
-    for (lua_Integer k = 0; k < made; k++) oom |= lp_lib_spawn_queue(L, ts[k], dest) != 0;
+    for (lua_Integer k = 0; k < made; k++) oom |= lp_spawn_queue(L, ts[k], dest) != 0;
   }
   if (oom) return luaL_error(L, "%s: out of memory", what);
   lua_pushvalue(L, 9);
@@ -322,4 +332,10 @@ void lp_lib_map_open(lua_State *L) {
   lua_pushcfunction(L, bufset_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
+}
+
+void lp_lib_map_collect(lua_State *L) {
+  if (luaL_loadbufferx(L, lp_embedded_map, lp_embedded_map_len, "=map.lua", "t") != LUA_OK)
+    lua_error(L);
+  lua_call(L, 0, 1);
 }

@@ -11,7 +11,9 @@
  * before an object's own spinlock is taken (no lock nests with it). Objects
  * live until lp_sync_free at engine close, which runs after every worker
  * has been joined, so a userdata holds a bare pointer and needs no __gc;
- * lp_sync_free frees the registry and has each kind free its objects.
+ * lp_sync_free frees the registry and has each kind free its objects; it
+ * frees the engine's counters too (counter.c), so the engine's close frees
+ * every engine-wide object of the library with that one call.
  *
  * Waiting follows lib.h; channel.c and sequencer.c say what a waiter links
  * and who wakes it. In threaded runs a wait without a timeout still
@@ -27,6 +29,7 @@
 
 #include <lauxlib.h>
 
+#include "counter.h"
 #include "engine.h"
 #include "lib.h"
 #include "pool.h"
@@ -204,6 +207,7 @@ void lp_sync_register(lua_State *L) {
 }
 
 void lp_sync_free(struct luapool *eng) {
+  lp_counter_free(eng); /* the other engine-wide objects of the library */
   struct lp_sync *s = eng->sync;
   if (!s) return;
   for (size_t i = 0; i < s->nchans; i++) lp_channel_free(s->chans[i]);

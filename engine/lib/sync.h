@@ -10,7 +10,7 @@ struct luapool;
 
 /* Adds `channel` and `sequencer` to the module table at the top of L. */
 void lp_sync_register(lua_State *L);
-/* Frees every channel and sequencer of the engine (at close). */
+/* Frees every channel, sequencer and counter of the engine (at close). */
 void lp_sync_free(struct luapool *eng);
 
 #endif
