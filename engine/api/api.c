@@ -756,7 +756,7 @@ static void make_text(luapool_future *f) {
   size_t len;
   int rc;
   if (state == LP_TASK_OK && f->eng)
-    rc = lp_report_text(&f->eng->report, bytes->data, bytes->len, &f->text);
+    rc = lp_record_text(&f->eng->report, bytes->data, bytes->len, &f->text);
   else if (lp_pack_single_string(bytes->data, bytes->len, &s, &len))
     rc = lp_buf_append(&f->text, s, len);
   else
