@@ -30,7 +30,6 @@
 #include "engine.h"
 #include "proc.h"
 #include "spin.h"
-#include "trace.h"
 #include "vm.h"
 
 #define SPIN_ROUNDS 2000 /* ~50 us of looking for work before parking */
@@ -534,14 +533,14 @@ static void *worker_main(void *arg) {
 
 /* In inline mode nothing is ever left on a timer: timed waits are waited
  * out on the spot (lp_lib_suspend), so an empty queue means the end. */
-int lp_pool_run_inline(luapool *eng) {
+int lp_pool_run_inline(luapool *eng, void (*between)(luapool *eng)) {
   lp_worker *w = &eng->workers[0];
   lp_task_cache_self = &w->cache; /* the host thread is the worker now */
   lp_task *t;
   while ((t = lp_sched_next(&eng->sched, 0))) {
     run(w, t);
     lp_report_deliver(&eng->report, 0);
-    lp_stats_tick(eng);
+    if (between) between(eng);
   }
   lp_task_cache_self = NULL;
   return w->nlive ? LUAPOOL_EDEADLOCK : 0;
@@ -580,7 +579,7 @@ int lp_pool_start(luapool *eng) {
     w->mem_limit = eng->cfg.memory_limit;
     lp_task_cache_init(&w->cache);
     lp_buf_init(&w->result);
-    w->stats.trace = lp_trace_buf(eng, i);
+    if (eng->cfg.trace_path) w->stats.trace = lp_tracebuf_new(); /* NULL: no room, no events */
   }
   if (eng->inline_mode) { /* the host's thread is the worker */
     lp_worker *w = &eng->workers[0];
@@ -646,6 +645,7 @@ void lp_pool_free(luapool *eng) {
   /* Last: every task record and report node lives in these slabs. */
   for (int i = 0; i < eng->nworkers; i++) {
     lp_task_cache_drain(&eng->workers[i].cache);
+    lp_tracebuf_free(eng->workers[i].stats.trace); /* read by observe/ at close */
     free(eng->workers[i].errmsg);
   }
   free(eng->workers);
