@@ -93,8 +93,6 @@ void lp_pool_run_nested(lp_worker *w, struct lp_task *t);
  * and packs the results into w->result. Runs as a coroutine's body, or
  * under lua_pcallk for a task run inline (lib.c). */
 int lp_pool_task_entry(lua_State *L);
-/* Finishes t as failed (or cancelled, if it was) with the message text. */
-void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len);
 
 /* Raises the timeout error of `t` in L (from the hook or a wait). */
 int lp_pool_timed_out(lua_State *L, struct lp_task *t);
