@@ -26,6 +26,7 @@
 #include "proc.h"
 #include "sync.h"
 #include "timer.h"
+#include "figures.h"
 #include "trace.h"
 #include "vm.h"
 
@@ -239,6 +240,7 @@ static int load(luapool *lp, const char *chunk, size_t len, const char *chunknam
   lp->script[len] = '\0';
   lp->script_len = len;
   if (plan_workers(lp) != 0) return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+  if (lp->cfg.trace_path && !lp->trace) lp_trace_open(lp); /* -1: lp_trace_close says so */
   int rc = lp_pool_start(lp);
   if (rc == 0) rc = lp_procs_attach(lp);
   if (rc == 0) rc = lp_places_start(lp);
@@ -756,7 +758,7 @@ static void make_text(luapool_future *f) {
   size_t len;
   int rc;
   if (state == LP_TASK_OK && f->eng)
-    rc = lp_report_text(&f->eng->report, bytes->data, bytes->len, &f->text);
+    rc = lp_record_text(&f->eng->report, bytes->data, bytes->len, &f->text);
   else if (lp_pack_single_string(bytes->data, bytes->len, &s, &len))
     rc = lp_buf_append(&f->text, s, len);
   else
@@ -896,14 +898,14 @@ static int wait_run(luapool *lp, double timeout, luapool_future *const *until, i
   int rc = 0;
   long live = 0;
   if (lp->inline_mode) {
-    rc = lp_pool_run_inline(lp);
+    rc = lp_pool_run_inline(lp, lp_figures_tick);
     if (rc == LUAPOOL_EDEADLOCK)
       lp_engine_error(lp, rc, "deadlock: tasks wait for something that can never happen");
   } else {
     int stalls = 0, deadlock = 0;
     for (;;) {
       lp_report_deliver(&lp->report, 0);
-      lp_stats_tick(lp);
+      lp_figures_tick(lp);
       if (atomic_load(&lp->interrupted) && !atomic_load(&lp->stopping)) cancel_run(lp);
       /* Judged after a few looks in a row: a cheap guard on top of the
        * exact test in lp_sched_stalled. */

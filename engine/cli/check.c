@@ -37,7 +37,6 @@
 #include <lualib.h>
 
 #include "check.h"
-#include "progress.h"
 #include "vm.h"
 
 /* The check's tables, at fixed stack slots of the protected call. */
@@ -123,61 +122,6 @@ static void warn(check *c, int line, const char *key, const char *fmt, ...) {
   lua_rawseti(L, T_LINE, n);
 }
 
-/* Edit distance with adjacent transpositions ("spwan" is one from
- * "spawn"); names longer than 63 bytes are not compared. */
-static size_t distance(const char *a, size_t n, const char *b, size_t m) {
-  if (n > 63 || m > 63) return (size_t)-1;
-  size_t d[64][64];
-  for (size_t i = 0; i <= n; i++) d[i][0] = i;
-  for (size_t j = 0; j <= m; j++) d[0][j] = j;
-  for (size_t i = 1; i <= n; i++)
-    for (size_t j = 1; j <= m; j++) {
-      size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
-      if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
-      if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
-          d[i - 2][j - 2] + 1 < best)
-        best = d[i - 2][j - 2] + 1;
-      d[i][j] = best;
-    }
-  return d[n][m];
-}
-
-/* Pushes the key of tables t1/t2 (0: none) closest to name, or nil if none
- * is close: at most one edit for short names, two from five letters, three
- * from eight. Ties go to the name that sorts first, so the hint does not
- * depend on the order of a table. */
-static void push_closest(lua_State *L, lp_str name, int t1, int t2) {
-  size_t most = name.len < 5 ? 1 : name.len < 8 ? 2 : 3, best = most + 1;
-  lua_pushnil(L); /* the best so far */
-  int ts[2] = {t1, t2};
-  for (int i = 0; i < 2; i++) {
-    if (!ts[i]) continue;
-    lua_pushnil(L);
-    while (lua_next(L, ts[i])) {
-      lua_pop(L, 1);
-      if (lua_type(L, -1) != LUA_TSTRING) continue;
-      size_t len;
-      const char *k = lua_tolstring(L, -1, &len);
-      size_t d = distance(name.s, name.len, k, len);
-      if (d == 0 || d > best || (d == best && strcmp(k, lua_tostring(L, -3)) >= 0)) continue;
-      best = d;
-      lua_pushvalue(L, -1);
-      lua_replace(L, -3);
-    }
-  }
-}
-
-/* Pushes " (did you mean 'x<rest>'?)" for the closest name, or "". */
-static void push_hint(lua_State *L, lp_str name, int t1, int t2, const char *rest) {
-  push_closest(L, name, t1, t2);
-  if (lua_isnil(L, -1))
-    lua_pushliteral(L, "");
-  else
-    lua_pushfstring(L, " (did you mean '%s%s'?)", lua_tostring(L, -1), rest);
-  lua_remove(L, -2);
-}
-
 /* The name of the local in register r at pc, as luaF_getlocalname finds it. */
 static lp_str local_at(const lp_proto *f, int r, int pc) {
   int n = -1;
@@ -229,7 +173,7 @@ static void module_field(check *c, lp_str key, int line, int tested) {
   if (c->pass != 2 || tested || !key.s || has(L, T_MOD, key) || has(L, T_MODW, key)) return;
   pushs(L, key);
   const char *k = lua_tostring(L, -1);
-  push_hint(L, key, T_MOD, T_MODW, "");
+  lp_hint_push(L, key, T_MOD, T_MODW, "");
   lua_pushfstring(L, "luapool.%s", k);
   warn(c, line, lua_tostring(L, -1), "%s:%d: warning: luapool has no field '%s'%s", c->path, line,
        k, lua_tostring(L, -2));
@@ -250,7 +194,7 @@ static void library_field(check *c, lp_str lib, lp_str key, int line, int tested
   int known = !lua_istable(L, t) || has(L, t, key) ||
               has(L, T_STDW, (lp_str){lua_tostring(L, -1), lua_rawlen(L, -1)});
   if (!known) {
-    push_hint(L, key, t, 0, "");
+    lp_hint_push(L, key, t, 0, "");
     warn(c, line, lua_tostring(L, t + 3), "%s:%d: warning: %s has no field '%s'%s", c->path, line,
          lua_tostring(L, t + 1), lua_tostring(L, t + 2), lua_tostring(L, -1));
   }
@@ -270,7 +214,7 @@ static void task_name(check *c, lp_str name, int line) {
   if (has(L, T_WRITES, first) || has(L, T_G, first)) return;
   pushs(L, name);
   pushs(L, first);
-  push_hint(L, first, T_WRITES, 0, lua_tostring(L, -2) + first.len);
+  lp_hint_push(L, first, T_WRITES, 0, lua_tostring(L, -2) + first.len);
   lua_pushfstring(L, "task %s", lua_tostring(L, -3));
   if (dot)
     warn(c, line, lua_tostring(L, -1),

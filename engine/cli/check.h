@@ -1,16 +1,26 @@
 /*
- * check.h - what `luapool check` reads of a compiled script.
+ * check.h - `luapool check` and what it reads of a compiled script.
  *
  * check_dump.c turns the bytes lua_dump writes (Lua 5.4, format 0, with
  * debug information) into a tree of function prototypes; check.c walks the
- * tree and applies the rules. Strings point into the dump, which must
- * outlive the tree.
+ * tree and applies the rules; hint.c finds the name a misspelt one meant.
+ * Strings point into the dump, which must outlive the tree.
  */
 #ifndef LP_CHECK_H
 #define LP_CHECK_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include <lua.h>
+
+/* luapool check: what the script's bytecode shows it gets wrong (globals
+ * read and never defined or assigned inside functions, unknown fields of
+ * the luapool module and the standard libraries, unknown task names).
+ * Prints one warning per finding to `out` and returns how many, or -1 if
+ * the script cannot be analysed (its error is then the engine's to report). */
+int lp_check_script(const char *path, FILE *out);
 
 typedef struct lp_str {
   const char *s; /* NULL: not a string */
@@ -41,6 +51,10 @@ typedef struct lp_proto {
  * tree is then freed. */
 int lp_dump_read(const char *bytes, size_t len, lp_proto *main);
 void lp_dump_free(lp_proto *p);
+
+/* Pushes " (did you mean 'x<rest>'?)" for the key x of tables t1/t2 (stack
+ * slots; 0: none) closest to name, or "" when none is close (hint.c). */
+void lp_hint_push(lua_State *L, lp_str name, int t1, int t2, const char *rest);
 
 /* Lua 5.4's opcodes (lopcodes.h), the ones the rules look at. */
 enum {

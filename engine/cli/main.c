@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "luapool.h"
+#include "check.h"
 #include "progress.h"
 #include "engine.h"
 #include "proc.h"

@@ -81,10 +81,12 @@ struct luapool {
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
-  /* Statistics, summed from the workers when asked (stats.c). */
+  /* Statistics: recorded by core/stats.c (and each worker's lp_wstats),
+   * summed from the workers when asked by observe/figures.c. */
   _Atomic int max_depth;
   lp_stats stats;
-  struct lp_trace *trace; /* --trace: every worker's events; NULL without */
+  struct lp_trace *trace; /* --trace (observe/trace.c): the origin, samples and
+                             worker processes' events; NULL without */
 
   struct luapool_future *futures; /* host-only: live futures, detached at close */
   struct luapool *next_open;      /* the list of open engines (api.c) */

@@ -13,7 +13,8 @@
  * A task's body runs inside task_entry, a C function that is itself the
  * coroutine's body: unpacking the arguments, the call and packing the
  * results all happen under lua_resume's protection, so a memory error or a
- * bad value fails the task rather than the engine.
+ * bad value fails the task rather than the engine. The text of a failure
+ * (message, traceback, argument summary) is made by fail.c.
  *
  * Shut-down: lp_pool_stop sets the scheduler's stop flag after the engine
  * has let every task finish (or cancelled them); each worker leaves its
@@ -28,8 +29,8 @@
 #include <lauxlib.h>
 
 #include "engine.h"
+#include "fail.h"
 #include "spin.h"
-#include "trace.h"
 #include "vm.h"
 
 #define SPIN_ROUNDS 2000 /* ~50 us of looking for work before parking */
@@ -121,112 +122,6 @@ int lp_pool_task_entry(lua_State *L) {
   return entry_k(L, LUA_OK, 0);
 }
 
-/* ---- failures ---- */
-
-/* Protected: builds "task 'NAME' (id N) failed: MSG\n<traceback>" from the
- * error object (1) and the dead coroutine (2). */
-static int format_failure(lua_State *L) {
-  lp_worker *w = lp_worker_of(L);
-  lp_task *t = lua_touserdata(L, 3);
-  lua_State *co = lua_tothread(L, 2);
-  const char *msg = luaL_tolstring(L, 1, NULL);
-  /* An error re-raised from a child's get() already has its traceback;
-   * ours follows it. */
-  luaL_traceback(L, co, NULL, 0);
-  lua_pushfstring(L, "task '%s' (id %I) failed: %s\n%s", lp_names_get(&w->eng->names, t->fn),
-                  (lua_Integer)t->id, msg, lua_tostring(L, -1));
-  return 1;
-}
-
-/* Protected: a one-line summary of the task's arguments. */
-static int summarize_args(lua_State *L) {
-  lp_task *t = lua_touserdata(L, 1);
-  int base = lua_gettop(L), n = 0;
-  char err[128];
-  lp_pack_ctx pc = {NULL, NULL, NULL, 1};
-  if (lp_unpack_values(L, t->args.data, t->args.len, &pc, &n, err, sizeof err) != 0) {
-    lua_pushstring(L, "(unreadable)");
-    return 1;
-  }
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addchar(&b, '(');
-  for (int i = 1; i <= n; i++) {
-    if (i > 1) luaL_addstring(&b, ", ");
-    int v = base + i;
-    size_t len;
-    if (lua_type(L, v) == LUA_TSTRING) {
-      const char *s = lua_tolstring(L, v, &len);
-      lua_pushfstring(L, "\"%s\"", len > 60 ? "..." : s);
-    } else {
-      lua_pushstring(L, luaL_typename(L, v));
-      if (lua_type(L, v) == LUA_TNUMBER || lua_type(L, v) == LUA_TBOOLEAN) {
-        lua_pop(L, 1);
-        luaL_tolstring(L, v, NULL);
-      }
-    }
-    luaL_addvalue(&b);
-  }
-  luaL_addchar(&b, ')');
-  luaL_pushresult(&b);
-  return 1;
-}
-
-void lp_pool_fail(lp_worker *w, lp_task *t, const char *text, size_t len) {
-  lua_State *L = w->L;
-  int top = lua_gettop(L);
-  lp_buf msg;
-  lp_buf_init(&msg);
-  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, len) != 0) lp_buf_reset(&msg);
-  int cancelled = lp_task_cancelled(t);
-  if (!cancelled) {
-    lp_stats_inc(&w->stats.failed);
-    lua_pushcfunction(L, summarize_args);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) t->failnote = strdup(lua_tostring(L, -1));
-    lua_settop(L, top);
-  }
-  lp_task_finish(t, cancelled ? LP_TASK_CANCELLED : LP_TASK_FAILED, &msg);
-  lp_buf_free(&msg);
-}
-
-static void fail_task(lp_worker *w, lp_task *t, lua_State *co) {
-  lua_State *L = w->L;
-  int top = lua_gettop(L);
-  lua_pushcfunction(L, format_failure);
-  if (co) {
-    lua_xmove(co, L, 1); /* the error object */
-    lua_pushthread(co);
-    lua_xmove(co, L, 1);
-  } else {
-    lua_pushstring(L, "could not start");
-    lua_pushnil(L);
-  }
-  lua_pushlightuserdata(L, t);
-  char fallback[512];
-  const char *err = co ? lua_tostring(L, -3) : NULL; /* a string error needs no memory to read */
-  snprintf(fallback, sizeof fallback, "task '%s' (id %llu) failed: %s",
-           lp_names_get(&w->eng->names, t->fn), (unsigned long long)t->id,
-           err ? err : "(its message could not be built)");
-  const char *text = fallback;
-  size_t len = strlen(text);
-  if (lua_pcall(L, 3, 1, 0) == LUA_OK) text = lua_tolstring(L, -1, &len);
-  lp_pool_fail(w, t, text, len);
-  lua_settop(L, top);
-}
-
-static void cancel_task(lp_worker *w, lp_task *t) {
-  char text[256];
-  int n = snprintf(text, sizeof text, "task '%s' (id %llu) was cancelled",
-                   lp_names_get(&w->eng->names, t->fn), (unsigned long long)t->id);
-  lp_buf msg;
-  lp_buf_init(&msg);
-  if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, (size_t)n) != 0)
-    lp_buf_reset(&msg);
-  lp_task_finish(t, LP_TASK_CANCELLED, &msg);
-  lp_buf_free(&msg);
-}
-
 /* ---- time limits ---- */
 
 /* The count hook of a coroutine running a task with a time limit. Once the
@@ -297,12 +192,12 @@ static void run(lp_worker *w, lp_task *t) {
     }
     uint64_t epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
     if (epoch != 0 && lp_task_cancelled(t)) {
-      cancel_task(w, t);
+      lp_fail_cancel(w, t);
       return;
     }
     int slot = co_get(w);
     if (slot < 0) {
-      fail_task(w, t, NULL);
+      lp_fail_task(w, t, NULL);
       return;
     }
     co = w->cos_ptr[slot];
@@ -365,7 +260,7 @@ static void run(lp_worker *w, lp_task *t) {
     co_put(w, slot, 0);
     return;
   } else {
-    fail_task(w, base, co);
+    lp_fail_task(w, base, co);
   }
   w->nlive--;
   co_put(w, slot, st == LUA_OK);
@@ -533,14 +428,14 @@ static void *worker_main(void *arg) {
 
 /* In inline mode nothing is ever left on a timer: timed waits are waited
  * out on the spot (lp_lib_suspend), so an empty queue means the end. */
-int lp_pool_run_inline(luapool *eng) {
+int lp_pool_run_inline(luapool *eng, void (*between)(luapool *eng)) {
   lp_worker *w = &eng->workers[0];
   lp_task_cache_self = &w->cache; /* the host thread is the worker now */
   lp_task *t;
   while ((t = lp_sched_next(&eng->sched, 0))) {
     run(w, t);
     lp_report_deliver(&eng->report, 0);
-    lp_stats_tick(eng);
+    if (between) between(eng);
   }
   lp_task_cache_self = NULL;
   return w->nlive ? LUAPOOL_EDEADLOCK : 0;
@@ -579,7 +474,7 @@ int lp_pool_start(luapool *eng) {
     w->mem_limit = eng->cfg.memory_limit;
     lp_task_cache_init(&w->cache);
     lp_buf_init(&w->result);
-    w->stats.trace = lp_trace_buf(eng, i);
+    if (eng->cfg.trace_path) w->stats.trace = lp_tracebuf_new(); /* NULL: no room, no events */
   }
   if (eng->inline_mode) { /* the host's thread is the worker */
     lp_worker *w = &eng->workers[0];
@@ -645,6 +540,7 @@ void lp_pool_free(luapool *eng) {
   /* Last: every task record and report node lives in these slabs. */
   for (int i = 0; i < eng->nworkers; i++) {
     lp_task_cache_drain(&eng->workers[i].cache);
+    lp_tracebuf_free(eng->workers[i].stats.trace); /* read by observe/ at close */
     free(eng->workers[i].errmsg);
   }
   free(eng->workers);

@@ -75,9 +75,12 @@ void lp_pool_stop(struct luapool *eng);
 void lp_pool_free(struct luapool *eng);
 
 /* Inline mode: runs tasks on the calling (host) thread until nothing is
- * runnable. Returns 0, or LUAPOOL_EDEADLOCK if tasks remain suspended with
- * nothing that could wake them. */
-int lp_pool_run_inline(struct luapool *eng);
+ * runnable, delivering records after each task and then calling `between`
+ * (may be NULL): the layer that waits (api/) passes its tick, which samples
+ * the figures and calls the progress callback (observe/figures.c), so the
+ * core calls no layer above it. Returns 0, or LUAPOOL_EDEADLOCK if tasks
+ * remain suspended with nothing that could wake them. */
+int lp_pool_run_inline(struct luapool *eng, void (*between)(struct luapool *eng));
 
 /* The worker whose state L belongs to, and the task it runs. */
 static inline lp_worker *lp_worker_of(lua_State *L) { return *(lp_worker **)lua_getextraspace(L); }
@@ -90,8 +93,6 @@ void lp_pool_run_nested(lp_worker *w, struct lp_task *t);
  * and packs the results into w->result. Runs as a coroutine's body, or
  * under lua_pcallk for a task run inline (lib/future.c). */
 int lp_pool_task_entry(lua_State *L);
-/* Finishes t as failed (or cancelled, if it was) with the message text. */
-void lp_pool_fail(lp_worker *w, struct lp_task *t, const char *text, size_t len);
 
 /* Raises the timeout error of `t` in L (from the hook or a wait). */
 int lp_pool_timed_out(lua_State *L, struct lp_task *t);

@@ -108,10 +108,6 @@ int lp_report_init(lp_report *r, struct luapool *eng, int order, int nworkers);
 /* Frees every record not yet delivered and the references the tree held. */
 void lp_report_free(lp_report *r);
 
-/* Makes a record; NULL when out of memory. */
-lp_record *lp_record_new(int kind, const struct lp_task *t, double priority, const void *data,
-                         size_t len);
-
 /* Producer side, called by the worker running task t. */
 void lp_report_add(lp_report *r, struct lp_task *t, lp_record *rec);
 void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child);
@@ -152,9 +148,17 @@ void lp_report_away_done(lp_report *r, struct lp_task *t);
  * and everything left is delivered in order. */
 long lp_report_deliver(lp_report *r, int final);
 
+/* A record (record.c). */
+/* Makes a record; NULL when out of memory. */
+lp_record *lp_record_new(int kind, const struct lp_task *t, double priority, const void *data,
+                         size_t len);
+/* Frees a list of records linked by item.next (a task's held records). */
+void lp_record_free_list(lp_record *list);
+/* Host side: hands rec to the on_record callback (counted as delivered). */
+void lp_record_deliver(lp_report *r, lp_record *rec);
 /* Host side: appends the values of a packed message to out as text, each as
  * a record's text, separated by tabs. 0, or -1 (out of memory, bad bytes). */
 struct lp_buf;
-int lp_report_text(lp_report *r, const char *p, size_t len, struct lp_buf *out);
+int lp_record_text(lp_report *r, const char *p, size_t len, struct lp_buf *out);
 
 #endif

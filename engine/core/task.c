@@ -126,10 +126,7 @@ void lp_task_unref(lp_task *t) {
   lp_buf_free(&t->args);
   lp_buf_free(&t->result);
   free(t->failnote);
-  for (lp_record *r = t->held, *next; r; r = next) {
-    next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
-    free(r);
-  }
+  lp_record_free_list(t->held);
   free_record(t);
 }
 

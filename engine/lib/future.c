@@ -14,6 +14,7 @@
 #include <lauxlib.h>
 
 #include "engine.h"
+#include "fail.h"
 #include "lib.h"
 #include "pool.h"
 #include "timer.h"
@@ -136,7 +137,7 @@ static void inline_end(lua_State *L, int status, lp_task *self) {
                     (lua_Integer)t->id, msg);
     size_t len;
     const char *text = lua_tolstring(L, -1, &len);
-    lp_pool_fail(w, t, text, len);
+    lp_fail_text(w, t, text, len);
   }
   w->current = self;
   lp_stats_switch(&w->stats, self);

@@ -1,6 +1,6 @@
 /*
- * progress.h - the luapool command's displays on stderr (progress.c) and
- * its static check of a script (check.c).
+ * progress.h - the luapool command's displays on stderr (progress.c): the
+ * live progress bar and the --stats summary.
  */
 #ifndef LP_PROGRESS_H
 #define LP_PROGRESS_H
@@ -21,12 +21,5 @@ void lp_progress_draw(lp_progress *p, const luapool_stats *st);
 void lp_progress_clear(lp_progress *p);
 /* The --stats summary. */
 void lp_progress_summary(luapool *lp, FILE *out);
-
-/* luapool check: what the script's bytecode shows it gets wrong (globals
- * read and never defined or assigned inside functions, unknown fields of
- * the luapool module and the standard libraries, unknown task names).
- * Prints one warning per finding to `out` and returns how many, or -1 if
- * the script cannot be analysed (its error is then the engine's to report). */
-int lp_check_script(const char *path, FILE *out);
 
 #endif

@@ -1,21 +1,21 @@
 /*
  * trace.c - --trace: a run's execution as Chrome trace-event JSON.
  *
- * DESIGN. Each worker appends fixed-size events to its own buffer (a list
- * of chunks, never moved once written), with no lock and no system call:
- * the clock is the vDSO's CLOCK_MONOTONIC. A slice is the time one task's
- * code runs on a worker without interruption; it ends when the worker's
- * running task changes (the task yields, ends, or runs a child inline), so a
- * task that waits shows as several slices. Spawns are events of the spawning
- * worker. The host thread alone appends queue-depth samples. Nothing is read
- * across threads while the run goes on: the file is written by
- * lp_trace_close after the workers have been joined.
+ * DESIGN. The workers record their own events (core/tracebuf.c: slices of
+ * a task's execution and spawns, lp_stats_ns() times, no lock). This file
+ * keeps the rest of the trace and writes it: the origin (time 0 of the
+ * file, taken by lp_trace_open before any worker starts), the host
+ * thread's queue-depth samples (host-only), and the events worker
+ * processes send, each thread's on a buffer of its own (any reader thread,
+ * under the trace's lock). Nothing is read across threads while the run
+ * goes on: the file is written by lp_trace_close after the workers have
+ * been joined.
  *
  * The file: one "X" event per slice on track "worker N" (tid N), flow
  * events from the spawning slice to the first slice of the child ("s" and
  * "f" with the child's id), "C" counters "tasks" {queued, suspended}, and
- * metadata naming the tracks. Each worker keeps at most LP_TRACE_MAX events;
- * the rest are counted as dropped (otherData.dropped_events).
+ * metadata naming the tracks. Events a buffer had no room for are counted
+ * (otherData.dropped_events).
  */
 #include "trace.h"
 
@@ -28,32 +28,20 @@
 
 #include "engine.h"
 #include "names.h"
+#include "pool.h"
 #include "task.h"
 
-#define CHUNK 4096
-#define LP_TRACE_MAX (1u << 21) /* events per worker (80 MB) */
 #define COUNTER_MAX (1u << 20)
 
 typedef lp_trace_ev tev;
 #define EV_SLICE LP_TRACE_SLICE
 #define EV_SPAWN LP_TRACE_SPAWN
 
-struct lp_tbuf {
-  struct lp_trace *tr;
-  tev **chunks;
-  size_t nchunks;
-  size_t n; /* events written */
-  uint64_t dropped;
-  /* The open slice. */
-  int open;
-  int fn;
-  int depth;
-  uint64_t start;
-  uint64_t task;
-  uint64_t parent;
-  /* A thread of a worker process: its events come from its TRACE frames. */
+/* The events of one thread of a worker process. */
+typedef struct remote {
   int process, thread;
-};
+  lp_tracebuf *b;
+} remote;
 
 typedef struct sample {
   uint64_t ts;
@@ -63,10 +51,8 @@ typedef struct sample {
 
 typedef struct lp_trace {
   uint64_t origin;
-  int n;
-  struct lp_tbuf *w;       /* one per worker */
-  pthread_mutex_t lock;    /* guards the threads of worker processes */
-  struct lp_tbuf **remote; /* one per thread of a worker process that sent events */
+  pthread_mutex_t lock; /* guards the threads of worker processes */
+  remote *remote;       /* one per thread of a worker process that sent events */
   int nremote;
   sample *samples; /* host-only */
   size_t nsamples;
@@ -76,65 +62,17 @@ typedef struct lp_trace {
 int lp_trace_open(luapool *eng) {
   lp_trace *tr = calloc(1, sizeof *tr);
   if (!tr) return -1;
-  tr->n = eng->nworkers;
-  tr->w = calloc((size_t)tr->n, sizeof *tr->w);
-  if (!tr->w) {
-    free(tr);
-    return -1;
-  }
-  for (int i = 0; i < tr->n; i++) tr->w[i].tr = tr;
   pthread_mutex_init(&tr->lock, NULL);
   tr->origin = lp_stats_ns();
   eng->trace = tr;
   return 0;
 }
 
-struct lp_tbuf *lp_trace_buf(luapool *eng, int i) {
-  if (!eng->cfg.trace_path) return NULL;
-  /* Made when the first worker is set up: the number of workers is known. */
-  if (!eng->trace && lp_trace_open(eng) != 0) return NULL;
-  return i < eng->trace->n ? &eng->trace->w[i] : NULL;
-}
-
-static uint64_t now(const struct lp_tbuf *b) { return lp_stats_ns() - b->tr->origin; }
-
-/* A slot for one more event, or NULL (counted as dropped). */
-static tev *push(struct lp_tbuf *b) {
-  size_t c = b->n / CHUNK;
-  if (b->n >= LP_TRACE_MAX) goto drop;
-  if (c == b->nchunks) {
-    tev **nc = realloc(b->chunks, sizeof *nc * (c + 1));
-    if (!nc) goto drop;
-    b->chunks = nc;
-    if (!(nc[c] = malloc(sizeof(tev) * CHUNK))) goto drop;
-    b->nchunks++;
-  }
-  return &b->chunks[c][b->n++ % CHUNK];
-drop:
-  b->dropped++;
-  return NULL;
-}
-
-static tev *at(const struct lp_tbuf *b, size_t i) { return &b->chunks[i / CHUNK][i % CHUNK]; }
-
-void lp_trace_switch(struct lp_tbuf *b, lp_task *to) {
-  uint64_t t = now(b);
-  if (b->open) {
-    tev *e = push(b);
-    if (e) *e = (tev){b->start, t, b->task, b->parent, b->fn, (int16_t)b->depth, EV_SLICE};
-  }
-  b->open = to != NULL;
-  if (!to) return;
-  b->start = t;
-  b->task = to->id;
-  b->parent = to->parent ? to->parent->id : 0;
-  b->fn = to->fn;
-  b->depth = to->depth > INT16_MAX ? INT16_MAX : to->depth;
-}
-
-void lp_trace_spawn(struct lp_tbuf *b, lp_task *parent, lp_task *child) {
-  tev *e = push(b);
-  if (e) *e = (tev){now(b), 0, child->id, parent->id, child->fn, 0, EV_SPAWN};
+/* Worker i's buffer: empty when it has none. */
+static lp_tracebuf *worker_buf(luapool *eng, int i) {
+  static lp_tracebuf none;
+  lp_tracebuf *b = eng->workers ? eng->workers[i].stats.trace : NULL;
+  return b ? b : &none;
 }
 
 void lp_trace_counter(luapool *eng, long queued, long suspended) {
@@ -161,26 +99,18 @@ void lp_trace_remote(luapool *eng, int process, int thread, const lp_trace_ev *e
   int id = lp_names_intern(&eng->names, fn, fnlen);
   if (id < 0) return;
   pthread_mutex_lock(&tr->lock);
-  struct lp_tbuf *b = NULL;
+  lp_tracebuf *b = NULL;
   for (int i = 0; i < tr->nremote && !b; i++)
-    if (tr->remote[i]->process == process && tr->remote[i]->thread == thread) b = tr->remote[i];
+    if (tr->remote[i].process == process && tr->remote[i].thread == thread) b = tr->remote[i].b;
   if (!b) {
-    struct lp_tbuf **nr = realloc(tr->remote, sizeof *nr * (size_t)(tr->nremote + 1));
+    remote *nr = realloc(tr->remote, sizeof *nr * (size_t)(tr->nremote + 1));
     if (nr) tr->remote = nr;
-    if (nr && (b = calloc(1, sizeof *b))) {
-      b->tr = tr;
-      b->process = process;
-      b->thread = thread;
-      tr->remote[tr->nremote++] = b;
-    }
+    if (nr && (b = lp_tracebuf_new())) tr->remote[tr->nremote++] = (remote){process, thread, b};
   }
-  tev *e = b ? push(b) : NULL;
+  tev *e = b ? lp_tracebuf_push(b) : NULL;
   if (e) {
-    /* The process's clock is the same monotonic clock: only the origin moves. */
-    *e = *ev;
+    *e = *ev; /* the process's clock is the same monotonic clock */
     e->fn = id;
-    e->ts = ev->ts > tr->origin ? ev->ts - tr->origin : 0;
-    if (e->kind == EV_SLICE) e->end = ev->end > tr->origin ? ev->end - tr->origin : 0;
   }
   pthread_mutex_unlock(&tr->lock);
 }
@@ -188,8 +118,8 @@ void lp_trace_remote(luapool *eng, int process, int thread, const lp_trace_ev *e
 uint64_t lp_trace_dropped(luapool *eng) {
   uint64_t n = 0;
   if (eng->trace) {
-    for (int i = 0; i < eng->trace->n; i++) n += eng->trace->w[i].dropped;
-    for (int i = 0; i < eng->trace->nremote; i++) n += eng->trace->remote[i]->dropped;
+    for (int i = 0; i < eng->nworkers; i++) n += worker_buf(eng, i)->dropped;
+    for (int i = 0; i < eng->trace->nremote; i++) n += eng->trace->remote[i].b->dropped;
   }
   return n;
 }
@@ -243,8 +173,9 @@ static void put_name(FILE *f, const char *s) {
  * then each worker process's threads on a process of their own, with tids
  * that go on counting, so a tid names one track in the whole file. */
 typedef struct track {
-  struct lp_tbuf *b;
+  lp_tracebuf *b;
   int pid, tid;
+  int process, thread; /* a thread of a worker process; 0 for a worker */
 } track;
 
 static void put_meta(FILE *f, int pid, int tid, const char *what, const char *label) {
@@ -265,13 +196,13 @@ static void write_events(luapool *eng, lp_trace *tr, const track *tk, int ntk, F
   fprintf(f, "{\"ph\":\"M\",\"pid\":1,\"name\":\"process_name\",\"args\":{\"name\":\"luapool\"}}");
   for (int i = 0; i < ntk; i++) {
     char label[256];
-    const struct lp_tbuf *b = tk[i].b;
-    if (b->process) {
+    const track *t = &tk[i];
+    if (t->process) {
       if (!i || tk[i - 1].pid != tk[i].pid) {
-        snprintf(label, sizeof label, "worker process %d", b->process);
+        snprintf(label, sizeof label, "worker process %d", t->process);
         put_meta(f, tk[i].pid, tk[i].tid, "process_name", label);
       }
-      snprintf(label, sizeof label, "process %d thread %d", b->process, b->thread);
+      snprintf(label, sizeof label, "process %d thread %d", t->process, t->thread);
       put_meta(f, tk[i].pid, tk[i].tid, "thread_name", label);
       continue;
     }
@@ -289,9 +220,9 @@ static void write_events(luapool *eng, lp_trace *tr, const track *tk, int ntk, F
     put_meta(f, 1, tk[i].tid, "thread_name", label);
   }
   for (int i = 0; i < ntk; i++) {
-    struct lp_tbuf *b = tk[i].b;
+    lp_tracebuf *b = tk[i].b;
     for (size_t k = 0; k < b->n; k++) {
-      tev *e = at(b, k);
+      tev *e = lp_tracebuf_at(b, k);
       if (e->kind == EV_SLICE) {
         fprintf(f, ",\n{\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"cat\":\"task\",\"name\":", tk[i].pid,
                 tk[i].tid);
@@ -331,7 +262,7 @@ static void write_events(luapool *eng, lp_trace *tr, const track *tk, int ntk, F
   fprintf(f,
           "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{\"producer\":\"luapool %s\","
           "\"workers\":%d,\"process_threads\":%d,\"dropped_events\":%" PRIu64 "}}\n",
-          LUAPOOL_VERSION, tr->n, tr->nremote, lp_trace_dropped(eng));
+          LUAPOOL_VERSION, eng->nworkers, tr->nremote, lp_trace_dropped(eng));
 }
 
 /* The table of first slices, or NULL when out of memory (no flows then). */
@@ -343,9 +274,9 @@ static first *first_slices(const track *tk, int ntk, size_t *mask_out) {
   first *tab = calloc(cap, sizeof *tab);
   if (!tab) return NULL;
   for (int i = 0; i < ntk; i++) {
-    struct lp_tbuf *b = tk[i].b;
+    lp_tracebuf *b = tk[i].b;
     for (size_t k = 0; k < b->n; k++) {
-      tev *e = at(b, k);
+      tev *e = lp_tracebuf_at(b, k);
       first *fs = find(tab, cap - 1, e->task);
       fs->task = e->task;
       if (e->kind == EV_SPAWN) {
@@ -363,37 +294,40 @@ static first *first_slices(const track *tk, int ntk, size_t *mask_out) {
 }
 
 static int by_process(const void *a, const void *b) {
-  const struct lp_tbuf *x = *(struct lp_tbuf *const *)a, *y = *(struct lp_tbuf *const *)b;
+  const remote *x = a, *y = b;
   if (x->process != y->process) return x->process < y->process ? -1 : 1;
   return x->thread < y->thread ? -1 : x->thread > y->thread;
 }
 
 /* Every track in the order of the file; NULL when out of memory. */
-static track *tracks(lp_trace *tr, int *n) {
-  track *tk = malloc(sizeof *tk * (size_t)(tr->n + tr->nremote + 1));
+static track *tracks(luapool *eng, lp_trace *tr, int *n) {
+  track *tk = malloc(sizeof *tk * (size_t)(eng->nworkers + tr->nremote + 1));
   if (!tk) return NULL;
   if (tr->nremote > 1) qsort(tr->remote, (size_t)tr->nremote, sizeof *tr->remote, by_process);
   int k = 0;
-  for (int i = 0; i < tr->n; i++, k++) tk[k] = (track){&tr->w[i], 1, k + 1};
-  for (int i = 0; i < tr->nremote; i++, k++)
-    tk[k] = (track){tr->remote[i], 1 + tr->remote[i]->process, k + 1};
+  for (int i = 0; i < eng->nworkers; i++, k++) tk[k] = (track){worker_buf(eng, i), 1, k + 1, 0, 0};
+  for (int i = 0; i < tr->nremote; i++, k++) {
+    remote *r = &tr->remote[i];
+    tk[k] = (track){r->b, 1 + r->process, k + 1, r->process, r->thread};
+  }
   *n = k;
   return tk;
 }
 
-static void free_buf(struct lp_tbuf *b) {
-  for (size_t c = 0; c < b->nchunks; c++) free(b->chunks[c]);
-  free(b->chunks);
+/* The file counts from the origin; an event of a worker process from
+ * before it (not expected: the clock is the same) is put at 0. */
+static void from_origin(lp_trace *tr, track *tk, int ntk) {
+  for (int i = 0; i < ntk; i++)
+    for (size_t k = 0; k < tk[i].b->n; k++) {
+      tev *e = lp_tracebuf_at(tk[i].b, k);
+      e->ts = e->ts > tr->origin ? e->ts - tr->origin : 0;
+      if (e->kind == EV_SLICE) e->end = e->end > tr->origin ? e->end - tr->origin : 0;
+    }
 }
 
 static void free_trace(luapool *eng, lp_trace *tr) {
-  for (int i = 0; i < tr->n; i++) free_buf(&tr->w[i]);
-  for (int i = 0; i < tr->nremote; i++) {
-    free_buf(tr->remote[i]);
-    free(tr->remote[i]);
-  }
+  for (int i = 0; i < tr->nremote; i++) lp_tracebuf_free(tr->remote[i].b);
   free(tr->remote);
-  free(tr->w);
   free(tr->samples);
   pthread_mutex_destroy(&tr->lock);
   free(tr);
@@ -412,7 +346,7 @@ static void report(luapool *eng, const char *path, const char *why) {
 void lp_trace_close(luapool *eng) {
   const char *path = eng->cfg.trace_path;
   if (!path) return;
-  if (!eng->trace && lp_trace_open(eng) != 0) { /* no worker ran: an empty trace */
+  if (!eng->trace && lp_trace_open(eng) != 0) { /* not opened at the start: out of memory */
     report(eng, path, "out of memory");
     return;
   }
@@ -420,22 +354,21 @@ void lp_trace_close(luapool *eng) {
   if (eng->up) {
     /* A worker process: its events go to the engine, which writes them
      * with its own. */
-    for (int i = 0; i < tr->n; i++)
-      for (size_t k = 0; k < tr->w[i].n; k++) {
-        tev e = *at(&tr->w[i], k);
-        e.ts += tr->origin;
-        if (e.kind == EV_SLICE) e.end += tr->origin;
+    for (int i = 0; i < eng->nworkers; i++)
+      for (size_t k = 0; k < worker_buf(eng, i)->n; k++) {
+        tev e = *lp_tracebuf_at(worker_buf(eng, i), k);
         eng->up->ops->trace(eng->up, i + 1, &e, lp_names_get(&eng->names, e.fn));
       }
     free_trace(eng, tr);
     return;
   }
   int ntk = 0;
-  track *tk = tracks(tr, &ntk);
+  track *tk = tracks(eng, tr, &ntk);
   FILE *f = tk ? fopen(path, "w") : NULL;
   if (!f) {
     report(eng, path, tk ? strerror(errno) : "out of memory");
   } else {
+    from_origin(tr, tk, ntk);
     size_t mask = 0;
     first *tab = first_slices(tk, ntk, &mask);
     write_events(eng, tr, tk, ntk, f, tab, mask);

@@ -1,5 +1,9 @@
 /*
- * stats.h - what a run counts about itself: tasks, peaks, time, busy shares.
+ * stats.h - what a run counts about itself as it goes: tasks made, run,
+ * failed and finished, each worker's idle time, and (with --trace) each
+ * worker's events. The recording side: the core calls these on its own
+ * paths. Reading them (summing, sampling peaks, progress, the trace file)
+ * is observe/'s: figures.c and trace.c.
  *
  * Every figure is either owned by one thread (a worker's own counters,
  * written with plain relaxed stores, no read-modify-write) or sampled by the
@@ -12,10 +16,11 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "tracebuf.h"
+
 struct luapool;
 struct lp_worker;
 struct lp_task;
-struct lp_tbuf;
 
 /* One worker's counters: written by that worker only, read by the host at
  * any time (a live progress bar), so each is an atomic stored relaxed. */
@@ -26,7 +31,7 @@ typedef struct lp_wstats {
   _Atomic uint64_t idle_ns;   /* time spent idle since the first submit */
   _Atomic uint64_t idle_from; /* when the current idle spell began; 0 while busy */
   _Atomic int executing;      /* 1 while a task's code runs on this worker */
-  struct lp_tbuf *trace;      /* this worker's trace events; NULL without a trace */
+  lp_tracebuf *trace;         /* this worker's trace events; NULL without a trace */
 } lp_wstats;
 
 /* The engine's part. */
@@ -35,7 +40,7 @@ typedef struct lp_stats {
   _Atomic uint64_t host_finished; /* tasks finished outside the workers */
   _Atomic uint64_t t0_ns;         /* lp_stats_ns() of the first submit; 0 before */
   _Atomic double cpu0;            /* process CPU seconds at the first submit */
-  /* Host-only. */
+  /* Host-only, kept here for observe/figures.c, which alone uses them. */
   long peak_queued;    /* highest sample of tasks waiting for a worker */
   long peak_suspended; /* highest sample of started tasks that wait */
   double next_progress;
@@ -44,6 +49,8 @@ typedef struct lp_stats {
 
 /* Monotonic nanoseconds (never 0). */
 uint64_t lp_stats_ns(void);
+/* The process's CPU seconds so far. */
+double lp_stats_cpu(void);
 
 /* An owner's increment: a relaxed load and store, no locked instruction. */
 static inline void lp_stats_inc(_Atomic uint64_t *c) {
@@ -60,26 +67,17 @@ void lp_stats_host_finished(struct luapool *eng);
 /* The worker found nothing to do (idle = 1) or has work again (idle = 0). */
 void lp_stats_idle(struct lp_worker *w, int idle);
 
-/* Trace events (trace.c): a worker's running task changes; a task spawns. */
-void lp_trace_switch(struct lp_tbuf *b, struct lp_task *to);
-void lp_trace_spawn(struct lp_tbuf *b, struct lp_task *parent, struct lp_task *child);
-
 /* The worker's running task has just become `to` (NULL: between tasks).
  * Called at every change of lp_worker.current, so a trace sees each slice
  * of a task's execution. */
 static inline void lp_stats_switch(lp_wstats *st, struct lp_task *to) {
   atomic_store_explicit(&st->executing, to != 0, memory_order_relaxed);
-  if (st->trace) lp_trace_switch(st->trace, to);
+  if (st->trace) lp_tracebuf_switch(st->trace, to);
 }
 
 /* A running task has spawned `child`. */
 static inline void lp_stats_spawn(lp_wstats *st, struct lp_task *self, struct lp_task *child) {
-  if (st->trace) lp_trace_spawn(st->trace, self, child);
+  if (st->trace) lp_tracebuf_spawn(st->trace, self, child);
 }
-
-/* Host thread, while it waits (about every millisecond, or after every
- * task in inline mode): samples the peaks, the trace's queue counters and
- * calls the progress callback when it is due. */
-void lp_stats_tick(struct luapool *eng);
 
 #endif

@@ -1,74 +1,25 @@
 /*
- * stats.c - a run's figures: counted by the workers, sampled by the host.
+ * figures.c - a run's figures as the host reads them: luapool_get_stats,
+ * luapool_get_worker_stats, and the host's tick while it waits (peaks, the
+ * trace's queue counters, the progress callback).
  *
- * DESIGN. Counts that change per task (created, finished, started, failed)
- * live with the thread that makes them: each worker writes its own with a
- * relaxed load and store, and the host sums them when asked. Nothing per
- * task takes a lock, makes a system call or reads the clock. A worker reads
- * the clock only when it runs out of work and when it finds work again, to
- * count its idle time; its busy time is the rest. Levels (queued, suspended)
- * are not tracked per task at all: the host thread samples them each time
- * it wakes while waiting (about every millisecond, see luapool_wait), and
- * keeps the peaks. A sample reads counters one after another while workers
- * run, so it is a close estimate; once the run is over every count is
- * exact.
+ * DESIGN. The counts are recorded by the threads that make them
+ * (core/stats.c: each worker its own, the host's roots with an atomic);
+ * this file only reads and sums them. Levels (queued, suspended) are not
+ * tracked per task at all: the host thread samples them each time it wakes
+ * while waiting (about every millisecond, see luapool_wait, or after every
+ * task in inline mode), and keeps the peaks (lp_stats' host-only fields). A
+ * sample reads counters one after another while workers run, so it is a
+ * close estimate; once the run is over every count is exact.
  */
-#include "stats.h"
+#include "figures.h"
 
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "engine.h"
 #include "pool.h"
+#include "stats.h"
 #include "trace.h"
-
-uint64_t lp_stats_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1;
-}
-
-static double cpu_seconds(void) {
-  struct timespec ts;
-  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-void lp_stats_start(luapool *eng) {
-  lp_stats *s = &eng->stats;
-  uint64_t zero = 0;
-  if (atomic_load(&s->t0_ns) == 0 &&
-      atomic_compare_exchange_strong(&s->t0_ns, &zero, lp_stats_ns()))
-    atomic_store(&s->cpu0, cpu_seconds());
-}
-
-void lp_stats_host_created(luapool *eng) {
-  atomic_fetch_add(&eng->stats.host_created, 1);
-  /* The first submit starts the run's clocks (whoever makes the first
-   * task outside the workers, once). */
-  lp_stats_start(eng);
-}
-
-void lp_stats_host_finished(luapool *eng) { atomic_fetch_add(&eng->stats.host_finished, 1); }
-
-void lp_stats_idle(lp_worker *w, int idle) {
-  lp_wstats *st = &w->stats;
-  uint64_t t0 = atomic_load_explicit(&w->eng->stats.t0_ns, memory_order_relaxed);
-  if (t0 == 0) return; /* before the first submit nothing counts */
-  uint64_t now = lp_stats_ns();
-  if (idle) {
-    atomic_store_explicit(&st->idle_from, now, memory_order_relaxed);
-    return;
-  }
-  uint64_t from = atomic_load_explicit(&st->idle_from, memory_order_relaxed);
-  if (from == 0) return;
-  if (from < t0) from = t0;
-  uint64_t idle_ns = atomic_load_explicit(&st->idle_ns, memory_order_relaxed);
-  atomic_store_explicit(&st->idle_ns, idle_ns + (now > from ? now - from : 0),
-                        memory_order_relaxed);
-  atomic_store_explicit(&st->idle_from, 0, memory_order_relaxed);
-}
 
 /* The levels: tasks waiting for a worker, running, and started but
  * waiting for something (what is left of the tasks created and not
@@ -116,7 +67,7 @@ static void sample(luapool *eng, const lp_place_totals *rt, luapool_stats *out) 
   out->suspended = suspended;
 }
 
-void lp_stats_tick(luapool *eng) {
+void lp_figures_tick(luapool *eng) {
   if (!eng->workers) return;
   lp_stats *s = &eng->stats;
   lp_place_totals rt;
@@ -170,7 +121,7 @@ void luapool_get_stats(luapool *lp, luapool_stats *out) {
   uint64_t t0 = atomic_load(&lp->stats.t0_ns);
   if (t0) {
     out->wall = (double)(lp_stats_ns() - t0) * 1e-9;
-    out->cpu = cpu_seconds() - atomic_load(&lp->stats.cpu0) + rt.cpu;
+    out->cpu = lp_stats_cpu() - atomic_load(&lp->stats.cpu0) + rt.cpu;
   }
 }
 
