@@ -27,6 +27,7 @@
 #include "sync.h"
 #include "timer.h"
 #include "trace.h"
+#include "value.h"
 #include "vm.h"
 
 /* ---- the list of open engines ---- */
@@ -445,118 +446,6 @@ int luapool_submit(luapool *lp, const char *fn, int argc, const char *const *arg
   return lp_engine_submit(lp, fn, &args, NULL, NULL);
 }
 
-/* ---- values built from C ---- */
-
-/* The values still owed to an open table: array items, then hash keys and
- * values alternating (a key when hash is even). */
-typedef struct owed {
-  uint32_t arr;
-  uint64_t hash;
-} owed;
-
-struct luapool_values {
-  lp_buf body;                 /* the encoded values, without the message header */
-  uint32_t count;              /* top-level values */
-  owed open[LP_PACK_MAXDEPTH]; /* tables still being filled, innermost last */
-  int depth;
-};
-
-luapool_values *luapool_values_new(void) {
-  luapool_values *v = malloc(sizeof *v);
-  if (!v) return NULL;
-  lp_buf_init(&v->body);
-  v->count = 0;
-  v->depth = 0;
-  return v;
-}
-
-void luapool_values_reset(luapool_values *v) {
-  if (!v) return;
-  lp_buf_reset(&v->body);
-  v->count = 0;
-  v->depth = 0;
-}
-
-void luapool_values_free(luapool_values *v) {
-  if (!v) return;
-  lp_buf_free(&v->body);
-  free(v);
-}
-
-int luapool_values_count(const luapool_values *v) { return v ? (int)v->count : 0; }
-
-/* Whether the next value is a table key. */
-static int next_is_key(const luapool_values *v) {
-  if (v->depth == 0) return 0;
-  const owed *o = &v->open[v->depth - 1];
-  return o->arr == 0 && o->hash % 2 == 0;
-}
-
-/* One value has been written: count it against the innermost open table,
- * closing every table it completes. */
-static void placed(luapool_values *v) {
-  for (;;) {
-    if (v->depth == 0) {
-      v->count++;
-      return;
-    }
-    owed *o = &v->open[v->depth - 1];
-    if (o->arr > 0)
-      o->arr--;
-    else
-      o->hash--;
-    if (o->arr > 0 || o->hash > 0) return;
-    v->depth--; /* the table is complete: it is one value of its parent */
-  }
-}
-
-static int put_done(luapool_values *v, int rc) {
-  if (rc != 0) return LUAPOOL_ENOMEM;
-  placed(v);
-  return 0;
-}
-
-int luapool_values_nil(luapool_values *v) {
-  if (!v || next_is_key(v)) return LUAPOOL_EINVAL;
-  return put_done(v, lp_pack_put_nil(&v->body));
-}
-
-int luapool_values_boolean(luapool_values *v, int b) {
-  if (!v) return LUAPOOL_EINVAL;
-  return put_done(v, lp_pack_put_bool(&v->body, b));
-}
-
-int luapool_values_integer(luapool_values *v, int64_t i) {
-  if (!v) return LUAPOOL_EINVAL;
-  return put_done(v, lp_pack_put_int(&v->body, i));
-}
-
-int luapool_values_number(luapool_values *v, double d) {
-  if (!v || (d != d && next_is_key(v))) return LUAPOOL_EINVAL;
-  return put_done(v, lp_pack_put_float(&v->body, d));
-}
-
-int luapool_values_lstring(luapool_values *v, const char *s, size_t len) {
-  if (!v || (!s && len > 0)) return LUAPOOL_EINVAL;
-  return put_done(v, lp_pack_put_string(&v->body, s ? s : "", len));
-}
-
-int luapool_values_string(luapool_values *v, const char *s) {
-  if (!s) return LUAPOOL_EINVAL;
-  return luapool_values_lstring(v, s, strlen(s));
-}
-
-int luapool_values_table(luapool_values *v, uint32_t narr, uint32_t nhash) {
-  if (!v) return LUAPOOL_EINVAL;
-  if (narr == 0 && nhash == 0) return put_done(v, lp_pack_put_table(&v->body, 0, 0));
-  if (v->depth == LP_PACK_MAXDEPTH - 1) return LUAPOOL_EINVAL;
-  if (lp_pack_put_table(&v->body, narr, nhash) != 0) return LUAPOOL_ENOMEM;
-  owed *o = &v->open[v->depth++];
-  o->arr = narr;
-  o->hash = 2 * (uint64_t)nhash;
-  return 0;
-}
-
 int luapool_submit_values(luapool *lp, const char *fn, const luapool_values *args,
                           luapool_future **out) {
   return luapool_submit_opts(lp, fn, args, NULL, out);
@@ -566,78 +455,16 @@ int luapool_submit_opts(luapool *lp, const char *fn, const luapool_values *args,
                         const luapool_task_opts *opts, luapool_future **out) {
   if (out) *out = NULL;
   if (!lp_engine_is_open(lp) || !fn) return LUAPOOL_EINVAL;
-  if (args && args->depth > 0)
-    return lp_engine_error(lp, LUAPOOL_EINVAL, "the arguments are incomplete: a table is not full");
   lp_buf msg;
   lp_buf_init(&msg);
-  if (lp_pack_begin(&msg, args ? args->count : 0) != 0 ||
-      (args && lp_buf_append(&msg, args->body.data, args->body.len) != 0)) {
+  int rc = lp_value_message(args, &msg);
+  if (rc != 0) {
     lp_buf_free(&msg);
-    return lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
+    return rc == LUAPOOL_EINVAL
+               ? lp_engine_error(lp, rc, "the arguments are incomplete: a table is not full")
+               : lp_engine_error(lp, LUAPOOL_ENOMEM, "out of memory");
   }
   return lp_engine_submit(lp, fn, &msg, opts, out);
-}
-
-/* ---- reading values from C (the format: pack.c) ---- */
-
-static uint64_t read_uvar(luapool_cursor *c) {
-  uint64_t v = 0;
-  for (int shift = 0; c->pos < c->end && shift < 64; shift += 7) {
-    unsigned char b = (unsigned char)*c->pos++;
-    v |= (uint64_t)(b & 0x7f) << shift;
-    if (!(b & 0x80)) break;
-  }
-  return v;
-}
-
-int luapool_cursor_init(luapool_cursor *c, const char *packed, size_t len) {
-  char err[128];
-  if (!c || !packed || lp_pack_validate(packed, len, err, sizeof err) != 0) return LUAPOOL_EINVAL;
-  c->pos = packed + 1; /* the version byte */
-  c->end = packed + len;
-  c->tables = 0;
-  return (int)read_uvar(c);
-}
-
-int luapool_cursor_next(luapool_cursor *c, luapool_value *v) {
-  if (!c || !v || c->pos >= c->end) return LUAPOOL_EINVAL;
-  memset(v, 0, sizeof *v);
-  /* Tags of the format, version 1: nil false true integer float string
-   * table backref function. */
-  static const int types[] = {LUAPOOL_TNIL,     LUAPOOL_TBOOLEAN, LUAPOOL_TBOOLEAN,
-                              LUAPOOL_TINTEGER, LUAPOOL_TNUMBER,  LUAPOOL_TSTRING,
-                              LUAPOOL_TTABLE,   LUAPOOL_TREF,     LUAPOOL_TFUNCTION};
-  unsigned tag = (unsigned char)*c->pos++;
-  if (tag >= sizeof types / sizeof *types) return LUAPOOL_EINVAL;
-  v->type = types[tag];
-  uint64_t u;
-  switch (tag) {
-    case 2: v->boolean = 1; break;
-    case 3:
-      u = read_uvar(c);
-      v->integer = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
-      break;
-    case 4:
-      u = 0;
-      for (int i = 0; i < 8 && c->pos < c->end; i++)
-        u |= (uint64_t)(unsigned char)*c->pos++ << (8 * i);
-      memcpy(&v->number, &u, sizeof v->number);
-      break;
-    case 5:
-    case 8:
-      v->len = (size_t)read_uvar(c);
-      v->string = c->pos;
-      c->pos += v->len; /* validated: within the bytes */
-      break;
-    case 6:
-      v->narr = (uint32_t)read_uvar(c);
-      v->nhash = (uint32_t)read_uvar(c);
-      v->ref = c->tables++;
-      break;
-    case 7: v->ref = (uint32_t)read_uvar(c); break;
-    default: break;
-  }
-  return 0;
 }
 
 /* The outcome of a finished future: LP_TASK_* state and its packed bytes.
