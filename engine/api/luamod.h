@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "engine.h"
+#include "future.h"
 #include "pack.h"
 
 #define POOL_MT "luapool.host.pool"

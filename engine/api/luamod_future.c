@@ -34,7 +34,7 @@ void lp_luamod_spawn(lua_State *L, pool *p, const char *fname, const char *name,
     lp_buf_free(&args);
     luaL_error(L, "%s: %s", fname, err);
   }
-  int rc = lp_engine_submit(p->lp, name, &args, opts, &h->f);
+  int rc = lp_future_submit(p->lp, name, &args, opts, &h->f);
   if (rc != 0) luaL_error(L, "%s: %s", fname, luapool_errmsg(p->lp));
 }
 
@@ -178,7 +178,7 @@ static int as_completed_next(lua_State *L) {
       fs[i - 1] = ((hfuture *)lua_touserdata(L, -1))->f;
       lua_pop(L, 1);
     }
-    int rc = lp_engine_wait_any(p->lp, fs, (int)n, left);
+    int rc = lp_future_wait_any(p->lp, fs, (int)n, left);
     lua_pop(L, 3);
     if (rc != 0 && rc != LUAPOOL_ETIMEDOUT)
       return luaL_error(

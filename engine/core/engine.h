@@ -1,5 +1,6 @@
 /*
- * engine.h - the body of the opaque `luapool` handle, shared by the modules.
+ * engine.h - the body of the opaque `luapool` handle, shared by the modules,
+ * and the engine object's functions (engine.c).
  */
 #ifndef LP_ENGINE_H
 #define LP_ENGINE_H
@@ -88,40 +89,93 @@ struct luapool {
   struct lp_trace *trace; /* --trace (observe/trace.c): the origin, samples and
                              worker processes' events; NULL without */
 
-  struct luapool_future *futures; /* host-only: live futures, detached at close */
-  struct luapool *next_open;      /* the list of open engines (api.c) */
+  struct luapool_future *futures; /* host-only: live futures, detached at close (future.c) */
+  struct luapool *next_open;      /* the list of open engines (engine.c) */
+  /* Called by the host's wait about every millisecond (stats and progress:
+   * set by the layer that opens the engine); NULL: nothing. */
+  void (*tick)(struct luapool *eng);
 
   char *errmsg; /* the last error, whole (a load error can be long); malloc'd */
 };
 
 
-/* Sets the handle's error message (printf-style) and returns err. */
-int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* ---- the engine object (engine.c) ---- */
 
-/* Called when a root's subtree completes (root may be NULL: released). */
-void lp_engine_root_done(luapool *eng, lp_task *root);
+/* Makes an engine from a configuration and puts it on the list of open
+ * engines: 0, LUAPOOL_EINVAL (a bad configuration) or LUAPOOL_ENOMEM. */
+int lp_engine_new(const luapool_config *cfg, luapool **out);
 
 /* Whether lp is an engine that is open (not closed, not a stray pointer). */
 int lp_engine_is_open(const luapool *lp);
 
+/* Takes eng off the list of open engines; 1 if it was there. */
+int lp_engine_unlist(luapool *eng);
+
+/* Sets the handle's error message (printf-style) and returns err. */
+int lp_engine_error(luapool *eng, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The index of the pool called name, or -1. */
 int lp_engine_pool(luapool *eng, const char *name, size_t len);
+
+/* Before the script: adds a pool (spec "threads:N", "processes:N" or
+ * "processes:NxT") or a host C module: 0 or an error with the message set. */
+int lp_engine_add_pool(luapool *eng, const char *name, const char *spec);
+int lp_engine_add_module(luapool *eng, const char *name, luapool_open_fn open);
+
+/* Loads the script and starts the workers (and worker processes); returns
+ * when every one of them is ready: 0 or an error with the message set. */
+int lp_engine_load(luapool *eng, const char *chunk, size_t len, const char *chunkname);
+
+/* Whether the script defines a task function called name. */
+int lp_engine_defines(luapool *eng, const char *name);
+
+/* Worker start-up (pool.c), under host_lock. A worker thread reports rc (0:
+ * ready, else LUAPOOL_E*) into *start_rc and waits for the host's go:
+ * returns 1 to run, 0 to leave. The host waits for a worker's report and
+ * returns it (1: ready); then lets every worker run (go = 1) or leave
+ * (go = -1). */
+int lp_engine_worker_started(luapool *eng, int *start_rc, int rc);
+int lp_engine_worker_ready(luapool *eng, const int *start_rc);
+void lp_engine_workers_go(luapool *eng, int go);
+
+/* Submits a root task of function `fn` with packed arguments (taken: args
+ * is left empty on every path) and the given options (NULL: defaults).
+ * With `root`, stores a reference on the root task there (the caller
+ * unrefs it), and the task wakes the host's wait when it finishes; the
+ * futures of the public API and of the Lua host module are made so. */
+int lp_engine_submit(luapool *eng, const char *fn, lp_buf *args, const luapool_task_opts *opts,
+                     lp_task **root);
+
+/* n roots more are in flight (a worker process's engine takes its roots in
+ * batches). */
+void lp_engine_add_roots(luapool *eng, long n);
+
+/* Called when a root's subtree completes (root may be NULL: released). */
+void lp_engine_root_done(luapool *eng, lp_task *root);
 
 /* Reports a failed task that nobody awaited. */
 void lp_engine_unawaited_failure(luapool *eng, lp_task *t);
 
-/* Submits a root task of function `fn` with packed arguments (taken: args
- * is left empty on every path) and the given options (NULL: defaults); with
- * `out`, makes a future. The Lua host module (luamod.c) submits through
- * here. */
-int lp_engine_submit(luapool *eng, const char *fn, lp_buf *args, const luapool_task_opts *opts,
-                     struct luapool_future **out);
+/* Cancels the whole run (any thread; no handle check): tasks not begun are
+ * cancelled, running ones stop where they are. */
+void lp_engine_cancel(luapool *eng);
 
-/* Waits until one of the futures fs[0 .. n-1] (of engine eng) is done:
- * 0, LUAPOOL_ETIMEDOUT, LUAPOOL_EDEADLOCK (inline mode: none can finish),
- * LUAPOOL_EINTERRUPTED. Records are delivered meanwhile. */
-int lp_engine_wait_any(luapool *eng, struct luapool_future *const *fs, int n, double timeout);
+/* Runs the host's side of the run until every root has completed, or, with
+ * `until`, until until(ud) returns 1 (asked under host_lock, which a
+ * finishing root's waiter takes), or the timeout (< 0: none): delivers
+ * records and failure reports, turns an interrupt into a cancel, judges
+ * deadlocks, and in inline mode runs the tasks itself. 0,
+ * LUAPOOL_ETIMEDOUT, LUAPOOL_EDEADLOCK, LUAPOOL_EINTERRUPTED or
+ * LUAPOOL_ETASKFAIL (a failure nobody awaited). */
+int lp_engine_wait(luapool *eng, double timeout, int (*until)(void *ud), void *ud);
+
+/* Closing, in this order: drain (roots still in flight are cancelled and
+ * waited for), stop (the workers and worker processes are joined), free
+ * (everything the engine owns, and eng itself). */
+void lp_engine_drain(luapool *eng);
+void lp_engine_stop(luapool *eng);
+void lp_engine_free(luapool *eng);
 
 /* procs/proc.c still calls the counters' storage by its old name; its home
  * is lib/counter.c now (counter.h). Remove both lines when the merge

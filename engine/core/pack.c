@@ -1,6 +1,8 @@
 /*
- * pack.c - the value codec: Lua values in, one self-contained byte string out,
- * and back again in another state.
+ * pack.c - the value codec's encoder: Lua values in, one self-contained byte
+ * string out (lp_pack_values), and the builders for C callers. The way back
+ * into another state is unpack.c; the C side (luapool_values and
+ * luapool_cursor) is value.c.
  *
  * Lua states share nothing (SPEC section 4), so every argument, result, emitted
  * value and channel item is deep-copied through this format. The same bytes
@@ -58,15 +60,7 @@
 
 #include <lauxlib.h>
 
-_Static_assert(sizeof(lua_Number) == 8, "floats travel as IEEE 754 binary64");
-
-#define LP_PACK_MAXVALUES 100000 /* values in one message; keeps lua_checkstack honest */
-#define MAXPREALLOC (1 << 24)    /* largest table size the decoder preallocates */
-#define STR_(x) #x
-#define STR(x) STR_(x)
-#define TOO_DEEP "table nesting deeper than " STR(LP_PACK_MAXDEPTH)
-
-enum { T_NIL, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STRING, T_TABLE, T_REF, T_FUNC };
+#include "packfmt.h"
 
 /* ---- lp_buf ---- */
 
@@ -139,13 +133,6 @@ static inline size_t putu(uint8_t *p, uint64_t v) {
   return n;
 }
 
-static inline uint64_t zigzag(int64_t v) {
-  uint64_t u = (uint64_t)v;
-  return (u << 1) ^ (0 - (u >> 63));
-}
-
-static inline int64_t unzigzag(uint64_t u) { return (int64_t)((u >> 1) ^ (0 - (u & 1))); }
-
 static inline int put_byte(lp_buf *b, int tag) {
   uint8_t *p = room(b, 1);
   if (!p) return -1;
@@ -191,16 +178,16 @@ static inline int put_float(lp_buf *b, double v) {
   if (!p) return -1;
   uint64_t u;
   memcpy(&u, &v, 8);
-  p[0] = T_FLOAT;
+  p[0] = LP_TAG_FLOAT;
   for (int i = 0; i < 8; i++) p[1 + i] = (uint8_t)(u >> (8 * i));
   b->len += 9;
   return 0;
 }
 
-static int put_table_header(lp_buf *b, uint64_t narr, uint64_t nhash) {
+static inline int put_table_header(lp_buf *b, uint64_t narr, uint64_t nhash) {
   uint8_t *p = room(b, 21);
   if (!p) return -1;
-  p[0] = T_TABLE;
+  p[0] = LP_TAG_TABLE;
   size_t n = 1 + putu(p + 1, narr);
   b->len += n + putu(p + n, nhash);
   return 0;
@@ -229,7 +216,7 @@ typedef struct enc {
   frame path[LP_PACK_MAXDEPTH];
 } enc;
 
-enum { SEGMAX = 64, PATH_HEAD = 40, PATH_TAIL = 72, PATH_WHOLE = 120 };
+enum { PATH_HEAD = 40, PATH_TAIL = 72, PATH_WHOLE = 120 };
 
 static int is_ident(const char *k, size_t len) {
   static const char *const kw[] = {"and",   "break", "do",       "else", "elseif", "end",
@@ -247,9 +234,7 @@ static int is_ident(const char *k, size_t len) {
   return 1;
 }
 
-/* Writes k as a quoted, escaped Lua string of at most cap bytes (NUL included),
- * cutting it with ... when it does not fit. Returns the length. */
-static size_t quote(char *s, size_t cap, const char *k, size_t len) {
+size_t lp_pack_quote(char *s, size_t cap, const char *k, size_t len) {
   size_t n = 0, i;
   s[n++] = '"';
   for (i = 0; i < len && n + 10 < cap; i++) {
@@ -289,7 +274,7 @@ static size_t key_segment(lua_State *L, int idx, char *s) {
         break;
       }
       s[0] = '[';
-      size_t q = 1 + quote(s + 1, SEGMAX - 2, k, len);
+      size_t q = 1 + lp_pack_quote(s + 1, SEGMAX - 2, k, len);
       s[q++] = ']';
       s[q] = '\0';
       return q;
@@ -382,7 +367,7 @@ static int enc_other(enc *e, int idx, int type) {
     lua_settop(L, top);
   }
   if (!name) return refuse(e, "cannot send a ", "function");
-  return put_bytes(e->out, T_FUNC, name, strlen(name)) ? oom(e) : 0;
+  return put_bytes(e->out, LP_TAG_FUNC, name, strlen(name)) ? oom(e) : 0;
 }
 
 /* Ifs rather than a switch: the common types cost no indirect jump. */
@@ -391,17 +376,17 @@ static inline int enc_value(enc *e, int idx) {
   int type = lua_type(L, idx), r;
   if (type == LUA_TNUMBER) {
     if (lua_isinteger(L, idx))
-      r = put_tagu(e->out, T_INT, zigzag(lua_tointeger(L, idx)));
+      r = put_tagu(e->out, LP_TAG_INT, zigzag(lua_tointeger(L, idx)));
     else
       r = put_float(e->out, lua_tonumber(L, idx));
   } else if (type == LUA_TSTRING) {
     size_t len;
     const char *s = lua_tolstring(L, idx, &len);
-    r = put_bytes(e->out, T_STRING, s, len);
+    r = put_bytes(e->out, LP_TAG_STRING, s, len);
   } else if (type == LUA_TNIL) {
-    r = put_byte(e->out, T_NIL);
+    r = put_byte(e->out, LP_TAG_NIL);
   } else if (type == LUA_TBOOLEAN) {
-    r = put_byte(e->out, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+    r = put_byte(e->out, lua_toboolean(L, idx) ? LP_TAG_TRUE : LP_TAG_FALSE);
   } else {
     return enc_other(e, idx, type);
   }
@@ -421,7 +406,7 @@ static int enc_table(enc *e, int t) {
   if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
     lua_Integer ref = lua_tointeger(L, -1);
     lua_pop(L, 1);
-    return put_tagu(e->out, T_REF, (uint64_t)ref) ? oom(e) : 0;
+    return put_tagu(e->out, LP_TAG_REF, (uint64_t)ref) ? oom(e) : 0;
   }
   lua_pop(L, 1);
   if (e->nframes >= LP_PACK_MAXDEPTH) return refuse(e, TOO_DEEP, "");
@@ -477,7 +462,7 @@ static int enc_table(enc *e, int t) {
   return 0;
 }
 
-static const lp_pack_ctx default_ctx = {NULL, NULL, NULL, 1};
+const lp_pack_ctx lp_pack_default_ctx = {NULL, NULL, NULL, 1};
 
 /* Scalars push nothing, so the stack needs restoring only once the seen map
  * exists; it sits just above the caller's top. A memory error raised by Lua
@@ -488,7 +473,7 @@ int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ct
   size_t len0 = out->len;
   enc e;
   e.L = L;
-  e.ctx = ctx ? ctx : &default_ctx;
+  e.ctx = ctx ? ctx : &lp_pack_default_ctx;
   e.out = out;
   e.seen = 0;
   e.ntables = 0;
@@ -523,287 +508,15 @@ int lp_pack_values(lua_State *L, int first, int n, lp_buf *out, const lp_pack_ct
 
 int lp_pack_begin(lp_buf *out, uint32_t nvalues) { return put_tagu(out, LP_PACK_VERSION, nvalues); }
 
-int lp_pack_put_nil(lp_buf *out) { return put_byte(out, T_NIL); }
-int lp_pack_put_bool(lp_buf *out, int v) { return put_byte(out, v ? T_TRUE : T_FALSE); }
-int lp_pack_put_int(lp_buf *out, int64_t v) { return put_tagu(out, T_INT, zigzag(v)); }
+int lp_pack_put_nil(lp_buf *out) { return put_byte(out, LP_TAG_NIL); }
+int lp_pack_put_bool(lp_buf *out, int v) { return put_byte(out, v ? LP_TAG_TRUE : LP_TAG_FALSE); }
+int lp_pack_put_int(lp_buf *out, int64_t v) { return put_tagu(out, LP_TAG_INT, zigzag(v)); }
 int lp_pack_put_float(lp_buf *out, double v) { return put_float(out, v); }
 
 int lp_pack_put_string(lp_buf *out, const char *s, size_t len) {
-  return put_bytes(out, T_STRING, s, len);
+  return put_bytes(out, LP_TAG_STRING, s, len);
 }
 
 int lp_pack_put_table(lp_buf *out, uint32_t narr, uint32_t nhash) {
   return put_table_header(out, narr, nhash);
-}
-
-/* ---- the decoder ---- */
-
-/* One parser serves lp_unpack_values and lp_pack_validate (L == NULL), so the
- * two cannot disagree about what is well-formed. */
-typedef struct dec {
-  lua_State *L; /* NULL when only validating */
-  const lp_pack_ctx *ctx;
-  const uint8_t *start, *p, *end;
-  int refs;         /* stack index of the number -> table list; 0 until a table is met */
-  uint64_t ntables; /* tables numbered so far */
-  size_t budget;    /* table slots left to preallocate; a bogus count cannot exceed len */
-  char *err;        /* output: what is wrong */
-  size_t errlen;
-} dec;
-
-static int bad(dec *d, const char *what) {
-  snprintf(d->err, d->errlen, "bad message: %s (at byte %zu)", what, (size_t)(d->p - d->start));
-  return -1;
-}
-
-static inline int getu(dec *d, uint64_t *v) {
-  const uint8_t *p = d->p;
-  if (p < d->end && *p < 0x80) { /* the common one-byte case */
-    *v = *p;
-    d->p = p + 1;
-    return 0;
-  }
-  uint64_t r = 0;
-  for (unsigned shift = 0;; shift += 7) {
-    if (p == d->end) return bad(d, "truncated");
-    uint8_t c = *p++;
-    if (shift == 63 && c > 1) return bad(d, "varint overflows 64 bits");
-    r |= (uint64_t)(c & 0x7f) << shift;
-    if (!(c & 0x80)) {
-      if (c == 0 && shift > 0) return bad(d, "overlong varint");
-      break;
-    }
-  }
-  d->p = p;
-  *v = r;
-  return 0;
-}
-
-static inline int dec_value(dec *d, int depth, int iskey);
-
-static int dec_func(dec *d, const char *name, size_t len, int iskey) {
-  lua_State *L = d->L;
-  if (!d->ctx->fn_push) {
-    lua_pushlstring(L, name, len);
-    return 0;
-  }
-  int top = lua_gettop(L);
-  if (d->ctx->fn_push(L, name, len, d->ctx->ud) != 0 || lua_gettop(L) != top + 1) {
-    char q[SEGMAX];
-    lua_settop(L, top);
-    quote(q, sizeof q, name, len);
-    snprintf(d->err, d->errlen, "cannot restore function %s", q);
-    return -1;
-  }
-  if (iskey && (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1) &&
-                                     lua_tonumber(L, -1) != lua_tonumber(L, -1))))
-    return bad(d, "function name restored as a nil or NaN key");
-  return 0;
-}
-
-static int dec_table(dec *d, int depth) {
-  lua_State *L = d->L;
-  uint64_t narr, nhash;
-  if (depth > LP_PACK_MAXDEPTH) return bad(d, TOO_DEEP);
-  if (getu(d, &narr) || getu(d, &nhash)) return -1;
-  size_t left = (size_t)(d->end - d->p);
-  /* each array value takes a byte at least, each pair two */
-  if (narr > left || nhash > left / 2 || narr + 2 * nhash > left)
-    return bad(d, "table size exceeds the message");
-  uint64_t me = d->ntables++;
-  int t = 0;
-  if (L) {
-    if (!lua_checkstack(L, 4)) return bad(d, "out of Lua stack space");
-    if (!d->refs) {
-      lua_createtable(L, 4, 0);
-      d->refs = lua_gettop(L);
-    }
-    size_t a = narr < d->budget ? (size_t)narr : d->budget;
-    a = a < MAXPREALLOC ? a : MAXPREALLOC;
-    d->budget -= a;
-    size_t h = nhash < d->budget ? (size_t)nhash : d->budget;
-    h = h < MAXPREALLOC ? h : MAXPREALLOC;
-    d->budget -= h;
-    lua_createtable(L, (int)a, (int)h);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, d->refs, (lua_Integer)me + 1);
-    t = lua_gettop(L);
-  }
-  for (uint64_t i = 1; i <= narr; i++) {
-    if (dec_value(d, depth, 0)) return -1;
-    if (!L) continue;
-    if (lua_isnil(L, -1))
-      lua_pop(L, 1);
-    else
-      lua_rawseti(L, t, (lua_Integer)i);
-  }
-  for (uint64_t i = 0; i < nhash; i++) {
-    if (dec_value(d, depth, 1) || dec_value(d, depth, 0)) return -1;
-    if (L) lua_rawset(L, t);
-  }
-  return 0;
-}
-
-/* The rarer tags of dec_value. */
-static int dec_other(dec *d, int tag, int depth, int iskey) {
-  lua_State *L = d->L;
-  uint64_t u;
-  switch (tag) {
-    case T_NIL:
-      if (iskey) return bad(d, "nil table key");
-      if (L) lua_pushnil(L);
-      return 0;
-    case T_FALSE:
-    case T_TRUE:
-      if (L) lua_pushboolean(L, tag == T_TRUE);
-      return 0;
-    case T_FLOAT: {
-      if (d->end - d->p < 8) return bad(d, "truncated");
-      double v;
-      u = 0;
-      for (int i = 0; i < 8; i++) u |= (uint64_t)d->p[i] << (8 * i);
-      memcpy(&v, &u, 8);
-      if (iskey && v != v) return bad(d, "NaN table key");
-      d->p += 8;
-      if (L) lua_pushnumber(L, v);
-      return 0;
-    }
-    case T_FUNC: {
-      if (getu(d, &u)) return -1;
-      if (u > (uint64_t)(d->end - d->p)) return bad(d, "string longer than the message");
-      d->p += u;
-      return L ? dec_func(d, (const char *)d->p - u, (size_t)u, iskey) : 0;
-    }
-    case T_TABLE: return dec_table(d, depth + 1);
-    case T_REF:
-      if (getu(d, &u)) return -1;
-      if (u >= d->ntables) return bad(d, "back-reference to a table not yet seen");
-      if (L) lua_rawgeti(L, d->refs, (lua_Integer)u + 1);
-      return 0;
-    default: d->p--; return bad(d, "unknown tag");
-  }
-}
-
-/* Reads one value (pushing it when there is a state). depth is the nesting of
- * the table holding it, 0 at the top; iskey refuses what Lua cannot index by. */
-static inline int dec_value(dec *d, int depth, int iskey) {
-  uint64_t u;
-  if (d->p == d->end) return bad(d, "truncated");
-  int tag = *d->p++;
-  if (tag == T_INT) {
-    if (getu(d, &u)) return -1;
-    if (d->L) lua_pushinteger(d->L, (lua_Integer)unzigzag(u));
-    return 0;
-  }
-  if (tag == T_STRING) {
-    if (getu(d, &u)) return -1;
-    if (u > (uint64_t)(d->end - d->p)) return bad(d, "string longer than the message");
-    d->p += u;
-    if (d->L) lua_pushlstring(d->L, (const char *)d->p - u, (size_t)u);
-    return 0;
-  }
-  return dec_other(d, tag, depth, iskey);
-}
-
-static int dec_message(dec *d, const char *p, size_t len, int *nvalues) {
-  uint64_t n;
-  if (len == 0) {
-    snprintf(d->err, d->errlen, "bad message: empty");
-    return -1;
-  }
-  d->start = d->p = (const uint8_t *)p;
-  d->end = d->p + len;
-  d->refs = 0;
-  d->ntables = 0;
-  d->budget = len;
-  if (*d->p != LP_PACK_VERSION) {
-    snprintf(d->err, d->errlen, "bad message: version %d, expected %d", *d->p, LP_PACK_VERSION);
-    return -1;
-  }
-  d->p++;
-  if (getu(d, &n)) return -1;
-  if (n > LP_PACK_MAXVALUES) return bad(d, "too many values");
-  if (n > (uint64_t)(d->end - d->p)) return bad(d, "truncated");
-  if (d->L && !lua_checkstack(d->L, (int)n + 2)) return bad(d, "out of Lua stack space");
-  for (uint64_t i = 0; i < n; i++)
-    if (dec_value(d, 0, 0)) return -1;
-  if (d->p != d->end) return bad(d, "trailing bytes");
-  *nvalues = (int)n;
-  return 0;
-}
-
-int lp_unpack_values(lua_State *L, const char *p, size_t len, const lp_pack_ctx *ctx, int *nvalues,
-                     char *err, size_t errlen) {
-  int top = lua_gettop(L), n = 0;
-  dec d;
-  d.L = L;
-  d.ctx = ctx ? ctx : &default_ctx;
-  d.err = err;
-  d.errlen = err ? errlen : 0;
-  if (dec_message(&d, p, len, &n)) {
-    lua_settop(L, top);
-    *nvalues = 0;
-    return -1;
-  }
-  if (d.refs) lua_remove(L, d.refs);
-  *nvalues = n;
-  return 0;
-}
-
-int lp_pack_validate(const char *p, size_t len, char *err, size_t errlen) {
-  dec d;
-  int n;
-  d.L = NULL;
-  d.ctx = &default_ctx;
-  d.err = err;
-  d.errlen = err ? errlen : 0;
-  return dec_message(&d, p, len, &n);
-}
-
-int lp_pack_scalar_text(const char *p, size_t len, char *buf, size_t buflen) {
-  dec d;
-  uint64_t u;
-  if (len < 3 || buflen < 32) return 0;
-  d.start = (const uint8_t *)p;
-  d.p = d.start + 3;
-  d.end = d.start + len;
-  d.err = NULL;
-  d.errlen = 0;
-  if (d.start[0] != LP_PACK_VERSION || d.start[1] != 1) return 0;
-  switch (d.start[2]) {
-    case T_NIL: return len == 3 ? snprintf(buf, buflen, "nil") : 0;
-    case T_FALSE: return len == 3 ? snprintf(buf, buflen, "false") : 0;
-    case T_TRUE: return len == 3 ? snprintf(buf, buflen, "true") : 0;
-    case T_INT:
-      if (getu(&d, &u) || d.p != d.end) return 0;
-      return snprintf(buf, buflen, "%lld", (long long)unzigzag(u));
-    case T_FLOAT: {
-      if (len != 11) return 0;
-      uint64_t bits = 0;
-      for (int i = 7; i >= 0; i--) bits = (bits << 8) | d.p[i];
-      double v;
-      memcpy(&v, &bits, sizeof v);
-      /* As Lua's tostring: "%.14g", and ".0" when that looks like an integer. */
-      int n = snprintf(buf, buflen, LUA_NUMBER_FMT, v);
-      if (buf[strspn(buf, "-0123456789")] == '\0') n += snprintf(buf + n, buflen - (size_t)n, ".0");
-      return n;
-    }
-    default: return 0;
-  }
-}
-
-int lp_pack_single_string(const char *p, size_t len, const char **s, size_t *slen) {
-  dec d;
-  uint64_t n;
-  if (len < 4) return 0;
-  d.start = (const uint8_t *)p;
-  d.p = d.start + 3;
-  d.end = d.start + len;
-  d.err = NULL;
-  d.errlen = 0;
-  if (d.start[0] != LP_PACK_VERSION || d.start[1] != 1 || d.start[2] != T_STRING) return 0;
-  if (getu(&d, &n) || n != (uint64_t)(d.end - d.p)) return 0;
-  *s = (const char *)d.p;
-  *slen = (size_t)n;
-  return 1;
 }

@@ -10,7 +10,9 @@
  *   byte  LP_PACK_VERSION
  *   uvar  number of values
  *   value ...
- * Each value starts with a tag byte; see pack.c for the tags.
+ * Each value starts with a tag byte (lp_pack_tag); pack.c describes each.
+ * pack.c encodes, unpack.c decodes, value.c is the C side (luapool_values,
+ * luapool_cursor).
  */
 #ifndef LP_PACK_H
 #define LP_PACK_H
@@ -23,6 +25,19 @@
 #define LP_PACK_VERSION 1
 #define LP_PACK_MAXDEPTH 200 /* nesting of tables, encoder and decoder */
 #define LP_BUF_INLINE 40     /* bytes held without a heap allocation */
+
+/* The tag byte that starts each value, format version 1. */
+typedef enum lp_pack_tag {
+  LP_TAG_NIL = 0,
+  LP_TAG_FALSE = 1,
+  LP_TAG_TRUE = 2,
+  LP_TAG_INT = 3,    /* uvar zigzag(v) */
+  LP_TAG_FLOAT = 4,  /* 8 bytes, IEEE 754 binary64, little-endian */
+  LP_TAG_STRING = 5, /* uvar len, then len bytes */
+  LP_TAG_TABLE = 6,  /* uvar narr, uvar nhash, then the items */
+  LP_TAG_REF = 7,    /* uvar i: the i-th table of the message */
+  LP_TAG_FUNC = 8    /* uvar len, then a task function's name */
+} lp_pack_tag;
 
 /* A growable byte buffer. Small contents live inline, so packing a few
  * scalar arguments never calls malloc. The owner frees with lp_buf_free. */
@@ -90,6 +105,10 @@ int lp_pack_single_string(const char *p, size_t len, const char **s, size_t *sle
  * integer or float, writes it as Lua's tostring would into buf (at least
  * 32 bytes) and returns its length; otherwise returns 0. */
 int lp_pack_scalar_text(const char *p, size_t len, char *buf, size_t buflen);
+
+/* The number of values of a message (its header), or 0 when the header is
+ * malformed. */
+int lp_pack_count(const char *p, size_t len);
 
 /* Checks that a message is well-formed without a lua_State. Returns 0 or -1
  * with a message in err. Used on bytes received from outside. */

@@ -413,13 +413,7 @@ static void *worker_main(void *arg) {
   luapool *eng = w->eng;
   lp_task_cache_self = &w->cache;
   int rc = start_state(eng, w);
-  pthread_mutex_lock(&eng->host_lock);
-  w->start_rc = rc ? rc : 1;
-  pthread_cond_broadcast(&eng->host_cond);
-  while (!eng->workers_go) pthread_cond_wait(&eng->host_cond, &eng->host_lock);
-  int go = eng->workers_go > 0;
-  pthread_mutex_unlock(&eng->host_lock);
-  if (go) loop(w);
+  if (lp_engine_worker_started(eng, &w->start_rc, rc)) loop(w);
   lp_task_cache_self = NULL;
   return NULL;
 }
@@ -490,31 +484,21 @@ int lp_pool_start(luapool *eng) {
         w->started = 1;
     }
     /* Start-up returns only when every worker has its script loaded. */
-    pthread_mutex_lock(&eng->host_lock);
     for (int i = 0; i < n; i++) {
       lp_worker *w = &eng->workers[i];
-      while (w->started && !w->start_rc) pthread_cond_wait(&eng->host_cond, &eng->host_lock);
-      if (rc == 0 && w->started && w->start_rc != 1)
-        rc = lp_engine_error(eng, w->start_rc, "%s", w->errmsg ? w->errmsg : "out of memory");
+      int started = w->started ? lp_engine_worker_ready(eng, &w->start_rc) : 1;
+      if (rc == 0 && started != 1)
+        rc = lp_engine_error(eng, started, "%s", w->errmsg ? w->errmsg : "out of memory");
     }
-    pthread_mutex_unlock(&eng->host_lock);
     if (rc != 0) {
-      pthread_mutex_lock(&eng->host_lock);
-      eng->workers_go = -1; /* every worker leaves at once */
-      pthread_cond_broadcast(&eng->host_cond);
-      pthread_mutex_unlock(&eng->host_lock);
+      lp_engine_workers_go(eng, -1); /* every worker leaves at once */
       return rc;
     }
   }
   /* The workers wait for the go: reading worker 0's state is safe. */
   if (lp_vm_function_names(eng->workers[0].L, &eng->defined, &eng->ndefined) != 0)
     return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
-  if (!eng->inline_mode) {
-    pthread_mutex_lock(&eng->host_lock);
-    eng->workers_go = 1;
-    pthread_cond_broadcast(&eng->host_cond);
-    pthread_mutex_unlock(&eng->host_lock);
-  }
+  if (!eng->inline_mode) lp_engine_workers_go(eng, 1);
   return 0;
 }
 

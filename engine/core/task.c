@@ -213,7 +213,7 @@ void lp_task_finish(lp_task *t, lp_task_state state, lp_buf *result) {
   lp_spin_unlock(&t->lock);
   lp_report_body_done(&t->eng->report, t);
   /* --fail-fast: a failure that no task is waiting for stops the run. */
-  if (state == LP_TASK_FAILED && !w && t->eng->cfg.fail_fast) luapool_cancel(t->eng);
+  if (state == LP_TASK_FAILED && !w && t->eng->cfg.fail_fast) lp_engine_cancel(t->eng);
   while (w) {
     lp_waiter *next = w->next;
     w->next = w->prev = NULL;
