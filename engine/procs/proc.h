@@ -1,6 +1,7 @@
 /*
- * proc.h - worker processes: the engine's side (proc.c) and the side of the
- * process itself (procworker.c).
+ * proc.h - worker processes: the engine's side (procs.c, and the files
+ * that share procs.h) and the side of the process itself (procworker.c,
+ * and the files that share link.h).
  */
 #ifndef LP_PROC_H
 #define LP_PROC_H
