@@ -177,10 +177,5 @@ void lp_engine_drain(luapool *eng);
 void lp_engine_stop(luapool *eng);
 void lp_engine_free(luapool *eng);
 
-/* procs/proc.c still calls the counters' storage by its old name; its home
- * is lib/counter.c now (counter.h). Remove both lines when the merge
- * renames proc.c's call to lp_counter_slot. */
-_Atomic int64_t *lp_counter_slot(luapool *eng, int name_id);
-#define lp_engine_counter lp_counter_slot
 
 #endif

@@ -18,6 +18,7 @@
 
 #include "engine.h"
 #include "pool.h"
+#include "value.h"
 
 /* Protected: builds "task 'NAME' (id N) failed: MSG\n<traceback>" from the
  * error object (1) and the dead coroutine (2). */
@@ -34,53 +35,14 @@ static int format_failure(lua_State *L) {
   return 1;
 }
 
-/* Protected: a one-line summary of the task's arguments. */
-static int summarize_args(lua_State *L) {
-  lp_task *t = lua_touserdata(L, 1);
-  int base = lua_gettop(L), n = 0;
-  char err[128];
-  lp_pack_ctx pc = {NULL, NULL, NULL, 1};
-  if (lp_unpack_values(L, t->args.data, t->args.len, &pc, &n, err, sizeof err) != 0) {
-    lua_pushstring(L, "(unreadable)");
-    return 1;
-  }
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addchar(&b, '(');
-  for (int i = 1; i <= n; i++) {
-    if (i > 1) luaL_addstring(&b, ", ");
-    int v = base + i;
-    size_t len;
-    if (lua_type(L, v) == LUA_TSTRING) {
-      const char *s = lua_tolstring(L, v, &len);
-      lua_pushfstring(L, "\"%s\"", len > 60 ? "..." : s);
-    } else {
-      lua_pushstring(L, luaL_typename(L, v));
-      if (lua_type(L, v) == LUA_TNUMBER || lua_type(L, v) == LUA_TBOOLEAN) {
-        lua_pop(L, 1);
-        luaL_tolstring(L, v, NULL);
-      }
-    }
-    luaL_addvalue(&b);
-  }
-  luaL_addchar(&b, ')');
-  luaL_pushresult(&b);
-  return 1;
-}
-
 void lp_fail_text(lp_worker *w, lp_task *t, const char *text, size_t len) {
-  lua_State *L = w->L;
-  int top = lua_gettop(L);
   lp_buf msg;
   lp_buf_init(&msg);
   if (lp_pack_begin(&msg, 1) != 0 || lp_pack_put_string(&msg, text, len) != 0) lp_buf_reset(&msg);
   int cancelled = lp_task_cancelled(t);
   if (!cancelled) {
     lp_stats_inc(&w->stats.failed);
-    lua_pushcfunction(L, summarize_args);
-    lua_pushlightuserdata(L, t);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) t->failnote = strdup(lua_tostring(L, -1));
-    lua_settop(L, top);
+    t->failnote = lp_value_summary(t->args.data, t->args.len);
   }
   lp_task_finish(t, cancelled ? LP_TASK_CANCELLED : LP_TASK_FAILED, &msg);
   lp_buf_free(&msg);

@@ -157,15 +157,12 @@ static void start_limit(lp_worker *w, lp_task *t, lua_State *co) {
   (void)w;
 }
 
-/* A failed task with runs left runs again, as new, once everything its
- * failed attempt spawned has ended: the attempt's records, its subtree's
- * included, are dropped then (lp_report_retry), so each record is reported
- * once. Meanwhile it waits like a joining task; the last child's end wakes
- * it into its owner's inbox, where run() starts it afresh. */
+/* A failed task with runs left runs again (lp_task_retry), as new, once
+ * everything its failed attempt spawned has ended. Meanwhile it waits like
+ * a joining task; the last child's end wakes it into its owner's inbox,
+ * where run() starts it afresh (lp_task_retry_begin). */
 static int retry(lp_worker *w, lp_task *t) {
-  if (t->retries <= 0 || lp_task_cancelled(t)) return 0;
-  t->retry_pending = 1; /* `retries` counts down when the run begins: the attempt's
-                           subtree is still held by it until then */
+  if (!lp_task_retry(t)) return 0;
   lp_stats_inc(&w->stats.retried);
   t->deadline = 0;
   atomic_store_explicit(&t->state, LP_TASK_QUEUED, memory_order_relaxed);
@@ -185,11 +182,7 @@ static void run(lp_worker *w, lp_task *t) {
   luapool *eng = w->eng;
   lua_State *co = t->co;
   if (!co) { /* a new task */
-    if (t->retry_pending) {
-      t->retry_pending = 0;
-      t->retries--;
-      lp_report_retry(&eng->report, t);
-    }
+    if (t->retry_pending) lp_task_retry_begin(t);
     uint64_t epoch = atomic_load_explicit(&eng->cancel_epoch, memory_order_relaxed);
     if (epoch != 0 && lp_task_cancelled(t)) {
       lp_fail_cancel(w, t);

@@ -8,6 +8,7 @@
  */
 #include "value.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -204,4 +205,47 @@ int luapool_cursor_next(luapool_cursor *c, luapool_value *v) {
   }
   c->pos = (const char *)d.p;
   return 0;
+}
+
+char *lp_value_summary(const char *packed, size_t len) {
+  luapool_cursor cur;
+  int n = luapool_cursor_init(&cur, packed, len);
+  if (n < 0) return strdup("(unreadable)");
+  lp_buf b;
+  lp_buf_init(&b);
+  lp_buf_append(&b, "(", 1);
+  uint64_t inside = 0; /* values that belong to a table being skipped */
+  luapool_value v;
+  int first = 1;
+  while (luapool_cursor_next(&cur, &v) == 0) {
+    int top = inside == 0;
+    if (!top) inside--;
+    if (v.type == LUAPOOL_TTABLE) inside += (uint64_t)v.narr + 2 * (uint64_t)v.nhash;
+    if (!top) continue;
+    char tmp[80];
+    if (!first) lp_buf_append(&b, ", ", 2);
+    first = 0;
+    switch (v.type) {
+      case LUAPOOL_TBOOLEAN: snprintf(tmp, sizeof tmp, "%s", v.boolean ? "true" : "false"); break;
+      case LUAPOOL_TINTEGER: snprintf(tmp, sizeof tmp, "%lld", (long long)v.integer); break;
+      case LUAPOOL_TNUMBER: /* as Lua writes a float: 3.0, not 3 */
+        snprintf(tmp, sizeof tmp, "%.14g", v.number);
+        if (tmp[strspn(tmp, "-0123456789")] == '\0') strcat(tmp, ".0");
+        break;
+      case LUAPOOL_TSTRING:
+        if (v.len > 60)
+          snprintf(tmp, sizeof tmp, "\"...\"");
+        else
+          snprintf(tmp, sizeof tmp, "\"%.*s\"", (int)strnlen(v.string, v.len), v.string);
+        break;
+      case LUAPOOL_TNIL: snprintf(tmp, sizeof tmp, "nil"); break;
+      case LUAPOOL_TFUNCTION: snprintf(tmp, sizeof tmp, "function"); break;
+      default: snprintf(tmp, sizeof tmp, "table"); break;
+    }
+    lp_buf_append(&b, tmp, strlen(tmp));
+  }
+  lp_buf_append(&b, ")", 2); /* with the NUL */
+  char *s = strdup(b.data);
+  lp_buf_free(&b);
+  return s;
 }

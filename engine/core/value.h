@@ -12,4 +12,9 @@
  * LUAPOOL_EINVAL (a table is not full) or LUAPOOL_ENOMEM. */
 int lp_value_message(const luapool_values *v, lp_buf *out);
 
+/* The one-line summary of packed values for the report of a failure
+ * nobody awaited: (1, 2.0, "text", table, nil); strings over 60 bytes are
+ * "...". malloc'd; NULL when out of memory. */
+char *lp_value_summary(const char *packed, size_t len);
+
 #endif

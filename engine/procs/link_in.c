@@ -71,9 +71,7 @@ static int on_exec(lp_link *k, lp_wire_msg *m) {
 static void hand_over(lp_link *k) {
   if (!k->ninj) return;
   luapool *eng = k->eng;
-  pthread_mutex_lock(&eng->host_lock);
-  eng->live_roots += k->ninj;
-  pthread_mutex_unlock(&eng->host_lock);
+  lp_engine_add_roots(eng, k->ninj);
   lp_sched_inject_list(&eng->sched, k->inj_head, k->inj_tail, k->ninj);
   k->inj_head = k->inj_tail = NULL;
   k->ninj = 0;
@@ -188,7 +186,7 @@ int lp_link_read_frames(lp_link *k) {
         break;
       case LP_MSG_STOP:
         k->stopping = 1;
-        luapool_cancel(k->eng);
+        lp_engine_cancel(k->eng);
         break;
       case LP_MSG_REPLY: {
         uint64_t value;

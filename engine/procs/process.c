@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "procs.h"
+#include "value.h"
 
 extern char **environ;
 
@@ -147,48 +148,6 @@ static void describe(pid_t pid, int status, const char *why, char *out, size_t n
     snprintf(out, n, "worker process %d ended", (int)pid);
 }
 
-/* The one-line summary of a task's arguments for the report of a failure
- * nobody awaited, as a worker's Lua state makes it: (1, "text", table). */
-char *lp_process_summarize(const lp_task *t) {
-  luapool_cursor cur;
-  int n = luapool_cursor_init(&cur, t->args.data, t->args.len);
-  if (n < 0) return strdup("(unreadable)");
-  lp_buf b;
-  lp_buf_init(&b);
-  lp_buf_append(&b, "(", 1);
-  uint64_t inside = 0; /* values that belong to a table being skipped */
-  luapool_value v;
-  int first = 1;
-  while (luapool_cursor_next(&cur, &v) == 0) {
-    int top = inside == 0;
-    if (!top) inside--;
-    if (v.type == LUAPOOL_TTABLE) inside += (uint64_t)v.narr + 2 * (uint64_t)v.nhash;
-    if (!top) continue;
-    char tmp[80];
-    if (!first) lp_buf_append(&b, ", ", 2);
-    first = 0;
-    switch (v.type) {
-      case LUAPOOL_TBOOLEAN: snprintf(tmp, sizeof tmp, "%s", v.boolean ? "true" : "false"); break;
-      case LUAPOOL_TINTEGER: snprintf(tmp, sizeof tmp, "%lld", (long long)v.integer); break;
-      case LUAPOOL_TNUMBER: snprintf(tmp, sizeof tmp, "%.14g", v.number); break;
-      case LUAPOOL_TSTRING:
-        if (v.len > 60)
-          snprintf(tmp, sizeof tmp, "\"...\"");
-        else
-          snprintf(tmp, sizeof tmp, "\"%.*s\"", (int)v.len, v.string);
-        break;
-      case LUAPOOL_TNIL: snprintf(tmp, sizeof tmp, "nil"); break;
-      case LUAPOOL_TFUNCTION: snprintf(tmp, sizeof tmp, "function"); break;
-      default: snprintf(tmp, sizeof tmp, "table"); break;
-    }
-    lp_buf_append(&b, tmp, strlen(tmp));
-  }
-  lp_buf_append(&b, ")", 2); /* with the NUL */
-  char *s = strdup(b.data);
-  lp_buf_free(&b);
-  return s;
-}
-
 /* Fails or sends again every task the dead process had, then replaces it
  * (unless the engine is closing). */
 void lp_process_died(lp_conn *c, const char *why) {
@@ -262,10 +221,10 @@ void lp_process_died(lp_conn *c, const char *why) {
       continue;
     }
     if (!lp_task_finished(t) && !t->retry_pending) {
-      if (t->retries > 0 && !lp_task_cancelled(t) && !closing) {
-        t->retry_pending = 1;
+      if (!closing && lp_task_retry(t)) {
+        /* it runs again once its subtree is over */
       } else {
-        if (!t->failnote) t->failnote = lp_process_summarize(t);
+        if (!t->failnote) t->failnote = lp_value_summary(t->args.data, t->args.len);
         char text[512];
         if (t->at_overtime)
           snprintf(text, sizeof text, "task '%s' (id %llu) failed: timed out after %g s (%s)",

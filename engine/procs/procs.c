@@ -24,6 +24,7 @@
 #include "pool.h"
 #include "proc.h"
 #include "procs.h"
+#include "value.h"
 
 /* A task that will not be sent: cancelled when the run stops, failed when
  * its pool has no process left. */
@@ -34,7 +35,7 @@ static void cancel_unsent(luapool *eng, lp_task *t) {
   /* Read now: once finished, a task of the engine's own may be freed. */
   int relayed = t->foreign;
   if (ps->lost[0] && !lp_task_cancelled(t)) {
-    if (!t->failnote) t->failnote = lp_process_summarize(t);
+    if (!t->failnote) t->failnote = lp_value_summary(t->args.data, t->args.len);
     atomic_fetch_add(&ps->failed, 1);
     snprintf(text, sizeof text, "task '%s' (id %llu) failed: %s", name, (unsigned long long)t->id,
              ps->lost);
@@ -311,7 +312,7 @@ static const lp_place_ops procs_ops = {
 int lp_procs_attach(luapool *eng) {
   if (eng->inline_mode) return 0; /* a sequential run runs every task itself */
   for (int i = 0; i < eng->npools; i++) {
-    if (!eng->pools[i].processes) continue;
+    if (!eng->pools[i].processes || eng->pools[i].place) continue;
     lp_procs *ps = calloc(1, sizeof *ps);
     if (!ps) return lp_engine_error(eng, LUAPOOL_ENOMEM, "out of memory");
     ps->base.ops = &procs_ops;

@@ -162,6 +162,5 @@ void lp_relay_cancel_export(lp_procs *ps, uint64_t id);
 /* process.c: a process's start and its end. */
 int lp_process_spawn(lp_procs *ps, lp_conn *c); /* under wlock and lock */
 void lp_process_died(lp_conn *c, const char *why);
-char *lp_process_summarize(const lp_task *t);
 
 #endif

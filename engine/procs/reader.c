@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "counter.h"
 #include "pool.h"
 #include "procs.h"
 #include "timer.h"
@@ -46,10 +47,8 @@ void lp_reader_subtree_over(lp_procs *ps, lp_task *t) {
   luapool *eng = ps->eng;
   if (t->retry_pending) {
     atomic_fetch_add(&ps->retried, 1);
-    t->retries--;
-    t->retry_pending = 0;
     t->at_started = 0;
-    lp_report_retry(&eng->report, t); /* the failed attempt's records go */
+    lp_task_retry_begin(t); /* the failed attempt's records go */
     atomic_store(&t->state, LP_TASK_QUEUED);
     lp_task_away_done(t, 1); /* the body's unit stays: it runs again */
     lp_procs_push(eng, t, 0);
@@ -57,11 +56,10 @@ void lp_reader_subtree_over(lp_procs *ps, lp_task *t) {
     return;
   }
   if (t->foreign) {
-    for (lp_record *r = lp_task_take_held(t), *next; r; r = next) {
-      next = (lp_record *)atomic_load_explicit(&r->item.next, memory_order_relaxed);
+    lp_record *held = lp_task_take_held(t);
+    for (lp_record *r = held; r; r = (lp_record *)atomic_load(&r->item.next))
       lp_relay_record(t, eng, r);
-      free(r);
-    }
+    lp_record_free_list(held);
     lp_relay_done(t, 1);
     atomic_fetch_sub(&ps->held, 1);
     return;
@@ -82,8 +80,7 @@ static void on_result(lp_conn *c, lp_wire_msg *m) {
   lp_task *t = lookup(c, id, done != 0);
   if (!t) return;
   if (!lp_task_finished(t) && !t->retry_pending) {
-    if (state == LP_TASK_FAILED && t->retries > 0 && !lp_task_cancelled(t)) {
-      t->retry_pending = 1; /* it runs again once its subtree is over */
+    if (state == LP_TASK_FAILED && lp_task_retry(t)) { /* again once its subtree is over */
       atomic_fetch_add(&c->ps->unfailed, 1);
     } else
       finish_remote(c->ps->eng, t, (int)state, res, len, note, notelen);
@@ -226,7 +223,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
           lp_wire_get_u64(m, &add))
         break;
       int id = lp_names_intern(&ps->eng->names, p, n);
-      _Atomic int64_t *slot = id >= 0 ? lp_engine_counter(ps->eng, id) : NULL;
+      _Atomic int64_t *slot = id >= 0 ? lp_counter_slot(ps->eng, id) : NULL;
       int64_t value = 0;
       if (slot && add)
         value = atomic_fetch_add(slot, (int64_t)delta) + (int64_t)delta;
