@@ -259,6 +259,22 @@ describe("worker processes", function()
     assert.truthy(res.err:find('arguments: (1, "two", table, 4.5)', 1, true), res.err)
   end)
 
+  it("summarize the arguments of an unawaited failure as threads do, floats included", function()
+    -- A process that dies: the engine summarizes the arguments it sent;
+    -- a task that fails on a thread: its worker does. Both read the same.
+    local script = [[
+      local luapool = require "luapool"
+      function boom(...) if CRASH then os.exit(5) end error("no") end
+      function main() luapool.spawn(boom, 2.0, 3, -0.5, "x", nil, true) end
+    ]]
+    local dead = helpers.run("CRASH = true\n" .. script, {}, { flags = { "--processes", "1" } })
+    local failed = helpers.run(script, {}, { flags = { "--workers", "2" } })
+    for _, res in ipairs({ dead, failed }) do
+      assert.are.equal(1, res.code, helpers.describe(res))
+      assert.truthy(res.err:find('arguments: (2.0, 3, -0.5, "x", nil, true)', 1, true), res.err)
+    end
+  end)
+
   it("report a failure nobody awaited inside a process, and exit 1", function()
     local res = helpers.run([[
       local luapool = require "luapool"
