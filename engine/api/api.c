@@ -17,6 +17,7 @@
 #include "engine.h"
 #include "figures.h"
 #include "future.h"
+#include "lib.h"
 #include "proc.h"
 #include "sync.h"
 #include "trace.h"
@@ -51,7 +52,10 @@ int luapool_open(const luapool_config *cfg, luapool **out) {
   *out = NULL;
   if (!cfg) return LUAPOOL_EINVAL;
   int rc = lp_engine_new(cfg, out);
-  if (rc == 0) (*out)->tick = lp_figures_tick; /* stats and progress, while the host waits */
+  if (rc == 0) {
+    (*out)->tick = lp_figures_tick; /* stats and progress, while the host waits */
+    (*out)->open_lib = lp_lib_open; /* require "luapool" in every worker */
+  }
   return rc;
 }
 

@@ -37,6 +37,7 @@
 #include <lualib.h>
 
 #include "check.h"
+#include "lib.h"
 #include "vm.h"
 
 /* The check's tables, at fixed stack slots of the protected call. */

@@ -28,7 +28,7 @@ typedef struct lp_pooldef {
   int threads;      /* threads in each worker process */
   int first_worker; /* the engine's worker threads serving it */
   int nworkers;
-  lp_place *place;  /* where its tasks run when not on the engine's threads (place.h) */
+  lp_place *place; /* where its tasks run when not on the engine's threads (place.h) */
 } lp_pooldef;
 
 typedef enum lp_engine_phase {
@@ -77,8 +77,8 @@ struct luapool {
 
   lp_pooldef *pools; /* pools[0] is "main" */
   int npools;
-  uint64_t proc_gens;   /* ranges of task ids handed to places (each worker process has one) */
-  lp_uplink *up;        /* set when this engine runs tasks for one upstream (place.h) */
+  uint64_t proc_gens; /* ranges of task ids handed to places (each worker process has one) */
+  lp_uplink *up;      /* set when this engine runs tasks for one upstream (place.h) */
 
   struct lp_sync *sync; /* named channels and sequencers (sync.c, channel.c, sequencer.c) */
 
@@ -94,10 +94,12 @@ struct luapool {
   /* Called by the host's wait about every millisecond (stats and progress:
    * set by the layer that opens the engine); NULL: nothing. */
   void (*tick)(struct luapool *eng);
+  /* Opens the task-side library, `require "luapool"` in a worker's state
+   * (lib/: set by the layer that opens the engine); NULL: none. */
+  int (*open_lib)(struct lua_State *L);
 
   char *errmsg; /* the last error, whole (a load error can be long); malloc'd */
 };
-
 
 /* ---- the engine object (engine.c) ---- */
 
@@ -176,6 +178,5 @@ int lp_engine_wait(luapool *eng, double timeout, int (*until)(void *ud), void *u
 void lp_engine_drain(luapool *eng);
 void lp_engine_stop(luapool *eng);
 void lp_engine_free(luapool *eng);
-
 
 #endif

@@ -100,8 +100,6 @@ int lp_vm_traceback_upto(lua_State *L, int keep) {
   return 1;
 }
 
-static int l_preload(lua_State *L) { return lp_lib_open(L); }
-
 /* os.exit in a thread worker would end the whole run, every other task
  * and the host program with it: it fails the task instead. In a worker
  * process the real os.exit stays: the engine contains it. */
@@ -132,8 +130,10 @@ lua_State *lp_vm_new(lp_worker *w) {
   }
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "preload");
-  lua_pushcfunction(L, l_preload);
-  lua_setfield(L, -2, "luapool");
+  if (w->eng->open_lib) {
+    lua_pushcfunction(L, w->eng->open_lib);
+    lua_setfield(L, -2, "luapool");
+  }
   /* The host's own modules: `require "NAME"` in every worker. */
   for (int i = 0; i < w->eng->nmodules; i++) {
     lua_pushcfunction(L, w->eng->modules[i].open);

@@ -54,11 +54,4 @@ int lp_vm_traceback(lua_State *L);
  * well, they appeared twice). */
 int lp_vm_traceback_upto(lua_State *L, int keep);
 
-/* Opens the task-side module (lib.c). */
-int lp_lib_open(lua_State *L);
-/* Pushes the module's table alone, as lp_lib_open builds it, in any state
- * (no worker needed): what `luapool check` takes the module's names from.
- * Its functions must not be called there. Raises on out of memory. */
-int lp_lib_module(lua_State *L);
-
 #endif

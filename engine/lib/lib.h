@@ -92,6 +92,13 @@ typedef struct lp_future {
 
 /* The future at idx, or NULL if that is not one. */
 lp_future *lp_future_test(lua_State *L, int idx);
+/* Opens the task-side module in a worker's state (the engine's open_lib). */
+int lp_lib_open(lua_State *L);
+/* Pushes the module's table alone, as lp_lib_open builds it, in any state
+ * (no worker needed): what `luapool check` takes the module's names from.
+ * Its functions must not be called there. Raises on out of memory. */
+int lp_lib_module(lua_State *L);
+
 /* Makes the future metatable of a worker's state (lp_lib_open). */
 void lp_future_open(lua_State *L);
 /* Adds wait, _get and _drop to the module table at the top of L. */
