@@ -1,19 +1,27 @@
 -- bench.lua: luapool's benchmarks, each against baselines measured in the
 -- same run. Run from the repository top after building:
 --
---   lua5.4 scripts/bench.lua [--runs N] [--bin build/luapool] [--only NAME]
+--   lua5.4 scripts/bench.lua [--runs N] [--bin build/luapool] [--only NAME] [--vs OLD]
 --
+-- --vs OLD: also runs every luapool command with the binary OLD (another
+-- build, say the commit before a change), alternating with the new one run
+-- by run, and ends with a table of both and their ratio: an A/B at the same
+-- minutes, which is the only fair comparison on a shared machine.
 -- Every figure is the best of N runs (default 3) of a whole process, start-up
 -- included, for luapool and for its baselines alike. These machines are shared: a figure far off
 -- its usual value usually means another process was busy; run again.
-local runs, bin, only = 3, "build/luapool", nil
+local runs, bin, only, vs = 3, "build/luapool", nil, nil
 do
   local i = 1
   while i <= #arg do
     if arg[i] == "--runs" then runs = tonumber(arg[i + 1]); i = i + 1
     elseif arg[i] == "--bin" then bin = arg[i + 1]; i = i + 1
     elseif arg[i] == "--only" then only = arg[i + 1]; i = i + 1
-    else io.stderr:write("usage: lua5.4 scripts/bench.lua [--runs N] [--bin PATH] [--only NAME]\n"); os.exit(2) end
+    elseif arg[i] == "--vs" then vs = arg[i + 1]; i = i + 1
+    else
+      io.stderr:write("usage: lua5.4 scripts/bench.lua [--runs N] [--bin PATH] [--only NAME] [--vs OLD]\n")
+      os.exit(2)
+    end
     i = i + 1
   end
 end
@@ -43,13 +51,18 @@ end
 -- The best of n runs: on shared machines the noise only ever adds time, so
 -- the fastest run is the best estimate of the code's own cost. Baselines are
 -- taken the same way.
+local ab = {} -- with --vs: {command, new best, old best}
 local function best(cmd, n)
   local t, rss = math.huge, 0
+  local old = vs and cmd:sub(1, #bin) == bin and vs .. cmd:sub(#bin + 1)
+  local told = math.huge
   for _ = 1, n or runs do
     local ti, r = measure(cmd)
     if ti < t then t = ti end
     if r and r > rss then rss = r end
+    if old then told = math.min(told, (measure(old))) end
   end
+  if old then ab[#ab + 1] = { cmd:sub(#bin + 2), t, told } end
   return t, rss
 end
 
@@ -187,6 +200,14 @@ if want("fibmap") then
   report("map(fib, 10k) processes", string.format("%.2f s, chunksize 100: %.2f s", pr, prc), "(reported)", true)
   report("  multiprocessing.Pool.map", string.format("%.2f s, chunksize 100: %.2f s", p1, p100),
     "(reported)", true)
+end
+
+if vs then
+  print(string.format("\nA/B, best of %d runs each, alternating: new %s, old %s", runs, bin, vs))
+  print(string.format("%-72s %9s %9s %8s", "command", "new s", "old s", "new/old"))
+  for _, r in ipairs(ab) do
+    print(string.format("%-72s %9.3f %9.3f %8.3f", r[1]:sub(1, 72), r[2], r[3], r[2] / r[3]))
+  end
 end
 
 local bad = 0
