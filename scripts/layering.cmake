@@ -1,16 +1,20 @@
 # layering.cmake - the layering test (ctest -R layering), run as
-#   cmake -DNM=nm -DCORE=libcore.a -DPROCS=a.o|b.o -DOBSERVE=... -DAPI=...
-#         -DCLI=... -P layering.cmake
-# CORE is the static library of core/ and lib/; the others are the object
-# files of the layers above them ('|'-separated). Fails, naming them, if
-# the library has an undefined reference to a symbol one of those defines:
-# a call from the core up into a layer it must reach only through the seam
-# (core/place.h) or not at all.
-foreach(v NM CORE PROCS OBSERVE API CLI)
+#   cmake -DNM=nm -DCORE=libcore.a [-DBELOW=core/] [-DLIB=a.o|b.o] [-DPROCS=...]
+#         [-DOBSERVE=...] [-DAPI=...] [-DCLI=...] -P layering.cmake
+# CORE is a static library of the lower layers (core/ and lib/, or core/
+# alone, which BELOW names in messages); the others are the object files of
+# the layers above them ('|'-separated). Fails, naming them, if the library
+# has an undefined reference to a symbol one of those defines: a call up
+# into a layer it must reach only through the seam (core/place.h), through
+# a hook, or not at all.
+foreach(v NM CORE)
   if(NOT DEFINED ${v})
     message(FATAL_ERROR "layering.cmake: -D${v}=... is missing")
   endif()
 endforeach()
+if(NOT DEFINED BELOW)
+  set(BELOW "core/ and lib/")
+endif()
 
 # The symbols of `nm ARGS FILES` whose type letter matches `types`.
 function(symbols out types)
@@ -31,7 +35,7 @@ endfunction()
 
 symbols(undefined "U" -u ${CORE})
 set(bad 0)
-foreach(layer PROCS OBSERVE API CLI)
+foreach(layer LIB PROCS OBSERVE API CLI)
   string(REPLACE "|" ";" objects "${${layer}}")
   if(NOT objects)
     continue()
@@ -50,11 +54,11 @@ foreach(layer PROCS OBSERVE API CLI)
     list(LENGTH hits n)
     string(TOLOWER ${layer} dir)
     string(REPLACE ";" "\n  " shown "${hits}")
-    message("core/ and lib/ call up into ${dir}/: ${n} symbol(s)\n  ${shown}")
+    message("${BELOW} call(s) up into ${dir}/: ${n} symbol(s)\n  ${shown}")
     set(bad 1)
   endif()
 endforeach()
 if(bad)
-  message(FATAL_ERROR "layering: the core reaches above itself (see above)")
+  message(FATAL_ERROR "layering: ${BELOW} reach(es) above itself (see above)")
 endif()
-message("layering: core/ and lib/ reach no layer above them")
+message("layering: ${BELOW} reach(es) no layer above")

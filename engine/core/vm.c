@@ -334,64 +334,18 @@ static void push_name_of(lua_State *L, int idx) {
   lua_pushnil(L);
 }
 
-int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
-  lp_worker *w = lp_worker_of(L);
-  idx = lua_absindex(L, idx);
-  int t = lua_type(L, idx);
-  if (t == LUA_TFUNCTION) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
-    lua_pushvalue(L, idx);
-    if (lua_rawget(L, -2) == LUA_TNUMBER) { /* function values are cached here too */
-      int id = (int)lua_tointeger(L, -1);
-      lua_pop(L, 2);
-      return id;
-    }
-    lua_pop(L, 2);
-    push_name_of(L, idx);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      snprintf(err, errlen,
-               "the function is not a task function (task functions are global "
-               "functions of the script, or fields of global tables)");
-      return -1;
-    }
-    size_t len;
-    const char *name = lua_tolstring(L, -1, &len);
-    int id = lp_names_intern(&w->eng->names, name, len);
-    lua_pop(L, 1);
-    if (id < 0) {
-      snprintf(err, errlen, "out of memory");
-      return -1;
-    }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
-    lua_pushvalue(L, idx);
-    lua_pushinteger(L, id);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    return id;
-  }
-  if (t != LUA_TSTRING) {
-    snprintf(err, errlen, "task function expected (a name or a function), got %s",
-             lua_typename(L, t));
-    return -1;
-  }
+/* The id cached for the value at idx (a function or a name), or -1. */
+static int cached_id(lp_worker *w, lua_State *L, int idx) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, w->id_by_name_ref);
   lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) == LUA_TNUMBER) {
-    int id = (int)lua_tointeger(L, -1);
-    lua_pop(L, 2);
-    return id;
-  }
+  int id = lua_rawget(L, -2) == LUA_TNUMBER ? (int)lua_tointeger(L, -1) : -1;
   lua_pop(L, 2);
-  size_t len;
-  const char *name = lua_tolstring(L, idx, &len);
-  push_by_name(L, name, len);
-  int ok = lua_type(L, -1) == LUA_TFUNCTION;
-  lua_pop(L, 1);
-  if (!ok) {
-    snprintf(err, errlen, "no task function named '%.200s' in the script", name);
-    return -1;
-  }
+  return id;
+}
+
+/* Interns name and caches its id for the value at idx: the id, or -1. */
+static int intern_id(lp_worker *w, lua_State *L, int idx, const char *name, size_t len, char *err,
+                     size_t errlen) {
   int id = lp_names_intern(&w->eng->names, name, len);
   if (id < 0) {
     snprintf(err, errlen, "out of memory");
@@ -403,6 +357,44 @@ int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
   lua_rawset(L, -3);
   lua_pop(L, 1);
   return id;
+}
+
+int lp_vm_fn_id(lua_State *L, int idx, char *err, size_t errlen) {
+  lp_worker *w = lp_worker_of(L);
+  idx = lua_absindex(L, idx);
+  int t = lua_type(L, idx);
+  if (t != LUA_TFUNCTION && t != LUA_TSTRING) {
+    snprintf(err, errlen, "task function expected (a name or a function), got %s",
+             lua_typename(L, t));
+    return -1;
+  }
+  int id = cached_id(w, L, idx); /* function values are cached too */
+  if (id >= 0) return id;
+  if (t == LUA_TFUNCTION) {
+    push_name_of(L, idx);
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      snprintf(err, errlen,
+               "the function is not a task function (task functions are global "
+               "functions of the script, or fields of global tables)");
+      return -1;
+    }
+    size_t len;
+    const char *name = lua_tolstring(L, -1, &len);
+    id = intern_id(w, L, idx, name, len, err, errlen);
+    lua_pop(L, 1);
+    return id;
+  }
+  size_t len;
+  const char *name = lua_tolstring(L, idx, &len);
+  push_by_name(L, name, len);
+  int ok = lua_type(L, -1) == LUA_TFUNCTION;
+  lua_pop(L, 1);
+  if (!ok) {
+    snprintf(err, errlen, "no task function named '%.200s' in the script", name);
+    return -1;
+  }
+  return intern_id(w, L, idx, name, len, err, errlen);
 }
 
 /* Codec callbacks: a function value travels as its global name. */
