@@ -230,7 +230,10 @@ char *lp_value_summary(const char *packed, size_t len) {
       case LUAPOOL_TINTEGER: snprintf(tmp, sizeof tmp, "%lld", (long long)v.integer); break;
       case LUAPOOL_TNUMBER: /* as Lua writes a float: 3.0, not 3 */
         snprintf(tmp, sizeof tmp, "%.14g", v.number);
-        if (tmp[strspn(tmp, "-0123456789")] == '\0') strcat(tmp, ".0");
+        if (tmp[strspn(tmp, "-0123456789")] == '\0') {
+          size_t k = strlen(tmp);
+          if (k + 3 <= sizeof tmp) memcpy(tmp + k, ".0", 3);
+        }
         break;
       case LUAPOOL_TSTRING:
         if (v.len > 60)
