@@ -9,8 +9,10 @@
  * machine, this file provides the luaL_openlibs that worker states call: the
  * standard libraries without what reaches outside the process (io, os
  * except its clocks, package loaders other than preload, dofile, loadfile,
- * debug.sethook), and an instruction budget that turns a script's own
- * endless loop into a Lua error. The memory limit of the engine bounds its
+ * debug.sethook), an instruction budget that turns a script's own
+ * endless loop into a Lua error, and a string.rep that refuses a repeat
+ * count whose C loop alone would outlast the budget (string.rep("", 1 << 40)
+ * runs 2^40 empty copies, which no hook sees). The memory limit of the engine bounds its
  * allocations. Built by cmake -DLUAPOOL_FUZZ=ON (clang); without it the
  * same file runs the seed corpus once (fuzz_main.c) as a regression test:
  *   build-fuzz/fuzz_load -max_total_time=600 CORPUS engine/test/corpus/load
@@ -42,6 +44,21 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   if (left < 0) luaL_error(L, "fuzz_load: instruction budget exhausted");
 }
 
+#define REP_STEPS 16000000 /* bytes and repeats string.rep may make in one call */
+
+static int bounded_rep(lua_State *L) {
+  size_t len, seplen = 0;
+  luaL_checklstring(L, 1, &len);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_optlstring(L, 3, "", &seplen);
+  if (n > 0 && (double)n * (double)(len + seplen + 1) > REP_STEPS)
+    return luaL_error(L, "fuzz_load: string.rep of %I repeats refused", n);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
 static const luaL_Reg libs[] = {
     {LUA_GNAME, luaopen_base},          {LUA_LOADLIBNAME, luaopen_package},
     {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
@@ -69,6 +86,11 @@ void luaL_openlibs(lua_State *L) {
   static const char *const os_out[] = {"execute", "exit",    "getenv",    "remove",
                                        "rename",  "tmpname", "setlocale", NULL};
   for (int i = 0; os_out[i]; i++) drop(L, "os", os_out[i]);
+  lua_getglobal(L, "string");
+  lua_getfield(L, -1, "rep");
+  lua_pushcclosure(L, bounded_rep, 1);
+  lua_setfield(L, -2, "rep");
+  lua_pop(L, 1);
   drop(L, NULL, "dofile");
   drop(L, NULL, "loadfile");
   drop(L, "debug", "sethook");
