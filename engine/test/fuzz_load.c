@@ -10,12 +10,12 @@
  * standard libraries without what reaches outside the process (io, os
  * except its clocks, package loaders other than preload, dofile, loadfile,
  * debug.sethook), an instruction budget that turns a script's own
- * endless loop into a Lua error, and a string.rep that refuses a repeat
- * count whose C loop alone would outlast the budget (string.rep("", 1 << 40)
- * runs 2^40 empty copies, which no hook sees). The memory limit of the engine bounds its
- * allocations. Built by cmake -DLUAPOOL_FUZZ=ON (clang); without it the
- * same file runs the seed corpus once (fuzz_main.c) as a regression test:
- *   build-fuzz/fuzz_load -max_total_time=600 CORPUS engine/test/corpus/load
+ * endless loop into a Lua error, and a string.rep and a table.move that
+ * refuse a count whose C loop alone would outlast the budget
+ * (string.rep("", 1 << 40) runs 2^40 empty copies, which no hook sees). The memory limit of the
+ * engine bounds its allocations. Built by cmake -DLUAPOOL_FUZZ=ON (clang); without it the same file
+ * runs the seed corpus once (fuzz_main.c) as a regression test: build-fuzz/fuzz_load
+ * -max_total_time=600 CORPUS engine/test/corpus/load
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -59,6 +59,25 @@ static int bounded_rep(lua_State *L) {
   return 1;
 }
 
+static int bounded_move(lua_State *L) {
+  lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+  if (e >= f && (double)e - (double)f > REP_STEPS)
+    return luaL_error(L, "fuzz_load: table.move of %f elements refused", (double)e - (double)f);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+/* Replaces lib.name by f with the original as its upvalue. */
+static void bound(lua_State *L, const char *lib, const char *name, lua_CFunction f) {
+  lua_getglobal(L, lib);
+  lua_getfield(L, -1, name);
+  lua_pushcclosure(L, f, 1);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
 static const luaL_Reg libs[] = {
     {LUA_GNAME, luaopen_base},          {LUA_LOADLIBNAME, luaopen_package},
     {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
@@ -86,11 +105,8 @@ void luaL_openlibs(lua_State *L) {
   static const char *const os_out[] = {"execute", "exit",    "getenv",    "remove",
                                        "rename",  "tmpname", "setlocale", NULL};
   for (int i = 0; os_out[i]; i++) drop(L, "os", os_out[i]);
-  lua_getglobal(L, "string");
-  lua_getfield(L, -1, "rep");
-  lua_pushcclosure(L, bounded_rep, 1);
-  lua_setfield(L, -2, "rep");
-  lua_pop(L, 1);
+  bound(L, "string", "rep", bounded_rep);
+  bound(L, "table", "move", bounded_move);
   drop(L, NULL, "dofile");
   drop(L, NULL, "loadfile");
   drop(L, "debug", "sethook");
