@@ -73,8 +73,6 @@ struct luapool {
                       --retries do not limit (they apply to what it spawns) */
   int host_waiting;
 
-  struct lp_counters *counters; /* named counters (lib/counter.c): made on first use */
-
   lp_pooldef *pools; /* pools[0] is "main" */
   int npools;
   uint64_t proc_gens; /* ranges of task ids handed to places (each worker process has one) */

@@ -115,7 +115,7 @@ void lp_waits_register(lua_State *L);
 void lp_emit_open(lua_State *L);
 void lp_emit_register(lua_State *L);
 
-/* ---- counter.c (its storage: counter.h) ---- */
+/* ---- counter.c (its slots: lp_sync_counter, sync.h) ---- */
 
 void lp_counter_open(lua_State *L);
 void lp_counter_register(lua_State *L);

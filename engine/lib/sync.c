@@ -1,6 +1,7 @@
 /*
  * sync.c - the engine-wide registry of named objects behind
- * luapool.channel (channel.c) and luapool.sequencer (sequencer.c), and the
+ * luapool.channel (channel.c), luapool.sequencer (sequencer.c) and
+ * luapool.counter (counter.c: a slot each), and the
  * helpers both kinds use to wait. Kept apart from the two kinds so that
  * each file holds one concept; sync_int.h is what they share.
  *
@@ -11,9 +12,9 @@
  * before an object's own spinlock is taken (no lock nests with it). Objects
  * live until lp_sync_free at engine close, which runs after every worker
  * has been joined, so a userdata holds a bare pointer and needs no __gc;
- * lp_sync_free frees the registry and has each kind free its objects; it
- * frees the engine's counters too (counter.c), so the engine's close frees
- * every engine-wide object of the library with that one call.
+ * lp_sync_free frees the registry and has each kind free its objects, the
+ * counters' slots (counter.c) with them, so the engine's close frees every
+ * engine-wide object of the library with that one call.
  *
  * Waiting follows lib.h; channel.c and sequencer.c say what a waiter links
  * and who wakes it. In threaded runs a wait without a timeout still
@@ -29,7 +30,6 @@
 
 #include <lauxlib.h>
 
-#include "counter.h"
 #include "engine.h"
 #include "lib.h"
 #include "pool.h"
@@ -43,6 +43,8 @@ struct lp_sync {
   size_t nchans;
   void **seqs; /* lp_seq *, the same way */
   size_t nseqs;
+  void **counters; /* _Atomic int64_t *, the same way (counter.c) */
+  size_t ncounters;
 };
 
 /* Guards the creation of eng->sync, which a late require "luapool" may
@@ -206,14 +208,28 @@ void lp_sync_register(lua_State *L) {
   lp_sequencer_open(L, module);
 }
 
+_Atomic int64_t *lp_sync_counter(struct luapool *eng, int id) {
+  struct lp_sync *s = get_sync(eng);
+  if (!s || id < 0) return NULL;
+  pthread_mutex_lock(&s->lock);
+  _Atomic int64_t *slot = NULL;
+  if (reserve(&s->counters, &s->ncounters, id) == 0) {
+    if (!s->counters[id]) s->counters[id] = calloc(1, sizeof(_Atomic int64_t));
+    slot = s->counters[id];
+  }
+  pthread_mutex_unlock(&s->lock);
+  return slot;
+}
+
 void lp_sync_free(struct luapool *eng) {
-  lp_counter_free(eng); /* the other engine-wide objects of the library */
   struct lp_sync *s = eng->sync;
   if (!s) return;
   for (size_t i = 0; i < s->nchans; i++) lp_channel_free(s->chans[i]);
   for (size_t i = 0; i < s->nseqs; i++) lp_sequencer_free(s->seqs[i]);
+  for (size_t i = 0; i < s->ncounters; i++) free(s->counters[i]);
   free(s->chans);
   free(s->seqs);
+  free(s->counters);
   pthread_mutex_destroy(&s->lock);
   free(s);
   eng->sync = NULL;

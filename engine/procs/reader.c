@@ -16,9 +16,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "counter.h"
 #include "pool.h"
 #include "procs.h"
+#include "sync.h"
 #include "timer.h"
 #include "trace.h"
 
@@ -223,7 +223,7 @@ static void on_frame(lp_conn *c, lp_wire_msg *m) {
           lp_wire_get_u64(m, &add))
         break;
       int id = lp_names_intern(&ps->eng->names, p, n);
-      _Atomic int64_t *slot = id >= 0 ? lp_counter_slot(ps->eng, id) : NULL;
+      _Atomic int64_t *slot = id >= 0 ? lp_sync_counter(ps->eng, id) : NULL;
       int64_t value = 0;
       if (slot && add)
         value = atomic_fetch_add(slot, (int64_t)delta) + (int64_t)delta;
