@@ -52,6 +52,9 @@ static const char usage_text[] =
     "  --retries N      run a failed task again, up to N times\n"
     "  --task-timeout S stop a task that runs longer than S seconds\n"
     "  --memory-limit BYTES  limit of each worker's Lua state (suffix k, m, g)\n"
+    "  --hold SIZE      memory for records waiting to be written (default 32m);\n"
+    "                   past it they wait in files under $TMPDIR, and tasks\n"
+    "                   whose output falls behind wait for room\n"
     "  --fail-fast      cancel the run at the first failure nobody waits for\n"
     "  --progress       a live progress bar on stderr when it is a terminal\n"
     "                   (the default); --no-progress: none\n"
@@ -291,6 +294,10 @@ static int cmd_run(int argc, char **argv) {
         bad_value(a, "a positive number of seconds", val);
       cfg.task_timeout = v;
       i++;
+    } else if (strcmp(a, "--hold") == 0) {
+      cfg.hold = parse_bytes(a, val);
+      if (cfg.hold < 1024 * 1024) bad_value(a, "a size of 1m or more", val);
+      i++;
     } else if (strcmp(a, "--memory-limit") == 0) {
       cfg.memory_limit = parse_bytes(a, val);
       i++;
@@ -356,6 +363,9 @@ static int cmd_run(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    /* A spill file past a file-size limit (ulimit -f) is an error to report
+     * (exit 1, the reason named), not a reason to die with a core. */
+    signal(SIGXFSZ, SIG_IGN);
     lp->root_is_run = 1; /* main is the run: the task limits are for what it spawns */
     rc = luapool_submit(lp, "main", nargs, args);
     if (rc == 0) rc = luapool_wait(lp, -1);

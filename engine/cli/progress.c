@@ -119,6 +119,9 @@ void lp_progress_summary(luapool *lp, FILE *out) {
   fprintf(out, "  deepest level     %d\n", st.max_depth);
   fprintf(out, "  peak queued       %ld\n", st.peak_queued);
   fprintf(out, "  peak suspended    %ld\n", st.peak_suspended);
+  fprintf(out, "  records           %llu (spilled to disk %llu, peak held %.1f MB)\n",
+          (unsigned long long)st.records, (unsigned long long)st.records_spilled,
+          (double)st.held_peak / (1024.0 * 1024.0));
   fprintf(out, "  wall time         %s\n", wall);
   fprintf(out, "  CPU time          %s\n", cpu);
   fprintf(out, "  tasks per second  %.1f\n", st.wall > 0 ? (double)st.tasks_run / st.wall : 0.0);

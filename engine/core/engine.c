@@ -422,7 +422,7 @@ void lp_engine_cancel(luapool *lp) {
  * names the waiting tasks, and the run is cancelled: each ends where it
  * waits. Returns 1 then. */
 static int deadlocked(luapool *lp) {
-  if (lp->up) return 0;
+  if (lp->up || lp_hold_waiting(&lp->report)) return 0; /* the host wakes those */
   if (!lp_places_idle(lp) || !lp_sched_stalled(&lp->sched)) return 0;
   char list[2048];
   int n = lp_pool_describe_waits(lp, list, sizeof list);
@@ -490,6 +490,13 @@ int lp_engine_wait(luapool *lp, double timeout, int (*until)(void *ud), void *ud
   /* The run is over when no root is left (priority order lets go then). */
   if (lp->inline_mode || until) live = live_roots(lp);
   lp_report_deliver(&lp->report, rc != LUAPOOL_ETIMEDOUT && live == 0);
+  if (atomic_load(&lp->report.spill_failed)) { /* records could not be held: the run failed */
+    pthread_mutex_lock(&lp->report.fail_lock);
+    rc = lp_engine_error(lp, LUAPOOL_ESYS, "%s",
+                        lp->report.spill_error ? lp->report.spill_error
+                                               : "cannot write a spill file: out of memory");
+    pthread_mutex_unlock(&lp->report.fail_lock);
+  }
   if (rc == 0 && atomic_load(&lp->interrupted)) rc = LUAPOOL_EINTERRUPTED;
   if (rc == 0 && atomic_load(&lp->unawaited_failures)) rc = LUAPOOL_ETASKFAIL;
   return rc;

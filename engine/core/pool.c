@@ -30,6 +30,7 @@
 
 #include "engine.h"
 #include "fail.h"
+#include "spill.h"
 #include "spin.h"
 #include "vm.h"
 
@@ -372,8 +373,10 @@ static void loop(lp_worker *w) {
     lp_task *t = lp_sched_next(s, w->index);
     if (t) {
       run(w, t);
+      if (w->cache.spill) lp_spill_tick(&eng->report, w->cache.spill, 0);
       continue;
     }
+    lp_spill_tick(&eng->report, w->cache.spill, 1); /* a reader may wait for them */
     if (w->timers.n && fire_timers(w, atomic_load(&eng->stopping))) continue;
     if (atomic_load(&s->stop) && w->nlive == 0) return;
     lp_stats_idle(w, 1);
@@ -421,6 +424,7 @@ int lp_pool_run_inline(luapool *eng, void (*between)(luapool *eng)) {
   lp_task *t;
   while ((t = lp_sched_next(&eng->sched, 0))) {
     run(w, t);
+    lp_spill_tick(&eng->report, w->cache.spill, 1);
     lp_report_deliver(&eng->report, 0);
     if (between) between(eng);
   }

@@ -41,6 +41,7 @@ lp_record *lp_record_new(int kind, const lp_task *t, double priority, const void
   rec->fn = t ? t->fn : -1;
   rec->priority = priority;
   rec->held = 0;
+  rec->spilled = 0;
   rec->len = len;
   if (len) memcpy(rec->data, data, len);
   rec->data[len] = '\0';

@@ -30,6 +30,7 @@
 
 #include "engine.h"
 #include "pack.h"
+#include "spill.h"
 #include "task.h"
 
 static void seq_init(lp_rnode *n, lp_rnode *parent) {
@@ -71,6 +72,8 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   seq_init(&r->roots, NULL);
   r->cur = &r->roots;
   r->noutbox = nworkers + 1; /* the workers' homes, and the one of a thread outside them */
+  r->bound = eng->cfg.hold ? (long long)eng->cfg.hold : (long long)LP_HOLD_DEFAULT;
+  atomic_init(&r->cursor_seq, &r->roots);
   atomic_init(&r->csentinel.next, NULL);
   r->csentinel.kind = LP_ITEM_RECORD;
   atomic_init(&r->ctail, &r->csentinel);
@@ -95,13 +98,36 @@ static void add_completion(lp_report *r, lp_task *t, lp_record *rec) {
   atomic_store_explicit(&prev->next, &rec->item, memory_order_release);
 }
 
-void lp_report_add(lp_report *r, lp_task *t, lp_record *rec) {
-  if (r->order == LUAPOOL_ORDER_COMPLETION)
+int lp_report_add(lp_report *r, lp_task *t, lp_record *rec) {
+  long long size = lp_record_bytes(rec);
+  int over = lp_hold_count(r, size);
+  if (r->order == LUAPOOL_ORDER_COMPLETION) {
     add_completion(r, t, rec);
-  else if (t->rn)
-    seq_append(t->rn, &rec->item);
-  else
+    return over;
+  }
+  if (!t->rn) {
+    lp_hold_count(r, -size);
     free(rec);
+    return 0;
+  }
+  /* Past the bound, a record the cursor cannot reach yet waits on disk
+   * (workers run their newest tasks first, so in tree order much is made
+   * ahead of its turn); one in the cursor's sequence waits for the output. */
+  if (over && t->rn != atomic_load_explicit(&r->cursor_seq, memory_order_relaxed) &&
+      lp_report_spill(r, t->rn, rec) == 0)
+    return 0;
+  seq_append(t->rn, &rec->item);
+  return over;
+}
+
+/* Frees a list of records linked by item.next, counting them (producer). */
+static void drop_list(lp_report *r, lp_record *list) {
+  long long bytes = 0;
+  for (lp_record *rec = list; rec;
+       rec = (lp_record *)atomic_load_explicit(&rec->item.next, memory_order_relaxed))
+    bytes += lp_record_bytes(rec);
+  lp_record_free_list(list);
+  if (bytes) lp_hold_count(r, -bytes);
 }
 
 void lp_report_release(lp_report *r, lp_task *t, lp_record *held) {
@@ -137,7 +163,7 @@ static void attempt_link(lp_rnode *n) {
 
 /* Frees what a dropped attempt made: its records and its subtree's
  * sequences (all complete: the subtree is over), leaving n empty. */
-static void attempt_clear(lp_rnode *n) {
+static void attempt_clear(lp_report *r, lp_rnode *n) {
   lp_task_cache *self = lp_task_cache_self;
   lp_rnode *seq = n;
   lp_item *it = atomic_load_explicit(&n->first, memory_order_acquire);
@@ -152,6 +178,11 @@ static void attempt_clear(lp_rnode *n) {
     }
     lp_item *next = atomic_load_explicit(&it->next, memory_order_acquire);
     if (it->kind == LP_ITEM_RECORD) {
+      lp_hold_count(r, -lp_record_bytes((lp_record *)it));
+      free(it);
+      it = next;
+    } else if (it->kind == LP_ITEM_SPILLED) { /* its bytes in the file are left unread */
+      lp_hold_count(r, -(long long)(sizeof(lp_spilled) + 16));
       free(it);
       it = next;
     } else {
@@ -164,9 +195,9 @@ static void attempt_clear(lp_rnode *n) {
 }
 
 void lp_report_retry(lp_report *r, lp_task *t) {
-  lp_record_free_list(lp_task_take_held(t));
+  drop_list(r, lp_task_take_held(t));
   if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn || !t->rn->held) return;
-  attempt_clear(t->rn);
+  attempt_clear(r, t->rn);
   if (t->retries <= 0) attempt_link(t->rn); /* the last run streams */
 }
 
@@ -271,55 +302,15 @@ static void free_node(lp_report *r, lp_rnode *n) {
  * of a sequence it has walked to the end. A held record is freed later. */
 static void release_item(lp_report *r, lp_item *it) {
   if (!it) return;
-  if (it->kind == LP_ITEM_CHILD)
+  if (it->kind == LP_ITEM_CHILD) {
     free_node(r, (lp_rnode *)it);
-  else if (!((lp_record *)it)->held)
+  } else if (it->kind == LP_ITEM_SPILLED) {
+    lp_hold_host(r, -(long long)(sizeof(lp_spilled) + 16));
     free(it);
-}
-
-/* Priority order: records are held, in tree order, until the run ends. A
- * task may emit at any priority at any time, so no record is known to be
- * the lowest before then. The record itself is kept (once the cursor has
- * passed it, only the host touches it); its rank breaks ties. */
-static void hold(lp_report *r, lp_record *rec) {
-  if (r->nheld == r->capheld) {
-    size_t cap = r->capheld ? r->capheld * 2 : 256;
-    lp_held *h = realloc(r->held, cap * sizeof *h);
-    if (!h) {
-      lp_record_deliver(r, rec); /* out of memory: out of order rather than lost */
-      return;
-    }
-    r->held = h;
-    r->capheld = cap;
+  } else if (!((lp_record *)it)->held) {
+    lp_hold_host(r, -lp_record_bytes((lp_record *)it));
+    free(it);
   }
-  rec->held = 1;
-  r->held[r->nheld].rec = rec;
-  r->held[r->nheld].rank = r->nheld;
-  r->nheld++;
-}
-
-static int by_priority(const void *a, const void *b) {
-  const lp_held *x = a, *y = b;
-  if (x->rec->priority != y->rec->priority) return x->rec->priority < y->rec->priority ? -1 : 1;
-  return x->rank < y->rank ? -1 : x->rank > y->rank;
-}
-
-static long release_held(lp_report *r, int deliver) {
-  if (deliver && r->nheld > 1) qsort(r->held, r->nheld, sizeof *r->held, by_priority);
-  for (size_t i = 0; i < r->nheld; i++) {
-    lp_record *rec = r->held[i].rec;
-    if (!rec) continue;
-    if (deliver) lp_record_deliver(r, rec);
-    /* The cursor's last record may still be its position: it is freed when
-     * the cursor moves on (or at the end). */
-    if (&rec->item == r->pos)
-      rec->held = 0;
-    else
-      free(rec);
-  }
-  long n = (long)r->nheld;
-  r->nheld = 0;
-  return n;
 }
 
 /* Walks c as far as it can. Records go to sink when one is given, else
@@ -348,12 +339,29 @@ static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink
       }
     }
     if (!next) return n;
+    if (next->kind == LP_ITEM_SPILLED) {
+      /* Whole once an item follows it or its sequence is done (read before
+       * its length: the producer extends it no more after either). */
+      int whole = atomic_load_explicit(&next->next, memory_order_acquire) ||
+                  (seq != &r->roots && atomic_load_explicit(&seq->done, memory_order_acquire));
+      lp_spilled *s = (lp_spilled *)next;
+      int64_t len = atomic_load_explicit(&s->len, memory_order_acquire);
+      n += lp_report_read_spilled(r, s, len, deliver, sink, ud);
+      if (!whole || s->done < len) return n; /* the rest is still being written */
+      release_item(r, c->pos);
+      c->pos = next;
+      continue;
+    }
     release_item(r, c->pos);
     if (next->kind == LP_ITEM_RECORD) {
       if (sink)
         sink(ud, (lp_record *)next), n++;
-      else if (r->order == LUAPOOL_ORDER_PRIORITY)
-        hold(r, (lp_record *)next); /* holding is not delivering: also when discarding */
+      else if (r->order == LUAPOOL_ORDER_PRIORITY) {
+        /* The host's cursor (a sink's walks do not hold): a run written
+         * now must leave its position to it. */
+        r->pos = next;
+        lp_runs_hold(r, (lp_record *)next); /* holding is not delivering: also when discarding */
+      }
       else if (deliver)
         lp_record_deliver(r, (lp_record *)next), n++;
       c->pos = next;
@@ -369,6 +377,7 @@ static long walk_tree(lp_report *r, int deliver) {
   long n = walk_cursor(r, &c, deliver, NULL, NULL);
   r->cur = c.cur;
   r->pos = c.pos;
+  atomic_store_explicit(&r->cursor_seq, c.cur, memory_order_relaxed);
   return n;
 }
 
@@ -427,8 +436,10 @@ long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
   long n =
       r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
-  if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += release_held(r, 1);
+  if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += lp_runs_release(r, 1);
   flush_all_freed(r);
+  lp_hold_publish(r);
+  lp_hold_wake(r); /* all that could leave has: what stays waits for its turn */
   deliver_failures(r);
   if (n > 0 && r->eng->cfg.on_flush) r->eng->cfg.on_flush(r->eng->cfg.ud);
   return n;
@@ -443,11 +454,19 @@ void lp_report_free(lp_report *r) {
     /* Every task has finished by now, so the walk reaches the end; it stops
      * early only in the roots' sequence, which is never `done`. */
     walk_tree(r, 0);
-    release_held(r, 0); /* before the position: it may be a held record */
+    lp_runs_release(r, 0); /* before the position: it may be a held record */
     if (r->pos && r->pos != &r->roots.item) release_item(r, r->pos);
     flush_all_freed(r);
   }
   free(r->held);
+  free(r->runs);
+  lp_hold_wake(r);
+  free(r->waiting);
+  if (r->rd) lp_spill_reader_free(r->rd);
+  free(r->rd);
+  free(r->scratch);
+  lp_spill_close_all(r);
+  free(r->spill_error);
   deliver_failures(r);
   free(r->freed_home);
   free(r->freed_first);

@@ -14,7 +14,7 @@
 struct luapool;
 struct lp_task;
 
-enum { LP_ITEM_RECORD = 0, LP_ITEM_CHILD = 1 };
+enum { LP_ITEM_RECORD = 0, LP_ITEM_CHILD = 1, LP_ITEM_SPILLED = 2 };
 
 /* One entry of an output sequence: a record, or the place of a child task.
  * Sequences have one producer (the task's own worker) and one consumer
@@ -47,10 +47,28 @@ typedef struct lp_record {
   uint64_t root; /* with an uplink (place.h): the root here that this descends from */
   int fn;
   double priority;
-  int held; /* host-only: kept for priority order, freed after it */
+  int held;    /* host-only: kept for priority order, freed after it */
+  int spilled; /* host-only: read back from a spill file (counted once) */
   size_t len;
   char data[]; /* packed value (EMIT) or text (PRINT) */
 } lp_record;
+
+/* Records of one sequence written to a spill file (spill.h) in a row: they
+ * take one item's place. Its producer adds to it while it is the last item
+ * of the sequence; once another item follows, or the sequence is done, it
+ * is whole. The host reads it as far as the file has been written. */
+typedef struct lp_spilled {
+  lp_item item;
+  struct lp_spill_file *file;
+  int64_t off;           /* where its first record is in the file */
+  _Atomic int64_t len;   /* bytes of its records so far */
+  int64_t done;          /* host-only: bytes already handed on */
+} lp_spilled;
+
+/* A sorted run of priority order's held records in the host's spill file. */
+typedef struct lp_run {
+  int64_t off, end;
+} lp_run;
 
 /* A record held for priority order, with its place in tree order. */
 typedef struct lp_held {
@@ -99,6 +117,33 @@ typedef struct lp_report {
   void **freed_first;
   void **freed_last;
   int *nfreed;
+  /* The memory bound of held records (hold.c, spill.c, runs.c). Producers
+   * count what they add and the host what it frees, each publishing into
+   * `mem` every LP_HOLD_BATCH bytes; past `bound`, records that wait for
+   * their turn go to disk and a task whose record waits for the output
+   * waits for room (lp_hold_wait). */
+  long long bound;
+  _Atomic long long mem;
+  _Atomic long long peak;
+  long long host_delta;            /* host-only: freed, not yet published */
+  _Atomic(lp_rnode *) cursor_seq;  /* the sequence the host's cursor is in */
+  _Atomic int wlock;               /* spinlock over `waiting` */
+  struct lp_task **waiting;        /* tasks waiting for room */
+  size_t nwaiting, capwaiting;
+  _Atomic int nwaiting_pub;        /* nwaiting, readable without the lock */
+  _Atomic uint64_t spilled;        /* records written to disk */
+  _Atomic int spill_failed;
+  char *spill_error;               /* the first failure, under fail_lock */
+  struct lp_spill_file *files;     /* every spill file, under fail_lock */
+  struct lp_spill_file *shared;    /* of threads without a worker cache, under its lock */
+  struct lp_spill_reader *rd;      /* host-only: reads spilled records back */
+  lp_record *scratch;              /* host-only: the record read back */
+  size_t scap;
+  struct lp_spill_file *runfile;   /* priority order's sorted runs (host-only) */
+  lp_run *runs;
+  size_t nruns, capruns;
+  uint64_t rank;                   /* priority order: records held so far */
+  long long heldbytes;             /* bytes in `held` */
   lua_State *fmt; /* host-only state that turns values into text and JSON */
   char *textbuf;
   size_t textcap;
@@ -108,8 +153,10 @@ int lp_report_init(lp_report *r, struct luapool *eng, int order, int nworkers);
 /* Frees every record not yet delivered and the references the tree held. */
 void lp_report_free(lp_report *r);
 
-/* Producer side, called by the worker running task t. */
-void lp_report_add(lp_report *r, struct lp_task *t, lp_record *rec);
+/* Producer side, called by the worker running task t. Returns 1 when the
+ * records in memory are past the bound and rec waits for the output (not
+ * for its turn): the task should wait for room (lp_hold_wait) if it can. */
+int lp_report_add(lp_report *r, struct lp_task *t, lp_record *rec);
 void lp_report_spawn(lp_report *r, struct lp_task *parent, struct lp_task *child);
 /* t's outcome is final (its body has finished for good): its records may
  * leave, and (unless t is away: place.h) its sequence is complete. */
@@ -147,6 +194,46 @@ void lp_report_away_done(lp_report *r, struct lp_task *t);
  * configured callback; returns how many. With `final` set, the run is over
  * and everything left is delivered in order. */
 long lp_report_deliver(lp_report *r, int final);
+
+/* ---- the memory bound (hold.c) ---- */
+
+#define LP_HOLD_BATCH (64 * 1024)
+#define LP_HOLD_DEFAULT ((size_t)32 << 20)
+
+/* Counts d bytes of records made (> 0) or freed (< 0) by a producer
+ * thread; returns whether the records in memory are past the bound. */
+int lp_hold_count(lp_report *r, long long d);
+/* The same for the host (the thread that walks the cursor). */
+void lp_hold_host(lp_report *r, long long d);
+/* Publishes what the host has counted; keeps the peak. */
+void lp_hold_publish(lp_report *r);
+/* Queues t (armed: lp_task_arm) to be woken when the host has caught up. */
+void lp_hold_wait(lp_report *r, struct lp_task *t);
+/* Host: wakes every task waiting for room; the host has handed on what it
+ * could, so the records still in memory wait for their turn, not for it. */
+void lp_hold_wake(lp_report *r);
+/* Whether tasks wait for room (not a deadlock: the host wakes them). */
+int lp_hold_waiting(lp_report *r);
+/* Bytes a record takes in memory, as counted. */
+long long lp_record_bytes(const lp_record *rec);
+
+/* ---- spilled sequences (spill.c) ---- */
+
+/* Writes rec into t's sequence n through the calling thread's spill file:
+ * 0 (rec is freed), or -1 (rec stays the caller's). */
+int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec);
+/* Host: hands on the records of s the file has so far, from where the
+ * host left off; returns how many. */
+long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver,
+                            lp_sink_fn sink, void *ud);
+
+/* ---- priority order's runs (runs.c) ---- */
+
+/* Host: keeps rec for the end of the run (rec is the report's now). */
+void lp_runs_hold(lp_report *r, lp_record *rec);
+/* Host: hands every held record to the host in priority order (or frees
+ * them, without `deliver`); returns how many. */
+long lp_runs_release(lp_report *r, int deliver);
 
 /* A record (record.c). */
 /* Makes a record; NULL when out of memory. */

@@ -38,6 +38,8 @@ void lp_task_cache_init(lp_task_cache *c) {
   c->next_id = c->end_id = 0;
   atomic_init(&c->created, 0);
   atomic_init(&c->finished, 0);
+  c->held_delta = 0;
+  c->spill = NULL;
 }
 
 void lp_task_cache_drain(lp_task_cache *c) {

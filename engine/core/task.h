@@ -42,6 +42,8 @@ typedef struct lp_task_cache {
   uint64_t end_id;
   _Atomic uint64_t created;  /* tasks this thread made, and finished (owner-written, */
   _Atomic uint64_t finished; /* relaxed: the host reads them for progress and stats) */
+  long long held_delta;      /* owner-only: bytes of records counted, not yet published */
+  struct lp_spill_file *spill; /* owner-only: where this thread's records go past the bound */
 } lp_task_cache;
 
 typedef struct lp_task {

@@ -135,6 +135,14 @@ typedef struct luapool_config {
    * depths. Tracing costs two clock reads per slice; NULL: none. A failure
    * to write it is reported through on_failure. */
   const char *trace_path;
+  /* Bytes of records held in memory (0: 32 MB). Past it, records waiting
+   * for their turn (tree order behind a task still running, priority
+   * order until the end) go to files under $TMPDIR, and a task whose
+   * records wait for the output (on_record is slow) waits for room without
+   * holding its worker. A spill file that cannot be written fails the run
+   * (LUAPOOL_ESYS) rather than lose records; a host that writes no files
+   * itself may want SIGXFSZ ignored, so a file-size limit is an error. */
+  size_t hold;
   void *ud; /* passed to the callbacks */
 } luapool_config;
 
@@ -353,6 +361,8 @@ typedef struct luapool_stats {
   long peak_suspended;    /* highest `suspended` seen (likewise) */
   double wall;            /* seconds since the first submit */
   double cpu;             /* CPU seconds since the first submit, worker processes included */
+  uint64_t records_spilled; /* records that waited in spill files (config hold) */
+  uint64_t held_peak;       /* most bytes of records held in memory at once */
 } luapool_stats;
 void luapool_get_stats(luapool *lp, luapool_stats *out);
 

@@ -16,6 +16,32 @@
 
 /* ---- records ---- */
 
+static int room_k(lua_State *L, int status, lua_KContext ctx) {
+  lp_task *self = lp_worker_of(L)->current;
+  (void)status, (void)ctx;
+  lp_lib_resumed(L, self);
+  lp_lib_check_cancelled(L, self);
+  return 0;
+}
+
+/* The records in memory are past the bound and this task's last one waits
+ * for the output: the task waits until the host has caught up, without
+ * holding its worker (hold.c). Where it cannot wait (inside a coroutine
+ * of its own, a sequential run), it goes on: a sequential run hands its
+ * records on at once instead. */
+static int wait_for_room(lua_State *L, lp_task *self) {
+  lp_worker *w = lp_worker_of(L);
+  lp_report *r = &w->eng->report;
+  if (w->eng->inline_mode) {
+    lp_report_deliver(r, 0);
+    return 0;
+  }
+  if (L != self->co || !lua_isyieldable(L)) return 0;
+  lp_task_arm(self);
+  lp_hold_wait(r, self);
+  return lp_lib_suspend(L, self, -1, 0, room_k);
+}
+
 static int l_emit(lua_State *L) {
   lp_task *self = lp_lib_running(L, "luapool.emit");
   lp_worker *w = lp_worker_of(L);
@@ -31,7 +57,7 @@ static int l_emit(lua_State *L) {
   lp_record *rec = lp_record_new(LUAPOOL_RECORD_EMIT, self, prio, b.data, b.len);
   lp_buf_free(&b);
   if (!rec) return luaL_error(L, "luapool.emit: out of memory");
-  lp_report_add(&w->eng->report, self, rec);
+  if (lp_report_add(&w->eng->report, self, rec)) return wait_for_room(L, self);
   return 0;
 }
 
@@ -57,7 +83,7 @@ static int l_print(lua_State *L) {
   lp_task *self = w->current;
   lp_record *rec = lp_record_new(LUAPOOL_RECORD_PRINT, self, self->priority, s, len);
   if (!rec) return luaL_error(L, "print: out of memory");
-  lp_report_add(&w->eng->report, self, rec);
+  if (lp_report_add(&w->eng->report, self, rec)) return wait_for_room(L, self);
   return 0;
 }
 

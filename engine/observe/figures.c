@@ -113,6 +113,9 @@ void luapool_get_stats(luapool *lp, luapool_stats *out) {
     out->tasks_retried += atomic_load_explicit(&st->retried, memory_order_relaxed);
   }
   out->records = lp->report.delivered;
+  out->records_spilled = atomic_load_explicit(&lp->report.spilled, memory_order_relaxed);
+  long long peak = atomic_load_explicit(&lp->report.peak, memory_order_relaxed);
+  out->held_peak = peak > 0 ? (uint64_t)peak : 0;
   out->max_depth = atomic_load(&lp->max_depth);
   if (rt.depth > out->max_depth) out->max_depth = rt.depth;
   out->workers = lp->nworkers;

@@ -1,0 +1,94 @@
+/*
+ * spill.h - records held on disk: the files records go to once the memory
+ * bound of held records (lp_report.bound, --hold) is passed, and the way
+ * they are read back.
+ *
+ * A spill file is made under $TMPDIR (or /tmp) and unlinked at once, so it
+ * is gone when the run ends however it ends. It has one writer at a time:
+ * a worker's own file is written by that worker only (lp_task_cache.spill),
+ * the file of threads without one (a process reader) under `lock`, and the
+ * host's file (priority order's sorted runs, runs.c) by the host. Writes are
+ * buffered; `flushed` says how much of the file a reader may read, and is
+ * published after the write that put it there.
+ */
+#ifndef LP_SPILL_H
+#define LP_SPILL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct lp_report;
+struct lp_record;
+
+#define LP_SPILL_BUF (64 * 1024)
+
+typedef struct lp_spill_file {
+  int fd;
+  _Atomic int64_t flushed; /* bytes in the file, readable */
+  int64_t end;             /* writer-only: flushed + buffered: where the next record goes */
+  char *buf;               /* writer-only */
+  size_t len;
+  double since;                  /* writer-only: lp_now() of the oldest unflushed byte */
+  pthread_mutex_t lock;          /* for a file shared by threads without their own */
+  struct lp_spill_file *next;    /* every file of a report (lp_report.files) */
+} lp_spill_file;
+
+/* How a record is laid out in a spill file: this header, then its bytes. */
+typedef struct lp_spill_hdr {
+  uint64_t task;
+  uint64_t root;
+  uint64_t rank; /* priority order's runs: its place in tree order */
+  double priority;
+  uint32_t len;
+  int32_t fn;
+  int32_t kind;
+  int32_t pad;
+} lp_spill_hdr;
+
+/* The bytes rec takes in a spill file. */
+static inline int64_t lp_spill_size(size_t len) { return (int64_t)(sizeof(lp_spill_hdr) + len); }
+
+/* A new spill file of r's (kept in r->files, closed by lp_spill_close_all).
+ * NULL when it cannot be made: r's spill error says why then. */
+lp_spill_file *lp_spill_new(struct lp_report *r);
+/* Appends rec (with rank) to f's buffer, writing the buffer out when full.
+ * 0, or -1 after a failed write (r's spill error says why; the record
+ * stays with the caller). */
+int lp_spill_put(struct lp_report *r, lp_spill_file *f, const struct lp_record *rec,
+                 uint64_t rank);
+/* Writes out what f has buffered: 0 or -1 as lp_spill_put. */
+int lp_spill_flush(struct lp_report *r, lp_spill_file *f);
+/* A worker's file, if it has buffered records: written out when `idle`
+ * (nothing else to do) or when they have waited 2 ms (a reader may be
+ * waiting for them; a file written out per task would cost a system call
+ * per task). */
+void lp_spill_tick(struct lp_report *r, lp_spill_file *f, int idle);
+void lp_spill_close_all(struct lp_report *r);
+
+/* Records the first spill failure of the run and cancels it: the run ends
+ * with exit 1 and this message rather than with records missing. */
+void lp_spill_fail(struct lp_report *r, const char *what, int err);
+
+/* Reads records back, from off up to end, through a buffer. */
+typedef struct lp_spill_reader {
+  lp_spill_file *f;
+  int64_t off; /* next record */
+  int64_t end;
+  char *buf;
+  size_t cap;
+  int64_t boff; /* file offset of buf[0] */
+  size_t blen;
+} lp_spill_reader;
+
+/* cap: the buffer's size (the merge of many runs uses small ones). */
+int lp_spill_reader_init(lp_spill_reader *rd, lp_spill_file *f, int64_t off, int64_t end,
+                         size_t cap);
+void lp_spill_reader_free(lp_spill_reader *rd);
+/* The next record, in `scratch` (grown as needed; the caller frees it), or
+ * NULL at the end or on a read error (r's spill error says which). */
+struct lp_record *lp_spill_next(struct lp_report *r, lp_spill_reader *rd,
+                                struct lp_record **scratch, size_t *scap, uint64_t *rank);
+
+#endif
