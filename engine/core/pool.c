@@ -361,6 +361,16 @@ static int fire_timers(lp_worker *w, int all) {
   return n;
 }
 
+/* The next task to run. A task that waits for room for its records
+ * (hold.c) has a coroutine; a new task started meanwhile would make its
+ * records and wait too, one coroutine more each: so while any of w's
+ * tasks wait so, w only resumes tasks it has begun. The host wakes them
+ * each time it has caught up, so this lasts no longer. */
+static lp_task *pick(lp_worker *w) {
+  if (w->room_waits) return lp_sched_next_begun(&w->eng->sched, w->index);
+  return lp_sched_next(&w->eng->sched, w->index);
+}
+
 static void loop(lp_worker *w) {
   luapool *eng = w->eng;
   lp_sched *s = &eng->sched;
@@ -370,7 +380,7 @@ static void loop(lp_worker *w) {
       since_timers = 0;
       fire_timers(w, atomic_load_explicit(&eng->stopping, memory_order_relaxed));
     }
-    lp_task *t = lp_sched_next(s, w->index);
+    lp_task *t = pick(w);
     if (t) {
       run(w, t);
       if (w->cache.spill) lp_spill_tick(&eng->report, w->cache.spill, 0);
@@ -383,7 +393,7 @@ static void loop(lp_worker *w) {
     lp_sched_spinning(s, 1);
     for (int i = 0; i < SPIN_ROUNDS && !t; i++) {
       lp_cpu_relax();
-      if (i % 64 == 63) t = lp_sched_next(s, w->index);
+      if (i % 64 == 63) t = pick(w);
     }
     lp_sched_spinning(s, -1);
     if (t) {

@@ -56,6 +56,7 @@ typedef struct lp_worker {
   int ncos; /* slots in use or idle */
   int cap;
   int nlive;           /* coroutines belonging to unfinished tasks */
+  int room_waits;      /* of those, waiting for room for their records (lib/emit.c) */
   int yield_kind;      /* LP_YIELD_*: why the running task yielded */
   int inline_depth;    /* tasks being run inline by get(), nested */
   const void *last_fn; /* the function value spawn saw last, and its id */

@@ -315,16 +315,27 @@ static struct lp_task *steal(lp_sched *s, int w) {
   return NULL;
 }
 
-struct lp_task *lp_sched_next(lp_sched *s, int w) {
-  lp_wq *q = &s->wq[w];
+static struct lp_task *take_inbox(lp_wq *q) {
   struct lp_task *t = NULL;
   if (atomic_load_explicit(&q->ninbox, memory_order_relaxed) > 0) {
     lp_spin_lock(&q->lock);
     t = list_take(&q->inbox, &q->inbox_tail);
     if (t) atomic_fetch_sub(&q->ninbox, 1);
     lp_spin_unlock(&q->lock);
-    if (t) return t;
   }
+  return t;
+}
+
+struct lp_task *lp_sched_next_begun(lp_sched *s, int w) {
+  lp_wq *q = &s->wq[w];
+  struct lp_task *t = take_inbox(q);
+  return t ? t : list_take(&q->yielded, &q->yielded_tail);
+}
+
+struct lp_task *lp_sched_next(lp_sched *s, int w) {
+  lp_wq *q = &s->wq[w];
+  struct lp_task *t = take_inbox(q);
+  if (t) return t;
   /* Now and then let outside submissions and yielded tasks go first, so a
    * busy worker cannot starve them. */
   if (++q->picks % 61 == 0) {

@@ -93,6 +93,9 @@ struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
  * (lowest priority value, newest first), then yielded, injected and stolen
  * tasks. NULL if there is nothing anywhere. */
 struct lp_task *lp_sched_next(lp_sched *s, int w);
+/* Only a task w has begun already (woken, or yielded): while its tasks
+ * wait for room for their records, w starts no new ones (hold.c). */
+struct lp_task *lp_sched_next_begun(lp_sched *s, int w);
 
 /* Sleeps until work may have arrived for w, or until `timeout` seconds
  * (negative: no limit), or lp_sched_stop. */

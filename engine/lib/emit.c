@@ -19,6 +19,7 @@
 static int room_k(lua_State *L, int status, lua_KContext ctx) {
   lp_task *self = lp_worker_of(L)->current;
   (void)status, (void)ctx;
+  lp_worker_of(L)->room_waits--;
   lp_lib_resumed(L, self);
   lp_lib_check_cancelled(L, self);
   return 0;
@@ -38,6 +39,7 @@ static int wait_for_room(lua_State *L, lp_task *self) {
   }
   if (L != self->co || !lua_isyieldable(L)) return 0;
   lp_task_arm(self);
+  w->room_waits++; /* it starts no new task meanwhile (pool.c) */
   lp_hold_wait(r, self);
   return lp_lib_suspend(L, self, -1, 0, room_k);
 }
