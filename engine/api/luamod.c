@@ -164,12 +164,12 @@ static void read_task_opts(lua_State *L, int t, const char *fname, luapool_task_
 }
 
 /* lp.open{workers =, processes =, threads =, pools =, script = | source =,
- * order =, memory_limit =, task_timeout =, retries =} -> pool, or nil,
+ * order =, memory_limit =, task_timeout =, retries =, hold =} -> pool, or nil,
  * message when the script cannot be loaded. */
 static int l_open(lua_State *L) {
   static const char *const known[] = {"script",       "source",  "workers", "processes",
                                       "threads",      "pools",   "order",   "memory_limit",
-                                      "task_timeout", "retries", NULL};
+                                      "task_timeout", "retries", "hold",    NULL};
   if (!lua_istable(L, 1))
     return luaL_error(L, "luapool.open: argument 1: options table expected, got %s",
                       luaL_typename(L, 1));
@@ -184,6 +184,10 @@ static int l_open(lua_State *L) {
   if (!(limit >= 0 && limit < 0x1p62) || !(cfg.task_timeout >= 0))
     return luaL_error(L, "luapool.open: memory_limit and task_timeout must be >= 0");
   cfg.memory_limit = (size_t)limit;
+  double hold = opt_field_number(L, 1, "hold", 0);
+  if (!(hold >= 0 && hold < 0x1p62))
+    return luaL_error(L, "luapool.open: hold must be >= 0 (bytes; 0: the default)");
+  cfg.hold = (size_t)hold;
   cfg.retries = opt_field_int(L, 1, "retries", 0);
   static const char *const orders[] = {"tree", "priority", "completion", NULL};
   lua_getfield(L, 1, "order");

@@ -493,8 +493,8 @@ int lp_engine_wait(luapool *lp, double timeout, int (*until)(void *ud), void *ud
   if (atomic_load(&lp->report.spill_failed)) { /* records could not be held: the run failed */
     pthread_mutex_lock(&lp->report.fail_lock);
     rc = lp_engine_error(lp, LUAPOOL_ESYS, "%s",
-                        lp->report.spill_error ? lp->report.spill_error
-                                               : "cannot write a spill file: out of memory");
+                         lp->report.spill_error ? lp->report.spill_error
+                                                : "cannot write a spill file: out of memory");
     pthread_mutex_unlock(&lp->report.fail_lock);
   }
   if (rc == 0 && atomic_load(&lp->interrupted)) rc = LUAPOOL_EINTERRUPTED;

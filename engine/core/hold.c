@@ -34,9 +34,8 @@ long long lp_record_bytes(const lp_record *rec) {
 static long long publish(lp_report *r, long long d) {
   long long now = atomic_fetch_add_explicit(&r->mem, d, memory_order_relaxed) + d;
   long long peak = atomic_load_explicit(&r->peak, memory_order_relaxed);
-  while (now > peak && !atomic_compare_exchange_weak_explicit(&r->peak, &peak, now,
-                                                             memory_order_relaxed,
-                                                             memory_order_relaxed)) {
+  while (now > peak && !atomic_compare_exchange_weak_explicit(
+                           &r->peak, &peak, now, memory_order_relaxed, memory_order_relaxed)) {
   }
   return now;
 }
@@ -148,8 +147,7 @@ int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec) {
   /* The sequence's last item is its producer's alone: extend it when it
    * is this file's run of records and nothing was written after it. */
   lp_spilled *s = n->last && n->last->kind == LP_ITEM_SPILLED ? (lp_spilled *)n->last : NULL;
-  if (s && s->file == f &&
-      s->off + atomic_load_explicit(&s->len, memory_order_relaxed) == at) {
+  if (s && s->file == f && s->off + atomic_load_explicit(&s->len, memory_order_relaxed) == at) {
     atomic_store_explicit(&s->len, atomic_load_explicit(&s->len, memory_order_relaxed) + size,
                           memory_order_release);
   } else {
@@ -174,8 +172,8 @@ int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec) {
   return 0;
 }
 
-long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver,
-                            lp_sink_fn sink, void *ud) {
+long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver, lp_sink_fn sink,
+                            void *ud) {
   int64_t avail = atomic_load_explicit(&s->file->flushed, memory_order_acquire);
   if (avail > s->off + len) avail = s->off + len;
   if (s->off + s->done >= avail) return 0;

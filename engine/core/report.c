@@ -361,8 +361,7 @@ static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink
          * now must leave its position to it. */
         r->pos = next;
         lp_runs_hold(r, (lp_record *)next); /* holding is not delivering: also when discarding */
-      }
-      else if (deliver)
+      } else if (deliver)
         lp_record_deliver(r, (lp_record *)next), n++;
       c->pos = next;
     } else {

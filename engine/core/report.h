@@ -60,9 +60,9 @@ typedef struct lp_record {
 typedef struct lp_spilled {
   lp_item item;
   struct lp_spill_file *file;
-  int64_t off;           /* where its first record is in the file */
-  _Atomic int64_t len;   /* bytes of its records so far */
-  int64_t done;          /* host-only: bytes already handed on */
+  int64_t off;         /* where its first record is in the file */
+  _Atomic int64_t len; /* bytes of its records so far */
+  int64_t done;        /* host-only: bytes already handed on */
 } lp_spilled;
 
 /* A sorted run of priority order's held records in the host's spill file. */
@@ -125,26 +125,26 @@ typedef struct lp_report {
   long long bound;
   _Atomic long long mem;
   _Atomic long long peak;
-  long long host_delta;            /* host-only: freed, not yet published */
-  _Atomic(lp_rnode *) cursor_seq;  /* the sequence the host's cursor is in */
-  _Atomic int wlock;               /* spinlock over `waiting` */
-  struct lp_task **waiting;        /* tasks waiting for room */
+  long long host_delta;           /* host-only: freed, not yet published */
+  _Atomic(lp_rnode *) cursor_seq; /* the sequence the host's cursor is in */
+  _Atomic int wlock;              /* spinlock over `waiting` */
+  struct lp_task **waiting;       /* tasks waiting for room */
   size_t nwaiting, capwaiting;
-  _Atomic int nwaiting_pub;        /* nwaiting, readable without the lock */
-  _Atomic uint64_t spilled;        /* records written to disk */
+  _Atomic int nwaiting_pub; /* nwaiting, readable without the lock */
+  _Atomic uint64_t spilled; /* records written to disk */
   _Atomic int spill_failed;
-  char *spill_error;               /* the first failure, under fail_lock */
-  struct lp_spill_file *files;     /* every spill file, under fail_lock */
-  struct lp_spill_file *shared;    /* of threads without a worker cache, under its lock */
-  struct lp_spill_reader *rd;      /* host-only: reads spilled records back */
-  lp_record *scratch;              /* host-only: the record read back */
+  char *spill_error;            /* the first failure, under fail_lock */
+  struct lp_spill_file *files;  /* every spill file, under fail_lock */
+  struct lp_spill_file *shared; /* of threads without a worker cache, under its lock */
+  struct lp_spill_reader *rd;   /* host-only: reads spilled records back */
+  lp_record *scratch;           /* host-only: the record read back */
   size_t scap;
-  struct lp_spill_file *runfile;   /* priority order's sorted runs (host-only) */
+  struct lp_spill_file *runfile; /* priority order's sorted runs (host-only) */
   lp_run *runs;
   size_t nruns, capruns;
-  uint64_t rank;                   /* priority order: records held so far */
-  long long heldbytes;             /* bytes in `held` */
-  lua_State *fmt; /* host-only state that turns values into text and JSON */
+  uint64_t rank;       /* priority order: records held so far */
+  long long heldbytes; /* bytes in `held` */
+  lua_State *fmt;      /* host-only state that turns values into text and JSON */
   char *textbuf;
   size_t textcap;
 } lp_report;
@@ -224,8 +224,8 @@ long long lp_record_bytes(const lp_record *rec);
 int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec);
 /* Host: hands on the records of s the file has so far, from where the
  * host left off; returns how many. */
-long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver,
-                            lp_sink_fn sink, void *ud);
+long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver, lp_sink_fn sink,
+                            void *ud);
 
 /* ---- priority order's runs (runs.c) ---- */
 

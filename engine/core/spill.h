@@ -30,9 +30,9 @@ typedef struct lp_spill_file {
   int64_t end;             /* writer-only: flushed + buffered: where the next record goes */
   char *buf;               /* writer-only */
   size_t len;
-  double since;                  /* writer-only: lp_now() of the oldest unflushed byte */
-  pthread_mutex_t lock;          /* for a file shared by threads without their own */
-  struct lp_spill_file *next;    /* every file of a report (lp_report.files) */
+  double since;               /* writer-only: lp_now() of the oldest unflushed byte */
+  pthread_mutex_t lock;       /* for a file shared by threads without their own */
+  struct lp_spill_file *next; /* every file of a report (lp_report.files) */
 } lp_spill_file;
 
 /* How a record is laid out in a spill file: this header, then its bytes. */
@@ -56,8 +56,7 @@ lp_spill_file *lp_spill_new(struct lp_report *r);
 /* Appends rec (with rank) to f's buffer, writing the buffer out when full.
  * 0, or -1 after a failed write (r's spill error says why; the record
  * stays with the caller). */
-int lp_spill_put(struct lp_report *r, lp_spill_file *f, const struct lp_record *rec,
-                 uint64_t rank);
+int lp_spill_put(struct lp_report *r, lp_spill_file *f, const struct lp_record *rec, uint64_t rank);
 /* Writes out what f has buffered: 0 or -1 as lp_spill_put. */
 int lp_spill_flush(struct lp_report *r, lp_spill_file *f);
 /* A worker's file, if it has buffered records: written out when `idle`

@@ -40,9 +40,9 @@ typedef struct lp_task_cache {
   lp_freelist nodes;
   uint64_t next_id; /* owner-only: ids are taken from the engine in blocks */
   uint64_t end_id;
-  _Atomic uint64_t created;  /* tasks this thread made, and finished (owner-written, */
-  _Atomic uint64_t finished; /* relaxed: the host reads them for progress and stats) */
-  long long held_delta;      /* owner-only: bytes of records counted, not yet published */
+  _Atomic uint64_t created;    /* tasks this thread made, and finished (owner-written, */
+  _Atomic uint64_t finished;   /* relaxed: the host reads them for progress and stats) */
+  long long held_delta;        /* owner-only: bytes of records counted, not yet published */
   struct lp_spill_file *spill; /* owner-only: where this thread's records go past the bound */
 } lp_task_cache;
 
