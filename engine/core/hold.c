@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine.h"
 #include "spill.h"
@@ -86,6 +87,12 @@ void lp_hold_wait(lp_report *r, lp_task *t) {
 }
 
 void lp_hold_wake(lp_report *r) {
+  if (atomic_load_explicit(&r->nblocked, memory_order_relaxed)) {
+    pthread_mutex_lock(&r->room_lock);
+    r->room_passes++;
+    pthread_cond_broadcast(&r->room_cond);
+    pthread_mutex_unlock(&r->room_lock);
+  }
   if (!atomic_load_explicit(&r->nwaiting_pub, memory_order_acquire)) return;
   lp_spin_lock(&r->wlock);
   lp_task **all = r->waiting;
@@ -97,6 +104,20 @@ void lp_hold_wake(lp_report *r) {
   for (size_t i = 0; i < n; i++) lp_task_wake(all[i]);
   for (size_t i = 0; i < n; i++) lp_task_unref(all[i]);
   free(all);
+}
+
+void lp_hold_block(lp_report *r) {
+  pthread_mutex_lock(&r->room_lock);
+  uint64_t pass = r->room_passes;
+  atomic_fetch_add_explicit(&r->nblocked, 1, memory_order_relaxed);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += 50 * 1000000; /* at most: a stall, never a hang, whatever the host does */
+  if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
+  while (r->room_passes == pass)
+    if (pthread_cond_timedwait(&r->room_cond, &r->room_lock, &ts) != 0) break;
+  atomic_fetch_sub_explicit(&r->nblocked, 1, memory_order_relaxed);
+  pthread_mutex_unlock(&r->room_lock);
 }
 
 int lp_hold_waiting(lp_report *r) {
@@ -138,10 +159,7 @@ int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec) {
   if (!f) return -1;
   int64_t at = f->end;
   int rc = lp_spill_put(r, f, rec, 0);
-  if (locked) { /* others' records follow at once: they must be readable */
-    if (rc == 0) rc = lp_spill_flush(r, f);
-    pthread_mutex_unlock(&f->lock);
-  }
+  if (locked) pthread_mutex_unlock(&f->lock); /* the host writes it out when it needs it */
   if (rc != 0) return -1;
   int64_t size = lp_spill_size(rec->len);
   /* The sequence's last item is its producer's alone: extend it when it
@@ -175,6 +193,14 @@ int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec) {
 long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver, lp_sink_fn sink,
                             void *ud) {
   int64_t avail = atomic_load_explicit(&s->file->flushed, memory_order_acquire);
+  lp_task_cache *c = lp_task_cache_self;
+  if (avail < s->off + len && (s->file == r->shared || (c && s->file == c->spill))) {
+    /* A file with no worker of its own to write it out: the host does. */
+    if (s->file == r->shared) pthread_mutex_lock(&s->file->lock);
+    lp_spill_flush(r, s->file);
+    if (s->file == r->shared) pthread_mutex_unlock(&s->file->lock);
+    avail = atomic_load_explicit(&s->file->flushed, memory_order_acquire);
+  }
   if (avail > s->off + len) avail = s->off + len;
   if (s->off + s->done >= avail) return 0;
   if (!r->rd) {

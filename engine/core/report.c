@@ -84,6 +84,8 @@ int lp_report_init(lp_report *r, luapool *eng, int order, int nworkers) {
   r->nfreed = calloc((size_t)r->noutbox, sizeof *r->nfreed);
   if (!r->freed_home || !r->freed_first || !r->freed_last || !r->nfreed) return -1;
   pthread_mutex_init(&r->fail_lock, NULL);
+  pthread_mutex_init(&r->room_lock, NULL);
+  pthread_cond_init(&r->room_cond, NULL);
   return 0;
 }
 
@@ -394,6 +396,11 @@ int lp_report_walk_sub(lp_report *r, lp_cursor *c, lp_sink_fn sink, void *ud) {
 
 void lp_report_flush_nodes(lp_report *r) { flush_all_freed(r); }
 
+void lp_report_pass_end(lp_report *r) {
+  lp_hold_publish(r);
+  lp_hold_wake(r); /* all that could leave has: what stays waits for its turn */
+}
+
 void lp_report_away_done(lp_report *r, lp_task *t) {
   if (r->order == LUAPOOL_ORDER_COMPLETION || !t->rn) return;
   atomic_store_explicit(&t->rn->done, 1, memory_order_release);
@@ -437,8 +444,7 @@ long lp_report_deliver(lp_report *r, int final) {
       r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
   if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += lp_runs_release(r, 1);
   flush_all_freed(r);
-  lp_hold_publish(r);
-  lp_hold_wake(r); /* all that could leave has: what stays waits for its turn */
+  lp_report_pass_end(r);
   deliver_failures(r);
   if (n > 0 && r->eng->cfg.on_flush) r->eng->cfg.on_flush(r->eng->cfg.ud);
   return n;
@@ -474,5 +480,7 @@ void lp_report_free(lp_report *r) {
   if (r->fmt) lua_close(r->fmt);
   free(r->textbuf);
   pthread_mutex_destroy(&r->fail_lock);
+  pthread_mutex_destroy(&r->room_lock);
+  pthread_cond_destroy(&r->room_cond);
   memset(r, 0, sizeof *r);
 }

@@ -130,7 +130,11 @@ typedef struct lp_report {
   _Atomic int wlock;              /* spinlock over `waiting` */
   struct lp_task **waiting;       /* tasks waiting for room */
   size_t nwaiting, capwaiting;
-  _Atomic int nwaiting_pub; /* nwaiting, readable without the lock */
+  _Atomic int nwaiting_pub;  /* nwaiting, readable without the lock */
+  pthread_mutex_t room_lock; /* threads that cannot suspend wait here (lp_hold_block) */
+  pthread_cond_t room_cond;
+  uint64_t room_passes; /* under room_lock: bumped by lp_hold_wake */
+  _Atomic int nblocked;
   _Atomic uint64_t spilled; /* records written to disk */
   _Atomic int spill_failed;
   char *spill_error;            /* the first failure, under fail_lock */
@@ -212,6 +216,12 @@ void lp_hold_wait(lp_report *r, struct lp_task *t);
 /* Host: wakes every task waiting for room; the host has handed on what it
  * could, so the records still in memory wait for their turn, not for it. */
 void lp_hold_wake(lp_report *r);
+/* The same for a thread that is not a task (a process reader): blocks
+ * until the host's next wake, 50 ms at most. */
+void lp_hold_block(lp_report *r);
+/* The host has handed on all it could: publishes its count and wakes the
+ * waiting (the end of a delivery pass, or of an uplink's forwarding). */
+void lp_report_pass_end(lp_report *r);
 /* Whether tasks wait for room (not a deadlock: the host wakes them). */
 int lp_hold_waiting(lp_report *r);
 /* Bytes a record takes in memory, as counted. */

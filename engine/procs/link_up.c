@@ -260,7 +260,15 @@ static lp_exec *take_stack(_Atomic(lp_exec *) *stack) {
   return atomic_exchange_explicit(stack, NULL, memory_order_acquire);
 }
 
+/* Past this many bytes not yet written to the engine, records stay in the
+ * report: there they count against the bound (--hold), which holds this
+ * process's tasks back, instead of piling up in wbuf. */
+#define LINK_BACKLOG (1 << 20)
+
+static int backlogged(const lp_link *k) { return k->wbuf.len - k->wpos > LINK_BACKLOG; }
+
 static void walk(lp_link *k, lp_exec *x) {
+  if (backlogged(k)) return; /* not walked yet: its DONE waits (k->late) */
   sub_sink s = {k, x->id};
   if (k->eng->report.order == LUAPOOL_ORDER_COMPLETION)
     x->walked = x->walked || k->made_all;
@@ -328,7 +336,7 @@ void lp_link_forward(lp_link *k) {
      * every record made so far, it has all of them. Not before: a worker
      * stalled in the middle of adding a record hides the ones after it,
      * and a DONE sent now would have the engine drop them when they come. */
-    k->made_all = lp_report_walk_made(&eng->report, sink_made, k);
+    k->made_all = !backlogged(k) && lp_report_walk_made(&eng->report, sink_made, k);
     for (lp_exec *x = done; x; x = x->done_next) walk(k, x);
   } else {
     /* Every active subtree now and then (streaming); the ended ones now. */
@@ -340,6 +348,7 @@ void lp_link_forward(lp_link *k) {
     for (lp_exec *x = done; x; x = x->done_next) walk(k, x);
   }
   lp_report_flush_nodes(&eng->report);
+  if (!backlogged(k)) lp_report_pass_end(&eng->report);
   for (; fin; fin = fin->fin_next) {
     fin->sent_done = fin->is_done && fin->walked;
     put_result(k, fin, fin->sent_done);

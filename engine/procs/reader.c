@@ -109,8 +109,10 @@ static void on_record(lp_conn *c, lp_wire_msg *m) {
   } else if (t->foreign) {
     lp_relay_record(t, eng, rec);
     free(rec);
-  } else {
-    lp_report_add(&eng->report, t, rec);
+  } else if (lp_report_add(&eng->report, t, rec)) {
+    /* Past the bound, waiting for the output: the pipe waits too, which
+     * holds the process's own tasks back (their records wait there). */
+    lp_hold_block(&eng->report);
   }
 }
 
