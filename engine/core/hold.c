@@ -41,15 +41,22 @@ static long long publish(lp_report *r, long long d) {
   return now;
 }
 
-int lp_hold_count(lp_report *r, long long d) {
+long long lp_hold_count(lp_report *r, long long d) {
   lp_task_cache *c = lp_task_cache_self;
-  if (!c) return publish(r, d) > r->bound;
+  if (!c) return publish(r, d);
   c->held_delta += d;
   if (c->held_delta < LP_HOLD_BATCH && c->held_delta > -LP_HOLD_BATCH)
-    return atomic_load_explicit(&r->mem, memory_order_relaxed) + c->held_delta > r->bound;
+    return atomic_load_explicit(&r->mem, memory_order_relaxed) + c->held_delta;
   long long now = publish(r, c->held_delta);
   c->held_delta = 0;
-  return now > r->bound;
+  return now;
+}
+
+int lp_hold_must_wait(lp_report *r, long long mem) {
+  /* What the host left in memory when it last caught up waits for its
+   * turn; only what came after it waits for the output. */
+  return mem > r->bound &&
+         mem - atomic_load_explicit(&r->floor, memory_order_relaxed) > r->bound / 4;
 }
 
 void lp_hold_host(lp_report *r, long long d) {
@@ -61,9 +68,9 @@ void lp_hold_publish(lp_report *r) {
   if (!r->host_delta) return;
   long long now = publish(r, r->host_delta);
   r->host_delta = 0;
-  /* Half the room is free again: the waiting tasks make records while the
-   * host hands on the rest, rather than one after the other. */
-  if (now < r->bound / 2) lp_hold_wake(r);
+  /* The output has taken most of what waited for it: the waiting tasks
+   * make records while the host hands on the rest, rather than after. */
+  if (now - atomic_load_explicit(&r->floor, memory_order_relaxed) < r->bound / 8) lp_hold_wake(r);
 }
 
 void lp_hold_wait(lp_report *r, lp_task *t) {

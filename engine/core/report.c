@@ -102,10 +102,10 @@ static void add_completion(lp_report *r, lp_task *t, lp_record *rec) {
 
 int lp_report_add(lp_report *r, lp_task *t, lp_record *rec) {
   long long size = lp_record_bytes(rec);
-  int over = lp_hold_count(r, size);
+  long long mem = lp_hold_count(r, size);
   if (r->order == LUAPOOL_ORDER_COMPLETION) {
     add_completion(r, t, rec);
-    return over;
+    return lp_hold_must_wait(r, mem);
   }
   if (!t->rn) {
     lp_hold_count(r, -size);
@@ -115,11 +115,11 @@ int lp_report_add(lp_report *r, lp_task *t, lp_record *rec) {
   /* Past the bound, a record the cursor cannot reach yet waits on disk
    * (workers run their newest tasks first, so in tree order much is made
    * ahead of its turn); one in the cursor's sequence waits for the output. */
-  if (over && t->rn != atomic_load_explicit(&r->cursor_seq, memory_order_relaxed) &&
+  if (mem > r->bound && t->rn != atomic_load_explicit(&r->cursor_seq, memory_order_relaxed) &&
       lp_report_spill(r, t->rn, rec) == 0)
     return 0;
   seq_append(t->rn, &rec->item);
-  return over;
+  return lp_hold_must_wait(r, mem);
 }
 
 /* Frees a list of records linked by item.next, counting them (producer). */
@@ -398,6 +398,8 @@ void lp_report_flush_nodes(lp_report *r) { flush_all_freed(r); }
 
 void lp_report_pass_end(lp_report *r) {
   lp_hold_publish(r);
+  atomic_store_explicit(&r->floor, atomic_load_explicit(&r->mem, memory_order_relaxed),
+                        memory_order_relaxed);
   lp_hold_wake(r); /* all that could leave has: what stays waits for its turn */
 }
 

@@ -125,7 +125,8 @@ typedef struct lp_report {
   long long bound;
   _Atomic long long mem;
   _Atomic long long peak;
-  long long host_delta;           /* host-only: freed, not yet published */
+  _Atomic long long floor; /* mem when the host last caught up: records waiting for their turn */
+  long long host_delta;    /* host-only: freed, not yet published */
   _Atomic(lp_rnode *) cursor_seq; /* the sequence the host's cursor is in */
   _Atomic int wlock;              /* spinlock over `waiting` */
   struct lp_task **waiting;       /* tasks waiting for room */
@@ -205,8 +206,11 @@ long lp_report_deliver(lp_report *r, int final);
 #define LP_HOLD_DEFAULT ((size_t)32 << 20)
 
 /* Counts d bytes of records made (> 0) or freed (< 0) by a producer
- * thread; returns whether the records in memory are past the bound. */
-int lp_hold_count(lp_report *r, long long d);
+ * thread; returns the bytes in memory now, as far as it knows. */
+long long lp_hold_count(lp_report *r, long long d);
+/* Whether a task whose record waits for the output should wait for room,
+ * with mem bytes in memory. */
+int lp_hold_must_wait(lp_report *r, long long mem);
 /* The same for the host (the thread that walks the cursor). */
 void lp_hold_host(lp_report *r, long long d);
 /* Publishes what the host has counted; keeps the peak. */
