@@ -134,11 +134,10 @@ int lp_hold_waiting(lp_report *r) {
 /* ---- spilled sequences ---- */
 
 /* The calling thread's spill file: its worker's own, or the one shared by
- * threads without one (then locked: *locked says so). NULL: none can be
- * made (the run's spill error says why). */
-static lp_spill_file *writer(lp_report *r, int *locked) {
+ * threads without one. NULL: none can be made (the run's spill error says
+ * why). */
+static lp_spill_file *writer(lp_report *r) {
   lp_task_cache *c = lp_task_cache_self;
-  *locked = 0;
   if (c) {
     if (!c->spill) c->spill = lp_spill_new(r);
     return c->spill;
@@ -152,22 +151,14 @@ static lp_spill_file *writer(lp_report *r, int *locked) {
   }
   lp_spill_file *f = r->shared;
   lp_spin_unlock(&r->wlock);
-  if (f) {
-    pthread_mutex_lock(&f->lock);
-    *locked = 1;
-  }
   return f;
 }
 
 int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec) {
   if (atomic_load_explicit(&r->spill_failed, memory_order_relaxed)) return -1;
-  int locked;
-  lp_spill_file *f = writer(r, &locked);
-  if (!f) return -1;
-  int64_t at = f->end;
-  int rc = lp_spill_put(r, f, rec, 0);
-  if (locked) pthread_mutex_unlock(&f->lock); /* the host writes it out when it needs it */
-  if (rc != 0) return -1;
+  lp_spill_file *f = writer(r);
+  int64_t at;
+  if (!f || lp_spill_put(r, f, rec, 0, &at) != 0) return -1;
   int64_t size = lp_spill_size(rec->len);
   /* The sequence's last item is its producer's alone: extend it when it
    * is this file's run of records and nothing was written after it. */
@@ -200,12 +191,8 @@ int lp_report_spill(lp_report *r, lp_rnode *n, lp_record *rec) {
 long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int deliver, lp_sink_fn sink,
                             void *ud) {
   int64_t avail = atomic_load_explicit(&s->file->flushed, memory_order_acquire);
-  lp_task_cache *c = lp_task_cache_self;
-  if (avail < s->off + len && (s->file == r->shared || (c && s->file == c->spill))) {
-    /* A file with no worker of its own to write it out: the host does. */
-    if (s->file == r->shared) pthread_mutex_lock(&s->file->lock);
+  if (avail < s->off + len) { /* its writer has not written them out yet: the host does */
     lp_spill_flush(r, s->file);
-    if (s->file == r->shared) pthread_mutex_unlock(&s->file->lock);
     avail = atomic_load_explicit(&s->file->flushed, memory_order_acquire);
   }
   if (avail > s->off + len) avail = s->off + len;

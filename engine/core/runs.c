@@ -46,7 +46,7 @@ static int write_run(lp_report *r) {
   qsort(r->held, r->nheld, sizeof *r->held, by_priority);
   lp_run run = {r->runfile->end, 0};
   for (size_t i = 0; i < r->nheld; i++)
-    if (lp_spill_put(r, r->runfile, r->held[i].rec, r->held[i].rank) != 0) return -1;
+    if (lp_spill_put(r, r->runfile, r->held[i].rec, r->held[i].rank, NULL) != 0) return -1;
   if (lp_spill_flush(r, r->runfile) != 0) return -1;
   run.end = r->runfile->end;
   r->runs[r->nruns++] = run;

@@ -77,14 +77,22 @@ static int write_all(lp_report *r, lp_spill_file *f, const char *p, size_t n, in
   return 0;
 }
 
-int lp_spill_flush(lp_report *r, lp_spill_file *f) {
+/* Under f->lock. */
+static int flush_locked(lp_report *r, lp_spill_file *f) {
   if (f->len && write_all(r, f, f->buf, f->len, f->end - (int64_t)f->len) != 0) return -1;
   f->len = 0;
   atomic_store_explicit(&f->flushed, f->end, memory_order_release);
   return 0;
 }
 
-int lp_spill_put(lp_report *r, lp_spill_file *f, const lp_record *rec, uint64_t rank) {
+int lp_spill_flush(lp_report *r, lp_spill_file *f) {
+  pthread_mutex_lock(&f->lock);
+  int rc = flush_locked(r, f);
+  pthread_mutex_unlock(&f->lock);
+  return rc;
+}
+
+static int put_locked(lp_report *r, lp_spill_file *f, const lp_record *rec, uint64_t rank) {
   lp_spill_hdr h;
   memset(&h, 0, sizeof h);
   h.task = rec->task;
@@ -96,7 +104,7 @@ int lp_spill_put(lp_report *r, lp_spill_file *f, const lp_record *rec, uint64_t 
   h.kind = rec->kind;
   size_t need = sizeof h + rec->len;
   if (atomic_load_explicit(&r->spill_failed, memory_order_relaxed)) return -1;
-  if (f->len + need > LP_SPILL_BUF && lp_spill_flush(r, f) != 0) return -1;
+  if (f->len + need > LP_SPILL_BUF && flush_locked(r, f) != 0) return -1;
   if (need > LP_SPILL_BUF) { /* larger than the buffer: out on its own, then readable */
     if (write_all(r, f, (const char *)&h, sizeof h, f->end) != 0 ||
         write_all(r, f, rec->data, rec->len, f->end + (int64_t)sizeof h) != 0)
@@ -113,9 +121,19 @@ int lp_spill_put(lp_report *r, lp_spill_file *f, const lp_record *rec, uint64_t 
   return 0;
 }
 
+int lp_spill_put(lp_report *r, lp_spill_file *f, const lp_record *rec, uint64_t rank, int64_t *at) {
+  pthread_mutex_lock(&f->lock);
+  if (at) *at = f->end;
+  int rc = put_locked(r, f, rec, rank);
+  pthread_mutex_unlock(&f->lock);
+  return rc;
+}
+
 void lp_spill_tick(lp_report *r, lp_spill_file *f, int idle) {
-  if (!f || !f->len) return;
-  if (idle || lp_now() - f->since > 0.002) lp_spill_flush(r, f);
+  if (!f) return;
+  pthread_mutex_lock(&f->lock);
+  if (f->len && (idle || lp_now() - f->since > 0.002)) flush_locked(r, f);
+  pthread_mutex_unlock(&f->lock);
 }
 
 void lp_spill_close_all(lp_report *r) {

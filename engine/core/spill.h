@@ -4,12 +4,15 @@
  * they are read back.
  *
  * A spill file is made under $TMPDIR (or /tmp) and unlinked at once, so it
- * is gone when the run ends however it ends. It has one writer at a time:
- * a worker's own file is written by that worker only (lp_task_cache.spill),
- * the file of threads without one (a process reader) under `lock`, and the
- * host's file (priority order's sorted runs, runs.c) by the host. Writes are
- * buffered; `flushed` says how much of the file a reader may read, and is
- * published after the write that put it there.
+ * is gone when the run ends however it ends. Records are added by one
+ * thread (a worker: lp_task_cache.spill), or by any thread without a file
+ * of its own (r->shared), or by the host (priority order's sorted runs,
+ * runs.c). Writes are buffered; `flushed` says how much of the file a
+ * reader may read, and is published after the write that put it there.
+ * The buffer is under `lock`, so the host can write out a file whose
+ * records it needs now, whatever its writer is doing: a worker writes its
+ * buffer out when idle or after 2 ms, but the last records of a run must
+ * not wait for a worker that will never look again.
  */
 #ifndef LP_SPILL_H
 #define LP_SPILL_H
@@ -27,11 +30,11 @@ struct lp_record;
 typedef struct lp_spill_file {
   int fd;
   _Atomic int64_t flushed; /* bytes in the file, readable */
-  int64_t end;             /* writer-only: flushed + buffered: where the next record goes */
-  char *buf;               /* writer-only */
+  int64_t end;             /* flushed + buffered: where the next record goes */
+  char *buf;               /* the buffer, `len` bytes: these four under `lock` */
   size_t len;
-  double since;               /* writer-only: lp_now() of the oldest unflushed byte */
-  pthread_mutex_t lock;       /* for a file shared by threads without their own */
+  double since; /* lp_now() of the oldest unflushed byte */
+  pthread_mutex_t lock;
   struct lp_spill_file *next; /* every file of a report (lp_report.files) */
 } lp_spill_file;
 
@@ -53,10 +56,11 @@ static inline int64_t lp_spill_size(size_t len) { return (int64_t)(sizeof(lp_spi
 /* A new spill file of r's (kept in r->files, closed by lp_spill_close_all).
  * NULL when it cannot be made: r's spill error says why then. */
 lp_spill_file *lp_spill_new(struct lp_report *r);
-/* Appends rec (with rank) to f's buffer, writing the buffer out when full.
- * 0, or -1 after a failed write (r's spill error says why; the record
- * stays with the caller). */
-int lp_spill_put(struct lp_report *r, lp_spill_file *f, const struct lp_record *rec, uint64_t rank);
+/* Appends rec (with rank) to f's buffer, writing the buffer out when full;
+ * *at (if given) gets the record's offset. 0, or -1 after a failed write
+ * (r's spill error says why; the record stays with the caller). */
+int lp_spill_put(struct lp_report *r, lp_spill_file *f, const struct lp_record *rec, uint64_t rank,
+                 int64_t *at);
 /* Writes out what f has buffered: 0 or -1 as lp_spill_put. */
 int lp_spill_flush(struct lp_report *r, lp_spill_file *f);
 /* A worker's file, if it has buffered records: written out when `idle`
