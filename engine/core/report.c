@@ -22,6 +22,7 @@
  */
 #include "report.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,6 +445,14 @@ long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
   long n =
       r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
+  if (final && r->order != LUAPOOL_ORDER_COMPLETION) {
+    /* Every task has ended: the cursor is at the end of the roots, or
+     * records would be dropped unseen. Said loudly if it ever happens. */
+    lp_item *next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)
+                           : atomic_load_explicit(&r->roots.first, memory_order_acquire);
+    if (r->cur != &r->roots || next)
+      lp_spill_fail(r, "internal error: the report stopped short of its end, reading", EIO);
+  }
   if (final && r->order == LUAPOOL_ORDER_PRIORITY) n += lp_runs_release(r, 1);
   flush_all_freed(r);
   lp_report_pass_end(r);
