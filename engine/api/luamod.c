@@ -61,9 +61,7 @@ static const char *check_name(lua_State *L, int idx, const char *fname) {
   return lp_luamod_arg_error(L, fname, idx, "task name (string)"), NULL;
 }
 
-/* Raises for a key of the options table t that is not in known (a
- * NULL-terminated list, which the message gives in order). */
-static void check_keys(lua_State *L, int t, const char *fname, const char *const *known) {
+void lp_luamod_check_keys(lua_State *L, int t, const char *fname, const char *const *known) {
   lua_pushnil(L);
   while (lua_next(L, t)) {
     int ok = 0;
@@ -146,7 +144,7 @@ static int opt_field_int(lua_State *L, int t, const char *k, int dflt) {
  * stack keeps. */
 static void read_task_opts(lua_State *L, int t, const char *fname, luapool_task_opts *o) {
   static const char *const known[] = {"priority", "pool", "timeout", "retries", NULL};
-  check_keys(L, t, fname, known);
+  lp_luamod_check_keys(L, t, fname, known);
   luapool_task_opts_init(o);
   o->priority = opt_number(L, t, fname, "priority", 0);
   if (lua_getfield(L, t, "timeout") != LUA_TNIL) {
@@ -173,7 +171,7 @@ static int l_open(lua_State *L) {
   if (!lua_istable(L, 1))
     return luaL_error(L, "luapool.open: argument 1: options table expected, got %s",
                       luaL_typename(L, 1));
-  check_keys(L, 1, "luapool.open", known);
+  lp_luamod_check_keys(L, 1, "luapool.open", known);
   luapool_config cfg;
   luapool_config_init(&cfg);
   cfg.workers = opt_field_int(L, 1, "workers", cfg.workers);
@@ -219,6 +217,7 @@ static int l_open(lua_State *L) {
   pool *p = lua_newuserdatauv(L, sizeof *p, 0);
   memset(p, 0, sizeof *p);
   lp_buf_init(&p->failures);
+  p->hold = cfg.hold ? cfg.hold : LP_HOLD_DEFAULT;
   luaL_setmetatable(L, POOL_MT);
   cfg.on_record = lp_luamod_on_record;
   cfg.on_failure = lp_luamod_on_failure;

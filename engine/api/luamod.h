@@ -31,6 +31,9 @@ typedef struct pool {
   rec_node *head, *tail; /* records delivered, not yet read */
   lp_buf failures;       /* reports of unawaited failures, for wait() */
   int lost;              /* records dropped for want of memory */
+  size_t qbytes;         /* bytes in the queue */
+  size_t hold;           /* the engine's bound: a records loop's queue keeps to it */
+  int following;         /* a records{wait = true} loop waits for the engine */
 } pool;
 
 typedef struct hfuture {
@@ -47,6 +50,9 @@ typedef struct hfuture {
 int lp_luamod_arg_error(lua_State *L, const char *fname, int idx, const char *expected);
 /* The pool at index 1, open or closed; raises if there is none. */
 pool *lp_luamod_pool(lua_State *L, const char *fname);
+/* Raises for a key of the options table t that is not in known (a
+ * NULL-terminated list, which the message gives in order). */
+void lp_luamod_check_keys(lua_State *L, int t, const char *fname, const char *const *known);
 /* The same, open; raises if it is closed. */
 pool *lp_luamod_check_pool(lua_State *L, const char *fname);
 

@@ -38,6 +38,10 @@ void lp_luamod_on_record(void *ud, const luapool_record *rec) {
   else
     p->head = n;
   p->tail = n;
+  p->qbytes += sizeof *n + nl + rec->text_len + n->value_len;
+  /* A records loop takes no more than the bound at a time; wait() takes
+   * all (nobody reads the queue until it returns). */
+  if (p->following && p->qbytes > p->hold) lp_report_pause(&p->lp->report);
 }
 
 void lp_luamod_on_failure(void *ud, const char *message) {
@@ -48,10 +52,20 @@ void lp_luamod_on_failure(void *ud, const char *message) {
 
 static const char *const kinds[] = {"emit", "print"};
 
+static int has_record(void *ud) { return ((pool *)ud)->head != NULL; }
+
 /* The iterator: the next record as {value, text, kind, task, name,
- * priority}, or nil when none is left. */
+ * priority}, or nil when none is left. Following (records{wait = true}),
+ * it waits for the next while tasks run: the engine then hands records
+ * over only as fast as the loop takes them, and its tasks wait for room
+ * past the memory bound (hold), so a run of any output fits. */
 static int records_next(lua_State *L) {
   pool *p = lua_touserdata(L, lua_upvalueindex(1));
+  if (!p->head && lua_toboolean(L, lua_upvalueindex(2)) && p->lp) {
+    p->following = 1;
+    lp_engine_wait(p->lp, -1, has_record, p); /* returns at once when no task is left */
+    p->following = 0;
+  }
   rec_node *n = p->head;
   if (!n) return 0;
   lua_createtable(L, 0, 6);
@@ -81,17 +95,31 @@ static int records_next(lua_State *L) {
   /* Taken off the queue only now: a memory error above leaves it there. */
   p->head = n->next;
   if (!p->head) p->tail = NULL;
+  p->qbytes -= sizeof *n + n->name_len + n->text_len + n->value_len;
   free(n);
   return 1;
 }
 
-/* pool:records(): collects what the engine can deliver now (without
- * waiting), then iterates over every record delivered so far. */
+/* pool:records([{wait = true}]): collects what the engine can deliver now
+ * (without waiting), then iterates over every record delivered so far;
+ * with wait, over every record until no task is left. */
 int lp_luamod_records(lua_State *L) {
   pool *p = lp_luamod_pool(L, "pool:records");
+  int follow = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    static const char *const known[] = {"wait", NULL};
+    if (!lua_istable(L, 2))
+      return luaL_error(L, "pool:records: argument 1: options table expected, got %s",
+                        luaL_typename(L, 2));
+    lp_luamod_check_keys(L, 2, "pool:records", known);
+    lua_getfield(L, 2, "wait");
+    follow = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   if (p->lp) luapool_wait(p->lp, 0);
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, records_next, 1);
+  lua_pushboolean(L, follow);
+  lua_pushcclosure(L, records_next, 2);
   return 1;
 }
 
@@ -102,4 +130,5 @@ void lp_luamod_free_records(pool *p) {
     free(n);
   }
   p->tail = NULL;
+  p->qbytes = 0;
 }

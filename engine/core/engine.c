@@ -464,7 +464,9 @@ int lp_engine_wait(luapool *lp, double timeout, int (*until)(void *ud), void *ud
       if (deadlock && rc == 0) rc = LUAPOOL_EDEADLOCK;
       pthread_mutex_lock(&lp->host_lock);
       live = lp->live_roots;
-      int waiting = until ? !until(ud) : live > 0;
+      /* Nothing is left to wait for once no task is (a host future's task
+       * has ended then too; a records loop has had every record). */
+      int waiting = live > 0 && (!until || !until(ud));
       if (waiting) {
         /* Records are picked up every millisecond: streaming without a
          * wake-up per record. */

@@ -231,6 +231,7 @@ long lp_report_read_spilled(lp_report *r, lp_spilled *s, int64_t len, int delive
     } else if (deliver) {
       lp_record_deliver(r, rec);
       n++;
+      if (r->paused) break;
     }
   }
   s->done = rd->off - s->off;

@@ -350,7 +350,7 @@ static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink
       lp_spilled *s = (lp_spilled *)next;
       int64_t len = atomic_load_explicit(&s->len, memory_order_acquire);
       n += lp_report_read_spilled(r, s, len, deliver, sink, ud);
-      if (!whole || s->done < len) return n; /* the rest is still being written */
+      if (!whole || s->done < len) return n; /* the rest is still being written, or paused */
       release_item(r, c->pos);
       c->pos = next;
       continue;
@@ -367,6 +367,7 @@ static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink
       } else if (deliver)
         lp_record_deliver(r, (lp_record *)next), n++;
       c->pos = next;
+      if (r->paused) return n;
     } else {
       c->cur = (lp_rnode *)next;
       c->pos = NULL;
@@ -422,6 +423,7 @@ static long walk_completion(lp_report *r, int deliver, lp_sink_fn sink, void *ud
     n++;
     if (r->cpos != &r->csentinel) release_item(r, r->cpos);
     r->cpos = next;
+    if (r->paused) break;
   }
   return n;
 }
@@ -443,9 +445,10 @@ int lp_report_walk_made(lp_report *r, lp_sink_fn sink, void *ud) {
 
 long lp_report_deliver(lp_report *r, int final) {
   deliver_failures(r);
+  r->paused = 0;
   long n =
       r->order == LUAPOOL_ORDER_COMPLETION ? walk_completion(r, 1, NULL, NULL) : walk_tree(r, 1);
-  if (final && r->order != LUAPOOL_ORDER_COMPLETION) {
+  if (final && r->order != LUAPOOL_ORDER_COMPLETION && !r->paused) {
     /* Every task has ended: the cursor is at the end of the roots, or
      * records would be dropped unseen. Said loudly if it ever happens. */
     lp_item *next = r->pos ? atomic_load_explicit(&r->pos->next, memory_order_acquire)

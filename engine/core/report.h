@@ -149,6 +149,7 @@ typedef struct lp_report {
   size_t nruns, capruns;
   uint64_t rank;       /* priority order: records held so far */
   long long heldbytes; /* bytes in `held` */
+  int paused;          /* host-only: the consumer has enough for now (lp_report_pause) */
   lua_State *fmt;      /* host-only state that turns values into text and JSON */
   char *textbuf;
   size_t textcap;
@@ -195,6 +196,11 @@ void lp_report_flush_nodes(lp_report *r);
  * place says the subtree has ended (lp_task_away_done). */
 void lp_report_away_done(lp_report *r, struct lp_task *t);
 
+/* Host side, from inside on_record: ends the delivery pass after this
+ * record (a consumer that buffers, such as the host module's records loop,
+ * keeps to its share of the memory bound); the next pass goes on from
+ * there. Priority order's end, the merge of its runs, is one pass. */
+static inline void lp_report_pause(lp_report *r) { r->paused = 1; }
 /* Host side: delivers every record that may leave now through the
  * configured callback; returns how many. With `final` set, the run is over
  * and everything left is delivered in order. */
