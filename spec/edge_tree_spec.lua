@@ -125,7 +125,11 @@ function main(n, how)
   local ran = luapool.counter("ran")
   if how == "queued" then
     -- One worker, and spawn does not run children: all n are queued at once.
-    for _ = 1, n do luapool.spawn(queued) end
+    -- (A spawn past the bound of unstarted tasks holds its task back only
+    -- where the task could yield: not inside a coroutine of its own.)
+    coroutine.wrap(function()
+      for _ = 1, n do luapool.spawn(queued) end
+    end)()
     print("alive " .. n .. ", ran " .. ran:get())
   else
     -- Every child suspends on the gate; it opens when all n wait there.

@@ -170,7 +170,7 @@ static int retry(lp_worker *w, lp_task *t) {
   lp_task_arm(t);
   if (!lp_task_join_begin(t)) return 1; /* the wake is the last child's */
   lp_task_disarm(t);
-  if (lp_sched_push(&w->eng->sched, w->index, t) != 0) {
+  if (lp_sched_push(&w->eng->sched, w->index, t) < 0) {
     t->retry_pending = 0;
     return 0;
   }

@@ -96,11 +96,11 @@ static void level_trim(lp_wq *q, int i) {
   q->nlevels--;
 }
 
-static int level_push(lp_wq *q, struct lp_task *t, double prio) {
+/* Returns the tasks now in q's levels, or -1 when out of memory. */
+static long level_push(lp_wq *q, struct lp_task *t, double prio) {
   lp_level *lv = level_for(q, prio);
   if (dq_push(&lv->dq, t) != 0) return -1;
-  atomic_fetch_add_explicit(&q->nready, 1, memory_order_relaxed);
-  return 0;
+  return atomic_fetch_add_explicit(&q->nready, 1, memory_order_relaxed) + 1;
 }
 
 static struct lp_task *level_pop(lp_wq *q, int from_bottom) {
@@ -192,27 +192,28 @@ static void notify_one(lp_sched *s, int pool) {
   }
 }
 
-int lp_sched_push(lp_sched *s, int w, struct lp_task *t) {
+long lp_sched_push(lp_sched *s, int w, struct lp_task *t) {
   lp_wq *q = &s->wq[w];
   lp_spin_lock(&q->lock);
-  int rc = level_push(q, t, s->one_level ? 0 : t->priority);
+  long n = level_push(q, t, s->one_level ? 0 : t->priority);
   lp_spin_unlock(&q->lock);
-  if (rc == 0) notify_one(s, q->pool);
-  return rc;
+  if (n > 0) notify_one(s, q->pool);
+  return n;
 }
 
 static lp_inj *inj_of(lp_sched *s, int pool) {
   return &s->inj[pool >= 0 && pool < s->npools ? pool : 0];
 }
 
-void lp_sched_inject(lp_sched *s, struct lp_task *t) {
+long lp_sched_inject(lp_sched *s, struct lp_task *t) {
   int pool = t->pool; /* once queued, t may run and be freed at any moment */
   lp_inj *in = inj_of(s, pool);
   lp_spin_lock(&in->lock);
   list_append(&in->head, &in->tail, t);
-  atomic_fetch_add(&in->n, 1);
+  long n = atomic_fetch_add(&in->n, 1) + 1;
   lp_spin_unlock(&in->lock);
   notify_one(s, pool);
+  return n;
 }
 
 void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n) {
@@ -266,7 +267,7 @@ static struct lp_task *take_injected(lp_sched *s, int w) {
     lp_wq *q = &s->wq[w];
     lp_spin_lock(&q->lock);
     for (int i = n - 1; i >= 1; i--)
-      if (level_push(q, got[i], s->one_level ? 0 : got[i]->priority) != 0)
+      if (level_push(q, got[i], s->one_level ? 0 : got[i]->priority) < 0)
         list_append(&q->yielded, &q->yielded_tail, got[i]);
     lp_spin_unlock(&q->lock);
   }
@@ -305,7 +306,7 @@ static struct lp_task *steal(lp_sched *s, int w) {
       /* Keep the oldest to run now; the rest go on our own queue. If the
        * ring cannot grow, the owner-only yielded list still holds them. */
       for (int i = n - 1; i >= 1; i--)
-        if (level_push(self, got[i], got[i]->priority) != 0)
+        if (level_push(self, got[i], got[i]->priority) < 0)
           list_append(&self->yielded, &self->yielded_tail, got[i]);
       lp_spin_unlock(&self->lock);
       notify_one(s, self->pool);

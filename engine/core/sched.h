@@ -72,10 +72,13 @@ int lp_sched_init(lp_sched *s, int nworkers);
 int lp_sched_set_pools(lp_sched *s, int npools, const int *pool_of);
 void lp_sched_free(lp_sched *s);
 
-/* Queues a new task on worker w's own queue (w is the calling worker). */
-int lp_sched_push(lp_sched *s, int w, struct lp_task *t);
-/* Queues a task for its pool from outside that pool's workers. */
-void lp_sched_inject(lp_sched *s, struct lp_task *t);
+/* Queues a new task on worker w's own queue (w is the calling worker).
+ * Returns how many tasks that queue holds now (what spawn.c bounds), or -1
+ * when out of memory. */
+long lp_sched_push(lp_sched *s, int w, struct lp_task *t);
+/* Queues a task for its pool from outside that pool's workers. Returns how
+ * many tasks wait in that pool's injection list now. */
+long lp_sched_inject(lp_sched *s, struct lp_task *t);
 /* Queues n tasks linked through qnext, from outside the workers. */
 void lp_sched_inject_list(lp_sched *s, struct lp_task *head, struct lp_task *tail, long n);
 /* Hands a suspended task back to its owner, from any thread. */

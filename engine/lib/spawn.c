@@ -9,6 +9,24 @@
  * so a spawn makes no call across files but into the core. map spawns its
  * tasks through the same three (libmap.c). In a sequential run (--workers
  * 0) the child runs at its spawn, before the parent goes on.
+ *
+ * Holding a flood back. A task that spawns faster than its children run
+ * would grow its queue without bound (a queued task is some half a
+ * kilobyte: its record, packed arguments and report node). Once the queue a
+ * spawn lands in holds more than LP_SPAWN_AHEAD unstarted tasks, the
+ * spawning task is held: into its worker's own queue it yields, so the
+ * worker runs the tasks ahead of it first (sched.c hands a yielded task back
+ * after some sixty others, or when there is nothing else); into another
+ * pool's injection list, which its own worker does not drain, it pauses on
+ * a timer instead, longer the further the list is past the bound. Either
+ * way it yields and waits for nothing: it runs again whatever the other
+ * tasks do, and each spawn is held at most once. That is why no fork-join
+ * tree, however deep, and nothing its tasks wait for can deadlock on the
+ * bound; a wait for the queue to shrink would make the spawner's progress
+ * hang on what the queued tasks do once they start (spawn and be held in
+ * turn, or wait for this very task). Only a task that can yield is held
+ * (the test of lp_lib_waiting); elsewhere, and for worker processes (their
+ * feeders keep their own queues), spawn goes on as it always did.
  */
 #include <string.h>
 
@@ -22,6 +40,43 @@
 static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status, (void)ctx;
   return 1; /* the future, left on top before yielding */
+}
+
+/* The unstarted tasks a queue may hold before a spawn into it is held back.
+ * At about half a kilobyte each, some 16 MB per flooding worker. A fork-join
+ * tree's own queue stays far below it (about two tasks per level of depth),
+ * so the bound never touches one; and thieves, who take at most 32 tasks at
+ * a time, always find work in a held queue. */
+#define LP_SPAWN_AHEAD 32768
+
+/* A spawn into another pool past the bound pauses its task for HOLD_PAUSE
+ * seconds, doubled for every HOLD_STEP tasks further past it, up to 2^10
+ * times: however slowly that pool runs its tasks, the list stops growing
+ * within some ten steps past the bound. */
+#define HOLD_PAUSE 0.001
+#define HOLD_STEP 4096
+
+/* A held spawn goes on: ctx is 1 after a pause (its timer is removed). */
+static int held_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lp_task *self = lp_worker_of(L)->current;
+  if (ctx) lp_lib_resumed(L, self);
+  lp_lib_check_cancelled(L, self);
+  return 1; /* the future, left on top before yielding */
+}
+
+/* Holds back the running task, whose spawn left `queued` tasks in the queue
+ * of its new child (see the top of this file). Does not return. */
+static int hold(lua_State *L, lp_task *self, int dest, long queued) {
+  lp_worker *w = lp_worker_of(L);
+  if (dest == LP_SPAWN_OWN) {
+    lp_pool_yield_current(w);
+    return lua_yieldk(L, 0, 0, held_k);
+  }
+  long steps = (queued - LP_SPAWN_AHEAD) / HOLD_STEP;
+  double pause = HOLD_PAUSE * (double)(1L << (steps < 10 ? steps : 10));
+  lp_task_arm(self);
+  return lp_lib_suspend(L, self, lp_now() + pause, 1, held_k);
 }
 
 static double opt_number(lua_State *L, int idx, const char *what, const char *name, double dflt) {
@@ -115,22 +170,27 @@ int lp_spawn_dest(lua_State *L, lp_task *t) {
   return LP_SPAWN_OWN;
 }
 
-/* Queues a task made by lp_spawn_new (not in a sequential run).
- * 0, or -1 when out of memory (then the task has failed). */
-int lp_spawn_queue(lua_State *L, lp_task *t, int dest) {
+/* Queues t at dest. Returns how many tasks wait unstarted in the queue it
+ * joined (0 for a place: its feeders keep their own), or -1 when out of
+ * memory (then the task has failed). */
+static long queue(lua_State *L, lp_task *t, int dest) {
   lp_worker *w = lp_worker_of(L);
   luapool *eng = w->eng;
-  int rc = 0;
+  long n;
   if (dest == LP_SPAWN_PLACE)
-    rc = lp_place_push(eng, t);
+    n = lp_place_push(eng, t) == 0 ? 0 : -1;
   else if (dest == LP_SPAWN_INJECT)
-    lp_sched_inject(&eng->sched, t); /* another pool's threads */
+    n = lp_sched_inject(&eng->sched, t); /* another pool's threads */
   else
-    rc = lp_sched_push(&eng->sched, w->index, t);
+    n = lp_sched_push(&eng->sched, w->index, t);
   /* Out of memory in the queue: this child can never run. */
-  if (rc != 0) lp_task_finish(t, LP_TASK_FAILED, NULL);
-  return rc;
+  if (n < 0) lp_task_finish(t, LP_TASK_FAILED, NULL);
+  return n;
 }
+
+/* Queues a task made by lp_spawn_new (not in a sequential run).
+ * 0, or -1 when out of memory (then the task has failed). */
+int lp_spawn_queue(lua_State *L, lp_task *t, int dest) { return queue(L, t, dest) < 0 ? -1 : 0; }
 
 static int l_spawn(lua_State *L) {
   lp_task *self = lp_lib_running(L, "luapool.spawn");
@@ -165,8 +225,11 @@ static int l_spawn(lua_State *L) {
   lp_task *t = lp_spawn_new(L, self, fn, &o, &args);
   if (!t) return luaL_error(L, "luapool.spawn: out of memory");
   if (!eng->inline_mode) {
-    if (lp_spawn_queue(L, t, lp_spawn_dest(L, t)) != 0)
-      return luaL_error(L, "luapool.spawn: out of memory");
+    int dest = lp_spawn_dest(L, t);
+    long queued = queue(L, t, dest);
+    if (queued < 0) return luaL_error(L, "luapool.spawn: out of memory");
+    if (queued > LP_SPAWN_AHEAD && L == self->co && lua_isyieldable(L))
+      return hold(L, self, dest, queued);
     return 1;
   }
   /* Sequential reference: the child, and everything it spawns, runs to

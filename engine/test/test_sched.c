@@ -91,6 +91,28 @@ static void test_yielded_and_injected(void) {
   free(y), free(j), free(q);
 }
 
+/* A push and an inject say how many tasks their queue holds now: what
+ * spawn bounds (lib/spawn.c). A push counts every level of the worker's
+ * queue; the count falls as tasks are taken. */
+static void test_lengths(void) {
+  lp_sched s;
+  CHECK_EQ(lp_sched_init(&s, 2), 0);
+  lp_task *t[4] = {mk(0), mk(3), mk(0), mk(0)};
+  CHECK_EQ(lp_sched_push(&s, 0, t[0]), 1);
+  CHECK_EQ(lp_sched_push(&s, 0, t[1]), 2);
+  CHECK(lp_sched_next(&s, 0) == t[0]);
+  CHECK_EQ(lp_sched_push(&s, 0, t[0]), 2);
+  CHECK_EQ(lp_sched_push(&s, 1, t[2]), 1); /* each worker its own */
+  CHECK_EQ(lp_sched_inject(&s, t[3]), 1);
+  CHECK(lp_sched_next(&s, 1) == t[2]);
+  CHECK_EQ(lp_sched_queued(&s), 3);
+  int n = 0;
+  while (lp_sched_next(&s, 0)) n++;
+  CHECK_EQ(n, 3);
+  lp_sched_free(&s);
+  for (int i = 0; i < 4; i++) free(t[i]);
+}
+
 static void test_many_levels(void) {
   lp_sched s;
   CHECK_EQ(lp_sched_init(&s, 1), 0);
@@ -178,6 +200,7 @@ int main(void) {
   test_inbox_first_and_take();
   test_steal_oldest_half();
   test_yielded_and_injected();
+  test_lengths();
   test_many_levels();
   test_concurrent_exactly_once();
   test_wake_all_before_park();
