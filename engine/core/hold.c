@@ -52,11 +52,17 @@ long long lp_hold_count(lp_report *r, long long d) {
   return now;
 }
 
+/* What the host left in memory when it last caught up (the floor) waits
+ * for its turn; what came after it waits for the output. That may grow
+ * to the bound, and to a quarter of it at least. */
+static long long backlog_limit(lp_report *r, long long floor) {
+  long long room = r->bound - floor;
+  return room > r->bound / 4 ? room : r->bound / 4;
+}
+
 int lp_hold_must_wait(lp_report *r, long long mem) {
-  /* What the host left in memory when it last caught up waits for its
-   * turn; only what came after it waits for the output. */
-  return mem > r->bound &&
-         mem - atomic_load_explicit(&r->floor, memory_order_relaxed) > r->bound / 4;
+  long long floor = atomic_load_explicit(&r->floor, memory_order_relaxed);
+  return mem - floor > backlog_limit(r, floor);
 }
 
 void lp_hold_host(lp_report *r, long long d) {
@@ -68,9 +74,11 @@ void lp_hold_publish(lp_report *r) {
   if (!r->host_delta) return;
   long long now = publish(r, r->host_delta);
   r->host_delta = 0;
-  /* The output has taken most of what waited for it: the waiting tasks
-   * make records while the host hands on the rest, rather than after. */
-  if (now - atomic_load_explicit(&r->floor, memory_order_relaxed) < r->bound / 8) lp_hold_wake(r);
+  /* The output has taken a quarter of what waited for it: the waiting
+   * tasks make records again while the host hands on the rest, so neither
+   * side sits idle waiting for the other. */
+  long long floor = atomic_load_explicit(&r->floor, memory_order_relaxed);
+  if (now - floor < backlog_limit(r, floor) / 4 * 3) lp_hold_wake(r);
 }
 
 void lp_hold_wait(lp_report *r, lp_task *t) {
