@@ -322,6 +322,10 @@ static void release_item(lp_report *r, lp_item *it) {
 static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink, void *ud) {
   long n = 0;
   for (;;) {
+    /* The host's cursor (a sink's walks hold nothing): priority order may
+     * write a run out at any step, and must leave the cursor's position
+     * to it (runs.c), not free it, nor take a stale one for it. */
+    if (!sink) r->pos = c->pos;
     lp_rnode *seq = c->cur;
     lp_item *next = c->pos ? atomic_load_explicit(&c->pos->next, memory_order_acquire)
                            : atomic_load_explicit(&seq->first, memory_order_acquire);
@@ -360,9 +364,7 @@ static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink
       if (sink)
         sink(ud, (lp_record *)next), n++;
       else if (r->order == LUAPOOL_ORDER_PRIORITY) {
-        /* The host's cursor (a sink's walks do not hold): a run written
-         * now must leave its position to it. */
-        r->pos = next;
+        r->pos = next;                      /* its position from here on */
         lp_runs_hold(r, (lp_record *)next); /* holding is not delivering: also when discarding */
       } else if (deliver)
         lp_record_deliver(r, (lp_record *)next), n++;
