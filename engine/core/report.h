@@ -122,12 +122,17 @@ typedef struct lp_report {
    * `mem` every LP_HOLD_BATCH bytes; past `bound`, records that wait for
    * their turn go to disk and a task whose record waits for the output
    * waits for room (lp_hold_wait). */
+  /* Read by every producer per record, written once per batch: a line
+   * of their own (padding, not alignment: the engine is calloc'd), away
+   * from what the host writes per record. */
+  char pad_before[64];
   long long bound;
   _Atomic long long mem;
-  _Atomic long long peak;
   _Atomic long long floor; /* mem when the host last caught up: records waiting for their turn */
-  long long host_delta;    /* host-only: freed, not yet published */
   _Atomic(lp_rnode *) cursor_seq; /* the sequence the host's cursor is in */
+  char pad_after[64];
+  _Atomic long long peak;
+  long long host_delta; /* host-only: freed, not yet published */
   _Atomic int wlock;              /* spinlock over `waiting` */
   struct lp_task **waiting;       /* tasks waiting for room */
   size_t nwaiting, capwaiting;
