@@ -39,8 +39,9 @@ void lp_luamod_on_record(void *ud, const luapool_record *rec) {
     p->head = n;
   p->tail = n;
   p->qbytes += sizeof *n + nl + rec->text_len + n->value_len;
-  /* A records loop takes no more than the bound at a time; wait() takes
-   * all (nobody reads the queue until it returns). */
+  /* A records loop takes no more than the bound at a time; wait(), get()
+   * and as_completed take all (nobody reads the queue until they return,
+   * and what they wait for may wait for room). */
   if (p->following && p->qbytes > p->hold) lp_report_pause(&p->lp->report);
 }
 
@@ -116,7 +117,11 @@ int lp_luamod_records(lua_State *L) {
     follow = lua_toboolean(L, -1);
     lua_pop(L, 1);
   }
-  if (p->lp) luapool_wait(p->lp, 0);
+  if (p->lp) {
+    p->following = 1; /* a loop takes these now: the bound's worth at most */
+    luapool_wait(p->lp, 0);
+    p->following = 0;
+  }
   lua_pushvalue(L, 1);
   lua_pushboolean(L, follow);
   lua_pushcclosure(L, records_next, 2);

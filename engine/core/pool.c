@@ -367,6 +367,7 @@ static int fire_timers(lp_worker *w, int all) {
  * tasks wait so, w only resumes tasks it has begun. The host wakes them
  * each time it has caught up, so this lasts no longer. */
 static lp_task *pick(lp_worker *w) {
+  lp_sched_begun_only(&w->eng->sched, w->index, w->room_waits > 0); /* and it parks so */
   if (w->room_waits) return lp_sched_next_begun(&w->eng->sched, w->index);
   return lp_sched_next(&w->eng->sched, w->index);
 }

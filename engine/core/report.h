@@ -103,10 +103,14 @@ typedef struct lp_report {
   /* Completion order: one queue in the order records are made, any number
    * of producers (an exchange on `ctail` orders them), the host consuming. */
   lp_item csentinel;
+  lp_item *cpos; /* host-only: the last record consumed (or &csentinel) */
+  int noutbox;   /* workers: the homes of report nodes */
+  /* Exchanged by every producer per record: a cache line of its own, so
+   * neither the host's per-record writes nor reads of the fields around
+   * it share its misses (padding, not alignment: the engine is calloc'd). */
+  char pad_ctail[64];
   _Atomic(lp_item *) ctail;
-  lp_item *cpos;       /* host-only: the last record consumed (or &csentinel) */
-  _Atomic int holding; /* a task with retries exists: completion order looks for holders */
-  int noutbox;         /* workers: the homes of report nodes */
+  char pad_ctail_end[64];
   /* Failures of unawaited tasks, from any thread. */
   pthread_mutex_t fail_lock;
   lp_failure *fail_head, *fail_tail;
@@ -125,16 +129,17 @@ typedef struct lp_report {
   /* Read by every producer per record, written once per batch: a line
    * of their own (padding, not alignment: the engine is calloc'd), away
    * from what the host writes per record. */
-  char pad_before[64];
+  char pad_bound[64];
   long long bound;
+  _Atomic int holding; /* a task with retries exists: completion order looks for holders */
   _Atomic long long mem;
   _Atomic long long floor; /* mem when the host last caught up: records waiting for their turn */
   _Atomic(lp_rnode *) cursor_seq; /* the sequence the host's cursor is in */
   char pad_after[64];
   _Atomic long long peak;
-  long long host_delta; /* host-only: freed, not yet published */
-  _Atomic int wlock;              /* spinlock over `waiting` */
-  struct lp_task **waiting;       /* tasks waiting for room */
+  long long host_delta;     /* host-only: freed, not yet published */
+  _Atomic int wlock;        /* spinlock over `waiting` */
+  struct lp_task **waiting; /* tasks waiting for room */
   size_t nwaiting, capwaiting;
   _Atomic int nwaiting_pub;  /* nwaiting, readable without the lock */
   pthread_mutex_t room_lock; /* threads that cannot suspend wait here (lp_hold_block) */

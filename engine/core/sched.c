@@ -379,6 +379,7 @@ struct lp_task *lp_sched_take_child(lp_sched *s, int w, struct lp_task *parent,
 
 static int has_work(lp_sched *s, int w) {
   lp_wq *q = &s->wq[w];
+  if (q->begun_only) return atomic_load(&q->ninbox) || q->yielded;
   if (atomic_load(&q->ninbox) || atomic_load(&q->nready) || q->yielded ||
       atomic_load(&s->inj[q->pool].n))
     return 1;

@@ -40,6 +40,7 @@ typedef struct lp_wq {
   int pool;                  /* the pool this worker serves: it steals only there */
   unsigned rng;              /* owner-only: victim choice */
   unsigned picks;            /* owner-only: fairness counter */
+  int begun_only;            /* owner-only: takes only tasks it has begun (lp_sched_next_begun) */
   unsigned long alarms_seen; /* owner-only: the last lp_sched_wake_all it noticed */
   char pad[64];
 } lp_wq;
@@ -99,6 +100,9 @@ struct lp_task *lp_sched_next(lp_sched *s, int w);
 /* Only a task w has begun already (woken, or yielded): while its tasks
  * wait for room for their records, w starts no new ones (hold.c). */
 struct lp_task *lp_sched_next_begun(lp_sched *s, int w);
+/* Whether w takes only those for now: then new tasks waiting in the
+ * queues do not keep it from parking. */
+static inline void lp_sched_begun_only(lp_sched *s, int w, int on) { s->wq[w].begun_only = on; }
 
 /* Sleeps until work may have arrived for w, or until `timeout` seconds
  * (negative: no limit), or lp_sched_stop. */
