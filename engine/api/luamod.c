@@ -335,7 +335,12 @@ static int pool_map(lua_State *L) {
  * unawaited once its future has been collected without get(). */
 static int pool_wait(lua_State *L) {
   pool *p = lp_luamod_check_pool(L, "pool:wait");
-  int rc = luapool_wait(p->lp, lp_luamod_timeout(L, 2, "pool:wait"));
+  double timeout = lp_luamod_timeout(L, 2, "pool:wait");
+  /* wait(0) polls, as records() does: it takes the bound's worth of
+   * records at most. A wait that blocks takes all: what it waits for may
+   * itself wait for room. */
+  p->following = timeout == 0;
+  int rc = luapool_wait(p->lp, timeout);
   if (rc != LUAPOOL_ETIMEDOUT) {
     /* A future nobody holds any more can never be awaited: collecting it
      * now reports its task's failure here rather than at some later GC. */
@@ -343,6 +348,7 @@ static int pool_wait(lua_State *L) {
     int again = luapool_wait(p->lp, 0);
     if (rc == 0) rc = again;
   }
+  p->following = 0;
   if (p->failures.len) {
     lua_pushnil(L);
     lua_pushlstring(L, p->failures.data, p->failures.len);

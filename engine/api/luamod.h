@@ -33,7 +33,7 @@ typedef struct pool {
   int lost;              /* records dropped for want of memory */
   size_t qbytes;         /* bytes in the queue */
   size_t hold;           /* the engine's bound: a records loop's queue keeps to it */
-  int following;         /* inside records(): deliveries pause at the bound */
+  int following;         /* inside records() or wait(0): deliveries pause at the bound */
 } pool;
 
 typedef struct hfuture {
