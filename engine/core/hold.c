@@ -29,7 +29,7 @@
 #include "task.h"
 
 long long lp_record_bytes(const lp_record *rec) {
-  return (long long)(sizeof *rec + rec->len + 1 + 16); /* 16: malloc's own */
+  return (long long)sizeof *rec + (long long)rec->len + 1 + 16; /* 16: malloc's own */
 }
 
 static long long publish(lp_report *r, long long d) {
@@ -127,7 +127,7 @@ void lp_hold_block(lp_report *r) {
   atomic_fetch_add_explicit(&r->nblocked, 1, memory_order_relaxed);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_nsec += 50 * 1000000; /* at most: a stall, never a hang, whatever the host does */
+  ts.tv_nsec += 50L * 1000000; /* at most: a stall, never a hang, whatever the host does */
   if (ts.tv_nsec >= 1000000000) ts.tv_sec++, ts.tv_nsec -= 1000000000;
   while (r->room_passes == pass)
     if (pthread_cond_timedwait(&r->room_cond, &r->room_lock, &ts) != 0) break;

@@ -218,7 +218,7 @@ long lp_report_deliver(lp_report *r, int final);
 
 /* ---- the memory bound (hold.c) ---- */
 
-#define LP_HOLD_BATCH (64 * 1024)
+#define LP_HOLD_BATCH (64LL * 1024)
 #define LP_HOLD_DEFAULT ((size_t)32 << 20)
 
 /* Counts d bytes of records made (> 0) or freed (< 0) by a producer

@@ -25,7 +25,7 @@
 struct lp_report;
 struct lp_record;
 
-#define LP_SPILL_BUF (64 * 1024)
+#define LP_SPILL_BUF ((size_t)64 * 1024)
 
 typedef struct lp_spill_file {
   int fd;
