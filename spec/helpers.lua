@@ -88,6 +88,15 @@ end
 
 -- Runs the binary with the given argument words. opts.timeout bounds the run.
 -- Returns { out, err, code, lines, elapsed, timed_out }.
+-- Whether the binary under test is built with a sanitizer: then its peak
+-- memory (ASan's quarantine alone is 256 MB) says nothing of luapool's.
+function helpers.sanitized()
+  local nm = io.popen("grep -c -a -E '__(a|t)san_init' " .. helpers.quote(helpers.bin))
+  local n = tonumber(nm:read("a"):match("%d+") or "0")
+  nm:close()
+  return n > 0
+end
+
 function helpers.exec(argv, opts)
   opts = opts or {}
   if not binary_present() then

@@ -148,10 +148,7 @@ describe("the bound on unstarted tasks", function()
     it(("keeps %s sleepers' peak RSS under %d MB (%s)"):format(name, mb, table.concat(flags, " ")), function()
       -- Each sleeps 10 ms, as in the issue. Sanitizer builds keep freed memory aside (ASan's quarantine alone is
       -- 256 MB): their peak says nothing of ours.
-      local nm = io.popen("grep -c -a -E '__(a|t)san_init' " .. helpers.quote(helpers.bin))
-      local sanitized = tonumber(nm:read("a"):match("%d+") or "0") > 0
-      nm:close()
-      if sanitized then
+      if helpers.sanitized() then
         pending("a sanitizer build: its peak RSS is not luapool's")
         return
       end

@@ -353,7 +353,10 @@ static long walk_cursor(lp_report *r, lp_cursor *c, int deliver, lp_sink_fn sink
                   (seq != &r->roots && atomic_load_explicit(&seq->done, memory_order_acquire));
       lp_spilled *s = (lp_spilled *)next;
       int64_t len = atomic_load_explicit(&s->len, memory_order_acquire);
-      n += lp_report_read_spilled(r, s, len, deliver, sink, ud);
+      if (r->closing) /* freeing what is left: its records are dropped unread */
+        s->done = len;
+      else
+        n += lp_report_read_spilled(r, s, len, deliver, sink, ud);
       if (!whole || s->done < len) return n; /* the rest is still being written, or paused */
       release_item(r, c->pos);
       c->pos = next;
@@ -468,6 +471,7 @@ long lp_report_deliver(lp_report *r, int final) {
 
 void lp_report_free(lp_report *r) {
   if (!r->eng) return;
+  r->closing = 1;
   if (r->order == LUAPOOL_ORDER_COMPLETION) {
     walk_completion(r, 0, NULL, NULL);
     if (r->cpos != &r->csentinel) release_item(r, r->cpos);

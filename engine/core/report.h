@@ -160,6 +160,7 @@ typedef struct lp_report {
   uint64_t rank;       /* priority order: records held so far */
   long long heldbytes; /* bytes in `held` */
   int paused;          /* host-only: the consumer has enough for now (lp_report_pause) */
+  int closing;         /* host-only: lp_report_free walks to free, reading nothing back */
   lua_State *fmt;      /* host-only state that turns values into text and JSON */
   char *textbuf;
   size_t textcap;
