@@ -138,11 +138,8 @@ describe("the bound on unstarted tasks", function()
     end)
   end
 
-  -- Worker processes: the flood waits in the engine's send queue (before
-  -- the bound there, a million sleepers took 350 MB).
   for _, case in ipairs({
     { "two million", 2000000, { "--workers", "2" }, 400 },
-    { "a million", 1000000, { "--processes", "2" }, 200 },
   }) do
     local name, n, flags, mb = case[1], case[2], case[3], case[4]
     it(("keeps %s sleepers' peak RSS under %d MB (%s)"):format(name, mb, table.concat(flags, " ")), function()

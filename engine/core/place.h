@@ -56,9 +56,8 @@ typedef struct lp_place_ops {
   /* Ends it and frees it (the engine is closing): every task it held has
    * finished or been cancelled. */
   void (*stop)(lp_place *p);
-  /* Takes a new task of its pool (any thread): how many of its tasks now
-   * wait to be sent (a spawn flood is held back by it: lib/spawn.c), or -1
-   * when out of memory (the task is then the caller's, unfinished). */
+  /* Takes a new task of its pool (any thread): 0, or -1 when out of memory
+   * (the task is then the caller's, unfinished). */
   int (*push)(lp_place *p, struct lp_task *t);
   /* t, which it holds, is cancelled (any thread). */
   void (*cancel)(lp_place *p, struct lp_task *t);
@@ -110,8 +109,7 @@ struct lp_uplink {
 };
 
 /* The engine's side of the seam (place.c): every place of the engine. */
-/* Hands a new task to its pool's place: how many wait to be sent there,
- * or -1 when out of memory. */
+/* Hands a new task to its pool's place: 0, or -1 when out of memory. */
 int lp_place_push(struct luapool *eng, struct lp_task *t);
 /* An away task is cancelled: tells whoever holds it. */
 void lp_place_cancel(struct luapool *eng, struct lp_task *t);

@@ -171,14 +171,14 @@ int lp_spawn_dest(lua_State *L, lp_task *t) {
 }
 
 /* Queues t at dest. Returns how many tasks wait unstarted in the queue it
- * joined (for a place: not yet sent to a process), or -1 when out of
+ * joined (0 for a place: its feeders keep their own), or -1 when out of
  * memory (then the task has failed). */
 static long queue(lua_State *L, lp_task *t, int dest) {
   lp_worker *w = lp_worker_of(L);
   luapool *eng = w->eng;
   long n;
   if (dest == LP_SPAWN_PLACE)
-    n = lp_place_push(eng, t); /* its tasks not yet sent to a process */
+    n = lp_place_push(eng, t) == 0 ? 0 : -1;
   else if (dest == LP_SPAWN_INJECT)
     n = lp_sched_inject(&eng->sched, t); /* another pool's threads */
   else

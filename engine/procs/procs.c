@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -67,9 +66,8 @@ int lp_procs_push(luapool *eng, lp_task *t, int front) {
     lp_feeder_poke_for_relay(ps, t->at_ref);
   else
     lp_feeder_poke_best(ps);
-  long n = t->foreign ? ps->relays.n : ps->queue.n;
   pthread_mutex_unlock(&ps->lock);
-  return n > INT_MAX ? INT_MAX : (int)n;
+  return 0;
 }
 
 /* A task comes to the pool: from the engine, or handed over by a process.
@@ -78,7 +76,7 @@ int lp_procs_take(luapool *eng, lp_task *t) {
   lp_procs *ps = procs_of(eng, t->pool);
   atomic_fetch_add(&ps->held, 1);
   int rc = lp_procs_push(eng, t, 0);
-  if (rc < 0) atomic_fetch_sub(&ps->held, 1);
+  if (rc != 0) atomic_fetch_sub(&ps->held, 1);
   return rc;
 }
 

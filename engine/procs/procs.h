@@ -130,8 +130,7 @@ static inline void poke(lp_conn *c) {
 
 /* procs.c: the place. */
 /* Queues t to be sent (at the front: it goes again), or finishes it at
- * once when the run stops or t is cancelled: how many wait to be sent in
- * its queue, or -1 (no memory). */
+ * once when the run stops or t is cancelled: 0, or -1 (no memory). */
 int lp_procs_push(luapool *eng, lp_task *t, int front);
 /* A task comes to the pool, from the engine or handed over by a process. */
 int lp_procs_take(luapool *eng, lp_task *t);
