@@ -345,7 +345,7 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, const luapool_ta
   } else if (pool != 0 && lp->pools[pool].place) {
     /* Another pool's processes: the main pool's roots run on an engine
      * thread, a root sent elsewhere runs where its pool's tasks do. */
-    if (lp_place_push(lp, t) != 0) {
+    if (lp_place_push(lp, t) < 0) {
       atomic_store(&t->awaited, 1); /* the failed submit says it */
       lp_task_finish(t, LP_TASK_FAILED, NULL);
       if (root) {

@@ -12,6 +12,11 @@ int lp_place_push(luapool *eng, lp_task *t) {
   return p->ops->push(p, t);
 }
 
+int lp_place_hold(luapool *eng, int pool, lp_task *self, long bound) {
+  lp_place *p = eng->pools[pool].place;
+  return p->ops->hold ? p->ops->hold(p, self, bound) : 0;
+}
+
 void lp_place_cancel(luapool *eng, lp_task *t) {
   /* A task an engine with an uplink handed upstream is held there. */
   if (eng->up) {

@@ -56,9 +56,15 @@ typedef struct lp_place_ops {
   /* Ends it and frees it (the engine is closing): every task it held has
    * finished or been cancelled. */
   void (*stop)(lp_place *p);
-  /* Takes a new task of its pool (any thread): 0, or -1 when out of memory
-   * (the task is then the caller's, unfinished). */
+  /* Takes a new task of its pool (any thread): how many of its tasks now
+   * wait to be sent (a spawn flood is held back by it: lib/spawn.c), or -1
+   * when out of memory (the task is then the caller's, unfinished). */
   int (*push)(lp_place *p, struct lp_task *t);
+  /* A spawn flood (lib/spawn.c): when more than `bound` of its tasks wait
+   * to be sent, keeps t, armed (lp_task_arm), to wake it (lp_task_wake)
+   * once half of them have gone or the run is cancelled, and returns 1;
+   * else 0. May be NULL: never held. */
+  int (*hold)(lp_place *p, struct lp_task *t, long bound);
   /* t, which it holds, is cancelled (any thread). */
   void (*cancel)(lp_place *p, struct lp_task *t);
   /* The run is cancelled: tasks not begun are cancelled, the rest stop. */
@@ -109,8 +115,11 @@ struct lp_uplink {
 };
 
 /* The engine's side of the seam (place.c): every place of the engine. */
-/* Hands a new task to its pool's place: 0, or -1 when out of memory. */
+/* Hands a new task to its pool's place: how many wait to be sent there,
+ * or -1 when out of memory. */
 int lp_place_push(struct luapool *eng, struct lp_task *t);
+/* The running task `self` spawned into `pool`'s place: the place's hold. */
+int lp_place_hold(struct luapool *eng, int pool, struct lp_task *self, long bound);
 /* An away task is cancelled: tells whoever holds it. */
 void lp_place_cancel(struct luapool *eng, struct lp_task *t);
 int lp_places_start(struct luapool *eng);

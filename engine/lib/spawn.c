@@ -67,11 +67,18 @@ static int held_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* Holds back the running task, whose spawn left `queued` tasks in the queue
  * of its new child (see the top of this file). Does not return. */
-static int hold(lua_State *L, lp_task *self, int dest, long queued) {
+static int hold(lua_State *L, lp_task *self, lp_task *child, int dest, long queued) {
   lp_worker *w = lp_worker_of(L);
   if (dest == LP_SPAWN_OWN) {
     lp_pool_yield_current(w);
     return lua_yieldk(L, 0, 0, held_k);
+  }
+  if (dest == LP_SPAWN_PLACE) { /* woken as the processes take tasks (place.h) */
+    lp_task_arm(self);
+    if (lp_place_hold(w->eng, child->pool, self, LP_SPAWN_AHEAD))
+      return lp_lib_suspend(L, self, -1, 1, held_k);
+    lp_task_disarm(self); /* drained meanwhile */
+    return 1;
   }
   long steps = (queued - LP_SPAWN_AHEAD) / HOLD_STEP;
   double pause = HOLD_PAUSE * (double)(1L << (steps < 10 ? steps : 10));
@@ -171,14 +178,14 @@ int lp_spawn_dest(lua_State *L, lp_task *t) {
 }
 
 /* Queues t at dest. Returns how many tasks wait unstarted in the queue it
- * joined (0 for a place: its feeders keep their own), or -1 when out of
+ * joined (for a place: not yet sent to a process), or -1 when out of
  * memory (then the task has failed). */
 static long queue(lua_State *L, lp_task *t, int dest) {
   lp_worker *w = lp_worker_of(L);
   luapool *eng = w->eng;
   long n;
   if (dest == LP_SPAWN_PLACE)
-    n = lp_place_push(eng, t) == 0 ? 0 : -1;
+    n = lp_place_push(eng, t); /* its tasks not yet sent to a process */
   else if (dest == LP_SPAWN_INJECT)
     n = lp_sched_inject(&eng->sched, t); /* another pool's threads */
   else
@@ -229,7 +236,7 @@ static int l_spawn(lua_State *L) {
     long queued = queue(L, t, dest);
     if (queued < 0) return luaL_error(L, "luapool.spawn: out of memory");
     if (queued > LP_SPAWN_AHEAD && L == self->co && lua_isyieldable(L))
-      return hold(L, self, dest, queued);
+      return hold(L, self, t, dest, queued);
     return 1;
   }
   /* Sequential reference: the child, and everything it spawns, runs to

@@ -193,7 +193,9 @@ void *lp_feeder_main(void *arg) {
     if (ps->queue.n > 0) lp_feeder_poke_best(ps); /* what is left goes to the others */
     if (ps->relays.n > 0) lp_feeder_poke_for_relay(ps, c);
     unsigned gen = c->gen;
+    lp_task *held = nq ? lp_procs_room_take(ps, 0) : NULL;
     pthread_mutex_unlock(&ps->lock);
+    lp_procs_room_wake(held); /* spawners held back by a flood */
     /* Under wlock the process cannot be replaced: the batch reaches the
      * process it was taken for, or goes back on the queue. */
     pthread_mutex_lock(&c->wlock);

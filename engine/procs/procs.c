@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -66,8 +67,9 @@ int lp_procs_push(luapool *eng, lp_task *t, int front) {
     lp_feeder_poke_for_relay(ps, t->at_ref);
   else
     lp_feeder_poke_best(ps);
+  long n = t->foreign ? ps->relays.n : ps->queue.n;
   pthread_mutex_unlock(&ps->lock);
-  return 0;
+  return n > INT_MAX ? INT_MAX : (int)n;
 }
 
 /* A task comes to the pool: from the engine, or handed over by a process.
@@ -76,11 +78,43 @@ int lp_procs_take(luapool *eng, lp_task *t) {
   lp_procs *ps = procs_of(eng, t->pool);
   atomic_fetch_add(&ps->held, 1);
   int rc = lp_procs_push(eng, t, 0);
-  if (rc != 0) atomic_fetch_sub(&ps->held, 1);
+  if (rc < 0) atomic_fetch_sub(&ps->held, 1);
   return rc;
 }
 
 static int place_push(lp_place *p, lp_task *t) { return lp_procs_take(((lp_procs *)p)->eng, t); }
+
+/* The spawner waits for the queue, not on a timer: the feeders wake it as
+ * they take tasks (feeder.c), so the processes never run out of them. */
+static int place_hold(lp_place *p, lp_task *t, long bound) {
+  lp_procs *ps = (lp_procs *)p;
+  pthread_mutex_lock(&ps->lock);
+  int held = !ps->stopping && ps->queue.n > bound;
+  if (held) {
+    lp_task_ref(t); /* until its wake */
+    t->qnext = ps->room;
+    ps->room = t;
+    ps->room_below = bound / 2;
+  }
+  pthread_mutex_unlock(&ps->lock);
+  return held;
+}
+
+lp_task *lp_procs_room_take(lp_procs *ps, int all) {
+  if (!ps->room || (!all && ps->queue.n > ps->room_below)) return NULL;
+  lp_task *list = ps->room;
+  ps->room = NULL;
+  return list;
+}
+
+void lp_procs_room_wake(lp_task *list) {
+  while (list) {
+    lp_task *t = list;
+    list = t->qnext;
+    lp_task_wake(t);
+    lp_task_unref(t);
+  }
+}
 
 static int place_idle(lp_place *p) { return atomic_load(&((lp_procs *)p)->held) == 0; }
 
@@ -116,7 +150,9 @@ void lp_procs_cancel_pool(luapool *eng, lp_procs *ps) {
     if (lp_wire_begin(&c->out, LP_MSG_STOP, &mark) == 0) lp_wire_end(&c->out, mark);
     poke(c);
   }
+  lp_task *room = lp_procs_room_take(ps, 1);
   pthread_mutex_unlock(&ps->lock);
+  lp_procs_room_wake(room); /* they see the cancel */
   for (size_t i = 0; i < n; i++) cancel_unsent(eng, unsent[i]);
   free(unsent);
 }
@@ -302,6 +338,7 @@ static const lp_place_ops procs_ops = {
     .start = place_start,
     .stop = place_stop,
     .push = place_push,
+    .hold = place_hold,
     .cancel = place_cancel,
     .cancel_all = place_cancel_all,
     .idle = place_idle,

@@ -93,6 +93,8 @@ typedef struct lp_procs {
   pthread_mutex_t lock;
   pthread_cond_t ready_cond;
   lp_sendq queue; /* tasks not yet sent */
+  lp_task *room;  /* spawners held back by a flood (place_hold), linked by qnext */
+  long room_below; /* they are woken once the queue is this short */
   /* Tasks a process handed over, not yet sent. They go to the first
    * process whose feeder looks, asked for or not: a process whose own
    * tasks all wait for them may never ask again. */
@@ -130,8 +132,14 @@ static inline void poke(lp_conn *c) {
 
 /* procs.c: the place. */
 /* Queues t to be sent (at the front: it goes again), or finishes it at
- * once when the run stops or t is cancelled: 0, or -1 (no memory). */
+ * once when the run stops or t is cancelled: how many wait to be sent in
+ * its queue, or -1 (no memory). */
 int lp_procs_push(luapool *eng, lp_task *t, int front);
+/* Under lock: the spawners held back by a flood, when the queue has
+ * drained far enough (or `all`); lp_procs_room_wake wakes them after the
+ * lock is let go. */
+lp_task *lp_procs_room_take(lp_procs *ps, int all);
+void lp_procs_room_wake(lp_task *list);
 /* A task comes to the pool, from the engine or handed over by a process. */
 int lp_procs_take(luapool *eng, lp_task *t);
 /* The run is cancelled, or no process is left: what is not sent ends. */
