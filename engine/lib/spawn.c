@@ -48,6 +48,11 @@ static int spawn_k(lua_State *L, int status, lua_KContext ctx) {
  * so the bound never touches one; and thieves, who take at most 32 tasks at
  * a time, always find work in a held queue. */
 #define LP_SPAWN_AHEAD 32768
+/* Worker processes need a deeper queue: the spawner shares the cores with
+ * them and their feeders, and must never leave them without tasks while
+ * it waits for a core (32,768 cost a quarter of the throughput of trivial
+ * tasks); still some 60 MB at most. */
+#define LP_PLACE_AHEAD (4 * LP_SPAWN_AHEAD)
 
 /* A spawn into another pool past the bound pauses its task for HOLD_PAUSE
  * seconds, doubled for every HOLD_STEP tasks further past it, up to 2^10
@@ -75,7 +80,7 @@ static int hold(lua_State *L, lp_task *self, lp_task *child, int dest, long queu
   }
   if (dest == LP_SPAWN_PLACE) { /* woken as the processes take tasks (place.h) */
     lp_task_arm(self);
-    if (lp_place_hold(w->eng, child->pool, self, LP_SPAWN_AHEAD))
+    if (lp_place_hold(w->eng, child->pool, self, LP_PLACE_AHEAD))
       return lp_lib_suspend(L, self, -1, 1, held_k);
     lp_task_disarm(self); /* drained meanwhile */
     return 1;
@@ -235,7 +240,8 @@ static int l_spawn(lua_State *L) {
     int dest = lp_spawn_dest(L, t);
     long queued = queue(L, t, dest);
     if (queued < 0) return luaL_error(L, "luapool.spawn: out of memory");
-    if (queued > LP_SPAWN_AHEAD && L == self->co && lua_isyieldable(L))
+    if (queued > (dest == LP_SPAWN_PLACE ? LP_PLACE_AHEAD : LP_SPAWN_AHEAD) && L == self->co &&
+        lua_isyieldable(L))
       return hold(L, self, t, dest, queued);
     return 1;
   }

@@ -94,7 +94,7 @@ static int place_hold(lp_place *p, lp_task *t, long bound) {
     lp_task_ref(t); /* until its wake */
     t->qnext = ps->room;
     ps->room = t;
-    ps->room_below = bound / 2;
+    ps->room_below = bound / 4 * 3; /* woken early: the queue never runs dry */
   }
   pthread_mutex_unlock(&ps->lock);
   return held;
