@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bplace.h"
 #include "engine.h"
 #include "figures.h"
 #include "future.h"
@@ -73,7 +74,8 @@ int luapool_register_module(luapool *lp, const char *name, luapool_open_fn open)
  * places of the pools that run elsewhere (worker processes) and --trace. */
 static int load(luapool *lp, const char *chunk, size_t len, const char *chunkname) {
   if (lp->phase == LP_PHASE_OPEN) {
-    int rc = lp_procs_attach(lp);
+    int rc = lp_broker_attach(lp);
+    if (rc == 0) rc = lp_procs_attach(lp);
     if (rc != 0) return rc;
     if (lp->cfg.trace_path && !lp->trace) lp_trace_open(lp); /* -1: lp_trace_close says so */
   }

@@ -15,6 +15,7 @@
 #include "progress.h"
 #include "engine.h"
 #include "proc.h"
+#include "worker_cmd.h"
 
 #ifndef LUAPOOL_VERSION_STRING
 #define LUAPOOL_VERSION_STRING LUAPOOL_VERSION
@@ -31,6 +32,7 @@ enum {
 static const char usage_text[] =
     "usage: luapool run SCRIPT [ARGS...] [options]\n"
     "       luapool check SCRIPT\n"
+    "       luapool worker --broker URL [--workers N | --processes N --threads T]\n"
     "       luapool --help | --version\n"
     "\n"
     "Runs main(ARGS...) of a Lua task script on a pool of workers; every task\n"
@@ -60,6 +62,11 @@ static const char usage_text[] =
     "                   (the default); --no-progress: none\n"
     "  --stats          a summary of the run on stderr at the end\n"
     "  --trace FILE     write the run as Chrome trace-event JSON (Perfetto)\n"
+    "  --broker URL     run through Redis (redis://[user:password@]HOST:PORT[/DB]):\n"
+    "                   tasks run on every `luapool worker` of that broker and on\n"
+    "                   this host's --workers (0: it only submits and reports)\n"
+    "  --lease S        with --broker: seconds a silent worker keeps its tasks\n"
+    "                   before others claim them (default 10)\n"
     "  --                    the arguments that follow are all for main\n"
     "\n"
     "check lists the script's task functions and warns of globals it reads\n"
@@ -294,6 +301,17 @@ static int cmd_run(int argc, char **argv) {
         bad_value(a, "a positive number of seconds", val);
       cfg.task_timeout = v;
       i++;
+    } else if (strcmp(a, "--broker") == 0) {
+      if (!val || !*val) bad_value(a, "redis://[user:password@]HOST:PORT[/DB]", val);
+      cfg.broker = val;
+      i++;
+    } else if (strcmp(a, "--lease") == 0) {
+      char *end;
+      double v = val ? strtod(val, &end) : -1;
+      if (!val || end == val || *end || !(v >= 0.1) || v > 1e6)
+        bad_value(a, "a number of seconds of at least 0.1", val);
+      cfg.lease = v;
+      i++;
     } else if (strcmp(a, "--hold") == 0) {
       cfg.hold = parse_bytes(a, val);
       if (cfg.hold < 1024 * 1024) bad_value(a, "a size of 1m or more", val);
@@ -324,6 +342,10 @@ static int cmd_run(int argc, char **argv) {
   }
   if (!script) usage_error("run needs a script");
   if (cfg.threads > 0 && cfg.processes == 0) usage_error("--threads needs --processes");
+  if (cfg.lease > 0 && !cfg.broker) usage_error("--lease needs --broker");
+  if (cfg.broker && (cfg.processes || npools))
+    usage_error("--broker runs the run's tasks on the broker's workers: give them --processes, "
+                "not the run (and no --pool)");
   cfg.json_records = c.json;
   cfg.on_record = on_record;
   cfg.on_failure = on_failure;
@@ -410,6 +432,10 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
   if (strcmp(cmd, "check") == 0) return cmd_check(argc - 2, argv + 2);
+  if (strcmp(cmd, "worker") == 0) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    return lp_cmd_worker(argc - 2, argv + 2, cpus > 0 ? (int)cpus : 1);
+  }
   usage_error("unknown command '%s'", cmd);
   return EXIT_USAGE;
 }

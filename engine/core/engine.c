@@ -81,13 +81,20 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...) {
 int lp_engine_new(const luapool_config *cfg, luapool **out) {
   *out = NULL;
   if (cfg->workers < 0 || cfg->workers > 4096 || cfg->processes < 0 || cfg->processes > 1024 ||
-      cfg->threads < 0 || cfg->threads > 4096 || cfg->task_timeout < 0 || cfg->retries < 0 ||
+      cfg->threads < 0 || cfg->threads > 4096 || cfg->task_timeout < 0 || cfg->retries < 0 || cfg->lease < 0 ||
       cfg->order < LUAPOOL_ORDER_TREE || cfg->order > LUAPOOL_ORDER_COMPLETION)
     return LUAPOOL_EINVAL;
   luapool *eng = calloc(1, sizeof *eng);
   if (!eng) return LUAPOOL_ENOMEM;
   eng->cfg = *cfg;
-  eng->inline_mode = cfg->workers == 0 && cfg->processes == 0;
+  /* The engine keeps its own copy: a host may free its string once open. */
+  eng->cfg.broker = NULL;
+  if (cfg->broker && !(eng->broker = strdup(cfg->broker))) {
+    free(eng);
+    return LUAPOOL_ENOMEM;
+  }
+  eng->cfg.broker = eng->broker;
+  eng->inline_mode = cfg->workers == 0 && cfg->processes == 0 && !cfg->broker;
   atomic_init(&eng->next_id, 1);
   pthread_mutex_init(&eng->host_lock, NULL);
   pthread_cond_init(&eng->host_cond, NULL);
@@ -179,7 +186,7 @@ static int plan_workers(luapool *lp) {
   for (int i = 0; i < lp->npools; i++) {
     lp_pooldef *d = &lp->pools[i];
     d->first_worker = total;
-    d->nworkers = lp->inline_mode ? (i == 0) : d->processes ? (i == 0) : d->n;
+    d->nworkers = lp->inline_mode ? (i == 0) : d->processes || d->roots_away ? (i == 0) : d->n;
     total += d->nworkers;
   }
   lp->nworkers = total;
@@ -342,7 +349,7 @@ int lp_engine_submit(luapool *lp, const char *fn, lp_buf *args, const luapool_ta
   lp_report_root(&lp->report, t);
   if (lp->inline_mode) {
     lp_sched_push(&lp->sched, 0, t);
-  } else if (pool != 0 && lp->pools[pool].place) {
+  } else if ((pool != 0 || lp->pools[0].roots_away) && lp->pools[pool].place) {
     /* Another pool's processes: the main pool's roots run on an engine
      * thread, a root sent elsewhere runs where its pool's tasks do. */
     if (lp_place_push(lp, t) < 0) {
@@ -524,6 +531,7 @@ void lp_engine_free(luapool *lp) {
   lp_pool_free(lp);
   lp_sched_free(&lp->sched);
   lp_names_free(&lp->names);
+  free(lp->broker);
   free(lp->script);
   free(lp->chunkname);
   free(lp->errmsg);

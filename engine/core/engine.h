@@ -29,6 +29,7 @@ typedef struct lp_pooldef {
   int first_worker; /* the engine's worker threads serving it */
   int nworkers;
   lp_place *place; /* where its tasks run when not on the engine's threads (place.h) */
+  int roots_away;  /* its roots run at its place too (a broker), not on an engine thread */
 } lp_pooldef;
 
 typedef enum lp_engine_phase {
@@ -38,6 +39,7 @@ typedef enum lp_engine_phase {
 } lp_engine_phase;
 
 struct luapool {
+  char *broker; /* cfg.broker's copy */
   luapool_config cfg;
   lp_engine_phase phase;
   int nworkers;    /* threads; 1 in inline mode (the host's thread) */

@@ -143,6 +143,14 @@ typedef struct luapool_config {
    * (LUAPOOL_ESYS) rather than lose records; a host that writes no files
    * itself may want SIGXFSZ ignored, so a file-size limit is an error. */
   size_t hold;
+  /* A broker: redis://[user:password@]HOST:PORT[/DB]. The run goes
+   * through Redis: its tasks run on every `luapool worker` attached to the
+   * broker, and on `workers` threads of this host's own (0: none, the host
+   * only submits and reports). NULL: none. */
+  const char *broker;
+  /* With a broker: seconds a silent worker keeps the run's tasks before
+   * another claims them (0: 10). */
+  double lease;
   void *ud; /* passed to the callbacks */
 } luapool_config;
 

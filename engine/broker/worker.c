@@ -1,0 +1,633 @@
+/*
+ * worker.c - `luapool worker --broker URL`: the loop that serves every run
+ * on a broker (worker.h has the design). Each turn it finds new runs and
+ * ends finished ones, hands what the reader read to the runs' processes
+ * (tasks) or back to them (ends of tasks they handed over), reads what the
+ * processes answer, commits outcomes in one pipeline, keeps its leases and
+ * claims the tasks of workers gone silent.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "bplace.h"
+#include "proc.h"
+#include "timer.h"
+#include "wire.h"
+#include "worker.h"
+
+#define MAX_RUNS 30 /* runs served at once (the reader's streams: two each) */
+
+static volatile sig_atomic_t stop_asked;
+static void on_stop_signal(int sig) {
+  (void)sig;
+  stop_asked = 1;
+}
+
+/* ---- commits ---- */
+
+typedef struct lp_commit {
+  struct lp_commit *next;
+  lp_wrun *run;
+  lp_wexec *x;
+} lp_commit;
+static lp_commit *commits, **commits_tail = &commits;
+
+void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
+  (void)w;
+  lp_commit *c = malloc(sizeof *c);
+  if (!c) {
+    lp_wexec_free(x); /* its lease lapses and another worker runs it */
+    return;
+  }
+  /* The outcome: the subtree's records, then the result. */
+  if (lp_buf_append(&x->out, x->result.data, x->result.len) != 0) {
+    free(c);
+    lp_wexec_free(x);
+    return;
+  }
+  c->next = NULL;
+  c->run = s->run;
+  c->x = x;
+  *commits_tail = c;
+  commits_tail = &c->next;
+}
+
+/* Every outcome waiting, one FCALL each, in one round trip. */
+static void flush_commits(lp_worker *w) {
+  int n = 0;
+  for (lp_commit *c = commits; c; c = c->next) {
+    lp_wexec *x = c->x;
+    char inbox[256];
+    lp_runkeys_inbox(&c->run->k, x->owner, inbox, sizeof inbox);
+    const char *argv[] = {"FCALL",  "lp_commit", "4",     c->run->k.q, c->run->k.res,
+                          c->run->k.n, inbox,    LP_BROKER_GROUP,      w->name,
+                          x->msgid, x->fence,    x->key,  x->out.data ? x->out.data : "",
+                          x->failed ? "1" : "0"};
+    size_t lens[14];
+    for (int i = 0; i < 14; i++) lens[i] = strlen(argv[i]);
+    lens[12] = x->out.len;
+    if (lp_redis_append(&w->r, 14, argv, lens) == 0) n++;
+  }
+  for (int i = 0; i < n; i++) {
+    redisReply *r = lp_redis_reply(&w->r);
+    if (!r) break;
+    if (r->type == REDIS_REPLY_ERROR) fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
+    freeReplyObject(r);
+  }
+  while (commits) {
+    lp_commit *c = commits;
+    commits = c->next;
+    lp_wexec_free(c->x);
+    free(c);
+  }
+  commits_tail = &commits;
+}
+
+/* ---- the runs ---- */
+
+static void free_run(lp_wrun *run) {
+  free(run->script);
+  free(run->chunkname);
+  free(run->slots);
+  while (run->exports) {
+    lp_wexport *e = run->exports;
+    run->exports = e->next;
+    free(e->key);
+    free(e);
+  }
+  free(run);
+}
+
+static const char *hfield(redisReply *r, const char *name) {
+  for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2)
+    if (strcmp(r->element[i]->str, name) == 0) return r->element[i + 1]->str;
+  return NULL;
+}
+
+/* Run `id`, listed in lp:runs: served from now on if it is running. */
+static void join_run(lp_worker *w, const char *id) {
+  lp_wrun *run = calloc(1, sizeof *run);
+  if (!run) return;
+  lp_runkeys_init(&run->k, id);
+  redisReply *meta = lp_redis_cmdf(&w->r, "HGETALL %s", run->k.meta);
+  redisReply *src = lp_redis_cmdf(&w->r, "GET %s", run->k.src);
+  const char *state = hfield(meta, "state");
+  if (!meta || !src || !state || strcmp(state, "running") != 0 || src->type != REDIS_REPLY_STRING) {
+    if (meta) freeReplyObject(meta);
+    if (src) freeReplyObject(src);
+    free(run);
+    return;
+  }
+  const char *v;
+  run->chunkname = strdup((v = hfield(meta, "script")) ? v : "script");
+  run->order = (v = hfield(meta, "order")) ? atoi(v) : 0;
+  run->retries = (v = hfield(meta, "retries")) ? atoi(v) : 0;
+  run->timeout = (v = hfield(meta, "timeout")) ? strtod(v, NULL) : 0;
+  run->memory_limit = (v = hfield(meta, "memory_limit")) ? strtoull(v, NULL, 10) : 0;
+  run->lease = (v = hfield(meta, "lease")) ? strtod(v, NULL) : 10;
+  if (!(run->lease > 0.1)) run->lease = 0.1;
+  run->script = malloc(src->len + 1);
+  if (run->script) {
+    memcpy(run->script, src->str, src->len);
+    run->script_len = src->len;
+  }
+  freeReplyObject(meta);
+  freeReplyObject(src);
+  lp_runkeys_inbox(&run->k, w->name, run->inbox, sizeof run->inbox);
+  /* Known to the run: at its end the submitter waits for this worker's
+   * processes to report what they still know (wk: 0 serving, 1 closed). */
+  redisReply *j = lp_redis_cmdf(&w->r, "HSET %s %s 0", run->k.wk, w->name);
+  if (j) freeReplyObject(j);
+  redisReply *g = lp_redis_cmdf(&w->r, "XGROUP CREATE %s %s 0 MKSTREAM", run->inbox, LP_BROKER_GROUP);
+  if (g) freeReplyObject(g);
+  run->nslots = w->processes;
+  run->slots = calloc((size_t)run->nslots, sizeof *run->slots);
+  if (!run->script || !run->chunkname || !run->slots) {
+    free_run(run);
+    return;
+  }
+  for (int i = 0; i < run->nslots; i++) {
+    lp_wslot *s = &run->slots[i];
+    s->run = run;
+    s->index = i;
+    s->fd = -1;
+    lp_buf_init(&s->rbuf);
+    lp_buf_init(&s->wbuf);
+    if (lp_wslot_start(w, s) != 0) fprintf(stderr, "luapool worker: cannot start a process\n");
+  }
+  run->next = w->runs;
+  w->runs = run;
+}
+
+/* Hands back to the run's stream every task its processes hold, begun or
+ * not: another worker runs them (execution is at least once; their
+ * outcomes commit once). */
+static void give_back(lp_worker *w, lp_wrun *run) {
+  for (int i = 0; i < run->nslots; i++) {
+    lp_wslot *s = &run->slots[i];
+    while (s->execs) {
+      lp_wexec *x = s->execs;
+      s->execs = x->next;
+      redisReply *r = lp_redis_cmdf(&w->r, "FCALL lp_giveback 1 %s %s %s %s %s", run->k.q,
+                                    LP_BROKER_GROUP, w->name, x->msgid, x->fence);
+      if (r) freeReplyObject(r);
+      lp_wexec_free(x);
+    }
+    s->nexecs = 0;
+  }
+}
+
+static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
+  if (hand_back) give_back(w, run);
+  for (int i = 0; i < run->nslots; i++) {
+    lp_wslot *s = &run->slots[i];
+    lp_wslot_end(w, s);
+    while (s->execs) {
+      lp_wexec *x = s->execs;
+      s->execs = x->next;
+      lp_wexec_free(x);
+    }
+    lp_buf_free(&s->rbuf);
+    lp_buf_free(&s->wbuf);
+  }
+  redisReply *r = lp_redis_cmdf(&w->r, "DEL %s", run->inbox);
+  if (r) freeReplyObject(r);
+  r = lp_redis_cmdf(&w->r, "HSET %s %s 1", run->k.wk, w->name);
+  if (r) freeReplyObject(r);
+}
+
+/* New runs, and runs that are over (done, cancelled, failed, or gone). */
+static void look_for_runs(lp_worker *w) {
+  redisReply *r = lp_redis_cmdf(&w->r, "ZRANGE lp:runs 0 -1");
+  if (!r) return;
+  for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    const char *id = r->element[i]->str;
+    if (w->only[0] && strcmp(id, w->only) != 0) continue;
+    int known = 0, n = 0;
+    for (lp_wrun *run = w->runs; run; run = run->next, n++) known |= strcmp(run->k.run, id) == 0;
+    if (!known && n < MAX_RUNS) join_run(w, id);
+  }
+  freeReplyObject(r);
+  for (lp_wrun *run = w->runs; run; run = run->next) {
+    redisReply *st = lp_redis_cmdf(&w->r, "HGET %s state", run->k.meta);
+    if (!st) return;
+    if (st->type != REDIS_REPLY_STRING || strcmp(st->str, "running") != 0) run->over = 1;
+    freeReplyObject(st);
+  }
+}
+
+static void drop_over_runs(lp_worker *w) {
+  for (lp_wrun **p = &w->runs; *p;) {
+    lp_wrun *run = *p;
+    if (!run->over) {
+      p = &run->next;
+      continue;
+    }
+    *p = run->next;
+    end_run(w, run, 0);
+    free_run(run);
+    if (w->only[0]) w->stopping = 1; /* its one run is over */
+  }
+}
+
+/* ---- leases ---- */
+
+static void renew(lp_worker *w, lp_wrun *run) {
+  long n = 0;
+  for (int i = 0; i < run->nslots; i++) n += run->slots[i].nexecs;
+  if (!n) return;
+  const char **argv = malloc(sizeof *argv * (size_t)(6 + 2 * n));
+  if (!argv) return;
+  int a = 0;
+  argv[a++] = "FCALL";
+  argv[a++] = "lp_renew";
+  argv[a++] = "1";
+  argv[a++] = run->k.q;
+  argv[a++] = LP_BROKER_GROUP;
+  argv[a++] = w->name;
+  for (int i = 0; i < run->nslots; i++)
+    for (lp_wexec *x = run->slots[i].execs; x; x = x->next) {
+      argv[a++] = x->msgid;
+      argv[a++] = x->fence;
+    }
+  redisReply *r = lp_redis_cmd(&w->r, a, argv, NULL);
+  free(argv);
+  if (!r) return;
+  /* Tasks now another worker's: this attempt must not commit. */
+  for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j < r->elements; j++)
+    for (int i = 0; i < run->nslots; i++)
+      for (lp_wexec *x = run->slots[i].execs; x; x = x->next)
+        if (strcmp(x->msgid, r->element[j]->str) == 0) x->lost = 1;
+  freeReplyObject(r);
+}
+
+static lp_wslot *freest(lp_wrun *run) {
+  lp_wslot *best = NULL;
+  for (int i = 0; i < run->nslots; i++) {
+    lp_wslot *s = &run->slots[i];
+    if (s->fd >= 0 && s->ready && (!best || s->credits > best->credits)) best = s;
+  }
+  return best;
+}
+
+/* Entries [id, fence, fields] from lp_claim. */
+static void claim(lp_worker *w, lp_wrun *run) {
+  lp_wslot *s = freest(run);
+  if (!s || s->credits <= 0) return;
+  char lease[32];
+  snprintf(lease, sizeof lease, "%lld", (long long)(run->lease * 1000));
+  redisReply *r = lp_redis_cmdf(&w->r, "FCALL lp_claim 1 %s %s %s %s %ld", run->k.q, LP_BROKER_GROUP,
+                                w->name, lease, s->credits);
+  if (!r) return;
+  for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    redisReply *e = r->element[i];
+    if (e->type == REDIS_REPLY_ARRAY && e->elements == 3)
+      lp_wslot_exec(w, s, e->element[0]->str, e->element[1]->str, e->element[2]);
+  }
+  freeReplyObject(r);
+}
+
+/* Another worker is idle: the process of this run with the most tasks
+ * waiting hands some over (HUNGRY), at most every 5 ms. */
+static void share(lp_worker *w, lp_wrun *run, double now) {
+  long credits = 0;
+  lp_wslot *busy = NULL;
+  for (int i = 0; i < run->nslots; i++) {
+    lp_wslot *s = &run->slots[i];
+    if (s->fd < 0) continue;
+    credits += s->credits;
+    if (s->queued >= 2 && now - s->asked_at >= 0.005 && (!busy || s->queued > busy->queued))
+      busy = s;
+  }
+  if (now - run->hungry_seen < 0.005) return;
+  run->hungry_seen = now;
+  char hk[64];
+  snprintf(hk, sizeof hk, "lp:{%s}:hungry", run->k.run);
+  if (credits >= w->threads && !busy) { /* idle here: say so */
+    redisReply *r = lp_redis_cmdf(&w->r, "SET %s %s PX 50", hk, w->name);
+    if (r) freeReplyObject(r);
+    return;
+  }
+  if (!busy) return;
+  redisReply *r = lp_redis_cmdf(&w->r, "GET %s", hk);
+  int hungry = r && r->type == REDIS_REPLY_STRING;
+  if (r) freeReplyObject(r);
+  if (!hungry) return;
+  long n = busy->queued / 2 > 256 ? 256 : busy->queued / 2;
+  size_t mark;
+  if (lp_wire_begin(&busy->wbuf, LP_MSG_HUNGRY, &mark) == 0 &&
+      lp_wire_u64(&busy->wbuf, (uint64_t)n) == 0)
+    lp_wire_end(&busy->wbuf, mark);
+  busy->asked_at = now;
+}
+
+/* ---- the reader ---- */
+
+static void *reader_main(void *arg) {
+  lp_worker *w = arg;
+  redisReply *id = lp_redis_cmdf(&w->rd, "CLIENT ID");
+  if (id && id->type == REDIS_REPLY_INTEGER) w->reader_id = id->integer;
+  if (id) freeReplyObject(id);
+  const char *argv[8 + 2 * 64];
+  char count[24];
+  for (;;) {
+    pthread_mutex_lock(&w->lock);
+    while (w->got && !w->stopping) {
+      pthread_mutex_unlock(&w->lock);
+      usleep(200);
+      pthread_mutex_lock(&w->lock);
+    }
+    if (w->stopping) {
+      pthread_mutex_unlock(&w->lock);
+      break;
+    }
+    int n = w->nstreams, a = 0;
+    snprintf(count, sizeof count, "%ld", w->count > 0 ? w->count : 1);
+    argv[a++] = "XREADGROUP";
+    argv[a++] = "GROUP";
+    argv[a++] = LP_BROKER_GROUP;
+    argv[a++] = w->name;
+    argv[a++] = "COUNT";
+    argv[a++] = count;
+    argv[a++] = "BLOCK";
+    argv[a++] = "100";
+    argv[a++] = "STREAMS";
+    static char names[64][192];
+    for (int i = 0; i < n; i++) {
+      memcpy(names[i], w->streams[i], sizeof names[i]);
+      argv[a++] = names[i];
+    }
+    for (int i = 0; i < n; i++) argv[a++] = ">";
+    w->reader_blocked = 1;
+    pthread_mutex_unlock(&w->lock);
+    if (n == 0) {
+      usleep(10000);
+      continue;
+    }
+    redisReply *r = lp_redis_cmd(&w->rd, a, argv, NULL);
+    pthread_mutex_lock(&w->lock);
+    w->reader_blocked = 0;
+    pthread_mutex_unlock(&w->lock);
+    if (!r) {
+      /* The broker is gone: again after a pause, until it is back. */
+      usleep(200000);
+      lp_redis_open(&w->rd, &w->url, 5.0, 0);
+      continue;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+      freeReplyObject(r); /* nil (nothing came) or an error (a stream gone) */
+      continue;
+    }
+    pthread_mutex_lock(&w->lock);
+    w->got = r;
+    pthread_mutex_unlock(&w->lock);
+    uint64_t one = 1;
+    ssize_t rc = write(w->wake_fd, &one, sizeof one);
+    (void)rc;
+  }
+  return NULL;
+}
+
+/* What the reader reads next: the queues of runs with room here, then
+ * every run's inbox. */
+static void set_streams(lp_worker *w) {
+  pthread_mutex_lock(&w->lock);
+  int n = 0;
+  long count = 0;
+  for (lp_wrun *run = w->runs; run && n < 64; run = run->next) {
+    if (run->over) continue;
+    lp_wslot *s = freest(run);
+    if (s && s->credits > 0) {
+      snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->k.q);
+      if (s->credits > count) count = s->credits;
+    }
+  }
+  int had = w->nwant;
+  w->nwant = n;
+  for (lp_wrun *run = w->runs; run && n < 64; run = run->next)
+    if (!run->over) snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->inbox);
+  w->nstreams = n;
+  w->count = count > 0 ? count : 512;
+  int unblock = w->nwant > had && w->reader_blocked;
+  pthread_mutex_unlock(&w->lock);
+  /* The reader waits on inboxes alone: tasks are wanted now. */
+  if (unblock && w->reader_id) {
+    redisReply *r = lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", w->reader_id);
+    if (r) freeReplyObject(r);
+  }
+}
+
+static lp_wrun *run_of_stream(lp_worker *w, const char *name, int *inbox) {
+  for (lp_wrun *run = w->runs; run; run = run->next) {
+    if (strcmp(name, run->k.q) == 0) {
+      *inbox = 0;
+      return run;
+    }
+    if (strcmp(name, run->inbox) == 0) {
+      *inbox = 1;
+      return run;
+    }
+  }
+  return NULL;
+}
+
+static const char *efield(redisReply *f, const char *name, size_t *len) {
+  for (size_t i = 0; f && f->type == REDIS_REPLY_ARRAY && i + 1 < f->elements; i += 2)
+    if (strcmp(f->element[i]->str, name) == 0) {
+      *len = f->element[i + 1]->len;
+      return f->element[i + 1]->str;
+    }
+  return NULL;
+}
+
+static void take_read(lp_worker *w, redisReply *r) {
+  for (size_t s = 0; s < r->elements; s++) {
+    redisReply *st = r->element[s];
+    if (st->type != REDIS_REPLY_ARRAY || st->elements < 2) continue;
+    int inbox = 0;
+    lp_wrun *run = run_of_stream(w, st->element[0]->str, &inbox);
+    redisReply *entries = st->element[1];
+    for (size_t e = 0; e < entries->elements; e++) {
+      redisReply *en = entries->element[e];
+      if (en->type != REDIS_REPLY_ARRAY || en->elements < 2) continue;
+      const char *msgid = en->element[0]->str;
+      if (!run) continue;
+      if (inbox) {
+        size_t klen = 0, olen = 0;
+        const char *key = efield(en->element[1], "k", &klen);
+        const char *out = efield(en->element[1], "r", &olen);
+        if (key && out) lp_wslot_relay(w, run, key, out, olen);
+        redisReply *a = lp_redis_cmdf(&w->r, "XACK %s %s %s", run->inbox, LP_BROKER_GROUP, msgid);
+        if (a) freeReplyObject(a);
+        a = lp_redis_cmdf(&w->r, "XDEL %s %s", run->inbox, msgid);
+        if (a) freeReplyObject(a);
+      } else {
+        lp_wslot *slot = freest(run);
+        if (slot) lp_wslot_exec(w, slot, msgid, "1", en->element[1]);
+        /* No process to run it: its lease lapses and it runs elsewhere. */
+      }
+    }
+  }
+}
+
+/* ---- the loop ---- */
+
+static void slot_died(lp_worker *w, lp_wslot *s) {
+  lp_wslot_end(w, s);
+  /* Tasks it had: back to the stream, to run again (here or elsewhere). */
+  while (s->execs) {
+    lp_wexec *x = s->execs;
+    s->execs = x->next;
+    redisReply *r = lp_redis_cmdf(&w->r, "FCALL lp_giveback 1 %s %s %s %s %s", s->run->k.q,
+                                  LP_BROKER_GROUP, w->name, x->msgid, x->fence);
+    if (r) freeReplyObject(r);
+    lp_wexec_free(x);
+  }
+  s->nexecs = 0;
+  if (!s->run->over && !w->stopping && lp_wslot_start(w, s) != 0)
+    fprintf(stderr, "luapool worker: cannot start a process\n");
+}
+
+static void heartbeat(lp_worker *w) {
+  char host[64] = "";
+  gethostname(host, sizeof host - 1);
+  char info[256];
+  snprintf(info, sizeof info, "%s %d %d %lld %llu", host, (int)getpid(), w->processes * w->threads,
+           (long long)lp_broker_ms(), (unsigned long long)w->ran);
+  redisReply *r = lp_redis_cmdf(&w->r, "HSET lp:workers %s %s", w->name, info);
+  if (r) freeReplyObject(r);
+}
+
+static int serve(lp_worker *w) {
+  double last_look = -1, last_beat = -1;
+  while (!w->stopping && !stop_asked) {
+    double now = lp_now();
+    if (now - last_look >= 0.2) {
+      look_for_runs(w);
+      drop_over_runs(w);
+      last_look = now;
+      if (w->stopping) break;
+    }
+    if (now - last_beat >= 1.0) {
+      heartbeat(w);
+      last_beat = now;
+    }
+    for (lp_wrun *run = w->runs; run; run = run->next) {
+      if (now - run->renewed >= run->lease / 3) {
+        renew(w, run);
+        run->renewed = now;
+      }
+      if (now - run->claimed >= run->lease / 2) {
+        claim(w, run);
+        run->claimed = now;
+      }
+      share(w, run, now);
+    }
+    set_streams(w);
+    struct pollfd p[1 + MAX_RUNS * 8];
+    lp_wslot *who[1 + MAX_RUNS * 8];
+    int np = 0;
+    p[np].fd = w->wake_fd;
+    p[np].events = POLLIN;
+    who[np++] = NULL;
+    for (lp_wrun *run = w->runs; run; run = run->next)
+      for (int i = 0; i < run->nslots && np < 1 + MAX_RUNS * 8; i++)
+        if (run->slots[i].fd >= 0) {
+          p[np].fd = run->slots[i].fd;
+          p[np].events = POLLIN;
+          who[np++] = &run->slots[i];
+        }
+    poll(p, (nfds_t)np, 10);
+    if (p[0].revents & POLLIN) {
+      uint64_t v;
+      ssize_t rc = read(w->wake_fd, &v, sizeof v);
+      (void)rc;
+    }
+    pthread_mutex_lock(&w->lock);
+    redisReply *got = w->got;
+    w->got = NULL;
+    pthread_mutex_unlock(&w->lock);
+    if (got) {
+      take_read(w, got);
+      freeReplyObject(got);
+    }
+    for (int i = 1; i < np; i++)
+      if ((p[i].revents & (POLLIN | POLLHUP | POLLERR)) && lp_wslot_read(w, who[i]) != 0)
+        slot_died(w, who[i]);
+    flush_commits(w);
+    for (lp_wrun *run = w->runs; run; run = run->next)
+      for (int i = 0; i < run->nslots; i++)
+        if (lp_wslot_flush(&run->slots[i]) != 0) slot_died(w, &run->slots[i]);
+  }
+  return 0;
+}
+
+int lp_broker_worker(const char *url, int processes, int threads, const char *only, char *err,
+                     size_t errlen) {
+  lp_worker *w = calloc(1, sizeof *w);
+  if (!w) {
+    snprintf(err, errlen, "out of memory");
+    return 1;
+  }
+  if (lp_broker_url_parse(url, &w->url, err, errlen) != 0) {
+    free(w);
+    return 2;
+  }
+  w->processes = processes > 0 ? processes : 1;
+  w->threads = threads > 0 ? threads : 1;
+  if (only) snprintf(w->only, sizeof w->only, "%s", only);
+  lp_exe_worker(w->exe, sizeof w->exe);
+  lp_broker_name(w->name, sizeof w->name);
+  if (lp_redis_open(&w->r, &w->url, 5.0, 1) != 0 || lp_redis_open(&w->rd, &w->url, 5.0, 0) != 0) {
+    snprintf(err, errlen, "%s", w->r.err[0] ? w->r.err : w->rd.err);
+    lp_redis_close(&w->r);
+    free(w);
+    return 1;
+  }
+  pthread_mutex_init(&w->lock, NULL);
+  w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+  pthread_t reader;
+  int reading = pthread_create(&reader, NULL, reader_main, w) == 0;
+  serve(w);
+  pthread_mutex_lock(&w->lock);
+  w->stopping = 1;
+  pthread_mutex_unlock(&w->lock);
+  /* What it holds goes back now, not after a lease. */
+  while (w->runs) {
+    lp_wrun *run = w->runs;
+    w->runs = run->next;
+    end_run(w, run, 1);
+    free_run(run);
+  }
+  flush_commits(w);
+  redisReply *r = lp_redis_cmdf(&w->r, "HDEL lp:workers %s", w->name);
+  if (r) freeReplyObject(r);
+  if (reading) {
+    if (w->reader_id) {
+      r = lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", w->reader_id);
+      if (r) freeReplyObject(r);
+    }
+    pthread_join(reader, NULL);
+  }
+  if (w->got) freeReplyObject(w->got);
+  lp_redis_close(&w->r);
+  lp_redis_close(&w->rd);
+  close(w->wake_fd);
+  pthread_mutex_destroy(&w->lock);
+  free(w);
+  return 0;
+}
