@@ -296,6 +296,27 @@ static void *receiver_main(void *arg) {
   return NULL;
 }
 
+/* Tells the workers listed in `hash` (lp:workers, or the run's wk) that the
+ * run began or is ending: they look at once rather than at their next
+ * round. */
+static void wake_workers(lp_bplace *bp, const char *hash) {
+  redisReply *r = lp_redis_cmdf(&bp->tx, "HKEYS %s", hash);
+  if (!r) return;
+  int n = 0;
+  for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+    char wake[160];
+    snprintf(wake, sizeof wake, "lp:wake:%s", r->element[i]->str);
+    const char *argv[] = {"XADD", wake, "NOMKSTREAM", "MAXLEN", "~", "64", "*", "run", bp->k.run};
+    if (lp_redis_append(&bp->tx, 9, argv, NULL) == 0) n++;
+  }
+  freeReplyObject(r);
+  while (n-- > 0) {
+    redisReply *a = lp_redis_reply(&bp->tx);
+    if (!a) break;
+    freeReplyObject(a);
+  }
+}
+
 /* ---- the place ---- */
 
 static int bplace_push(lp_place *p, lp_task *t) {
@@ -443,6 +464,7 @@ static int bplace_start(lp_place *p) {
   if ((rc = redis_error(bp, lp_redis_cmdf(&bp->tx, "ZADD lp:runs %lld %s", (long long)bp->started,
                                           run), "the run")) != 0)
     return rc;
+  wake_workers(bp, "lp:workers");
   if (eng->cfg.workers > 0 && (rc = start_local(bp)) != 0) return rc;
   if (pthread_create(&bp->sender, NULL, sender_main, bp) != 0)
     return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
@@ -484,7 +506,8 @@ static void finish_run(lp_bplace *bp) {
     r = lp_redis_cmdf(&bp->tx, "HSET %s state ending", bp->k.meta);
     if (r) freeReplyObject(r);
   }
-  while (!workers_closed(bp)) usleep(5000);
+  wake_workers(bp, bp->k.wk);
+  while (!workers_closed(bp)) usleep(1000);
   for (;;) {
     r = lp_redis_cmdf(&bp->tx, "LPOP %s 100", bp->k.fail);
     if (!r || r->type != REDIS_REPLY_ARRAY) break;

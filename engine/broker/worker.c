@@ -412,8 +412,9 @@ static void set_streams(lp_worker *w) {
   }
   int had = w->nwant;
   w->nwant = n;
-  for (lp_wrun *run = w->runs; run && n < 64; run = run->next)
+  for (lp_wrun *run = w->runs; run && n < 63; run = run->next)
     if (!run->over) snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->inbox);
+  snprintf(w->streams[n++], sizeof w->streams[0], "%s", w->wake);
   w->nstreams = n;
   w->count = count > 0 ? count : 512;
   int unblock = w->nwant > had && w->reader_blocked;
@@ -455,6 +456,19 @@ static void take_read(lp_worker *w, redisReply *r) {
     int inbox = 0;
     lp_wrun *run = run_of_stream(w, st->element[0]->str, &inbox);
     redisReply *entries = st->element[1];
+    if (strcmp(st->element[0]->str, w->wake) == 0) { /* a run began or is ending */
+      w->look_now = 1;
+      for (size_t e = 0; e < entries->elements; e++) {
+        redisReply *en = entries->element[e];
+        if (en->type != REDIS_REPLY_ARRAY || !en->elements) continue;
+        redisReply *a = lp_redis_cmdf(&w->r, "XACK %s %s %s", w->wake, LP_BROKER_GROUP,
+                                      en->element[0]->str);
+        if (a) freeReplyObject(a);
+        a = lp_redis_cmdf(&w->r, "XDEL %s %s", w->wake, en->element[0]->str);
+        if (a) freeReplyObject(a);
+      }
+      continue;
+    }
     for (size_t e = 0; e < entries->elements; e++) {
       redisReply *en = entries->element[e];
       if (en->type != REDIS_REPLY_ARRAY || en->elements < 2) continue;
@@ -510,7 +524,8 @@ static int serve(lp_worker *w) {
   double last_look = -1, last_beat = -1;
   while (!w->stopping && !stop_asked) {
     double now = lp_now();
-    if (now - last_look >= 0.2) {
+    if (now - last_look >= 0.2 || w->look_now) {
+      w->look_now = 0;
       look_for_runs(w);
       drop_over_runs(w);
       last_look = now;
@@ -592,6 +607,10 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     free(w);
     return 1;
   }
+  snprintf(w->wake, sizeof w->wake, "lp:wake:%s", w->name);
+  redisReply *g = lp_redis_cmdf(&w->r, "XGROUP CREATE %s %s $ MKSTREAM", w->wake, LP_BROKER_GROUP);
+  if (g) freeReplyObject(g);
+  heartbeat(w); /* known to submitters from now on */
   pthread_mutex_init(&w->lock, NULL);
   w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   struct sigaction sa;
@@ -615,6 +634,8 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
   }
   flush_commits(w);
   redisReply *r = lp_redis_cmdf(&w->r, "HDEL lp:workers %s", w->name);
+  if (r) freeReplyObject(r);
+  r = lp_redis_cmdf(&w->r, "DEL %s", w->wake);
   if (r) freeReplyObject(r);
   if (reading) {
     if (w->reader_id) {

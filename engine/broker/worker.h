@@ -97,6 +97,8 @@ typedef struct lp_worker {
   lp_redis r;  /* the loop's connection */
   lp_redis rd; /* the reader's */
   char name[96];
+  char wake[128]; /* lp:wake:NAME: a submitter says a run began or is ending */
+  int look_now;
   char only[LP_RUN_ID_LEN + 1]; /* --run: this run alone, then leave */
   int processes, threads;
   double lease;
