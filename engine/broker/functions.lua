@@ -39,7 +39,6 @@ local function commit(keys, args)
     else
       redis.call('XACK', q, group, id)
       redis.call('XDEL', q, id)
-      redis.call('HINCRBY', n, 'running', -1)
       if redis.call('HSETNX', res, key, outcome) == 0 then
         out[t] = 2
       else

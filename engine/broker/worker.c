@@ -60,9 +60,26 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
   commits_tail = &c->next;
 }
 
-/* Every outcome waiting, one FCALL each, in one round trip. */
+void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens) {
+  if (lp_redis_append(&w->r, argc, argv, lens) == 0) w->inflight++;
+}
+
+/* The replies of what was sent: errors are said, the rest dropped. */
+static void drain(lp_worker *w) {
+  for (; w->inflight > 0; w->inflight--) {
+    redisReply *r = lp_redis_reply(&w->r);
+    if (!r) {
+      w->inflight = 0;
+      break;
+    }
+    if (r->type == REDIS_REPLY_ERROR) fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
+    freeReplyObject(r);
+  }
+}
+
+/* Every outcome waiting, one FCALL each, with whatever else was sent: one
+ * round trip. */
 static void flush_commits(lp_worker *w) {
-  int n = 0;
   for (lp_commit *c = commits; c; c = c->next) {
     lp_wexec *x = c->x;
     char inbox[256];
@@ -74,14 +91,9 @@ static void flush_commits(lp_worker *w) {
     size_t lens[14];
     for (int i = 0; i < 14; i++) lens[i] = strlen(argv[i]);
     lens[12] = x->out.len;
-    if (lp_redis_append(&w->r, 14, argv, lens) == 0) n++;
+    lp_worker_send(w, 14, argv, lens);
   }
-  for (int i = 0; i < n; i++) {
-    redisReply *r = lp_redis_reply(&w->r);
-    if (!r) break;
-    if (r->type == REDIS_REPLY_ERROR) fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
-    freeReplyObject(r);
-  }
+  drain(w);
   while (commits) {
     lp_commit *c = commits;
     commits = c->next;
@@ -479,10 +491,10 @@ static void take_read(lp_worker *w, redisReply *r) {
         const char *key = efield(en->element[1], "k", &klen);
         const char *out = efield(en->element[1], "r", &olen);
         if (key && out) lp_wslot_relay(w, run, key, out, olen);
-        redisReply *a = lp_redis_cmdf(&w->r, "XACK %s %s %s", run->inbox, LP_BROKER_GROUP, msgid);
-        if (a) freeReplyObject(a);
-        a = lp_redis_cmdf(&w->r, "XDEL %s %s", run->inbox, msgid);
-        if (a) freeReplyObject(a);
+        const char *ack[] = {"XACK", run->inbox, LP_BROKER_GROUP, msgid};
+        const char *del[] = {"XDEL", run->inbox, msgid};
+        lp_worker_send(w, 4, ack, NULL);
+        lp_worker_send(w, 3, del, NULL);
       } else {
         lp_wslot *slot = freest(run);
         if (slot) lp_wslot_exec(w, slot, msgid, "1", en->element[1]);

@@ -105,6 +105,7 @@ typedef struct lp_worker {
   char exe[4096];
   lp_wrun *runs;
   uint64_t ran;
+  int inflight; /* commands sent on r whose replies are not yet read */
   /* Between the loop and the reader. */
   pthread_mutex_t lock;
   struct redisReply *got; /* what the reader read, for the loop */
@@ -134,5 +135,8 @@ void lp_wexec_free(lp_wexec *x);
 
 /* worker.c: a committed outcome, queued for the loop's next pipeline. */
 void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x);
+/* A command whose reply nobody needs: it goes with the loop's next
+ * pipeline (a reply that is an error is said on stderr). */
+void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens);
 
 #endif

@@ -282,8 +282,7 @@ static void on_export(lp_worker *w, lp_wslot *s, lp_wire_msg *m) {
   s->run->exports = e;
   const char *argv[] = {"XADD", s->run->k.q, "*", "k", key, "x", x.data, "o", w->name};
   size_t lens[] = {4, strlen(s->run->k.q), 1, 1, strlen(key), 1, x.len, 1, strlen(w->name)};
-  redisReply *r = lp_redis_cmd(&w->r, 9, argv, lens);
-  if (r) freeReplyObject(r);
+  lp_worker_send(w, 9, argv, lens);
   lp_buf_free(&x);
 }
 
@@ -333,8 +332,9 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
     case LP_MSG_EXPORT: on_export(w, s, m); break;
     case LP_MSG_FAILURE:
       if (lp_wire_get_bytes(m, &p, &n) == 0) {
-        redisReply *r = lp_redis_cmdf(&w->r, "RPUSH %s %b", s->run->k.fail, p, n);
-        if (r) freeReplyObject(r);
+        const char *argv[] = {"RPUSH", s->run->k.fail, p};
+        size_t lens[] = {5, strlen(s->run->k.fail), n};
+        lp_worker_send(w, 3, argv, lens);
       }
       break;
     case LP_MSG_STATS: {
@@ -352,10 +352,16 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
 
 int lp_wslot_read(lp_worker *w, lp_wslot *s) {
   if (s->fd < 0) return -1;
-  if (lp_buf_reserve(&s->rbuf, 65536) != 0) return -1;
-  ssize_t got = read(s->fd, s->rbuf.data + s->rbuf.len, 65536);
-  if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR)) return -1;
-  if (got > 0) s->rbuf.len += (size_t)got;
+  /* What is there, up to a megabyte: frames come in bursts. */
+  int ended = 0;
+  for (int i = 0; i < 16; i++) {
+    if (lp_buf_reserve(&s->rbuf, 65536) != 0) return -1;
+    ssize_t got = recv(s->fd, s->rbuf.data + s->rbuf.len, 65536, i ? MSG_DONTWAIT : 0);
+    ended = got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR);
+    if (got <= 0) break;
+    s->rbuf.len += (size_t)got;
+    if (got < 65536) break;
+  }
   size_t off = 0;
   for (;;) {
     lp_wire_msg m;
@@ -367,7 +373,7 @@ int lp_wslot_read(lp_worker *w, lp_wslot *s) {
   }
   memmove(s->rbuf.data, s->rbuf.data + off, s->rbuf.len - off);
   s->rbuf.len -= off;
-  return 0;
+  return ended ? -1 : 0;
 }
 
 /* The outcome of a task this worker handed over: its frames go to the
