@@ -1,5 +1,6 @@
 /*
- * main.c - the `luapool` command: run or check a task script.
+ * main.c - the `luapool` command: run or check a task script, or show what
+ * a broker holds.
  */
 #include <errno.h>
 #include <limits.h>
@@ -13,6 +14,7 @@
 #include "luapool.h"
 #include "check.h"
 #include "progress.h"
+#include "status.h"
 #include "engine.h"
 #include "proc.h"
 
@@ -31,6 +33,7 @@ enum {
 static const char usage_text[] =
     "usage: luapool run SCRIPT [ARGS...] [options]\n"
     "       luapool check SCRIPT\n"
+    "       luapool status --broker URL\n"
     "       luapool --help | --version\n"
     "\n"
     "Runs main(ARGS...) of a Lua task script on a pool of workers; every task\n"
@@ -66,8 +69,17 @@ static const char usage_text[] =
     "but never defines or assigns inside functions, unknown luapool.* and\n"
     "standard library fields, and task names it does not define.\n"
     "\n"
-    "exit status: 0 success; 1 a task failed (check: warnings); 2 bad usage\n"
-    "or an invalid script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
+    "status lists the runs a broker holds (script, state, tasks done, queued,\n"
+    "running and failed, time so far) and the workers that serve it (host,\n"
+    "pid, threads, last heartbeat, tasks run). The broker is a Redis 7:\n"
+    "  --broker redis://[user:password@]HOST:PORT[/DB]\n"
+    "                   user and password %-encoded where needed; no TLS\n"
+    "                   (rediss://): reach a remote Redis through an SSH or\n"
+    "                   stunnel tunnel\n"
+    "\n"
+    "exit status: 0 success; 1 a task failed (check: warnings; status: the\n"
+    "broker cannot be reached or refused us); 2 bad usage, an invalid script\n"
+    "or a bad URL; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
 
 static const char **g_args; /* freed on every exit path, for leak checkers */
 static const char **g_pools;
@@ -391,6 +403,22 @@ static int cmd_run(int argc, char **argv) {
   return exit_code;
 }
 
+static int cmd_status(int argc, char **argv) {
+  const char *url = NULL;
+  for (int i = 0; i < argc; i++) {
+    if (strcmp(argv[i], "--broker") == 0) {
+      if (i + 1 >= argc) bad_value(argv[i], "a URL, redis://[user:password@]HOST:PORT[/DB]", NULL);
+      url = argv[++i];
+    } else {
+      usage_error("status: unknown option '%s'", argv[i]);
+    }
+  }
+  if (!url) usage_error("status needs --broker redis://[user:password@]HOST:PORT[/DB]");
+  int rc = lp_status_main(url, stdout);
+  fflush(stdout);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fputs(usage_text, stderr);
@@ -410,6 +438,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
   if (strcmp(cmd, "check") == 0) return cmd_check(argc - 2, argv + 2);
+  if (strcmp(cmd, "status") == 0) return cmd_status(argc - 2, argv + 2);
   usage_error("unknown command '%s'", cmd);
   return EXIT_USAGE;
 }
