@@ -114,12 +114,18 @@ static void cell_text(char *out, const char *s, size_t len) {
   out[n] = '\0';
 }
 
+/* A cell for what is missing or unreadable. */
+static void unknown(char *cell) {
+  cell[0] = '-';
+  cell[1] = '\0';
+}
+
 /* A reply's string as a cell; "-" when it is not a string. */
 static void cell_reply(char *out, const redisReply *r) {
   if (r && r->type == REDIS_REPLY_STRING)
     cell_text(out, r->str, r->len);
   else
-    strcpy(out, "-");
+    unknown(out);
 }
 
 /* A whole number from broker text (a reply or a field): 0, or -1 when it
@@ -210,14 +216,14 @@ static void run_row(table *t, const redisReply *id, const redisReply *meta,
     else if (reply_whole(e, &v) == 0)
       snprintf(cells[3 + i], CELL_MAX + 1, "%lld", v);
     else
-      strcpy(cells[3 + i], "-");
+      unknown(cells[3 + i]);
   }
   long long started, ended;
   if (has_meta && reply_whole(meta->element[2], &started) == 0) {
     if (reply_whole(meta->element[3], &ended) != 0) ended = now;
     duration(cells[7], CELL_MAX + 1, ended - started);
   } else {
-    strcpy(cells[7], "-");
+    unknown(cells[7]);
   }
   table_add(t, row);
 }
@@ -281,7 +287,7 @@ static void worker_row(table *t, const redisReply *name, const redisReply *entry
   char *row[6];
   for (int i = 0; i < 6; i++) {
     row[i] = cells[i];
-    strcpy(cells[i], "-");
+    unknown(cells[i]);
   }
   cell_text(cells[0], name->str, name->len);
   const char *s = entry->type == REDIS_REPLY_STRING ? entry->str : "";

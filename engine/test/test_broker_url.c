@@ -148,13 +148,12 @@ static void bad(void) {
   refused("redis://u%g1:pw@h", "the user has a bad %-escape", NULL);
   refused("redis://alice:@h", "user 'alice' has no password", NULL);
 
-  char longer[600] = "redis://";
-  memset(longer + 8, 'a', 300);
-  strcpy(longer + 308, ":1");
+  char many[301], longer[600];
+  memset(many, 'a', 300);
+  many[300] = '\0';
+  snprintf(longer, sizeof longer, "redis://%s:1", many);
   refused(longer, "the host is longer than 255 bytes", NULL);
-  strcpy(longer, "redis://u:");
-  memset(longer + 10, 'p', 300);
-  strcpy(longer + 310, "@h:1");
+  snprintf(longer, sizeof longer, "redis://u:%s@h:1", many);
   refused(longer, "the password is longer than 255 bytes", NULL);
 
   /* A message cut to a small buffer is still a string. */
