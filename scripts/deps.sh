@@ -18,6 +18,10 @@ command -v valgrind >/dev/null 2>&1 || need="$need valgrind"
 [ -f /usr/include/lua5.4/lua.h ] || need="$need liblua5.4-dev"
 lua5.4 -e 'require "lpeg"' >/dev/null 2>&1 || need="$need lua-lpeg"
 lua5.4 -e 'require "dkjson"' >/dev/null 2>&1 || need="$need lua-dkjson"
+# The broker: a Redis 7 to test against (each test starts its own; the
+# system's service is never used) and hiredis to talk to it.
+command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+[ -f /usr/include/hiredis/hiredis.h ] || need="$need libhiredis-dev"
 if [ "${1:-}" = "--fuzz" ]; then
   command -v clang >/dev/null 2>&1 || need="$need clang"
 fi

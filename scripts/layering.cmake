@@ -1,5 +1,5 @@
 # layering.cmake - the layering test (ctest -R layering), run as
-#   cmake -DNM=nm -DCORE=libcore.a [-DBELOW=core/] [-DLIB=a.o|b.o] [-DPROCS=...]
+#   cmake -DNM=nm -DCORE=libcore.a [-DBELOW=core/] [-DLIB=a.o|b.o] [-DPROCS=...] [-DBROKER=...]
 #         [-DOBSERVE=...] [-DAPI=...] [-DCLI=...] -P layering.cmake
 # CORE is a static library of the lower layers (core/ and lib/, or core/
 # alone, which BELOW names in messages); the others are the object files of
@@ -35,7 +35,7 @@ endfunction()
 
 symbols(undefined "U" -u ${CORE})
 set(bad 0)
-foreach(layer LIB PROCS OBSERVE API CLI)
+foreach(layer LIB PROCS BROKER OBSERVE API CLI)
   string(REPLACE "|" ";" objects "${${layer}}")
   if(NOT objects)
     continue()

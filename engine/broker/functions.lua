@@ -107,6 +107,7 @@ local function giveback(keys, args)
   return back
 end
 
+redis.register_function('lp_version', function() return 1 end)
 redis.register_function('lp_commit', commit)
 redis.register_function('lp_renew', renew)
 redis.register_function('lp_claim', claim)

@@ -191,7 +191,7 @@ static int select_db(lp_redis *r) {
 }
 
 static int load_functions(lp_redis *r) {
-  const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", lp_embedded_functions};
+  const char *argv[] = {"FUNCTION", "LOAD", "REPLACE", lp_broker_functions};
   redisReply *reply = opening(r, 4, argv);
   if (!reply) return -1;
   if (is_error(reply, "ERR unknown command")) {

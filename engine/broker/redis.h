@@ -45,8 +45,7 @@ struct redisReply *lp_redis_cmdf(lp_redis *r, const char *fmt, ...);
 int lp_redis_append(lp_redis *r, int argc, const char **argv, const size_t *lens);
 struct redisReply *lp_redis_reply(lp_redis *r);
 
-/* The Lua source of the function library (functions.lua, compiled in by
- * scripts/embed.cmake). */
-extern const char lp_embedded_functions[];
+/* The Lua source of the function library (functions.lua, compiled in). */
+extern const char lp_broker_functions[];
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * main.c - the `luapool` command: run or check a task script.
+ * main.c - the `luapool` command: run or check a task script, or show what
+ * a broker holds.
  */
 #include <errno.h>
 #include <limits.h>
@@ -13,6 +14,7 @@
 #include "luapool.h"
 #include "check.h"
 #include "progress.h"
+#include "status.h"
 #include "engine.h"
 #include "proc.h"
 #include "worker_cmd.h"
@@ -33,6 +35,7 @@ static const char usage_text[] =
     "usage: luapool run SCRIPT [ARGS...] [options]\n"
     "       luapool check SCRIPT\n"
     "       luapool worker --broker URL [--workers N | --processes N --threads T]\n"
+    "       luapool status --broker URL\n"
     "       luapool --help | --version\n"
     "\n"
     "Runs main(ARGS...) of a Lua task script on a pool of workers; every task\n"
@@ -73,8 +76,17 @@ static const char usage_text[] =
     "but never defines or assigns inside functions, unknown luapool.* and\n"
     "standard library fields, and task names it does not define.\n"
     "\n"
-    "exit status: 0 success; 1 a task failed (check: warnings); 2 bad usage\n"
-    "or an invalid script; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
+    "status lists the runs a broker holds (script, state, tasks done, queued,\n"
+    "running and failed, time so far) and the workers that serve it (host,\n"
+    "pid, threads, last heartbeat, tasks run). The broker is a Redis 7:\n"
+    "  --broker redis://[user:password@]HOST:PORT[/DB]\n"
+    "                   user and password %-encoded where needed; no TLS\n"
+    "                   (rediss://): reach a remote Redis through an SSH or\n"
+    "                   stunnel tunnel\n"
+    "\n"
+    "exit status: 0 success; 1 a task failed (check: warnings; status: the\n"
+    "broker cannot be reached or refused us); 2 bad usage, an invalid script\n"
+    "or a bad URL; 130 interrupted (SIGINT); 143 terminated (SIGTERM).\n";
 
 static const char **g_args; /* freed on every exit path, for leak checkers */
 static const char **g_pools;
@@ -413,6 +425,22 @@ static int cmd_run(int argc, char **argv) {
   return exit_code;
 }
 
+static int cmd_status(int argc, char **argv) {
+  const char *url = NULL;
+  for (int i = 0; i < argc; i++) {
+    if (strcmp(argv[i], "--broker") == 0) {
+      if (i + 1 >= argc) bad_value(argv[i], "a URL, redis://[user:password@]HOST:PORT[/DB]", NULL);
+      url = argv[++i];
+    } else {
+      usage_error("status: unknown option '%s'", argv[i]);
+    }
+  }
+  if (!url) usage_error("status needs --broker redis://[user:password@]HOST:PORT[/DB]");
+  int rc = lp_status_main(url, stdout);
+  fflush(stdout);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
     fputs(usage_text, stderr);
@@ -436,6 +464,7 @@ int main(int argc, char **argv) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     return lp_cmd_worker(argc - 2, argv + 2, cpus > 0 ? (int)cpus : 1);
   }
+  if (strcmp(cmd, "status") == 0) return cmd_status(argc - 2, argv + 2);
   usage_error("unknown command '%s'", cmd);
   return EXIT_USAGE;
 }
