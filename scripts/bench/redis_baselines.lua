@@ -230,14 +230,14 @@ local function main()
     row(string.format("Celery %s .delay(), %d jobs", c.version, c.delay_n), string.format("%.0f jobs/s", c.delay_jobs_per_s))
     row(string.format("  chunks of 100, %d jobs", c.chunks_n), string.format("%.0f jobs/s", c.chunks_jobs_per_s))
     row("  tree of 1,101 jobs (chords)", string.format("%.2f s", c.tree_s))
-    row("  enqueue-to-start, idle worker", string.format("%.2f ms median of %d", c.latency_ms, c.latency_samples))
+    row("  enqueue-to-start, idle worker", string.format("%.2f ms median of %d, %g ms apart", c.latency_ms, c.latency_samples, c.latency_pause_ms))
     row("  command", c.command)
   end
   local m = b.bullmq
   if m then
     row(string.format("BullMQ %s addBulk, %d jobs", m.version, m.add_n), string.format("%.0f jobs/s", m.add_jobs_per_s))
     row("  tree of 1,101 jobs (FlowProducer)", string.format("%.2f s", m.tree_s))
-    row("  enqueue-to-start, idle worker", string.format("%.2f ms median of %d", m.latency_ms, m.latency_samples))
+    row("  enqueue-to-start, idle worker", string.format("%.2f ms median of %d, %g ms apart", m.latency_ms, m.latency_samples, m.latency_pause_ms))
     row("  command", m.command)
   end
   local r = b.redis
