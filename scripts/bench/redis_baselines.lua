@@ -7,6 +7,8 @@
 -- From scripts/bench.lua:
 --   local baselines = dofile("scripts/bench/redis_baselines.lua")
 --   local b = baselines.measure{ runs = runs }  -- b.celery, b.bullmq, b.redis: nil if not installed
+--   (measure{ server = server } runs them on that server instead, and
+--   empties it with FLUSHALL before each tool)
 --   local server = baselines.start_redis()      -- a private Redis for luapool's own figures
 --   ... server.url ...; server.stop()
 --
