@@ -12,6 +12,11 @@
 --   local server = baselines.start_redis()      -- a private Redis for luapool's own figures
 --   ... server.url ...; server.stop()
 --
+-- The figures: b.celery.delay_jobs_per_s, .chunks_jobs_per_s (chunks of
+-- 100), .tree_s (1,101 jobs), .latency_ms (median enqueue-to-start);
+-- b.bullmq.add_jobs_per_s, .tree_s, .latency_ms; b.redis.evalsha_per_s,
+-- .fcall_per_s, .pipelined_set_per_s, .pipelined_get_per_s; each tool's
+-- .command (b.redis.commands) says how it was run.
 -- A tool that is not installed is skipped with a note (b.notes); what they
 -- need comes with scripts/deps.sh --broker-baselines. Every figure is the
 -- best of the runs: jobs/s the highest, seconds and milliseconds the lowest.
