@@ -3,6 +3,11 @@
 # packages, when something is missing. Safe to run again.
 #   scripts/deps.sh           the build and the default suite
 #   scripts/deps.sh --fuzz    also clang with libFuzzer (the fuzz harnesses)
+#   scripts/deps.sh --broker-baselines
+#                             also what the broker benchmarks' baselines run
+#                             on: redis-server, Celery (into the system's
+#                             python3) and BullMQ (npm, into
+#                             scripts/bench/redis_baselines/node_modules)
 set -e
 need=""
 command -v cc >/dev/null 2>&1 || need="$need gcc"
@@ -25,6 +30,13 @@ command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
 if [ "${1:-}" = "--fuzz" ]; then
   command -v clang >/dev/null 2>&1 || need="$need clang"
 fi
+if [ "${1:-}" = "--broker-baselines" ]; then
+  command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+  /usr/bin/python3 -c 'import celery' >/dev/null 2>&1 || need="$need python3-celery"
+  /usr/bin/python3 -c 'import redis' >/dev/null 2>&1 || need="$need python3-redis"
+  command -v node >/dev/null 2>&1 || need="$need nodejs"
+  command -v npm >/dev/null 2>&1 || need="$need npm"
+fi
 if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 updated=""
@@ -36,6 +48,11 @@ install() {
   $sudo apt-get install -y -qq --no-install-recommends $* >/dev/null
 }
 [ -z "$need" ] || install $need
+if [ "${1:-}" = "--broker-baselines" ]; then
+  baselines="$(dirname "$0")/bench/redis_baselines"
+  [ -d "$baselines/node_modules/bullmq" ] || (cd "$baselines" && npm ci --no-audit --no-fund)
+  exit 0
+fi
 [ "${1:-}" = "--fuzz" ] || exit 0
 
 # libFuzzer's runtime comes with clang's compiler-rt package, which some
