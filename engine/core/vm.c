@@ -140,6 +140,13 @@ lua_State *lp_vm_new(lp_worker *w) {
     lua_setfield(L, -2, w->eng->modules[i].name);
   }
   lua_pop(L, 2);
+  /* Loaded now, not at the script's first require: print inside a task is
+   * a record whether the script requires luapool or not (in a worker
+   * process on another machine, its stdout is nobody's). */
+  if (w->eng->open_lib) {
+    luaL_requiref(L, "luapool", w->eng->open_lib, 0);
+    lua_pop(L, 1);
+  }
   lua_newtable(L);
   w->fn_by_id_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
