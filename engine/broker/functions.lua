@@ -24,16 +24,17 @@ end
 
 -- KEYS: q, res, n, then per task its owner's inbox.
 -- ARGV: group, name, then per task: id, fence, key, outcome, failed (0/1).
+-- (n and failed are the run's counts, kept by the workers as they go.)
 -- Returns per task 1 (committed), 0 (stale: the lease was lost) or 2 (the
 -- key was committed before: an earlier attempt's outcome stands).
 local function commit(keys, args)
-  local q, res, n = keys[1], keys[2], keys[3]
+  local q, res = keys[1], keys[2]
   local group, name = args[1], args[2]
   local out = {}
   local t = 0
   for i = 3, #args, 5 do
     t = t + 1
-    local id, fence, key, outcome, failed = args[i], args[i + 1], args[i + 2], args[i + 3], args[i + 4]
+    local id, fence, key, outcome = args[i], args[i + 1], args[i + 2], args[i + 3]
     if not holds(q, group, name, id, fence) then
       out[t] = 0
     else
@@ -42,8 +43,6 @@ local function commit(keys, args)
       if redis.call('HSETNX', res, key, outcome) == 0 then
         out[t] = 2
       else
-        redis.call('HINCRBY', n, 'done', 1)
-        if failed == '1' then redis.call('HINCRBY', n, 'failed', 1) end
         redis.call('XADD', keys[3 + t], '*', 'k', key, 'r', outcome)
         out[t] = 1
       end

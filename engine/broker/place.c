@@ -37,6 +37,7 @@
 #include "idmap.h"
 #include "proc.h"
 #include "report.h"
+#include "timer.h"
 #include "wire.h"
 
 extern char **environ;
@@ -59,6 +60,7 @@ typedef struct lp_bplace {
   _Atomic long held;
   _Atomic int stopping;
   pid_t local; /* the worker for this process's own --workers, or 0 */
+  int attached; /* attached to a run on the broker (cfg.broker_run), not its submitter */
   int64_t started;
 } lp_bplace;
 
@@ -168,6 +170,34 @@ static int put_task(lp_bplace *bp, lp_task *t, lp_buf *x) {
   return lp_btask_put(x, &bt);
 }
 
+/* How long the broker may be gone before the run fails. */
+#define GONE_FOR 30.0
+
+/* Opens c again after a loss, trying with a growing pause for GONE_FOR
+ * seconds: 0, or -1 (stopping, or the broker is gone for good). */
+static int reconnect(lp_bplace *bp, lp_redis *c, int functions) {
+  double until = lp_now() + GONE_FOR, pause = 0.05;
+  while (!atomic_load(&bp->stopping)) {
+    if (lp_redis_open(c, &bp->url, 5.0, functions) == 0) return 0;
+    if (lp_now() > until) return -1;
+    usleep((useconds_t)(pause * 1e6));
+    pause = pause * 2 < 1 ? pause * 2 : 1;
+  }
+  return -1;
+}
+
+/* The task with this id failed to be handed out: it fails, saying why. */
+static void refused_task(lp_bplace *bp, uint64_t id, const char *why) {
+  pthread_mutex_lock(&bp->lock);
+  lp_task *t = lp_idmap_take(&bp->away, id);
+  pthread_mutex_unlock(&bp->lock);
+  if (!t) return;
+  char text[1024];
+  snprintf(text, sizeof text, "task '%s' (id %llu) failed: the broker refused it: %s",
+           lp_names_get(&bp->eng->names, t->fn), (unsigned long long)t->id, why);
+  finish_with(bp, t, LP_TASK_FAILED, text);
+}
+
 static void *sender_main(void *arg) {
   lp_bplace *bp = arg;
   lp_buf x;
@@ -177,31 +207,64 @@ static void *sender_main(void *arg) {
     while (!bp->head && !atomic_load(&bp->stopping)) pthread_cond_wait(&bp->cond, &bp->lock);
     lp_task *list = bp->head;
     bp->head = bp->tail = NULL;
+    long n = bp->npend;
     bp->npend = 0;
-    for (lp_task *t = list; t; t = t->qnext) lp_idmap_put(&bp->away, t);
     pthread_mutex_unlock(&bp->lock);
     if (!list) break; /* stopping */
-    int queued = 0;
-    for (lp_task *t = list; t; t = t->qnext) {
+    if (bp->attached) { /* the run's roots are on the broker already */
+      for (lp_task *t = list, *next; t; t = next) {
+        next = t->qnext;
+        pthread_mutex_lock(&bp->lock);
+        lp_idmap_put(&bp->away, t);
+        pthread_mutex_unlock(&bp->lock);
+      }
+      continue;
+    }
+    /* The batch in the protocol's bytes: once a task is in the map its
+     * outcome may free it, so nothing of it is read after. */
+    char **cmds = calloc((size_t)n, sizeof *cmds);
+    int *lens = calloc((size_t)n, sizeof *lens);
+    uint64_t *ids = calloc((size_t)n, sizeof *ids);
+    int k = 0;
+    for (lp_task *t = list, *next; t; t = next) {
+      next = t->qnext;
       char key[32];
       int kl = snprintf(key, sizeof key, "r%llu", (unsigned long long)t->id);
-      if (put_task(bp, t, &x) != 0) continue;
       t->attempts = 1;
+      int rc = put_task(bp, t, &x);
       t->retries = 0; /* the worker that runs it runs it again */
       const char *argv[] = {"XADD", bp->k.q, "*", "k", key, "x", x.data, "o", bp->name};
-      size_t lens[] = {4, strlen(bp->k.q), 1, 1, (size_t)kl, 1, x.len, 1, strlen(bp->name)};
-      if (lp_redis_append(&bp->tx, 9, argv, lens) == 0) queued++;
+      size_t alens[] = {4, strlen(bp->k.q), 1, 1, (size_t)kl, 1, x.len, 1, strlen(bp->name)};
+      if (cmds && lens && ids && rc == 0 && k < n &&
+          (lens[k] = redisFormatCommandArgv(&cmds[k], 9, argv, alens)) > 0)
+        ids[k++] = t->id;
+      pthread_mutex_lock(&bp->lock);
+      lp_idmap_put(&bp->away, t);
+      pthread_mutex_unlock(&bp->lock);
+      if (!k || ids[k - 1] != t->id) refused_task(bp, t->id, "out of memory");
     }
-    for (int i = 0; i < queued; i++) {
-      redisReply *r = lp_redis_reply(&bp->tx);
-      if (!r) {
+    /* Sent until every reply is in: a task sent twice (its XADD done, the
+     * reply lost with the connection) commits once, under its key. */
+    int done = 0;
+    while (done < k) {
+      for (int i = done; i < k; i++) lp_redis_append_raw(&bp->tx, cmds[i], (size_t)lens[i]);
+      for (; done < k; done++) {
+        redisReply *r = lp_redis_reply(&bp->tx);
+        if (!r) break;
+        if (r->type == REDIS_REPLY_ERROR) refused_task(bp, ids[done], r->str);
+        freeReplyObject(r);
+      }
+      if (done < k && reconnect(bp, &bp->tx, 1) != 0) {
         char why[600];
         snprintf(why, sizeof why, "%s", bp->tx.err);
         fail_all(bp, why);
         break;
       }
-      freeReplyObject(r);
     }
+    for (int i = 0; i < k; i++) free(cmds[i]);
+    free(cmds);
+    free(lens);
+    free(ids);
   }
   lp_buf_free(&x);
   return NULL;
@@ -257,6 +320,12 @@ static int look_at_run(lp_bplace *bp) {
   freeReplyObject(r);
   r = lp_redis_cmdf(&bp->rx, "HMGET %s state error", bp->k.meta);
   if (!r) return -1;
+  if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && !r->element[0]->str) {
+    freeReplyObject(r);
+    fail_all(bp, "the broker no longer has this run (it restarted without persistence, or the "
+                 "run's keys were deleted)");
+    return 0;
+  }
   if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->str &&
       strcmp(r->element[0]->str, "failed") == 0 && r->element[1]->str) {
     char why[1024];
@@ -267,23 +336,78 @@ static int look_at_run(lp_bplace *bp) {
   }
   freeReplyObject(r);
   r = lp_redis_cmdf(&bp->rx, "HSET %s beat %lld", bp->k.meta, (long long)lp_broker_ms());
-  if (r) freeReplyObject(r);
-  return r ? 0 : -1;
+  if (!r) return -1;
+  if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "OOM", 3) == 0) {
+    /* A full broker takes no commit: the run cannot end. Its keys go (a
+     * delete is allowed), which ends it for its workers too. */
+    char why[600];
+    snprintf(why, sizeof why, "the broker is full (maxmemory): %s", r->str);
+    freeReplyObject(r);
+    const char *keys[] = {bp->k.q, bp->k.res, bp->k.src, bp->inbox, bp->k.meta};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+      redisReply *d = lp_redis_cmdf(&bp->rx, "DEL %s", keys[i]);
+      if (d) freeReplyObject(d);
+    }
+    fail_all(bp, why);
+    return 0;
+  }
+  freeReplyObject(r);
+  return 0;
+}
+
+/* Attached to a run: the outcomes of its roots as the run's workers
+ * committed them (res), whoever submitted the run. */
+static void take_committed(lp_bplace *bp) {
+  uint64_t ids[64];
+  int n = 0;
+  pthread_mutex_lock(&bp->lock);
+  for (size_t i = 0; bp->away.slot && i < bp->away.cap && n < 64; i++)
+    if (bp->away.slot[i]) ids[n++] = bp->away.slot[i]->id;
+  pthread_mutex_unlock(&bp->lock);
+  for (int i = 0; i < n; i++) {
+    redisReply *r = lp_redis_cmdf(&bp->rx, "HGET %s r%llu", bp->k.res, (unsigned long long)ids[i]);
+    if (r && r->type == REDIS_REPLY_STRING) {
+      pthread_mutex_lock(&bp->lock);
+      lp_task *t = lp_idmap_take(&bp->away, ids[i]);
+      pthread_mutex_unlock(&bp->lock);
+      if (t) apply(bp, t, r->str, r->len);
+    }
+    if (r) freeReplyObject(r);
+  }
 }
 
 static void *receiver_main(void *arg) {
   lp_bplace *bp = arg;
   int64_t looked = 0;
-  while (!atomic_load(&bp->stopping)) {
+  while (!atomic_load(&bp->stopping) && bp->attached) {
+    take_committed(bp);
+    if (lp_broker_ms() - looked >= 100) {
+      looked = lp_broker_ms();
+      if (look_at_run(bp) != 0 && reconnect(bp, &bp->rx, 0) != 0) {
+        fail_all(bp, bp->rx.err);
+        break;
+      }
+    }
+    usleep(20000);
+  }
+  while (!atomic_load(&bp->stopping) && !bp->attached) {
     redisReply *r = lp_redis_cmdf(&bp->rx, "XREADGROUP GROUP %s %s COUNT 512 BLOCK 100 STREAMS %s >",
                                   LP_BROKER_GROUP, bp->name, bp->inbox);
     if (!r) {
       char why[600];
       snprintf(why, sizeof why, "%s", bp->rx.err);
-      fail_all(bp, why);
-      /* Without the broker nothing more comes: wait to be stopped. */
-      while (!atomic_load(&bp->stopping)) usleep(10000);
-      break;
+      if (reconnect(bp, &bp->rx, 0) != 0) {
+        fail_all(bp, why);
+        /* Without the broker nothing more comes: wait to be stopped. */
+        while (!atomic_load(&bp->stopping)) usleep(10000);
+        break;
+      }
+      /* What the lost read had taken: the inbox's pending entries. */
+      r = lp_redis_cmdf(&bp->rx, "XREADGROUP GROUP %s %s COUNT 100000 STREAMS %s 0",
+                        LP_BROKER_GROUP, bp->name, bp->inbox);
+      if (r && r->type == REDIS_REPLY_ARRAY) take_ends(bp, r);
+      if (r) freeReplyObject(r);
+      continue;
     }
     if (r->type == REDIS_REPLY_ARRAY) take_ends(bp, r);
     freeReplyObject(r);
@@ -419,6 +543,26 @@ static int start_local(lp_bplace *bp) {
   return 0;
 }
 
+/* Attached to run k.run: it must be there; nothing of it is made here. */
+static int attach_run(lp_bplace *bp) {
+  luapool *eng = bp->eng;
+  redisReply *r = lp_redis_cmdf(&bp->tx, "EXISTS %s", bp->k.meta);
+  int there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+  if (r) freeReplyObject(r);
+  if (!r) return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->tx.err);
+  if (!there)
+    return lp_engine_error(eng, LUAPOOL_EINVAL, "no run %s on the broker (luapool status lists them)",
+                           bp->k.run);
+  bp->attached = 1;
+  if (pthread_create(&bp->sender, NULL, sender_main, bp) != 0)
+    return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
+  bp->threads = 1;
+  if (pthread_create(&bp->receiver, NULL, receiver_main, bp) != 0)
+    return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
+  bp->threads = 2;
+  return 0;
+}
+
 static int bplace_start(lp_place *p) {
   lp_bplace *bp = (lp_bplace *)p;
   luapool *eng = bp->eng;
@@ -431,10 +575,12 @@ static int bplace_start(lp_place *p) {
     return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->rx.err);
   char run[LP_RUN_ID_LEN + 1];
   new_run_id(run);
+  if (eng->cfg.broker_run) snprintf(run, sizeof run, "%s", eng->cfg.broker_run);
   lp_runkeys_init(&bp->k, run);
   lp_broker_name(bp->name, sizeof bp->name);
   lp_runkeys_inbox(&bp->k, bp->name, bp->inbox, sizeof bp->inbox);
   bp->started = lp_broker_ms();
+  if (eng->cfg.broker_run) return attach_run(bp);
   char sha[17], host[64] = "", submitter[96];
   snprintf(sha, sizeof sha, "%016llx", (unsigned long long)fnv1a(eng->script, eng->script_len));
   gethostname(host, sizeof host - 1);

@@ -279,6 +279,18 @@ int lp_redis_append(lp_redis *r, int argc, const char **argv, const size_t *lens
   return 0;
 }
 
+int lp_redis_append_raw(lp_redis *r, const char *cmd, size_t len) {
+  if (!r->c) {
+    not_open(r);
+    return -1;
+  }
+  if (redisAppendFormattedCommand(r->c, cmd, len) != REDIS_OK) {
+    lost(r, "lost the broker at");
+    return -1;
+  }
+  return 0;
+}
+
 redisReply *lp_redis_reply(lp_redis *r) {
   if (!r->c) return not_open(r);
   /* A reply already read needs no write: the guard only when queued

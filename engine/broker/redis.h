@@ -44,6 +44,9 @@ struct redisReply *lp_redis_cmdf(lp_redis *r, const char *fmt, ...);
  * returns 0 or -1 (out of memory); reply returns as lp_redis_cmd does. */
 int lp_redis_append(lp_redis *r, int argc, const char **argv, const size_t *lens);
 struct redisReply *lp_redis_reply(lp_redis *r);
+/* Queues a command already in the protocol's bytes (redisFormatCommandArgv):
+ * 0 or -1. */
+int lp_redis_append_raw(lp_redis *r, const char *cmd, size_t len);
 
 /* The Lua source of the function library (functions.lua, compiled in). */
 extern const char lp_broker_functions[];

@@ -60,21 +60,65 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
   commits_tail = &c->next;
 }
 
+typedef struct lp_sent {
+  struct lp_sent *next;
+  char *cmd;
+  size_t len;
+} lp_sent;
+
 void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens) {
-  if (lp_redis_append(&w->r, argc, argv, lens) == 0) w->inflight++;
+  lp_sent *q = malloc(sizeof *q);
+  char *cmd = NULL;
+  int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
+  if (!q || len < 0) {
+    free(q);
+    free(cmd);
+    fprintf(stderr, "luapool worker: out of memory\n");
+    return;
+  }
+  q->next = NULL;
+  q->cmd = cmd;
+  q->len = (size_t)len;
+  *w->sent_tail = q;
+  w->sent_tail = &q->next;
 }
 
-/* The replies of what was sent: errors are said, the rest dropped. */
+/* The loop's connection, opened again after a loss: at most every
+ * `backoff` seconds, doubling to 2 s. 0 once it is open. */
+int lp_worker_reconnect(lp_worker *w) {
+  if (w->r.c) return 0;
+  double now = lp_now();
+  if (now < w->retry_at) return -1;
+  if (lp_redis_open(&w->r, &w->url, 5.0, 1) != 0) {
+    if (!w->lost) fprintf(stderr, "luapool worker: %s; trying again\n", w->r.err);
+    w->lost = 1;
+    w->backoff = w->backoff > 0 ? (w->backoff * 2 < 2 ? w->backoff * 2 : 2) : 0.1;
+    w->retry_at = now + w->backoff;
+    return -1;
+  }
+  if (w->lost) fprintf(stderr, "luapool worker: the broker is back\n");
+  w->lost = 0;
+  w->backoff = 0;
+  return 0;
+}
+
+/* Sends what waits and reads the replies; what got no reply stays. */
 static void drain(lp_worker *w) {
-  for (; w->inflight > 0; w->inflight--) {
+  if (!w->sent || lp_worker_reconnect(w) != 0) return;
+  int n = 0;
+  for (lp_sent *q = w->sent; q; q = q->next)
+    if (lp_redis_append_raw(&w->r, q->cmd, q->len) == 0) n++;
+  for (; n > 0 && w->sent; n--) {
     redisReply *r = lp_redis_reply(&w->r);
-    if (!r) {
-      w->inflight = 0;
-      break;
-    }
+    if (!r) break; /* the rest go again once the broker is back */
     if (r->type == REDIS_REPLY_ERROR) fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
     freeReplyObject(r);
+    lp_sent *q = w->sent;
+    w->sent = q->next;
+    free(q->cmd);
+    free(q);
   }
+  if (!w->sent) w->sent_tail = &w->sent;
 }
 
 /* Every outcome waiting, one FCALL each, with whatever else was sent: one
@@ -213,6 +257,8 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
   redisReply *r = lp_redis_cmdf(&w->r, "DEL %s", run->inbox);
   if (r) freeReplyObject(r);
   r = lp_redis_cmdf(&w->r, "HSET %s %s 1", run->k.wk, w->name);
+  if (r) freeReplyObject(r);
+  r = lp_redis_cmdf(&w->r, "HDEL %s queued:%s running:%s", run->k.n, w->name, w->name);
   if (r) freeReplyObject(r);
 }
 
@@ -377,7 +423,11 @@ static void *reader_main(void *arg) {
       memcpy(names[i], w->streams[i], sizeof names[i]);
       argv[a++] = names[i];
     }
-    for (int i = 0; i < n; i++) argv[a++] = ">";
+    /* After a reconnection: the inboxes' pending entries first (from 0);
+     * a queue's are tasks already taken, never read twice. */
+    int reread = w->reread;
+    w->reread = 0;
+    for (int i = 0; i < n; i++) argv[a++] = reread && i >= w->nwant ? "0" : ">";
     w->reader_blocked = 1;
     pthread_mutex_unlock(&w->lock);
     if (n == 0) {
@@ -389,13 +439,26 @@ static void *reader_main(void *arg) {
     w->reader_blocked = 0;
     pthread_mutex_unlock(&w->lock);
     if (!r) {
-      /* The broker is gone: again after a pause, until it is back. */
+      /* The broker is gone: again after a pause, until it is back. What
+       * the lost read had taken from the inboxes is read again (their
+       * pending entries); tasks it had taken are claimed after the lease. */
       usleep(200000);
-      lp_redis_open(&w->rd, &w->url, 5.0, 0);
+      if (lp_redis_open(&w->rd, &w->url, 5.0, 0) == 0) {
+        redisReply *id2 = lp_redis_cmdf(&w->rd, "CLIENT ID");
+        if (id2 && id2->type == REDIS_REPLY_INTEGER) w->reader_id = id2->integer;
+        if (id2) freeReplyObject(id2);
+        pthread_mutex_lock(&w->lock);
+        w->reread = 1;
+        pthread_mutex_unlock(&w->lock);
+      }
       continue;
     }
     if (r->type != REDIS_REPLY_ARRAY) {
-      freeReplyObject(r); /* nil (nothing came) or an error (a stream gone) */
+      /* nil: nothing came. An error: a stream gone (a broker restarted
+       * without its data): the loop sees the run gone and makes its wake
+       * stream again; meanwhile, no spinning. */
+      if (r->type == REDIS_REPLY_ERROR) usleep(50000);
+      freeReplyObject(r);
       continue;
     }
     pthread_mutex_lock(&w->lock);
@@ -530,12 +593,49 @@ static void heartbeat(lp_worker *w) {
            (long long)lp_broker_ms(), (unsigned long long)w->ran);
   redisReply *r = lp_redis_cmdf(&w->r, "HSET lp:workers %s %s", w->name, info);
   if (r) freeReplyObject(r);
+  /* Its wake stream, made again if a broker restarted without it. */
+  r = lp_redis_cmdf(&w->r, "XGROUP CREATE %s %s $ MKSTREAM", w->wake, LP_BROKER_GROUP);
+  if (r) freeReplyObject(r);
+}
+
+/* What this worker's processes did for each run since the last time, for
+ * `luapool status`: tasks run and failed (summed over workers), and
+ * queued and running now (a field per worker). */
+static void count(lp_worker *w) {
+  for (lp_wrun *run = w->runs; run; run = run->next) {
+    long queued = 0, running = 0;
+    for (int i = 0; i < run->nslots; i++) {
+      queued += run->slots[i].queued;
+      running += run->slots[i].running;
+    }
+    char ran[24], failed[24], q[24], rn[24], qf[128], rf[128];
+    snprintf(ran, sizeof ran, "%llu", (unsigned long long)run->ran);
+    snprintf(failed, sizeof failed, "%llu", (unsigned long long)run->failed);
+    snprintf(q, sizeof q, "%ld", queued);
+    snprintf(rn, sizeof rn, "%ld", running);
+    snprintf(qf, sizeof qf, "queued:%s", w->name);
+    snprintf(rf, sizeof rf, "running:%s", w->name);
+    const char *a[] = {"HINCRBY", run->k.n, "done", ran};
+    const char *b[] = {"HINCRBY", run->k.n, "failed", failed};
+    const char *c[] = {"HSET", run->k.n, qf, q, rf, rn};
+    if (run->ran) lp_worker_send(w, 4, a, NULL);
+    if (run->failed) lp_worker_send(w, 4, b, NULL);
+    lp_worker_send(w, 6, c, NULL);
+    run->ran = run->failed = 0;
+  }
 }
 
 static int serve(lp_worker *w) {
   double last_look = -1, last_beat = -1;
   while (!w->stopping && !stop_asked) {
     double now = lp_now();
+    if (lp_worker_reconnect(w) != 0) {
+      /* Without the broker the processes wait (their frames wait in their
+       * sockets); so do their outcomes. */
+      struct pollfd none[1];
+      poll(none, 0, 50);
+      continue;
+    }
     if (now - last_look >= 0.2 || w->look_now) {
       w->look_now = 0;
       look_for_runs(w);
@@ -543,8 +643,9 @@ static int serve(lp_worker *w) {
       last_look = now;
       if (w->stopping) break;
     }
-    if (now - last_beat >= 1.0) {
+    if (now - last_beat >= 0.5) {
       heartbeat(w);
+      count(w);
       last_beat = now;
     }
     for (lp_wrun *run = w->runs; run; run = run->next) {
@@ -608,6 +709,7 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     free(w);
     return 2;
   }
+  w->sent_tail = &w->sent;
   w->processes = processes > 0 ? processes : 1;
   w->threads = threads > 0 ? threads : 1;
   if (only) snprintf(w->only, sizeof w->only, "%s", only);
@@ -620,8 +722,6 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     return 1;
   }
   snprintf(w->wake, sizeof w->wake, "lp:wake:%s", w->name);
-  redisReply *g = lp_redis_cmdf(&w->r, "XGROUP CREATE %s %s $ MKSTREAM", w->wake, LP_BROKER_GROUP);
-  if (g) freeReplyObject(g);
   heartbeat(w); /* known to submitters from now on */
   pthread_mutex_init(&w->lock, NULL);
   w->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -645,6 +745,13 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     free_run(run);
   }
   flush_commits(w);
+  drain(w);
+  while (w->sent) {
+    lp_sent *q = w->sent;
+    w->sent = q->next;
+    free(q->cmd);
+    free(q);
+  }
   redisReply *r = lp_redis_cmdf(&w->r, "HDEL lp:workers %s", w->name);
   if (r) freeReplyObject(r);
   r = lp_redis_cmdf(&w->r, "DEL %s", w->wake);

@@ -66,8 +66,10 @@ typedef struct lp_wslot {
   unsigned gen;
   int ready;
   long credits;   /* tasks it asked for, not yet sent */
-  long queued;    /* its tasks waiting, by its last STATS */
-  uint64_t ran;   /* bodies run, by its last STATS */
+  long queued;      /* its tasks waiting, by its last STATS */
+  long running;     /* and running */
+  uint64_t ran;     /* bodies run, by its last STATS */
+  uint64_t failed;  /* tasks failed, by its last STATS */
   double asked_at; /* when it was last asked to hand over */
   lp_buf rbuf, wbuf;
   size_t wpos;
@@ -90,6 +92,7 @@ typedef struct lp_wrun {
   uint64_t next_id; /* for the tasks sent to its processes */
   lp_wexport *exports;
   double renewed, claimed, hungry_seen;
+  uint64_t ran, failed; /* by its processes since its last counts (lp:{RUN}:n) */
 } lp_wrun;
 
 typedef struct lp_worker {
@@ -105,7 +108,13 @@ typedef struct lp_worker {
   char exe[4096];
   lp_wrun *runs;
   uint64_t ran;
-  int inflight; /* commands sent on r whose replies are not yet read */
+  /* Commands whose replies nobody needs (commits, exports, acks), in the
+   * protocol's bytes: they go in the loop's pipeline, and stay until their
+   * replies are in, so a connection lost meanwhile loses none of them
+   * (sent twice, each is harmless: lp_commit and task keys see to it). */
+  struct lp_sent *sent, **sent_tail;
+  double retry_at, backoff; /* reconnecting: when next, and the pause */
+  int lost;                 /* the connection was lost and is not back */
   /* Between the loop and the reader. */
   pthread_mutex_t lock;
   struct redisReply *got; /* what the reader read, for the loop */
@@ -115,6 +124,7 @@ typedef struct lp_worker {
   long count;
   long long reader_id;
   int reader_blocked;
+  int reread; /* the reader reconnected: re-read the inboxes' pending entries */
   volatile int stopping;
   int ended; /* the reader has left */
 } lp_worker;
@@ -138,5 +148,8 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x);
 /* A command whose reply nobody needs: it goes with the loop's next
  * pipeline (a reply that is an error is said on stderr). */
 void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens);
+/* Opens the loop's connection again after a loss (with a growing pause
+ * between tries): 0 once it is open. */
+int lp_worker_reconnect(lp_worker *w);
 
 #endif

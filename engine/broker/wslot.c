@@ -81,6 +81,8 @@ int lp_wslot_start(lp_worker *w, lp_wslot *s) {
   s->fd = sv[0];
   s->ready = 0;
   s->credits = 0;
+  s->ran = s->failed = 0;
+  s->queued = s->running = 0;
   lp_buf_reset(&s->rbuf);
   lp_buf_reset(&s->wbuf);
   s->wpos = 0;
@@ -241,7 +243,10 @@ static void on_counter(lp_worker *w, lp_wslot *s, lp_wire_msg *m) {
   snprintf(d, sizeof d, "%lld", (long long)(int64_t)delta);
   const char *argv[] = {add ? "HINCRBY" : "HGET", s->run->k.ctr, name, d};
   size_t lens[] = {strlen(argv[0]), strlen(s->run->k.ctr), n, strlen(d)};
-  redisReply *r = lp_redis_cmd(&w->r, add ? 4 : 3, argv, lens);
+  /* The task waits for the answer: it is had, whatever the wait. */
+  redisReply *r;
+  while (!(r = lp_redis_cmd(&w->r, add ? 4 : 3, argv, lens)))
+    while (lp_worker_reconnect(w) != 0) usleep(50000);
   int64_t value = 0;
   if (r && r->type == REDIS_REPLY_INTEGER) value = r->integer;
   if (r && r->type == REDIS_REPLY_STRING) value = strtoll(r->str, NULL, 10);
@@ -342,8 +347,13 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
       for (int i = 0; i < 8; i++)
         if (lp_wire_get_u64(m, &f[i])) return;
       s->queued = (long)f[2];
-      w->ran += f[4] > s->ran ? f[4] - s->ran : 0;
+      s->running = (long)f[3];
+      uint64_t ran = f[4] > s->ran ? f[4] - s->ran : 0;
+      w->ran += ran;
+      s->run->ran += ran;
+      s->run->failed += f[5] > s->failed ? f[5] - s->failed : 0;
       s->ran = f[4];
+      s->failed = f[5];
       break;
     }
     default: break; /* TRACE, CANCEL of an export: not carried across machines */

@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "proc.h"
 #include "worker_cmd.h"
+#include "attach.h"
 
 #ifndef LUAPOOL_VERSION_STRING
 #define LUAPOOL_VERSION_STRING LUAPOOL_VERSION
@@ -36,6 +37,7 @@ static const char usage_text[] =
     "       luapool check SCRIPT\n"
     "       luapool worker --broker URL [--workers N | --processes N --threads T]\n"
     "       luapool status --broker URL\n"
+    "       luapool attach RUN --broker URL [--format FORMAT] [--stats]\n"
     "       luapool --help | --version\n"
     "\n"
     "Runs main(ARGS...) of a Lua task script on a pool of workers; every task\n"
@@ -71,6 +73,10 @@ static const char usage_text[] =
     "  --lease S        with --broker: seconds a silent worker keeps its tasks\n"
     "                   before others claim them (default 10)\n"
     "  --                    the arguments that follow are all for main\n"
+    "\n"
+    "attach prints the whole output of a run on a broker (its submitter may\n"
+    "have died: the run goes on on its workers), in order, exactly once, and\n"
+    "exits with the run's status.\n"
     "\n"
     "check lists the script's task functions and warns of globals it reads\n"
     "but never defines or assigns inside functions, unknown luapool.* and\n"
@@ -241,6 +247,8 @@ static int cmd_check(int argc, char **argv) {
   return rc;
 }
 
+static int g_attach; /* `luapool attach`: the script's place holds the run's id */
+
 static int cmd_run(int argc, char **argv) {
   luapool_config cfg;
   luapool_config_init(&cfg);
@@ -354,7 +362,24 @@ static int cmd_run(int argc, char **argv) {
       usage_error("unknown option '%s'", a);
     }
   }
-  if (!script) usage_error("run needs a script");
+  if (!script) usage_error(g_attach ? "attach needs a run's id" : "run needs a script");
+  lp_attach_info at = {0};
+  if (g_attach) {
+    if (!cfg.broker) usage_error("attach needs --broker URL");
+    if (nargs) usage_error("attach takes one run id, not '%s'", args[0]);
+    char err[1024];
+    int rc = lp_attach_fetch(cfg.broker, script, &at, err, sizeof err);
+    if (rc != 0) {
+      free(args);
+      free(pools);
+      g_args = g_pools = NULL;
+      fprintf(stderr, "luapool: %s\n", err);
+      return rc == 2 ? EXIT_USAGE : EXIT_TASKFAIL;
+    }
+    cfg.broker_run = script;
+    cfg.order = at.order;
+    cfg.workers = 0; /* the run's workers run it */
+  }
   if (cfg.threads > 0 && cfg.processes == 0) usage_error("--threads needs --processes");
   if (cfg.lease > 0 && !cfg.broker) usage_error("--lease needs --broker");
   if (cfg.broker && (cfg.processes || npools))
@@ -390,7 +415,15 @@ static int cmd_run(int argc, char **argv) {
       return EXIT_USAGE;
     }
   }
-  int exit_code = load_script(lp, script);
+  int exit_code;
+  if (g_attach) {
+    int rc2 = luapool_load_string(lp, at.source, at.source_len, at.chunkname);
+    exit_code = rc2 == 0 ? 0 : rc2 == LUAPOOL_ESYS ? EXIT_TASKFAIL : EXIT_USAGE;
+    if (rc2 != 0) fprintf(stderr, "luapool: %s\n", luapool_errmsg(lp));
+    lp_attach_free(&at);
+  } else {
+    exit_code = load_script(lp, script);
+  }
   if (exit_code == 0) {
     g_engine = lp;
     struct sigaction sa;
@@ -467,6 +500,10 @@ int main(int argc, char **argv) {
     return lp_cmd_worker(argc - 2, argv + 2, cpus > 0 ? (int)cpus : 1);
   }
   if (strcmp(cmd, "status") == 0) return cmd_status(argc - 2, argv + 2);
+  if (strcmp(cmd, "attach") == 0) {
+    g_attach = 1;
+    return cmd_run(argc - 2, argv + 2);
+  }
   usage_error("unknown command '%s'", cmd);
   return EXIT_USAGE;
 }

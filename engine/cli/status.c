@@ -192,9 +192,9 @@ static int ask_run(lp_redis *r, const redisReply *id) {
   }
   const char *hm[] = {"HMGET", meta, "script", "state", "started", "ended"};
   const size_t hml[] = {5, (size_t)m, 6, 5, 7, 5};
-  const char *hn[] = {"HMGET", counts, "done", "queued", "running", "failed"};
-  const size_t hnl[] = {5, (size_t)c, 4, 6, 7, 6};
-  return lp_redis_append(r, 6, hm, hml) || lp_redis_append(r, 6, hn, hnl) ? -1 : 0;
+  const char *hn[] = {"HGETALL", counts};
+  const size_t hnl[] = {7, (size_t)c};
+  return lp_redis_append(r, 6, hm, hml) || lp_redis_append(r, 2, hn, hnl) ? -1 : 0;
 }
 
 /* The row of a run from its id and the replies of ask_run. */
@@ -207,16 +207,32 @@ static void run_row(table *t, const redisReply *id, const redisReply *meta,
   int has_meta = meta->type == REDIS_REPLY_ARRAY && meta->elements == 4;
   cell_reply(cells[1], has_meta ? meta->element[0] : NULL);
   cell_reply(cells[2], has_meta ? meta->element[1] : NULL);
-  int has_counts = counts->type == REDIS_REPLY_ARRAY && counts->elements == 4;
+  /* done and failed, summed by the workers; queued:W and running:W, one
+   * field per worker, summed here. */
+  static const char *const names[4] = {"done", "queued", "running", "failed"};
+  long long sum[4] = {0, 0, 0, 0};
+  int bad[4] = {0, 0, 0, 0};
+  int has_counts = counts->type == REDIS_REPLY_ARRAY && counts->elements % 2 == 0;
+  for (size_t f = 0; has_counts && f + 1 < counts->elements; f += 2) {
+    const redisReply *k = counts->element[f];
+    if (k->type != REDIS_REPLY_STRING) continue;
+    for (int i = 0; i < 4; i++) {
+      size_t nl = strlen(names[i]);
+      if (k->len < nl || memcmp(k->str, names[i], nl) != 0 ||
+          (k->len > nl && k->str[nl] != ':'))
+        continue;
+      long long v;
+      if (reply_whole(counts->element[f + 1], &v) == 0)
+        sum[i] += v;
+      else
+        bad[i] = 1;
+    }
+  }
   for (int i = 0; i < 4; i++) {
-    long long v = 0;
-    const redisReply *e = has_counts ? counts->element[i] : NULL;
-    if (e && e->type == REDIS_REPLY_NIL) /* nothing counted yet */
-      snprintf(cells[3 + i], CELL_MAX + 1, "0");
-    else if (reply_whole(e, &v) == 0)
-      snprintf(cells[3 + i], CELL_MAX + 1, "%lld", v);
-    else
+    if (!has_counts || bad[i])
       unknown(cells[3 + i]);
+    else
+      snprintf(cells[3 + i], CELL_MAX + 1, "%lld", sum[i]);
   }
   long long started, ended;
   if (has_meta && reply_whole(meta->element[2], &started) == 0) {

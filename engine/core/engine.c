@@ -94,6 +94,13 @@ int lp_engine_new(const luapool_config *cfg, luapool **out) {
     return LUAPOOL_ENOMEM;
   }
   eng->cfg.broker = eng->broker;
+  eng->cfg.broker_run = NULL;
+  if (cfg->broker_run && !(eng->broker_run = strdup(cfg->broker_run))) {
+    free(eng->broker);
+    free(eng);
+    return LUAPOOL_ENOMEM;
+  }
+  eng->cfg.broker_run = eng->broker_run;
   eng->inline_mode = cfg->workers == 0 && cfg->processes == 0 && !cfg->broker;
   atomic_init(&eng->next_id, 1);
   pthread_mutex_init(&eng->host_lock, NULL);
@@ -532,6 +539,7 @@ void lp_engine_free(luapool *lp) {
   lp_sched_free(&lp->sched);
   lp_names_free(&lp->names);
   free(lp->broker);
+  free(lp->broker_run);
   free(lp->script);
   free(lp->chunkname);
   free(lp->errmsg);

@@ -39,7 +39,7 @@ typedef enum lp_engine_phase {
 } lp_engine_phase;
 
 struct luapool {
-  char *broker; /* cfg.broker's copy */
+  char *broker, *broker_run; /* cfg.broker's and cfg.broker_run's copies */
   luapool_config cfg;
   lp_engine_phase phase;
   int nworkers;    /* threads; 1 in inline mode (the host's thread) */

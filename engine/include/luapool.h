@@ -151,6 +151,12 @@ typedef struct luapool_config {
   /* With a broker: seconds a silent worker keeps the run's tasks before
    * another claims them (0: 10). */
   double lease;
+  /* With a broker: the id of a run already on it (as `luapool status`
+   * lists it) to attach to instead of starting one. The engine's first
+   * root then stands for that run's main: its records and its outcome are
+   * the run's, delivered in order, once the run's workers have made them.
+   * NULL: a new run. */
+  const char *broker_run;
   void *ud; /* passed to the callbacks */
 } luapool_config;
 
