@@ -162,12 +162,12 @@ static void read_task_opts(lua_State *L, int t, const char *fname, luapool_task_
 }
 
 /* lp.open{workers =, processes =, threads =, pools =, script = | source =,
- * order =, memory_limit =, task_timeout =, retries =, hold =} -> pool, or nil,
- * message when the script cannot be loaded. */
+ * order =, memory_limit =, task_timeout =, retries =, hold =, broker =,
+ * lease =} -> pool, or nil, message when the script cannot be loaded. */
 static int l_open(lua_State *L) {
-  static const char *const known[] = {"script",       "source",  "workers", "processes",
-                                      "threads",      "pools",   "order",   "memory_limit",
-                                      "task_timeout", "retries", "hold",    NULL};
+  static const char *const known[] = {
+      "script",  "source", "workers", "processes", "threads", "pools", "order", "memory_limit",
+      "task_timeout", "retries", "hold", "broker", "lease", NULL};
   if (!lua_istable(L, 1))
     return luaL_error(L, "luapool.open: argument 1: options table expected, got %s",
                       luaL_typename(L, 1));
@@ -187,6 +187,16 @@ static int l_open(lua_State *L) {
     return luaL_error(L, "luapool.open: hold must be >= 0 (bytes; 0: the default)");
   cfg.hold = (size_t)hold;
   cfg.retries = opt_field_int(L, 1, "retries", 0);
+  /* broker = "redis://...": the run goes through Redis (the string stays
+   * on the stack, below the pool, while the engine copies it). */
+  if (lua_getfield(L, 1, "broker") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      return luaL_error(L, "luapool.open: option 'broker' must be a URL, redis://HOST:PORT");
+    cfg.broker = lua_tostring(L, -1);
+  }
+  cfg.lease = opt_field_number(L, 1, "lease", 0);
+  if (!(cfg.lease >= 0) || (cfg.lease > 0 && !cfg.broker))
+    return luaL_error(L, "luapool.open: lease is seconds (>= 0) and needs a broker");
   static const char *const orders[] = {"tree", "priority", "completion", NULL};
   lua_getfield(L, 1, "order");
   if (!lua_isnil(L, -1)) {

@@ -319,11 +319,18 @@ static void renew(lp_worker *w, lp_wrun *run) {
   redisReply *r = lp_redis_cmd(&w->r, a, argv, NULL);
   free(argv);
   if (!r) return;
-  /* Tasks now another worker's: this attempt must not commit. */
+  /* Tasks now another worker's: this attempt must not commit, and
+   * stops. */
   for (size_t j = 0; r->type == REDIS_REPLY_ARRAY && j < r->elements; j++)
     for (int i = 0; i < run->nslots; i++)
       for (lp_wexec *x = run->slots[i].execs; x; x = x->next)
-        if (strcmp(x->msgid, r->element[j]->str) == 0) x->lost = 1;
+        if (!x->lost && strcmp(x->msgid, r->element[j]->str) == 0) {
+          size_t mark;
+          x->lost = 1;
+          lp_buf *b = &run->slots[i].wbuf;
+          if (lp_wire_begin(b, LP_MSG_CANCEL, &mark) == 0 && lp_wire_u64(b, x->id) == 0)
+            lp_wire_end(b, mark);
+        }
   freeReplyObject(r);
 }
 
