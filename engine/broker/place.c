@@ -61,6 +61,11 @@ typedef struct lp_bplace {
   _Atomic int stopping;
   pid_t local; /* the worker for this process's own --workers, or 0 */
   int attached; /* attached to a run on the broker (cfg.broker_run), not its submitter */
+  /* The run's counts as its workers keep them (lp:{RUN}:n), for --stats and
+   * --progress: bodies run, failed, subtasks made and finished, queued and
+   * running now. */
+  _Atomic uint64_t n_run, n_failed, n_made, n_fin;
+  _Atomic long n_queued, n_running;
   int64_t started;
 } lp_bplace;
 
@@ -272,6 +277,34 @@ static void *sender_main(void *arg) {
 
 /* ---- the receiver ---- */
 
+/* The run's counts (lp:{RUN}:n): done, failed, made, fin summed by the
+ * workers; queued:W and running:W one per worker. */
+static void read_counts(lp_bplace *bp, lp_redis *c) {
+  redisReply *r = lp_redis_cmdf(c, "HGETALL %s", bp->k.n);
+  if (!r) return;
+  uint64_t run = 0, failed = 0, made = 0, fin = 0;
+  long queued = 0, running = 0;
+  for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+    const char *k = r->element[i]->str, *v = r->element[i + 1]->str;
+    if (!k || !v) continue;
+    long long x = strtoll(v, NULL, 10);
+    if (x < 0) x = 0;
+    if (strcmp(k, "done") == 0) run = (uint64_t)x;
+    if (strcmp(k, "failed") == 0) failed = (uint64_t)x;
+    if (strcmp(k, "made") == 0) made = (uint64_t)x;
+    if (strcmp(k, "fin") == 0) fin = (uint64_t)x;
+    if (strncmp(k, "queued:", 7) == 0) queued += (long)x;
+    if (strncmp(k, "running:", 8) == 0) running += (long)x;
+  }
+  freeReplyObject(r);
+  atomic_store(&bp->n_run, run);
+  atomic_store(&bp->n_failed, failed);
+  atomic_store(&bp->n_made, made);
+  atomic_store(&bp->n_fin, fin);
+  atomic_store(&bp->n_queued, queued);
+  atomic_store(&bp->n_running, running);
+}
+
 static void take_ends(lp_bplace *bp, redisReply *streams) {
   /* [[inbox, [[id, [k, key, r, outcome]], ...]]] */
   if (!streams || streams->type != REDIS_REPLY_ARRAY) return;
@@ -301,7 +334,10 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
       pthread_mutex_lock(&bp->lock);
       lp_task *t = lp_idmap_take(&bp->away, id);
       pthread_mutex_unlock(&bp->lock);
-      if (t) apply(bp, t, out, outlen);
+      if (t) {
+        read_counts(bp, &bp->rx); /* with the work that made this outcome */
+        apply(bp, t, out, outlen);
+      }
     }
   }
 }
@@ -310,6 +346,7 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
  * see it (a script they cannot load fails the run). */
 static int look_at_run(lp_bplace *bp) {
   luapool *eng = bp->eng;
+  read_counts(bp, &bp->rx);
   redisReply *r = lp_redis_cmdf(&bp->rx, "LPOP %s 100", bp->k.fail);
   if (!r) return -1;
   if (r->type == REDIS_REPLY_ARRAY)
@@ -484,11 +521,19 @@ static void bplace_cancel_all(lp_place *p) {
 
 static int bplace_idle(lp_place *p) { return atomic_load(&((lp_bplace *)p)->held) == 0; }
 
+/* What the run's workers counted, as of the receiver's last look (every
+ * 100 ms, and at the end). */
 static void bplace_totals(lp_place *p, lp_place_totals *sum) {
-  (void)p;
-  (void)sum;
+  lp_bplace *bp = (lp_bplace *)p;
+  sum->made += atomic_load(&bp->n_made);
+  sum->fin += atomic_load(&bp->n_fin);
+  sum->run += atomic_load(&bp->n_run);
+  sum->failed += atomic_load(&bp->n_failed);
+  sum->queued += atomic_load(&bp->n_queued);
+  sum->running += atomic_load(&bp->n_running);
 }
 
+/* Its threads are other processes' (luapool status lists the workers). */
 static int bplace_worker_stats(lp_place *p, struct luapool_worker_stats *out, int n) {
   (void)p;
   (void)out;
@@ -664,6 +709,7 @@ static void finish_run(lp_bplace *bp) {
     freeReplyObject(r);
   }
   if (r) freeReplyObject(r);
+  read_counts(bp, &bp->tx); /* the last, for --stats (the receiver has stopped) */
   r = lp_redis_cmdf(&bp->tx, "HSET %s state %s ended %lld", bp->k.meta,
                     cancelled ? "cancelled" : "done", (long long)lp_broker_ms());
   if (r) freeReplyObject(r);

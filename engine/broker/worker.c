@@ -33,15 +33,13 @@ static void on_stop_signal(int sig) {
 
 /* ---- commits ---- */
 
-typedef struct lp_commit {
+struct lp_commit {
   struct lp_commit *next;
   lp_wrun *run;
   lp_wexec *x;
-} lp_commit;
-static lp_commit *commits, **commits_tail = &commits;
+};
 
 void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
-  (void)w;
   lp_commit *c = malloc(sizeof *c);
   if (!c) {
     lp_wexec_free(x); /* its lease lapses and another worker runs it */
@@ -56,8 +54,8 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
   c->next = NULL;
   c->run = s->run;
   c->x = x;
-  *commits_tail = c;
-  commits_tail = &c->next;
+  *w->commits_tail = c;
+  w->commits_tail = &c->next;
 }
 
 typedef struct lp_sent {
@@ -121,10 +119,16 @@ static void drain(lp_worker *w) {
   if (!w->sent) w->sent_tail = &w->sent;
 }
 
+static void count_run(lp_worker *w, lp_wrun *run);
+
 /* Every outcome waiting, one FCALL each, with whatever else was sent: one
  * round trip. */
 static void flush_commits(lp_worker *w) {
-  for (lp_commit *c = commits; c; c = c->next) {
+  /* The run's counts go first: whoever reads an outcome finds the work
+   * that made it counted. */
+  for (lp_commit *c = w->commits; c; c = c->next)
+    if (c->run->ran || c->run->made) count_run(w, c->run);
+  for (lp_commit *c = w->commits; c; c = c->next) {
     lp_wexec *x = c->x;
     char inbox[256];
     lp_runkeys_inbox(&c->run->k, x->owner, inbox, sizeof inbox);
@@ -138,13 +142,13 @@ static void flush_commits(lp_worker *w) {
     lp_worker_send(w, 14, argv, lens);
   }
   drain(w);
-  while (commits) {
-    lp_commit *c = commits;
-    commits = c->next;
+  while (w->commits) {
+    lp_commit *c = w->commits;
+    w->commits = c->next;
     lp_wexec_free(c->x);
     free(c);
   }
-  commits_tail = &commits;
+  w->commits_tail = &w->commits;
 }
 
 /* ---- the runs ---- */
@@ -256,9 +260,13 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
   }
   redisReply *r = lp_redis_cmdf(&w->r, "DEL %s", run->inbox);
   if (r) freeReplyObject(r);
-  r = lp_redis_cmdf(&w->r, "HSET %s %s 1", run->k.wk, w->name);
-  if (r) freeReplyObject(r);
+  /* Its last counts (the processes' last STATS came as they closed), then
+   * the word that this worker is done with the run. */
+  count_run(w, run);
+  drain(w);
   r = lp_redis_cmdf(&w->r, "HDEL %s queued:%s running:%s", run->k.n, w->name, w->name);
+  if (r) freeReplyObject(r);
+  r = lp_redis_cmdf(&w->r, "HSET %s %s 1", run->k.wk, w->name);
   if (r) freeReplyObject(r);
 }
 
@@ -425,10 +433,9 @@ static void *reader_main(void *arg) {
     argv[a++] = "BLOCK";
     argv[a++] = "100";
     argv[a++] = "STREAMS";
-    static char names[64][192];
     for (int i = 0; i < n; i++) {
-      memcpy(names[i], w->streams[i], sizeof names[i]);
-      argv[a++] = names[i];
+      memcpy(w->reading[i], w->streams[i], sizeof w->reading[i]);
+      argv[a++] = w->reading[i];
     }
     /* After a reconnection: the inboxes' pending entries first (from 0);
      * a queue's are tasks already taken, never read twice. */
@@ -608,16 +615,18 @@ static void heartbeat(lp_worker *w) {
 /* What this worker's processes did for each run since the last time, for
  * `luapool status`: tasks run and failed (summed over workers), and
  * queued and running now (a field per worker). */
-static void count(lp_worker *w) {
-  for (lp_wrun *run = w->runs; run; run = run->next) {
+static void count_run(lp_worker *w, lp_wrun *run) {
+  {
     long queued = 0, running = 0;
     for (int i = 0; i < run->nslots; i++) {
       queued += run->slots[i].queued;
       running += run->slots[i].running;
     }
-    char ran[24], failed[24], q[24], rn[24], qf[128], rf[128];
+    char ran[24], failed[24], made[24], fin[24], q[24], rn[24], qf[128], rf[128];
     snprintf(ran, sizeof ran, "%llu", (unsigned long long)run->ran);
     snprintf(failed, sizeof failed, "%llu", (unsigned long long)run->failed);
+    snprintf(made, sizeof made, "%llu", (unsigned long long)run->made);
+    snprintf(fin, sizeof fin, "%llu", (unsigned long long)run->fin);
     snprintf(q, sizeof q, "%ld", queued);
     snprintf(rn, sizeof rn, "%ld", running);
     snprintf(qf, sizeof qf, "queued:%s", w->name);
@@ -625,11 +634,19 @@ static void count(lp_worker *w) {
     const char *a[] = {"HINCRBY", run->k.n, "done", ran};
     const char *b[] = {"HINCRBY", run->k.n, "failed", failed};
     const char *c[] = {"HSET", run->k.n, qf, q, rf, rn};
+    const char *d[] = {"HINCRBY", run->k.n, "made", made};
+    const char *e[] = {"HINCRBY", run->k.n, "fin", fin};
     if (run->ran) lp_worker_send(w, 4, a, NULL);
     if (run->failed) lp_worker_send(w, 4, b, NULL);
+    if (run->made) lp_worker_send(w, 4, d, NULL);
+    if (run->fin) lp_worker_send(w, 4, e, NULL);
     lp_worker_send(w, 6, c, NULL);
-    run->ran = run->failed = 0;
+    run->ran = run->failed = run->made = run->fin = 0;
   }
+}
+
+static void count(lp_worker *w) {
+  for (lp_wrun *run = w->runs; run; run = run->next) count_run(w, run);
 }
 
 static int serve(lp_worker *w) {
@@ -717,6 +734,7 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     return 2;
   }
   w->sent_tail = &w->sent;
+  w->commits_tail = &w->commits;
   w->processes = processes > 0 ? processes : 1;
   w->threads = threads > 0 ? threads : 1;
   if (only) snprintf(w->only, sizeof w->only, "%s", only);

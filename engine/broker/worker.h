@@ -70,12 +70,15 @@ typedef struct lp_wslot {
   long running;     /* and running */
   uint64_t ran;     /* bodies run, by its last STATS */
   uint64_t failed;  /* tasks failed, by its last STATS */
+  uint64_t made, fin; /* subtasks made and finished, by its last STATS */
   double asked_at; /* when it was last asked to hand over */
   lp_buf rbuf, wbuf;
   size_t wpos;
   lp_wexec *execs;
   long nexecs;
 } lp_wslot;
+
+typedef struct lp_commit lp_commit;
 
 typedef struct lp_wrun {
   struct lp_wrun *next;
@@ -92,7 +95,9 @@ typedef struct lp_wrun {
   uint64_t next_id; /* for the tasks sent to its processes */
   lp_wexport *exports;
   double renewed, claimed, hungry_seen;
-  uint64_t ran, failed; /* by its processes since its last counts (lp:{RUN}:n) */
+  /* By its processes since its last counts (lp:{RUN}:n): bodies run,
+   * tasks failed, subtasks made and finished. */
+  uint64_t ran, failed, made, fin;
 } lp_wrun;
 
 typedef struct lp_worker {
@@ -108,6 +113,7 @@ typedef struct lp_worker {
   char exe[4096];
   lp_wrun *runs;
   uint64_t ran;
+  lp_commit *commits, **commits_tail; /* outcomes for the next pipeline */
   /* Commands whose replies nobody needs (commits, exports, acks), in the
    * protocol's bytes: they go in the loop's pipeline, and stay until their
    * replies are in, so a connection lost meanwhile loses none of them
@@ -120,6 +126,7 @@ typedef struct lp_worker {
   struct redisReply *got; /* what the reader read, for the loop */
   int wake_fd;            /* the reader writes it when `got` is set */
   char streams[64][192];  /* what the reader reads: streams, then ids */
+  char reading[64][192];  /* the reader's own copy */
   int nstreams, nwant;    /* streams, and how many of the first are runs' queues */
   long count;
   long long reader_id;

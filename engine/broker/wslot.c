@@ -81,7 +81,7 @@ int lp_wslot_start(lp_worker *w, lp_wslot *s) {
   s->fd = sv[0];
   s->ready = 0;
   s->credits = 0;
-  s->ran = s->failed = 0;
+  s->ran = s->failed = s->made = s->fin = 0;
   s->queued = s->running = 0;
   lp_buf_reset(&s->rbuf);
   lp_buf_reset(&s->wbuf);
@@ -352,8 +352,12 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
       w->ran += ran;
       s->run->ran += ran;
       s->run->failed += f[5] > s->failed ? f[5] - s->failed : 0;
+      s->run->made += f[0] > s->made ? f[0] - s->made : 0;
+      s->run->fin += f[1] > s->fin ? f[1] - s->fin : 0;
       s->ran = f[4];
       s->failed = f[5];
+      s->made = f[0];
+      s->fin = f[1];
       break;
     }
     default: break; /* TRACE, CANCEL of an export: not carried across machines */
