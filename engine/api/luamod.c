@@ -166,8 +166,8 @@ static void read_task_opts(lua_State *L, int t, const char *fname, luapool_task_
  * lease =} -> pool, or nil, message when the script cannot be loaded. */
 static int l_open(lua_State *L) {
   static const char *const known[] = {
-      "script",  "source", "workers", "processes", "threads", "pools", "order", "memory_limit",
-      "task_timeout", "retries", "hold", "broker", "lease", NULL};
+      "script",       "source",       "workers", "processes", "threads", "pools", "order",
+      "memory_limit", "task_timeout", "retries", "hold",      "broker",  "lease", NULL};
   if (!lua_istable(L, 1))
     return luaL_error(L, "luapool.open: argument 1: options table expected, got %s",
                       luaL_typename(L, 1));

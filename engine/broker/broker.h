@@ -5,7 +5,7 @@
  * (place.c) and the worker that runs its tasks (bridge.c).
  *
  * A task travels as an entry of the run's stream: `k` its key, `x` the
- * task (the wire's fields of an EXEC: function, depth, priority, time
+ * task (an EXPORT frame of the wire: function, depth, priority, time
  * limit, retries, arguments), `o` the worker whose inbox hears its end.
  * Its outcome is wire frames too: the RECORDs of its subtree in the order
  * the report needs, then its RESULT. Both are read with the wire's
@@ -19,6 +19,7 @@
 
 #include "pack.h"
 #include "redis.h"
+#include "wire.h"
 
 #define LP_RUN_ID_LEN 16
 #define LP_BROKER_GROUP "w"
@@ -33,21 +34,9 @@ void lp_runkeys_init(lp_runkeys *k, const char *run);
 /* The inbox of worker `name` in run k: "lp:{RUN}:in:NAME". */
 void lp_runkeys_inbox(const lp_runkeys *k, const char *name, char *out, size_t n);
 
-/* A task as it travels. */
-typedef struct lp_btask {
-  const char *fn;
-  size_t fnlen;
-  uint64_t depth;
-  double priority, timeout;
-  uint64_t retries;
-  const char *args;
-  size_t argslen;
-} lp_btask;
-
-/* Appends the task's bytes (field `x`) to b: 0 or -1. */
-int lp_btask_put(lp_buf *b, const lp_btask *t);
-/* Reads them: 0, or -1 for bytes that are not a task. */
-int lp_btask_get(const char *p, size_t n, lp_btask *t);
+/* The task of a stream entry (field `x`, an EXPORT frame: wire.h): 0, or
+ * -1 for bytes that are not one. */
+int lp_broker_task_get(const char *p, size_t n, lp_wire_task *t);
 
 /* b = one packed string, a failed task's message: 0 or -1. */
 int lp_broker_text(lp_buf *b, const char *text);

@@ -27,28 +27,12 @@ void lp_runkeys_inbox(const lp_runkeys *k, const char *name, char *out, size_t n
   snprintf(out, n, "lp:{%s}:in:%s", k->run, name);
 }
 
-/* The task's fields, laid out as a wire frame of its own type so the
- * wire's readers check every length. */
-int lp_btask_put(lp_buf *b, const lp_btask *t) {
-  size_t mark;
-  if (lp_wire_begin(b, LP_MSG_EXEC, &mark) || lp_wire_bytes(b, t->fn, t->fnlen) ||
-      lp_wire_u64(b, t->depth) || lp_wire_f64(b, t->priority) || lp_wire_f64(b, t->timeout) ||
-      lp_wire_u64(b, t->retries) || lp_wire_bytes(b, t->args, t->argslen))
-    return -1;
-  lp_wire_end(b, mark);
-  return 0;
-}
-
-int lp_btask_get(const char *p, size_t n, lp_btask *t) {
+int lp_broker_task_get(const char *p, size_t n, lp_wire_task *t) {
   lp_wire_msg m;
-  if (lp_wire_frame(p, n, &m) != (long)n || m.type != LP_MSG_EXEC ||
-      lp_wire_get_bytes(&m, &t->fn, &t->fnlen) || lp_wire_get_u64(&m, &t->depth) ||
-      lp_wire_get_f64(&m, &t->priority) || lp_wire_get_f64(&m, &t->timeout) ||
-      lp_wire_get_u64(&m, &t->retries) || lp_wire_get_bytes(&m, &t->args, &t->argslen) ||
-      m.p != m.end || t->fnlen == 0 || t->fnlen > 255)
+  uint64_t id;
+  if (lp_wire_frame(p, n, &m) != (long)n || lp_wire_get_export(&m, &id, t) != 0 || m.p != m.end ||
+      t->fnlen == 0 || t->fnlen > 255)
     return -1;
-  if (t->priority != t->priority) t->priority = 0;
-  if (!(t->timeout > 0)) t->timeout = 0;
   return 0;
 }
 

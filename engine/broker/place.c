@@ -59,7 +59,7 @@ typedef struct lp_bplace {
   lp_idmap away; /* written, outcome not yet in: by id */
   _Atomic long held;
   _Atomic int stopping;
-  pid_t local; /* the worker for this process's own --workers, or 0 */
+  pid_t local;  /* the worker for this process's own --workers, or 0 */
   int attached; /* attached to a run on the broker (cfg.broker_run), not its submitter */
   /* The run's counts as its workers keep them (lp:{RUN}:n), for --stats and
    * --progress: bodies run, failed, subtasks made and finished, queued and
@@ -101,10 +101,9 @@ static void apply(lp_bplace *bp, lp_task *t, const char *p, size_t n) {
     size_t fnlen, len, notelen;
     double prio;
     if (m.type == LP_MSG_RECORD) {
-      if (lp_wire_get_u64(&m, &id) || lp_wire_get_u64(&m, &kind) ||
-          lp_wire_get_u64(&m, &task) || lp_wire_get_bytes(&m, &fn, &fnlen) ||
-          lp_wire_get_f64(&m, &prio) || lp_wire_get_bytes(&m, &data, &len) ||
-          kind > LUAPOOL_RECORD_PRINT)
+      if (lp_wire_get_u64(&m, &id) || lp_wire_get_u64(&m, &kind) || lp_wire_get_u64(&m, &task) ||
+          lp_wire_get_bytes(&m, &fn, &fnlen) || lp_wire_get_f64(&m, &prio) ||
+          lp_wire_get_bytes(&m, &data, &len) || kind > LUAPOOL_RECORD_PRINT)
         break;
       lp_record *rec = lp_record_new((int)kind, NULL, prio, data, len);
       if (!rec) break;
@@ -112,12 +111,12 @@ static void apply(lp_bplace *bp, lp_task *t, const char *p, size_t n) {
       rec->fn = lp_names_intern(&eng->names, fn, fnlen);
       if (lp_report_add(&eng->report, t, rec)) lp_hold_block(&eng->report);
     } else if (m.type == LP_MSG_RESULT) {
-      if (lp_wire_get_u64(&m, &id) || lp_wire_get_u64(&m, &state) ||
-          lp_wire_get_u64(&m, &done) || lp_wire_get_bytes(&m, &data, &len) ||
-          lp_wire_get_bytes(&m, &note, &notelen) || state < LP_TASK_OK ||
-          state > LP_TASK_CANCELLED)
+      if (lp_wire_get_u64(&m, &id) || lp_wire_get_u64(&m, &state) || lp_wire_get_u64(&m, &done) ||
+          lp_wire_get_bytes(&m, &data, &len) || lp_wire_get_bytes(&m, &note, &notelen) ||
+          state < LP_TASK_OK || state > LP_TASK_CANCELLED)
         break;
-      if (!lp_task_finished(t)) lp_task_finish_away(t, (lp_task_state)state, data, len, note, notelen);
+      if (!lp_task_finished(t))
+        lp_task_finish_away(t, (lp_task_state)state, data, len, note, notelen);
       finished = 1;
       break;
     } else {
@@ -126,7 +125,8 @@ static void apply(lp_bplace *bp, lp_task *t, const char *p, size_t n) {
   }
   if (!finished) {
     char text[512];
-    snprintf(text, sizeof text, "task '%s' (id %llu) failed: its outcome from the broker is malformed",
+    snprintf(text, sizeof text,
+             "task '%s' (id %llu) failed: its outcome from the broker is malformed",
              lp_names_get(&eng->names, t->fn), (unsigned long long)t->id);
     finish_with(bp, t, LP_TASK_FAILED, text);
     return;
@@ -169,10 +169,11 @@ static void fail_all(lp_bplace *bp, const char *why) {
 static int put_task(lp_bplace *bp, lp_task *t, lp_buf *x) {
   luapool *eng = bp->eng;
   const char *fn = lp_names_get(&eng->names, t->fn);
-  lp_btask bt = {fn, strlen(fn), (uint64_t)t->depth, t->priority, t->timeout,
-                 (uint64_t)(t->retries > 0 ? t->retries : 0), t->args.data, t->args.len};
+  lp_wire_task wt = {fn,           strlen(fn), (uint64_t)t->depth,
+                     t->priority,  t->timeout, (uint64_t)(t->retries > 0 ? t->retries : 0),
+                     t->args.data, t->args.len};
   lp_buf_reset(x);
-  return lp_btask_put(x, &bt);
+  return lp_wire_put_export(x, t->id, &wt);
 }
 
 /* How long the broker may be gone before the run fails. */
@@ -215,7 +216,7 @@ static void *sender_main(void *arg) {
     long n = bp->npend;
     bp->npend = 0;
     pthread_mutex_unlock(&bp->lock);
-    if (!list) break; /* stopping */
+    if (!list) break;   /* stopping */
     if (bp->attached) { /* the run's roots are on the broker already */
       for (lp_task *t = list, *next; t; t = next) {
         next = t->qnext;
@@ -359,8 +360,9 @@ static int look_at_run(lp_bplace *bp) {
   if (!r) return -1;
   if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && !r->element[0]->str) {
     freeReplyObject(r);
-    fail_all(bp, "the broker no longer has this run (it restarted without persistence, or the "
-                 "run's keys were deleted)");
+    fail_all(bp,
+             "the broker no longer has this run (it restarted without persistence, or the "
+             "run's keys were deleted)");
     return 0;
   }
   if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->str &&
@@ -428,8 +430,9 @@ static void *receiver_main(void *arg) {
     usleep(20000);
   }
   while (!atomic_load(&bp->stopping) && !bp->attached) {
-    redisReply *r = lp_redis_cmdf(&bp->rx, "XREADGROUP GROUP %s %s COUNT 512 BLOCK 100 STREAMS %s >",
-                                  LP_BROKER_GROUP, bp->name, bp->inbox);
+    redisReply *r =
+        lp_redis_cmdf(&bp->rx, "XREADGROUP GROUP %s %s COUNT 512 BLOCK 100 STREAMS %s >",
+                      LP_BROKER_GROUP, bp->name, bp->inbox);
     if (!r) {
       char why[600];
       snprintf(why, sizeof why, "%s", bp->rx.err);
@@ -552,7 +555,8 @@ static void new_run_id(char *out) {
   unsigned char b[8];
   int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
   if (fd < 0 || read(fd, b, sizeof b) != (ssize_t)sizeof b) {
-    uint64_t v = fnv1a((const char *)&out, sizeof out) ^ (uint64_t)lp_broker_ms() ^ (uint64_t)getpid();
+    uint64_t v =
+        fnv1a((const char *)&out, sizeof out) ^ (uint64_t)lp_broker_ms() ^ (uint64_t)getpid();
     memcpy(b, &v, sizeof b);
   }
   if (fd >= 0) close(fd);
@@ -577,14 +581,24 @@ static int start_local(lp_bplace *bp) {
   lp_exe_worker(exe, sizeof exe);
   snprintf(threads, sizeof threads, "%d", eng->cfg.workers);
   snprintf(lease, sizeof lease, "%g", eng->cfg.lease > 0 ? eng->cfg.lease : 10.0);
-  char *argv[] = {"luapool", "worker", "--broker", (char *)eng->cfg.broker, "--workers", threads,
-                  "--run", bp->k.run, NULL};
+  char *argv[] = {"luapool", "worker",  "--broker", (char *)eng->cfg.broker, "--workers", threads,
+                  "--run",   bp->k.run, NULL};
   (void)lease;
   if (posix_spawn(&bp->local, exe, NULL, NULL, argv, environ) != 0) {
     bp->local = 0;
     return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start the local worker %s: %s", exe,
                            strerror(errno));
   }
+  return 0;
+}
+
+static int start_threads(lp_bplace *bp) {
+  if (pthread_create(&bp->sender, NULL, sender_main, bp) != 0)
+    return lp_engine_error(bp->eng, LUAPOOL_ESYS, "cannot start a thread");
+  bp->threads = 1;
+  if (pthread_create(&bp->receiver, NULL, receiver_main, bp) != 0)
+    return lp_engine_error(bp->eng, LUAPOOL_ESYS, "cannot start a thread");
+  bp->threads = 2;
   return 0;
 }
 
@@ -596,16 +610,10 @@ static int attach_run(lp_bplace *bp) {
   if (r) freeReplyObject(r);
   if (!r) return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->tx.err);
   if (!there)
-    return lp_engine_error(eng, LUAPOOL_EINVAL, "no run %s on the broker (luapool status lists them)",
-                           bp->k.run);
+    return lp_engine_error(eng, LUAPOOL_EINVAL,
+                           "no run %s on the broker (luapool status lists them)", bp->k.run);
   bp->attached = 1;
-  if (pthread_create(&bp->sender, NULL, sender_main, bp) != 0)
-    return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
-  bp->threads = 1;
-  if (pthread_create(&bp->receiver, NULL, receiver_main, bp) != 0)
-    return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
-  bp->threads = 2;
-  return 0;
+  return start_threads(bp);
 }
 
 static int bplace_start(lp_place *p) {
@@ -637,33 +645,31 @@ static int bplace_start(lp_place *p) {
   snprintf(memlimit, sizeof memlimit, "%zu", eng->cfg.memory_limit);
   snprintf(lease, sizeof lease, "%.17g", eng->cfg.lease > 0 ? eng->cfg.lease : 10.0);
   snprintf(started, sizeof started, "%lld", (long long)bp->started);
-  const char *meta[] = {"HSET", bp->k.meta, "script", eng->chunkname, "sha", sha,
-                        "order", order, "retries", retries, "timeout", timeout,
-                        "memory_limit", memlimit, "lease", lease, "started", started,
-                        "submitter", submitter, "beat", started, "state", "running"};
+  const char *meta[] = {"HSET",    bp->k.meta, "script",       eng->chunkname, "sha",
+                        sha,       "order",    order,          "retries",      retries,
+                        "timeout", timeout,    "memory_limit", memlimit,       "lease",
+                        lease,     "started",  started,        "submitter",    submitter,
+                        "beat",    started,    "state",        "running"};
   int rc;
   if ((rc = redis_error(bp, lp_redis_cmd(&bp->tx, 24, meta, NULL), "the run")) != 0) return rc;
   const char *src[] = {"SET", bp->k.src, eng->script};
   size_t srclens[] = {3, strlen(bp->k.src), eng->script_len};
   if ((rc = redis_error(bp, lp_redis_cmd(&bp->tx, 3, src, srclens), "the script")) != 0) return rc;
-  if ((rc = redis_error(bp, lp_redis_cmdf(&bp->tx, "XGROUP CREATE %s %s 0 MKSTREAM", bp->k.q,
-                                          LP_BROKER_GROUP), "the run's stream")) != 0 ||
-      (rc = redis_error(bp, lp_redis_cmdf(&bp->tx, "XGROUP CREATE %s %s 0 MKSTREAM", bp->inbox,
-                                          LP_BROKER_GROUP), "the run's inbox")) != 0)
+  if ((rc = redis_error(
+           bp, lp_redis_cmdf(&bp->tx, "XGROUP CREATE %s %s 0 MKSTREAM", bp->k.q, LP_BROKER_GROUP),
+           "the run's stream")) != 0 ||
+      (rc = redis_error(
+           bp, lp_redis_cmdf(&bp->tx, "XGROUP CREATE %s %s 0 MKSTREAM", bp->inbox, LP_BROKER_GROUP),
+           "the run's inbox")) != 0)
     return rc;
   /* Listed last: a worker that sees the run finds all of it. */
-  if ((rc = redis_error(bp, lp_redis_cmdf(&bp->tx, "ZADD lp:runs %lld %s", (long long)bp->started,
-                                          run), "the run")) != 0)
+  if ((rc = redis_error(bp,
+                        lp_redis_cmdf(&bp->tx, "ZADD lp:runs %lld %s", (long long)bp->started, run),
+                        "the run")) != 0)
     return rc;
   wake_workers(bp, "lp:workers");
   if (eng->cfg.workers > 0 && (rc = start_local(bp)) != 0) return rc;
-  if (pthread_create(&bp->sender, NULL, sender_main, bp) != 0)
-    return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
-  bp->threads = 1;
-  if (pthread_create(&bp->receiver, NULL, receiver_main, bp) != 0)
-    return lp_engine_error(eng, LUAPOOL_ESYS, "cannot start a thread");
-  bp->threads = 2;
-  return 0;
+  return start_threads(bp);
 }
 
 /* Whether every worker that joined the run has closed its processes for
@@ -726,7 +732,7 @@ static void bplace_stop(lp_place *p) {
   fail_all(bp, "the run was stopped");
   if (bp->tx.c) finish_run(bp);
   /* The run stays readable for a day (luapool status, luapool attach). */
-  const char *keys[] = {bp->k.meta, bp->k.src, bp->k.q, bp->k.res, bp->k.n,
+  const char *keys[] = {bp->k.meta, bp->k.src,  bp->k.q,  bp->k.res, bp->k.n,
                         bp->k.ctr,  bp->k.fail, bp->k.wk, bp->inbox};
   for (size_t i = 0; bp->tx.c && i < sizeof keys / sizeof *keys; i++) {
     redisReply *r = lp_redis_cmdf(&bp->tx, "EXPIRE %s 86400", keys[i]);

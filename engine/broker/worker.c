@@ -132,9 +132,19 @@ static void flush_commits(lp_worker *w) {
     lp_wexec *x = c->x;
     char inbox[256];
     lp_runkeys_inbox(&c->run->k, x->owner, inbox, sizeof inbox);
-    const char *argv[] = {"FCALL",  "lp_commit", "4",     c->run->k.q, c->run->k.res,
-                          c->run->k.n, inbox,    LP_BROKER_GROUP,      w->name,
-                          x->msgid, x->fence,    x->key,  x->out.data ? x->out.data : "",
+    const char *argv[] = {"FCALL",
+                          "lp_commit",
+                          "4",
+                          c->run->k.q,
+                          c->run->k.res,
+                          c->run->k.n,
+                          inbox,
+                          LP_BROKER_GROUP,
+                          w->name,
+                          x->msgid,
+                          x->fence,
+                          x->key,
+                          x->out.data ? x->out.data : "",
                           x->failed ? "1" : "0"};
     size_t lens[14];
     for (int i = 0; i < 14; i++) lens[i] = strlen(argv[i]);
@@ -206,7 +216,8 @@ static void join_run(lp_worker *w, const char *id) {
    * processes to report what they still know (wk: 0 serving, 1 closed). */
   redisReply *j = lp_redis_cmdf(&w->r, "HSET %s %s 0", run->k.wk, w->name);
   if (j) freeReplyObject(j);
-  redisReply *g = lp_redis_cmdf(&w->r, "XGROUP CREATE %s %s 0 MKSTREAM", run->inbox, LP_BROKER_GROUP);
+  redisReply *g =
+      lp_redis_cmdf(&w->r, "XGROUP CREATE %s %s 0 MKSTREAM", run->inbox, LP_BROKER_GROUP);
   if (g) freeReplyObject(g);
   run->nslots = w->processes;
   run->slots = calloc((size_t)run->nslots, sizeof *run->slots);
@@ -357,8 +368,8 @@ static void claim(lp_worker *w, lp_wrun *run) {
   if (!s || s->credits <= 0) return;
   char lease[32];
   snprintf(lease, sizeof lease, "%lld", (long long)(run->lease * 1000));
-  redisReply *r = lp_redis_cmdf(&w->r, "FCALL lp_claim 1 %s %s %s %s %ld", run->k.q, LP_BROKER_GROUP,
-                                w->name, lease, s->credits);
+  redisReply *r = lp_redis_cmdf(&w->r, "FCALL lp_claim 1 %s %s %s %s %ld", run->k.q,
+                                LP_BROKER_GROUP, w->name, lease, s->credits);
   if (!r) return;
   for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
     redisReply *e = r->element[i];
@@ -509,8 +520,9 @@ static void set_streams(lp_worker *w) {
   int unblock = w->nwant > had && w->reader_blocked;
   pthread_mutex_unlock(&w->lock);
   /* The reader waits on inboxes alone: tasks are wanted now. */
-  if (unblock && w->reader_id) {
-    redisReply *r = lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", w->reader_id);
+  if (unblock && atomic_load(&w->reader_id)) {
+    redisReply *r =
+        lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", (long long)atomic_load(&w->reader_id));
     if (r) freeReplyObject(r);
   }
 }
@@ -550,8 +562,8 @@ static void take_read(lp_worker *w, redisReply *r) {
       for (size_t e = 0; e < entries->elements; e++) {
         redisReply *en = entries->element[e];
         if (en->type != REDIS_REPLY_ARRAY || !en->elements) continue;
-        redisReply *a = lp_redis_cmdf(&w->r, "XACK %s %s %s", w->wake, LP_BROKER_GROUP,
-                                      en->element[0]->str);
+        redisReply *a =
+            lp_redis_cmdf(&w->r, "XACK %s %s %s", w->wake, LP_BROKER_GROUP, en->element[0]->str);
         if (a) freeReplyObject(a);
         a = lp_redis_cmdf(&w->r, "XDEL %s %s", w->wake, en->element[0]->str);
         if (a) freeReplyObject(a);
@@ -782,8 +794,8 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
   r = lp_redis_cmdf(&w->r, "DEL %s", w->wake);
   if (r) freeReplyObject(r);
   if (reading) {
-    if (w->reader_id) {
-      r = lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", w->reader_id);
+    if (atomic_load(&w->reader_id)) {
+      r = lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", (long long)atomic_load(&w->reader_id));
       if (r) freeReplyObject(r);
     }
     pthread_join(reader, NULL);

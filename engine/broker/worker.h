@@ -22,6 +22,7 @@
 #define LP_BROKER_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -38,10 +39,10 @@ typedef struct lp_wexec {
   char *key, *owner;     /* its key, and whose inbox hears its end */
   char *x;               /* the task's bytes, to run it again */
   size_t xlen;
-  int retries;  /* runs left after a failure */
-  int started;  /* its body began */
-  int lost;     /* the lease went to another worker: no commit */
-  int again;    /* failed with runs left: runs again once DONE comes */
+  int retries; /* runs left after a failure */
+  int started; /* its body began */
+  int lost;    /* the lease went to another worker: no commit */
+  int again;   /* failed with runs left: runs again once DONE comes */
   int failed;
   lp_buf out;    /* its outcome so far: the records of its subtree */
   lp_buf result; /* its RESULT frame, which goes after them */
@@ -65,13 +66,13 @@ typedef struct lp_wslot {
   int fd;
   unsigned gen;
   int ready;
-  long credits;   /* tasks it asked for, not yet sent */
-  long queued;      /* its tasks waiting, by its last STATS */
-  long running;     /* and running */
-  uint64_t ran;     /* bodies run, by its last STATS */
-  uint64_t failed;  /* tasks failed, by its last STATS */
+  long credits;       /* tasks it asked for, not yet sent */
+  long queued;        /* its tasks waiting, by its last STATS */
+  long running;       /* and running */
+  uint64_t ran;       /* bodies run, by its last STATS */
+  uint64_t failed;    /* tasks failed, by its last STATS */
   uint64_t made, fin; /* subtasks made and finished, by its last STATS */
-  double asked_at; /* when it was last asked to hand over */
+  double asked_at;    /* when it was last asked to hand over */
   lp_buf rbuf, wbuf;
   size_t wpos;
   lp_wexec *execs;
@@ -129,7 +130,7 @@ typedef struct lp_worker {
   char reading[64][192];  /* the reader's own copy */
   int nstreams, nwant;    /* streams, and how many of the first are runs' queues */
   long count;
-  long long reader_id;
+  _Atomic long long reader_id; /* its connection's CLIENT ID, for CLIENT UNBLOCK */
   int reader_blocked;
   int reread; /* the reader reconnected: re-read the inboxes' pending entries */
   volatile int stopping;

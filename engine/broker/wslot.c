@@ -22,6 +22,7 @@
 #include "task.h"
 #include "timer.h"
 #include "wire.h"
+#include "proc.h"
 #include "worker.h"
 
 extern char **environ;
@@ -35,50 +36,36 @@ void lp_wexec_free(lp_wexec *x) {
   free(x);
 }
 
-static int put_init(lp_worker *w, lp_wslot *s, lp_buf *b) {
-  lp_wrun *run = s->run;
-  size_t mark;
-  uint64_t base = (uint64_t)(s->index + 1) << 40 | (uint64_t)s->gen << 32;
-  if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, (uint64_t)s->index) ||
-      lp_wire_u64(b, (uint64_t)w->threads) || lp_wire_u64(b, (uint64_t)run->order) ||
-      lp_wire_u64(b, run->memory_limit) || lp_wire_u64(b, base) ||
-      lp_wire_f64(b, run->timeout) ||
-      lp_wire_bytes(b, run->chunkname, strlen(run->chunkname)) ||
-      lp_wire_bytes(b, run->script, run->script_len) || lp_wire_bytes(b, "main", 4) ||
-      lp_wire_u64(b, 0) || lp_wire_u64(b, (uint64_t)run->retries))
-    return -1;
-  lp_wire_end(b, mark);
-  return 0;
-}
-
 int lp_wslot_start(lp_worker *w, lp_wslot *s) {
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
-  char *argv[] = {"luapool", "__worker", NULL};
-  pid_t pid;
-  int rc = posix_spawn(&pid, w->exe, &fa, NULL, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  close(sv[1]);
-  if (rc != 0) {
-    close(sv[0]);
-    return -1;
-  }
+  lp_wrun *run = s->run;
   s->gen++;
+  /* Ids unique over the run's processes and their successors: the
+   * broker's keys of the tasks they hand over are made of them. */
+  lp_wire_init f = {
+      .slot = (uint64_t)s->index,
+      .threads = (uint64_t)w->threads,
+      .order = (uint64_t)run->order,
+      .memory_limit = run->memory_limit,
+      .id_base = (uint64_t)(s->index + 1) << 40 | (uint64_t)s->gen << 32,
+      .task_timeout = run->timeout,
+      .chunkname = run->chunkname,
+      .chunkname_len = strlen(run->chunkname),
+      .script = run->script,
+      .script_len = run->script_len,
+      .pool = "main",
+      .pool_len = 4,
+      .retries = (uint64_t)run->retries,
+  };
   lp_buf init;
   lp_buf_init(&init);
-  if (put_init(w, s, &init) != 0 || lp_wire_write_all(sv[0], init.data, init.len) != 0) {
-    lp_buf_free(&init);
-    close(sv[0]);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+  int rc =
+      lp_wire_put_init(&init, &f) != 0 || lp_process_start(w->exe, &init, &s->pid, &s->fd) != 0;
+  lp_buf_free(&init);
+  if (rc) {
+    s->fd = -1;
+    s->pid = 0;
     return -1;
   }
-  lp_buf_free(&init);
-  s->pid = pid;
-  s->fd = sv[0];
   s->ready = 0;
   s->credits = 0;
   s->ran = s->failed = s->made = s->fin = 0;
@@ -133,7 +120,7 @@ static const char *field(redisReply *f, const char *name, size_t *len) {
   return NULL;
 }
 
-static int put_exec(lp_wslot *s, lp_wexec *x, const lp_btask *t) {
+static int put_exec(lp_wslot *s, lp_wexec *x, const lp_wire_task *t) {
   size_t mark;
   if (lp_wire_begin(&s->wbuf, LP_MSG_EXEC, &mark) || lp_wire_u64(&s->wbuf, x->id) ||
       lp_wire_bytes(&s->wbuf, t->fn, t->fnlen) || lp_wire_u64(&s->wbuf, t->depth) ||
@@ -151,10 +138,10 @@ static void fail_exec(lp_worker *w, lp_wslot *s, lp_wexec *x, const char *text) 
   lp_buf msg;
   lp_buf_init(&msg);
   size_t mark;
-  if (lp_broker_text(&msg, text) != 0 ||
-      lp_wire_begin(&x->result, LP_MSG_RESULT, &mark) || lp_wire_u64(&x->result, x->id) ||
-      lp_wire_u64(&x->result, LP_TASK_FAILED) || lp_wire_u64(&x->result, 1) ||
-      lp_wire_bytes(&x->result, msg.data, msg.len) || lp_wire_bytes(&x->result, "", 0)) {
+  if (lp_broker_text(&msg, text) != 0 || lp_wire_begin(&x->result, LP_MSG_RESULT, &mark) ||
+      lp_wire_u64(&x->result, x->id) || lp_wire_u64(&x->result, LP_TASK_FAILED) ||
+      lp_wire_u64(&x->result, 1) || lp_wire_bytes(&x->result, msg.data, msg.len) ||
+      lp_wire_bytes(&x->result, "", 0)) {
     lp_buf_free(&msg);
     return;
   }
@@ -186,8 +173,9 @@ int lp_wslot_exec(lp_worker *w, lp_wslot *s, const char *msgid, const char *fenc
   x->next = s->execs;
   s->execs = x;
   s->nexecs++;
-  lp_btask t;
-  if (!key || !owner || !x->x || !x->key || !x->owner || lp_btask_get(x->x, x->xlen, &t) != 0) {
+  lp_wire_task t;
+  if (!key || !owner || !x->x || !x->key || !x->owner ||
+      lp_broker_task_get(x->x, x->xlen, &t) != 0) {
     /* Written by hand, or damaged: this task fails, nothing else does. */
     fail_exec(w, s, x, "task failed: its entry in the broker's stream is malformed");
     return 0;
@@ -213,12 +201,12 @@ static lp_wexec *find(lp_wslot *s, uint64_t id, int take) {
 /* Its subtree has ended: commit, or run it again. */
 static void subtree_over(lp_worker *w, lp_wslot *s, lp_wexec *x) {
   if (x->again) {
-    lp_btask t;
+    lp_wire_task t;
     x->again = 0;
     x->started = 0;
     lp_buf_reset(&x->out); /* the failed attempt's records go */
     lp_buf_reset(&x->result);
-    if (lp_btask_get(x->x, x->xlen, &t) == 0 && put_exec(s, x, &t) == 0) {
+    if (lp_broker_task_get(x->x, x->xlen, &t) == 0 && put_exec(s, x, &t) == 0) {
       x->next = s->execs;
       s->execs = x;
       s->nexecs++;
@@ -257,27 +245,17 @@ static void on_counter(lp_worker *w, lp_wslot *s, lp_wire_msg *m) {
     lp_wire_end(&s->wbuf, mark);
 }
 
-/* A task the process hands over goes on the run's stream, keyed by this
- * worker's name and the process's id for it. */
-static void on_export(lp_worker *w, lp_wslot *s, lp_wire_msg *m) {
-  uint64_t id, depth, retries;
-  double prio, timeout;
-  const char *fn, *args;
-  size_t fnlen, argslen;
-  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_u64(m, &depth) ||
-      lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) || lp_wire_get_u64(m, &retries) ||
-      lp_wire_get_bytes(m, &args, &argslen))
-    return;
+/* A task the process hands over goes on the run's stream as it came (an
+ * EXPORT frame), keyed by this worker's name and the process's id for it. */
+static void on_export(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw, size_t rawlen) {
+  uint64_t id;
+  lp_wire_task t;
+  if (lp_wire_get_export(m, &id, &t) != 0) return;
   lp_wexport *e = calloc(1, sizeof *e);
   char key[160];
   snprintf(key, sizeof key, "%s:%u:%llu", w->name, s->gen, (unsigned long long)id);
-  lp_buf x;
-  lp_buf_init(&x);
-  lp_btask t = {fn, fnlen, depth, prio, timeout, retries, args, argslen};
-  if (!e || !(e->key = strdup(key)) || lp_btask_put(&x, &t) != 0) {
-    if (e) free(e->key);
+  if (!e || !(e->key = strdup(key))) {
     free(e);
-    lp_buf_free(&x);
     return;
   }
   e->slot = s;
@@ -285,10 +263,9 @@ static void on_export(lp_worker *w, lp_wslot *s, lp_wire_msg *m) {
   e->id = id;
   e->next = s->run->exports;
   s->run->exports = e;
-  const char *argv[] = {"XADD", s->run->k.q, "*", "k", key, "x", x.data, "o", w->name};
-  size_t lens[] = {4, strlen(s->run->k.q), 1, 1, strlen(key), 1, x.len, 1, strlen(w->name)};
+  const char *argv[] = {"XADD", s->run->k.q, "*", "k", key, "x", raw, "o", w->name};
+  size_t lens[] = {4, strlen(s->run->k.q), 1, 1, strlen(key), 1, rawlen, 1, strlen(w->name)};
   lp_worker_send(w, 9, argv, lens);
-  lp_buf_free(&x);
 }
 
 static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw, size_t rawlen) {
@@ -305,8 +282,7 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
       break;
     case LP_MSG_LOADERR:
       if (lp_wire_get_bytes(m, &p, &n) == 0) {
-        redisReply *r =
-            lp_redis_cmdf(&w->r, "HSET %s state failed error %b", s->run->k.meta, p, n);
+        redisReply *r = lp_redis_cmdf(&w->r, "HSET %s state failed error %b", s->run->k.meta, p, n);
         if (r) freeReplyObject(r);
         s->run->over = 1;
       }
@@ -334,7 +310,7 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
       if (lp_wire_get_u64(m, &v) == 0 && (x = find(s, v, 1))) subtree_over(w, s, x);
       break;
     case LP_MSG_COUNTER: on_counter(w, s, m); break;
-    case LP_MSG_EXPORT: on_export(w, s, m); break;
+    case LP_MSG_EXPORT: on_export(w, s, m, raw, rawlen); break;
     case LP_MSG_FAILURE:
       if (lp_wire_get_bytes(m, &p, &n) == 0) {
         const char *argv[] = {"RPUSH", s->run->k.fail, p};
@@ -411,9 +387,10 @@ void lp_wslot_relay(lp_worker *w, lp_wrun *run, const char *key, const char *out
     size_t fnlen, dlen, notelen;
     double prio;
     size_t mark;
-    if (m.type == LP_MSG_RECORD && lp_wire_get_u64(&m, &v) == 0 && lp_wire_get_u64(&m, &kind) == 0 &&
-        lp_wire_get_u64(&m, &task) == 0 && lp_wire_get_bytes(&m, &fn, &fnlen) == 0 &&
-        lp_wire_get_f64(&m, &prio) == 0 && lp_wire_get_bytes(&m, &data, &dlen) == 0) {
+    if (m.type == LP_MSG_RECORD && lp_wire_get_u64(&m, &v) == 0 &&
+        lp_wire_get_u64(&m, &kind) == 0 && lp_wire_get_u64(&m, &task) == 0 &&
+        lp_wire_get_bytes(&m, &fn, &fnlen) == 0 && lp_wire_get_f64(&m, &prio) == 0 &&
+        lp_wire_get_bytes(&m, &data, &dlen) == 0) {
       if (lp_wire_begin(&s->wbuf, LP_MSG_RECORD, &mark) == 0 && lp_wire_u64(&s->wbuf, e->id) == 0 &&
           lp_wire_u64(&s->wbuf, kind) == 0 && lp_wire_u64(&s->wbuf, task) == 0 &&
           lp_wire_bytes(&s->wbuf, fn, fnlen) == 0 && lp_wire_f64(&s->wbuf, prio) == 0 &&
@@ -442,10 +419,10 @@ void lp_wslot_relay(lp_worker *w, lp_wrun *run, const char *key, const char *out
     lp_buf_init(&msg);
     const char *text = "task failed: its outcome from the broker is malformed";
     size_t mark;
-    if (lp_broker_text(&msg, text) == 0 &&
-        lp_wire_begin(&s->wbuf, LP_MSG_RESULT, &mark) == 0 && lp_wire_u64(&s->wbuf, e->id) == 0 &&
-        lp_wire_u64(&s->wbuf, LP_TASK_FAILED) == 0 && lp_wire_u64(&s->wbuf, 1) == 0 &&
-        lp_wire_bytes(&s->wbuf, msg.data, msg.len) == 0 && lp_wire_bytes(&s->wbuf, "", 0) == 0)
+    if (lp_broker_text(&msg, text) == 0 && lp_wire_begin(&s->wbuf, LP_MSG_RESULT, &mark) == 0 &&
+        lp_wire_u64(&s->wbuf, e->id) == 0 && lp_wire_u64(&s->wbuf, LP_TASK_FAILED) == 0 &&
+        lp_wire_u64(&s->wbuf, 1) == 0 && lp_wire_bytes(&s->wbuf, msg.data, msg.len) == 0 &&
+        lp_wire_bytes(&s->wbuf, "", 0) == 0)
       lp_wire_end(&s->wbuf, mark);
     lp_buf_free(&msg);
   }

@@ -383,8 +383,9 @@ static int cmd_run(int argc, char **argv) {
   if (cfg.threads > 0 && cfg.processes == 0) usage_error("--threads needs --processes");
   if (cfg.lease > 0 && !cfg.broker) usage_error("--lease needs --broker");
   if (cfg.broker && (cfg.processes || npools))
-    usage_error("--broker runs the run's tasks on the broker's workers: give them --processes, "
-                "not the run (and no --pool)");
+    usage_error(
+        "--broker runs the run's tasks on the broker's workers: give them --processes, "
+        "not the run (and no --pool)");
   cfg.json_records = c.json;
   cfg.on_record = on_record;
   cfg.on_failure = on_failure;

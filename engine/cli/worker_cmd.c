@@ -52,12 +52,14 @@ int lp_cmd_worker(int argc, char **argv, int cpus) {
     if (strcmp(a, "--broker") == 0) {
       url = val;
     } else if (strcmp(a, "--workers") == 0) {
-      if (count(val, 1, 1024, &workers)) return fail_usage("%s: expected 1 to 1024, got '%s'", a, val);
+      if (count(val, 1, 1024, &workers))
+        return fail_usage("%s: expected 1 to 1024, got '%s'", a, val);
     } else if (strcmp(a, "--processes") == 0) {
       if (count(val, 1, 1024, &processes))
         return fail_usage("%s: expected 1 to 1024, got '%s'", a, val);
     } else if (strcmp(a, "--threads") == 0) {
-      if (count(val, 1, 1024, &threads)) return fail_usage("%s: expected 1 to 1024, got '%s'", a, val);
+      if (count(val, 1, 1024, &threads))
+        return fail_usage("%s: expected 1 to 1024, got '%s'", a, val);
     } else if (strcmp(a, "--run") == 0) {
       only = val;
     } else {

@@ -81,8 +81,8 @@ int lp_engine_error(luapool *eng, int err, const char *fmt, ...) {
 int lp_engine_new(const luapool_config *cfg, luapool **out) {
   *out = NULL;
   if (cfg->workers < 0 || cfg->workers > 4096 || cfg->processes < 0 || cfg->processes > 1024 ||
-      cfg->threads < 0 || cfg->threads > 4096 || cfg->task_timeout < 0 || cfg->retries < 0 || cfg->lease < 0 ||
-      cfg->order < LUAPOOL_ORDER_TREE || cfg->order > LUAPOOL_ORDER_COMPLETION)
+      cfg->threads < 0 || cfg->threads > 4096 || cfg->task_timeout < 0 || cfg->retries < 0 ||
+      cfg->lease < 0 || cfg->order < LUAPOOL_ORDER_TREE || cfg->order > LUAPOOL_ORDER_COMPLETION)
     return LUAPOOL_EINVAL;
   luapool *eng = calloc(1, sizeof *eng);
   if (!eng) return LUAPOOL_ENOMEM;

@@ -95,24 +95,20 @@ static void on_hungry(lp_link *k, uint64_t n) {
   for (int i = 0; i < got; i++) {
     lp_task *t = out[i];
     const char *fn = lp_names_get(&eng->names, t->fn);
-    size_t mark, len = k->wbuf.len;
     /* A task the engine sent stays: the engine has its own queue for those. */
     if (!t->parent || atomic_load(&t->state) != LP_TASK_QUEUED ||
         lp_idmap_put(&k->exported, t) != 0) {
       lp_sched_inject(&eng->sched, t); /* it runs here after all */
       continue;
     }
-    if (lp_wire_begin(&k->wbuf, LP_MSG_EXPORT, &mark) || lp_wire_u64(&k->wbuf, t->id) ||
-        lp_wire_bytes(&k->wbuf, fn, strlen(fn)) || lp_wire_u64(&k->wbuf, (uint64_t)t->depth) ||
-        lp_wire_f64(&k->wbuf, t->priority) || lp_wire_f64(&k->wbuf, t->timeout) ||
-        lp_wire_u64(&k->wbuf, (uint64_t)(t->retries > 0 ? t->retries : 0)) ||
-        lp_wire_bytes(&k->wbuf, t->args.data, t->args.len)) {
-      k->wbuf.len = len;
+    lp_wire_task wt = {fn,           strlen(fn), (uint64_t)t->depth,
+                       t->priority,  t->timeout, (uint64_t)(t->retries > 0 ? t->retries : 0),
+                       t->args.data, t->args.len};
+    if (lp_wire_put_export(&k->wbuf, t->id, &wt) != 0) {
       lp_idmap_take(&k->exported, t->id);
       lp_sched_inject(&eng->sched, t);
       continue;
     }
-    lp_wire_end(&k->wbuf, mark);
     t->retries = 0;        /* the engine runs it again if it fails there */
     lp_task_ref(t);        /* the link's, until DONE */
     lp_task_away_begin(t); /* its subtree there counts here until DONE */

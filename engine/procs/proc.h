@@ -7,6 +7,7 @@
 #define LP_PROC_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 struct luapool;
 
@@ -24,6 +25,12 @@ extern const char *lp_worker_exe;
  * (exe.c): LUAPOOL_WORKER_EXE, else lp_worker_exe, else the luapool binary
  * installed with the library that holds the engine. */
 void lp_exe_worker(char *out, size_t size);
+
+/* Starts `exe` as a worker process (`luapool __worker`) with a socket on
+ * its fd 3, and writes `init` (an INIT frame) to it: 0 with *pid and *fd
+ * (the engine's end of the socket), or -1. */
+struct lp_buf;
+int lp_process_start(const char *exe, const struct lp_buf *init, pid_t *pid, int *fd);
 
 /* Process side: the main of `luapool __worker`, reading frames on in_fd and
  * writing frames on out_fd. Returns the process's exit status. */

@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "proc.h"
 #include "procs.h"
 #include "value.h"
 
@@ -40,52 +41,62 @@ extern char **environ;
 
 static int put_init(lp_procs *ps, lp_conn *c, lp_buf *b) {
   luapool *eng = ps->eng;
-  size_t mark;
   lp_pooldef *d = &eng->pools[ps->pool];
-  int threads = d->threads > 0 ? d->threads : 1;
-  uint64_t base = ++eng->proc_gens << 32;
-  if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, (uint64_t)c->slot) ||
-      lp_wire_u64(b, (uint64_t)threads) || lp_wire_u64(b, (uint64_t)eng->cfg.order) ||
-      lp_wire_u64(b, eng->cfg.memory_limit) || lp_wire_u64(b, base) ||
-      lp_wire_f64(b, eng->cfg.task_timeout) ||
-      lp_wire_bytes(b, eng->chunkname, strlen(eng->chunkname)) ||
-      lp_wire_bytes(b, eng->script, eng->script_len) ||
-      lp_wire_bytes(b, d->name, strlen(d->name)) || lp_wire_u64(b, eng->cfg.trace_path != NULL) ||
-      lp_wire_u64(b, (uint64_t)eng->cfg.retries))
-    return -1;
-  lp_wire_end(b, mark);
-  return 0;
+  lp_wire_init f = {
+      .slot = (uint64_t)c->slot,
+      .threads = (uint64_t)(d->threads > 0 ? d->threads : 1),
+      .order = (uint64_t)eng->cfg.order,
+      .memory_limit = eng->cfg.memory_limit,
+      .id_base = ++eng->proc_gens << 32,
+      .task_timeout = eng->cfg.task_timeout,
+      .chunkname = eng->chunkname,
+      .chunkname_len = strlen(eng->chunkname),
+      .script = eng->script,
+      .script_len = eng->script_len,
+      .pool = d->name,
+      .pool_len = strlen(d->name),
+      .trace = eng->cfg.trace_path != NULL,
+      .retries = (uint64_t)eng->cfg.retries,
+  };
+  return lp_wire_put_init(b, &f);
 }
 
-/* Under wlock and lock: a new process for c. 0 or -1. */
-int lp_process_spawn(lp_procs *ps, lp_conn *c) {
+int lp_process_start(const char *exe, const lp_buf *init, pid_t *pid, int *fd) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
   char *argv[] = {"luapool", "__worker", NULL};
-  pid_t pid;
-  int rc = posix_spawn(&pid, ps->exe, &fa, NULL, argv, environ);
+  int rc = posix_spawn(pid, exe, &fa, NULL, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   close(sv[1]);
   if (rc != 0) {
     close(sv[0]);
     return -1;
   }
-  lp_buf init;
-  lp_buf_init(&init);
-  if (put_init(ps, c, &init) != 0 || lp_wire_write_all(sv[0], init.data, init.len) != 0) {
+  if (lp_wire_write_all(sv[0], init->data, init->len) != 0) {
     /* It will find its pipe closed and leave. */
-    lp_buf_free(&init);
     close(sv[0]);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    kill(*pid, SIGKILL);
+    waitpid(*pid, NULL, 0);
     return -1;
   }
+  *fd = sv[0];
+  return 0;
+}
+
+/* Under wlock and lock: a new process for c. 0 or -1. */
+int lp_process_spawn(lp_procs *ps, lp_conn *c) {
+  lp_buf init;
+  lp_buf_init(&init);
+  pid_t pid;
+  int fd;
+  int rc = put_init(ps, c, &init) != 0 || lp_process_start(ps->exe, &init, &pid, &fd) != 0;
   lp_buf_free(&init);
+  if (rc) return -1;
   c->pid = pid;
-  c->fd = sv[0];
+  c->fd = fd;
   c->gen++;
   c->ready = 0;
   c->credits = 0;

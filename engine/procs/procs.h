@@ -92,8 +92,8 @@ typedef struct lp_procs {
   lp_conn *conns;
   pthread_mutex_t lock;
   pthread_cond_t ready_cond;
-  lp_sendq queue; /* tasks not yet sent */
-  lp_task *room;  /* spawners held back by a flood (place_hold), linked by qnext */
+  lp_sendq queue;  /* tasks not yet sent */
+  lp_task *room;   /* spawners held back by a flood (place_hold), linked by qnext */
   long room_below; /* they are woken once the queue is this short */
   /* Tasks a process handed over, not yet sent. They go to the first
    * process whose feeder looks, asked for or not: a process whose own

@@ -215,31 +215,23 @@ int lp_procworker_main(int in_fd, int out_fd) {
   lp_buf_init(&k.rbuf);
   lp_task_cache_init(&k.cache);
   lp_wire_msg m;
-  uint64_t slot, threads, order, memlimit, idbase, trace, retries;
-  double timeout;
-  const char *name, *script, *pool;
-  size_t namelen, scriptlen, poollen;
-  if (read_frame_blocking(in_fd, &k.rbuf, &m) != 0 || m.type != LP_MSG_INIT ||
-      lp_wire_get_u64(&m, &slot) || lp_wire_get_u64(&m, &threads) || lp_wire_get_u64(&m, &order) ||
-      lp_wire_get_u64(&m, &memlimit) || lp_wire_get_u64(&m, &idbase) ||
-      lp_wire_get_f64(&m, &timeout) || lp_wire_get_bytes(&m, &name, &namelen) ||
-      lp_wire_get_bytes(&m, &script, &scriptlen) || lp_wire_get_bytes(&m, &pool, &poollen) ||
-      lp_wire_get_u64(&m, &trace) || lp_wire_get_u64(&m, &retries) || threads < 1 ||
-      threads > 4096 || retries > 1000000) {
+  lp_wire_init in;
+  if (read_frame_blocking(in_fd, &k.rbuf, &m) != 0 || lp_wire_get_init(&m, &in) != 0 ||
+      in.threads < 1 || in.threads > 4096 || in.retries > 1000000) {
     fprintf(stderr, "luapool worker: no valid start message on its pipe\n");
     return leave(&k, NULL, 2);
   }
   luapool_config cfg;
   luapool_config_init(&cfg);
-  cfg.workers = (int)threads;
-  cfg.order = order == LUAPOOL_ORDER_COMPLETION ? LUAPOOL_ORDER_COMPLETION : LUAPOOL_ORDER_TREE;
-  cfg.memory_limit = (size_t)memlimit;
-  cfg.task_timeout = timeout;
-  cfg.retries = (int)retries; /* for the subtasks made here: the engine retries its own */
+  cfg.workers = (int)in.threads;
+  cfg.order = in.order == LUAPOOL_ORDER_COMPLETION ? LUAPOOL_ORDER_COMPLETION : LUAPOOL_ORDER_TREE;
+  cfg.memory_limit = (size_t)in.memory_limit;
+  cfg.task_timeout = in.task_timeout;
+  cfg.retries = (int)in.retries; /* for the subtasks made here: the engine retries its own */
   cfg.on_failure = on_failure;
   cfg.ud = &k;
   /* No file here: at close the events go to the engine (its uplink's trace). */
-  if (trace) cfg.trace_path = "(the engine's)";
+  if (in.trace) cfg.trace_path = "(the engine's)";
   luapool *eng;
   if (luapool_open(&cfg, &eng) != 0) return leave(&k, NULL, 2);
   k.eng = eng;
@@ -247,22 +239,23 @@ int lp_procworker_main(int in_fd, int out_fd) {
   k.up.where = "a worker process";
   k.up.keeps_exit = 1; /* os.exit ends this process, which the engine replaces */
   eng->up = &k.up;
-  char *pname = strndup(pool, poollen); /* self().pool, and the pool its spawns go to */
+  char *pname = strndup(in.pool, in.pool_len); /* self().pool, and the pool its spawns go to */
   if (!pname) return leave(&k, eng, 2);
   free(eng->pools[0].name);
   eng->pools[0].name = pname;
-  atomic_store(&eng->next_id, idbase);
-  k.threads = (int)threads;
-  k.ws = calloc(threads, sizeof *k.ws);
+  atomic_store(&eng->next_id, in.id_base);
+  k.threads = (int)in.threads;
+  k.ws = calloc(in.threads, sizeof *k.ws);
   if (!k.ws) return leave(&k, eng, 2);
   lp_task_cache_self = &k.cache;
-  k.target = (long)threads;
+  k.target = (long)in.threads;
   /* Specs widen the window between the link's takes of its stacks. */
   const char *pause = getenv("LUAPOOL_TEST_LINK_PAUSE");
   k.test_pause = pause ? strtol(pause, NULL, 10) : 0;
   k.win_start = lp_now();
-  char *chunkname = strndup(name, namelen);
-  int rc = chunkname ? luapool_load_string(eng, script, scriptlen, chunkname) : LUAPOOL_ENOMEM;
+  char *chunkname = strndup(in.chunkname, in.chunkname_len);
+  int rc =
+      chunkname ? luapool_load_string(eng, in.script, in.script_len, chunkname) : LUAPOOL_ENOMEM;
   free(chunkname);
   if (rc != 0) {
     send_now(out_fd, LP_MSG_LOADERR, luapool_errmsg(eng));

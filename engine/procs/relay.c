@@ -115,29 +115,24 @@ void lp_relay_cancel_export(lp_procs *ps, uint64_t id) {
 void lp_relay_export(lp_conn *c, lp_wire_msg *m) {
   lp_procs *ps = c->ps;
   luapool *eng = ps->eng;
-  uint64_t id, depth, retries;
-  double prio, timeout;
-  const char *fn, *args;
-  size_t fnlen, argslen;
-  if (lp_wire_get_u64(m, &id) || lp_wire_get_bytes(m, &fn, &fnlen) || lp_wire_get_u64(m, &depth) ||
-      lp_wire_get_f64(m, &prio) || lp_wire_get_f64(m, &timeout) || lp_wire_get_u64(m, &retries) ||
-      lp_wire_get_bytes(m, &args, &argslen))
-    return;
-  int fid = lp_names_intern(&eng->names, fn, fnlen);
+  uint64_t id;
+  lp_wire_task wt;
+  if (lp_wire_get_export(m, &id, &wt) != 0) return;
+  int fid = lp_names_intern(&eng->names, wt.fn, wt.fnlen);
   lp_buf b;
   lp_buf_init(&b);
-  if (fid < 0 || lp_buf_append(&b, args, argslen) != 0) {
+  if (fid < 0 || lp_buf_append(&b, wt.args, wt.argslen) != 0) {
     lp_buf_free(&b);
     return;
   }
-  lp_task *t = lp_task_new(eng, NULL, fid, prio == prio ? prio : 0, &b);
+  lp_task *t = lp_task_new(eng, NULL, fid, wt.priority, &b);
   if (!t) return;
   /* Counted where it was made: not a task of the engine's own. */
   atomic_fetch_sub(&eng->stats.host_created, 1);
   t->id = id;
-  t->depth = depth > 1000000 ? 1000000 : (int)depth;
-  t->timeout = timeout > 0 ? timeout : 0;
-  t->retries = retries > 1000000 ? 1000000 : (int)retries;
+  t->depth = wt.depth > 1000000 ? 1000000 : (int)wt.depth;
+  t->timeout = wt.timeout;
+  t->retries = wt.retries > 1000000 ? 1000000 : (int)wt.retries;
   t->pool = ps->pool;
   atomic_store(&t->awaited, 1); /* its process reports it if nobody waits */
   t->foreign = 1;

@@ -107,3 +107,53 @@ int lp_wire_write_all(int fd, const void *buf, size_t n) {
   }
   return 0;
 }
+
+int lp_wire_put_export(lp_buf *b, uint64_t id, const lp_wire_task *t) {
+  size_t mark, len = b->len;
+  if (lp_wire_begin(b, LP_MSG_EXPORT, &mark) || lp_wire_u64(b, id) ||
+      lp_wire_bytes(b, t->fn, t->fnlen) || lp_wire_u64(b, t->depth) ||
+      lp_wire_f64(b, t->priority) || lp_wire_f64(b, t->timeout) || lp_wire_u64(b, t->retries) ||
+      lp_wire_bytes(b, t->args, t->argslen)) {
+    b->len = len;
+    return -1;
+  }
+  lp_wire_end(b, mark);
+  return 0;
+}
+
+int lp_wire_get_export(lp_wire_msg *m, uint64_t *id, lp_wire_task *t) {
+  if (m->type != LP_MSG_EXPORT || lp_wire_get_u64(m, id) ||
+      lp_wire_get_bytes(m, &t->fn, &t->fnlen) || lp_wire_get_u64(m, &t->depth) ||
+      lp_wire_get_f64(m, &t->priority) || lp_wire_get_f64(m, &t->timeout) ||
+      lp_wire_get_u64(m, &t->retries) || lp_wire_get_bytes(m, &t->args, &t->argslen))
+    return -1;
+  if (t->priority != t->priority) t->priority = 0;
+  if (!(t->timeout > 0)) t->timeout = 0;
+  return 0;
+}
+
+int lp_wire_put_init(lp_buf *b, const lp_wire_init *f) {
+  size_t mark;
+  if (lp_wire_begin(b, LP_MSG_INIT, &mark) || lp_wire_u64(b, f->slot) ||
+      lp_wire_u64(b, f->threads) || lp_wire_u64(b, f->order) || lp_wire_u64(b, f->memory_limit) ||
+      lp_wire_u64(b, f->id_base) || lp_wire_f64(b, f->task_timeout) ||
+      lp_wire_bytes(b, f->chunkname, f->chunkname_len) ||
+      lp_wire_bytes(b, f->script, f->script_len) || lp_wire_bytes(b, f->pool, f->pool_len) ||
+      lp_wire_u64(b, f->trace) || lp_wire_u64(b, f->retries))
+    return -1;
+  lp_wire_end(b, mark);
+  return 0;
+}
+
+int lp_wire_get_init(lp_wire_msg *m, lp_wire_init *f) {
+  return m->type != LP_MSG_INIT || lp_wire_get_u64(m, &f->slot) ||
+                 lp_wire_get_u64(m, &f->threads) || lp_wire_get_u64(m, &f->order) ||
+                 lp_wire_get_u64(m, &f->memory_limit) || lp_wire_get_u64(m, &f->id_base) ||
+                 lp_wire_get_f64(m, &f->task_timeout) ||
+                 lp_wire_get_bytes(m, &f->chunkname, &f->chunkname_len) ||
+                 lp_wire_get_bytes(m, &f->script, &f->script_len) ||
+                 lp_wire_get_bytes(m, &f->pool, &f->pool_len) || lp_wire_get_u64(m, &f->trace) ||
+                 lp_wire_get_u64(m, &f->retries)
+             ? -1
+             : 0;
+}

@@ -83,6 +83,37 @@ int lp_wire_get_u64(lp_wire_msg *m, uint64_t *v);
 int lp_wire_get_f64(lp_wire_msg *m, double *v);
 int lp_wire_get_bytes(lp_wire_msg *m, const char **p, size_t *n);
 
+/* A task as EXPORT carries it (after its id), and as a broker's stream
+ * keeps it (an EXPORT frame): its function, depth, priority, time limit,
+ * retries and packed arguments. */
+typedef struct lp_wire_task {
+  const char *fn;
+  size_t fnlen;
+  uint64_t depth;
+  double priority, timeout;
+  uint64_t retries;
+  const char *args;
+  size_t argslen;
+} lp_wire_task;
+
+/* Appends a whole EXPORT frame (id, then the task): 0 or -1. */
+int lp_wire_put_export(lp_buf *b, uint64_t id, const lp_wire_task *t);
+/* Reads an EXPORT frame's fields: 0, or -1 when they are not a task (a
+ * NaN priority is 0, a timeout not above 0 is none). */
+int lp_wire_get_export(lp_wire_msg *m, uint64_t *id, lp_wire_task *t);
+
+/* The INIT frame: what a worker process is started with. */
+typedef struct lp_wire_init {
+  uint64_t slot, threads, order, memory_limit, id_base;
+  double task_timeout;
+  const char *chunkname, *script, *pool;
+  size_t chunkname_len, script_len, pool_len;
+  uint64_t trace, retries;
+} lp_wire_init;
+
+int lp_wire_put_init(lp_buf *b, const lp_wire_init *f);
+int lp_wire_get_init(lp_wire_msg *m, lp_wire_init *f);
+
 /* Writes all of [p, p+n) to fd, retrying short writes and EINTR. 0 or -1. */
 int lp_wire_write_all(int fd, const void *p, size_t n);
 
