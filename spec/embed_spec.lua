@@ -464,7 +464,7 @@ describe("the Lua host module", function()
     assert.has_error(function() lp.open { workers = 1, script = TASKS, task_timeout = -1 } end)
     assert.has_error(function() lp.open { workers = 1, script = TASKS, timout = 1 } end,
       "luapool.open: unknown option 'timout' (known: script, source, workers, processes, threads, " ..
-      "pools, order, memory_limit, task_timeout, retries, hold)")
+      "pools, order, memory_limit, task_timeout, retries, hold, broker, lease)")
     assert.has_error(function() lp.open("tasks.lua") end,
       "luapool.open: argument 1: options table expected, got string")
   end)

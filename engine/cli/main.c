@@ -210,9 +210,8 @@ static int load_script(luapool *lp, const char *path) {
   int rc = luapool_load_file(lp, path);
   if (rc != 0) {
     fprintf(stderr, "luapool: %s\n", luapool_errmsg(lp));
-    /* The script is fine but the system is not (a broker that cannot be
-     * had): not a usage error. */
-    return rc == LUAPOOL_ESYS ? EXIT_TASKFAIL : EXIT_USAGE;
+    /* The script is fine but the broker cannot be had: not a usage error. */
+    return rc == LUAPOOL_ESYS && lp->cfg.broker ? EXIT_TASKFAIL : EXIT_USAGE;
   }
   if (!luapool_has_function(lp, "main")) {
     fprintf(stderr, "luapool: %s: the script defines no global function 'main'\n", path);
