@@ -50,7 +50,9 @@ typedef struct lp_bplace {
   char inbox[192]; /* where the ends of its roots come */
   lp_redis tx, rx; /* the sender's connection, the receiver's */
   pthread_t sender, receiver;
-  int threads; /* how many of the two were started */
+  int threads;               /* how many of the two were started */
+  long long rx_id;           /* the receiver's connection, as Redis knows it */
+  _Atomic int receiver_left; /* the receiver has seen `stopping` */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   lp_task *head, *tail; /* pushed, not yet written */
@@ -293,6 +295,7 @@ static void *receiver_main(void *arg) {
       look_at_run(bp);
     }
   }
+  atomic_store(&bp->receiver_left, 1);
   return NULL;
 }
 
@@ -429,6 +432,9 @@ static int bplace_start(lp_place *p) {
     return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->tx.err);
   if (lp_redis_open(&bp->rx, &bp->url, 5.0, 0) != 0)
     return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->rx.err);
+  redisReply *id = lp_redis_cmdf(&bp->rx, "CLIENT ID");
+  if (id && id->type == REDIS_REPLY_INTEGER) bp->rx_id = id->integer;
+  if (id) freeReplyObject(id);
   char run[LP_RUN_ID_LEN + 1];
   new_run_id(run);
   lp_runkeys_init(&bp->k, run);
@@ -530,6 +536,15 @@ static void bplace_stop(lp_place *p) {
   pthread_cond_broadcast(&bp->cond);
   pthread_mutex_unlock(&bp->lock);
   if (bp->threads > 0) pthread_join(bp->sender, NULL);
+  /* The receiver may be waiting on the inbox (up to 100 ms): woken now,
+   * until it has seen `stopping` (an unblock that comes between two of
+   * its reads finds nothing to wake). The sender is gone: tx is free. */
+  while (bp->threads > 1 && bp->rx_id && bp->tx.c && !atomic_load(&bp->receiver_left)) {
+    redisReply *r = lp_redis_cmdf(&bp->tx, "CLIENT UNBLOCK %lld", bp->rx_id);
+    if (!r) break;
+    freeReplyObject(r);
+    usleep(1000);
+  }
   if (bp->threads > 1) pthread_join(bp->receiver, NULL);
   fail_all(bp, "the run was stopped");
   if (bp->tx.c) finish_run(bp);
