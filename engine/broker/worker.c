@@ -124,14 +124,62 @@ static const char *hfield(redisReply *r, const char *name) {
   return NULL;
 }
 
+/* Runs seen over. A run that is over never runs again, and lp:runs lists
+ * every run of the last day: each look would otherwise read them all. */
+static uint64_t run_number(const char *id) {
+  char *end;
+  uint64_t n = strtoull(id, &end, 16);
+  return *end ? 0 : n; /* run ids are random: 0 (not kept) is as good as never */
+}
+
+static int seen_over(lp_worker *w, uint64_t n) {
+  if (!n || !w->over_cap) return 0;
+  for (size_t i = n & (w->over_cap - 1);; i = (i + 1) & (w->over_cap - 1)) {
+    if (w->over[i] == n) return 1;
+    if (!w->over[i]) return 0;
+  }
+}
+
+static void mark_over(lp_worker *w, uint64_t n) {
+  if (!n || seen_over(w, n)) return;
+  if (2 * (w->over_n + 1) > w->over_cap) {
+    size_t cap = w->over_cap ? 2 * w->over_cap : 256;
+    uint64_t *grown = calloc(cap, sizeof *grown);
+    if (!grown) return; /* looked at again next time: slower, not wrong */
+    for (size_t j = 0; j < w->over_cap; j++) {
+      uint64_t m = w->over[j];
+      if (!m) continue;
+      size_t i = m & (cap - 1);
+      while (grown[i]) i = (i + 1) & (cap - 1);
+      grown[i] = m;
+    }
+    free(w->over);
+    w->over = grown;
+    w->over_cap = cap;
+  }
+  size_t i = n & (w->over_cap - 1);
+  while (w->over[i]) i = (i + 1) & (w->over_cap - 1);
+  w->over[i] = n;
+  w->over_n++;
+}
+
 /* Run `id`, listed in lp:runs: served from now on if it is running. */
 static void join_run(lp_worker *w, const char *id) {
+  uint64_t number = run_number(id);
+  if (seen_over(w, number)) return;
   lp_wrun *run = calloc(1, sizeof *run);
   if (!run) return;
   lp_runkeys_init(&run->k, id);
   redisReply *meta = lp_redis_cmdf(&w->r, "HGETALL %s", run->k.meta);
-  redisReply *src = lp_redis_cmdf(&w->r, "GET %s", run->k.src);
   const char *state = hfield(meta, "state");
+  if (meta && meta->type == REDIS_REPLY_ARRAY && (!state || strcmp(state, "running") != 0)) {
+    mark_over(w, number);
+    /* Its keys have expired: it goes from the list too. */
+    redisReply *z = meta->elements ? NULL : lp_redis_cmdf(&w->r, "ZREM lp:runs %s", id);
+    if (z) freeReplyObject(z);
+  }
+  redisReply *src =
+      state && strcmp(state, "running") == 0 ? lp_redis_cmdf(&w->r, "GET %s", run->k.src) : NULL;
   if (!meta || !src || !state || strcmp(state, "running") != 0 || src->type != REDIS_REPLY_STRING) {
     if (meta) freeReplyObject(meta);
     if (src) freeReplyObject(src);
@@ -244,6 +292,7 @@ static void drop_over_runs(lp_worker *w) {
       continue;
     }
     *p = run->next;
+    mark_over(w, run_number(run->k.run));
     end_run(w, run, 0);
     free_run(run);
     if (w->only[0]) w->stopping = 1; /* its one run is over */
@@ -657,6 +706,7 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     pthread_join(reader, NULL);
   }
   if (w->got) freeReplyObject(w->got);
+  free(w->over);
   lp_redis_close(&w->r);
   lp_redis_close(&w->rd);
   close(w->wake_fd);

@@ -104,6 +104,8 @@ typedef struct lp_worker {
   double lease;
   char exe[4096];
   lp_wrun *runs;
+  uint64_t *over; /* runs seen over, by id: never looked at again (0: empty) */
+  size_t over_cap, over_n;
   uint64_t ran;
   int inflight; /* commands sent on r whose replies are not yet read */
   /* Between the loop and the reader. */
