@@ -427,6 +427,7 @@ static void *reader_main(void *arg) {
       argv[a++] = names[i];
     }
     for (int i = 0; i < n; i++) argv[a++] = ">";
+    w->reader_nwant = w->nwant;
     w->reader_blocked = 1;
     pthread_mutex_unlock(&w->lock);
     if (n == 0) {
@@ -471,19 +472,27 @@ static void set_streams(lp_worker *w) {
       if (s->credits > count) count = s->credits;
     }
   }
-  int had = w->nwant;
   w->nwant = n;
   for (lp_wrun *run = w->runs; run && n < 63; run = run->next)
     if (!run->over) snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->inbox);
   snprintf(w->streams[n++], sizeof w->streams[0], "%s", w->wake);
   w->nstreams = n;
   w->count = count > 0 ? count : 512;
-  int unblock = w->nwant > had && w->reader_blocked;
   pthread_mutex_unlock(&w->lock);
-  /* The reader waits on inboxes alone: tasks are wanted now. */
-  if (unblock && w->reader_id) {
+  /* The reader waits without a queue that has room now: woken, so that it
+   * reads it. An unblock that reaches Redis before the reader's command
+   * wakes nothing (the reader would wait out its block): again, until one
+   * wakes it or it has read with the new streams. */
+  for (int tries = 0; tries < 100 && w->reader_id; tries++) {
+    pthread_mutex_lock(&w->lock);
+    int stale = w->reader_blocked && w->nwant > w->reader_nwant;
+    pthread_mutex_unlock(&w->lock);
+    if (!stale) break;
     redisReply *r = lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", w->reader_id);
+    int woke = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     if (r) freeReplyObject(r);
+    if (woke || !r) break;
+    usleep(50);
   }
 }
 

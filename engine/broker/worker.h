@@ -114,6 +114,7 @@ typedef struct lp_worker {
   int wake_fd;            /* the reader writes it when `got` is set */
   char streams[64][192];  /* what the reader reads: streams, then ids */
   int nstreams, nwant;    /* streams, and how many of the first are runs' queues */
+  int reader_nwant;       /* nwant when the reader's current read was made */
   long count;
   long long reader_id;
   int reader_blocked;
