@@ -211,6 +211,36 @@ static void *sender_main(void *arg) {
 
 /* ---- the receiver ---- */
 
+/* The entries read, acknowledged in one command: one round trip per read,
+ * not per root (a host that submits many roots reads thousands at once). */
+static void ack_all(lp_bplace *bp, redisReply *entries) {
+  if (entries->type != REDIS_REPLY_ARRAY || !entries->elements) return;
+  const char **argv = malloc(sizeof *argv * (entries->elements + 3));
+  size_t *lens = malloc(sizeof *lens * (entries->elements + 3));
+  int n = 0;
+  if (argv && lens) {
+    argv[0] = "XACK";
+    argv[1] = bp->inbox;
+    argv[2] = LP_BROKER_GROUP;
+    lens[0] = 4;
+    lens[1] = strlen(bp->inbox);
+    lens[2] = strlen(LP_BROKER_GROUP);
+    n = 3;
+    for (size_t e = 0; e < entries->elements; e++) {
+      redisReply *en = entries->element[e];
+      if (en->type != REDIS_REPLY_ARRAY || !en->elements) continue;
+      argv[n] = en->element[0]->str;
+      lens[n++] = en->element[0]->len;
+    }
+  }
+  if (n > 3) {
+    redisReply *r = lp_redis_cmd(&bp->rx, n, argv, lens);
+    if (r) freeReplyObject(r);
+  }
+  free(argv);
+  free(lens);
+}
+
 static void take_ends(lp_bplace *bp, redisReply *streams) {
   /* [[inbox, [[id, [k, key, r, outcome]], ...]]] */
   if (!streams || streams->type != REDIS_REPLY_ARRAY) return;
@@ -218,6 +248,7 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
     redisReply *st = streams->element[s];
     if (st->type != REDIS_REPLY_ARRAY || st->elements < 2) continue;
     redisReply *entries = st->element[1];
+    ack_all(bp, entries);
     for (size_t e = 0; e < entries->elements; e++) {
       redisReply *en = entries->element[e];
       if (en->type != REDIS_REPLY_ARRAY || en->elements < 2) continue;
@@ -231,10 +262,6 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
           outlen = f->element[i + 1]->len;
         }
       }
-      const char *ack[] = {"XACK", bp->inbox, LP_BROKER_GROUP, en->element[0]->str};
-      size_t acklens[] = {4, strlen(bp->inbox), 1, en->element[0]->len};
-      redisReply *r = lp_redis_cmd(&bp->rx, 4, ack, acklens);
-      if (r) freeReplyObject(r);
       if (!key || key[0] != 'r' || !out) continue;
       uint64_t id = strtoull(key + 1, NULL, 10);
       pthread_mutex_lock(&bp->lock);
