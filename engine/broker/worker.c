@@ -37,6 +37,7 @@ typedef struct lp_commit {
   struct lp_commit *next;
   lp_wrun *run;
   lp_wexec *x;
+  int sent; /* in this flush's FCALLs already */
 } lp_commit;
 static lp_commit *commits, **commits_tail = &commits;
 
@@ -54,6 +55,7 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
     return;
   }
   c->next = NULL;
+  c->sent = 0;
   c->run = s->run;
   c->x = x;
   *commits_tail = c;
@@ -77,21 +79,50 @@ static void drain(lp_worker *w) {
   }
 }
 
-/* Every outcome waiting, one FCALL each, with whatever else was sent: one
- * round trip. */
+#define COMMIT_BATCH 64 /* outcomes in one FCALL: lp_commit takes many */
+
+/* Every outcome waiting, in FCALLs of up to COMMIT_BATCH outcomes of one
+ * run each, with whatever else was sent: one round trip. */
 static void flush_commits(lp_worker *w) {
+  static char inbox[COMMIT_BATCH][256];
+  const char *argv[8 + 6 * COMMIT_BATCH];
+  size_t lens[8 + 6 * COMMIT_BATCH];
+  char nkeys[16];
   for (lp_commit *c = commits; c; c = c->next) {
-    lp_wexec *x = c->x;
-    char inbox[256];
-    lp_runkeys_inbox(&c->run->k, x->owner, inbox, sizeof inbox);
-    const char *argv[] = {"FCALL",  "lp_commit", "4",     c->run->k.q, c->run->k.res,
-                          c->run->k.n, inbox,    LP_BROKER_GROUP,      w->name,
-                          x->msgid, x->fence,    x->key,  x->out.data ? x->out.data : "",
-                          x->failed ? "1" : "0"};
-    size_t lens[14];
-    for (int i = 0; i < 14; i++) lens[i] = strlen(argv[i]);
-    lens[12] = x->out.len;
-    lp_worker_send(w, 14, argv, lens);
+    if (c->sent) continue;
+    lp_wrun *run = c->run;
+    lp_commit *batch[COMMIT_BATCH];
+    int m = 0;
+    for (lp_commit *d = c; d && m < COMMIT_BATCH; d = d->next)
+      if (d->run == run && !d->sent) {
+        d->sent = 1;
+        batch[m++] = d;
+      }
+    int a = 0;
+    snprintf(nkeys, sizeof nkeys, "%d", 3 + m);
+    argv[a++] = "FCALL";
+    argv[a++] = "lp_commit";
+    argv[a++] = nkeys;
+    argv[a++] = run->k.q;
+    argv[a++] = run->k.res;
+    argv[a++] = run->k.n;
+    for (int i = 0; i < m; i++) {
+      lp_runkeys_inbox(&run->k, batch[i]->x->owner, inbox[i], sizeof inbox[i]);
+      argv[a++] = inbox[i];
+    }
+    argv[a++] = LP_BROKER_GROUP;
+    argv[a++] = w->name;
+    for (int i = 0; i < a; i++) lens[i] = strlen(argv[i]);
+    for (int i = 0; i < m; i++) {
+      lp_wexec *x = batch[i]->x;
+      const char *fields[] = {x->msgid, x->fence, x->key, x->out.data ? x->out.data : "",
+                              x->failed ? "1" : "0"};
+      for (int f = 0; f < 5; f++) {
+        argv[a] = fields[f];
+        lens[a++] = f == 3 ? x->out.len : strlen(fields[f]);
+      }
+    }
+    lp_worker_send(w, a, argv, lens);
   }
   drain(w);
   while (commits) {
