@@ -129,7 +129,11 @@ local function build_host(bin, dir)
   return exe
 end
 
-local function json_field(text, name) return tonumber(text:match('"' .. name .. '":([%d.eE+-]+)')) end
+local function json_field(text, name)
+  local v = tonumber(text:match('"' .. name .. '":([%d.eE+-]+)'))
+  if not v then error("broker_host.c printed no " .. name .. ": " .. text, 0) end
+  return v
+end
 
 function M.run(ctx)
   local runs, bin, dir, report, want = ctx.runs, ctx.bin, ctx.dir, ctx.report, ctx.want
@@ -199,7 +203,9 @@ function M.run(ctx)
       local cmd = run("fib.lua", 27, "--order completion")
       local lcmd = string.format("%s run %sfib.lua 27 --workers 2 --order completion", bin, dir)
       for i = 1, math.max(runs, 3) do
-        tb[i] = timed(cmd)
+        local out
+        tb[i], out = timed(cmd)
+        if not out:match("^196418\n") then error("fib.lua 27 through the broker printed " .. out, 0) end
         tl[i] = timed(lcmd)
       end
       local ratio = min(tb) / min(tl)
@@ -215,6 +221,7 @@ function M.run(ctx)
       local why
       host, why = build_host(bin, dir)
       if not host then print("  " .. why) end
+      if host then print(string.format("(broker: %sbroker_host.c built with cc -O2 against %s's libluapool)", dir, bin)) end
     end
 
     if host and want("broker-latency") then
