@@ -19,10 +19,11 @@
 --                   (the run's committed count, lp:{RUN}:n done) is printed.
 --   broker-tree     1,101 tasks, 100 children x 10 grandchildren, each
 --                   awaiting its children (tree.lua): wall time of the whole
---                   `luapool run` process, median of N; vs BullMQ flows and
+--                   `luapool run` process, median of max(N, 5); vs BullMQ flows and
 --                   Celery chords (their time from enqueue to the root's end).
 --   broker-fib      fork-join fib(27) (fib.lua): vs `luapool run fib.lua 27
---                   --workers 2` on this machine, runs alternating.
+--                   --workers 2` on this machine, max(N, 3) runs of each,
+--                   alternating.
 --   broker-latency  enqueue-to-start of one task on an idle worker, median
 --                   of 50 samples 20 ms apart (the baselines' pause), best of
 --                   N runs' medians: broker_host.c, a C host of the API that
@@ -32,6 +33,8 @@
 --                   submits only main, whose subtasks stay local.
 --   broker-roots    20,000 roots from the same C host, each crossing Redis
 --                   both ways (reported: what a task that does cross costs).
+-- --vs (an A/B against another build) does not apply here: give the other
+-- build with --bin (its libluapool beside it) in a second run.
 local M = {}
 
 local function sh(cmd)
