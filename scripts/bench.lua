@@ -1,7 +1,12 @@
 -- bench.lua: luapool's benchmarks, each against baselines measured in the
 -- same run. Run from the repository top after building:
 --
---   lua5.4 scripts/bench.lua [--runs N] [--bin build/luapool] [--only NAME] [--vs OLD]
+--   lua5.4 scripts/bench.lua [--runs N] [--bin build/luapool] [--only NAME] [--vs OLD] [--broker]
+--
+-- --broker: also the figures through a Redis broker (scripts/bench/broker.lua),
+-- which need redis-server and, for their baselines, Celery and BullMQ
+-- (scripts/deps.sh --broker-baselines); `--only broker` runs them alone.
+-- They run only when asked: they take minutes and start servers.
 --
 -- --vs OLD: also runs every luapool command with the binary OLD (another
 -- build, say the commit before a change), alternating with the new one run
@@ -10,7 +15,7 @@
 -- Every figure is the best of N runs (default 3) of a whole process, start-up
 -- included, for luapool and for its baselines alike. These machines are shared: a figure far off
 -- its usual value usually means another process was busy; run again.
-local runs, bin, only, vs = 3, "build/luapool", nil, nil
+local runs, bin, only, vs, broker = 3, "build/luapool", nil, nil, false
 do
   local i = 1
   while i <= #arg do
@@ -18,8 +23,9 @@ do
     elseif arg[i] == "--bin" then bin = arg[i + 1]; i = i + 1
     elseif arg[i] == "--only" then only = arg[i + 1]; i = i + 1
     elseif arg[i] == "--vs" then vs = arg[i + 1]; i = i + 1
+    elseif arg[i] == "--broker" then broker = true
     else
-      io.stderr:write("usage: lua5.4 scripts/bench.lua [--runs N] [--bin PATH] [--only NAME] [--vs OLD]\n")
+      io.stderr:write("usage: lua5.4 scripts/bench.lua [--runs N] [--bin PATH] [--only NAME] [--vs OLD] [--broker]\n")
       os.exit(2)
     end
     i = i + 1
@@ -200,6 +206,15 @@ if want("fibmap") then
   report("map(fib, 10k) processes", string.format("%.2f s, chunksize 100: %.2f s", pr, prc), "(reported)", true)
   report("  multiprocessing.Pool.map", string.format("%.2f s, chunksize 100: %.2f s", p1, p100),
     "(reported)", true)
+end
+
+-- The broker's figures: only with --broker, or an --only that names them.
+local function want_broker(name)
+  if only then return only:find("broker", 1, true) ~= nil and name:find(only, 1, true) ~= nil end
+  return broker
+end
+if want_broker("broker-spawn broker-tree broker-fib broker-latency broker-roots") then
+  dofile(dir .. "broker.lua").run { runs = runs, bin = bin, dir = dir, report = report, want = want_broker }
 end
 
 if vs then

@@ -51,7 +51,9 @@ typedef struct lp_bplace {
   char inbox[192]; /* where the ends of its roots come */
   lp_redis tx, rx; /* the sender's connection, the receiver's */
   pthread_t sender, receiver;
-  int threads; /* how many of the two were started */
+  int threads;               /* how many of the two were started */
+  _Atomic long long rx_id;   /* the receiver's connection, as Redis knows it */
+  _Atomic int receiver_left; /* the receiver has seen `stopping` */
   pthread_mutex_t lock;
   pthread_cond_t cond;
   lp_task *head, *tail; /* pushed, not yet written */
@@ -192,6 +194,13 @@ static int reconnect(lp_bplace *bp, lp_redis *c, int functions) {
   return -1;
 }
 
+/* The receiver's connection as Redis knows it (CLIENT UNBLOCK wakes it). */
+static void remember_rx_id(lp_bplace *bp) {
+  redisReply *id = lp_redis_cmdf(&bp->rx, "CLIENT ID");
+  if (id && id->type == REDIS_REPLY_INTEGER) atomic_store(&bp->rx_id, id->integer);
+  if (id) freeReplyObject(id);
+}
+
 /* The task with this id failed to be handed out: it fails, saying why. */
 static void refused_task(lp_bplace *bp, uint64_t id, const char *why) {
   pthread_mutex_lock(&bp->lock);
@@ -306,6 +315,36 @@ static void read_counts(lp_bplace *bp, lp_redis *c) {
   atomic_store(&bp->n_running, running);
 }
 
+/* The entries read, acknowledged in one command: one round trip per read,
+ * not per root (a host that submits many roots reads thousands at once). */
+static void ack_all(lp_bplace *bp, redisReply *entries) {
+  if (entries->type != REDIS_REPLY_ARRAY || !entries->elements) return;
+  const char **argv = malloc(sizeof *argv * (entries->elements + 3));
+  size_t *lens = malloc(sizeof *lens * (entries->elements + 3));
+  int n = 0;
+  if (argv && lens) {
+    argv[0] = "XACK";
+    argv[1] = bp->inbox;
+    argv[2] = LP_BROKER_GROUP;
+    lens[0] = 4;
+    lens[1] = strlen(bp->inbox);
+    lens[2] = strlen(LP_BROKER_GROUP);
+    n = 3;
+    for (size_t e = 0; e < entries->elements; e++) {
+      redisReply *en = entries->element[e];
+      if (en->type != REDIS_REPLY_ARRAY || !en->elements) continue;
+      argv[n] = en->element[0]->str;
+      lens[n++] = en->element[0]->len;
+    }
+  }
+  if (n > 3) {
+    redisReply *r = lp_redis_cmd(&bp->rx, n, argv, lens);
+    if (r) freeReplyObject(r);
+  }
+  free(argv);
+  free(lens);
+}
+
 static void take_ends(lp_bplace *bp, redisReply *streams) {
   /* [[inbox, [[id, [k, key, r, outcome]], ...]]] */
   if (!streams || streams->type != REDIS_REPLY_ARRAY) return;
@@ -313,6 +352,7 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
     redisReply *st = streams->element[s];
     if (st->type != REDIS_REPLY_ARRAY || st->elements < 2) continue;
     redisReply *entries = st->element[1];
+    ack_all(bp, entries);
     for (size_t e = 0; e < entries->elements; e++) {
       redisReply *en = entries->element[e];
       if (en->type != REDIS_REPLY_ARRAY || en->elements < 2) continue;
@@ -326,10 +366,6 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
           outlen = f->element[i + 1]->len;
         }
       }
-      const char *ack[] = {"XACK", bp->inbox, LP_BROKER_GROUP, en->element[0]->str};
-      size_t acklens[] = {4, strlen(bp->inbox), 1, en->element[0]->len};
-      redisReply *r = lp_redis_cmd(&bp->rx, 4, ack, acklens);
-      if (r) freeReplyObject(r);
       if (!key || key[0] != 'r' || !out) continue;
       uint64_t id = strtoull(key + 1, NULL, 10);
       pthread_mutex_lock(&bp->lock);
@@ -442,6 +478,7 @@ static void *receiver_main(void *arg) {
         while (!atomic_load(&bp->stopping)) usleep(10000);
         break;
       }
+      remember_rx_id(bp);
       /* What the lost read had taken: the inbox's pending entries. */
       r = lp_redis_cmdf(&bp->rx, "XREADGROUP GROUP %s %s COUNT 100000 STREAMS %s 0",
                         LP_BROKER_GROUP, bp->name, bp->inbox);
@@ -457,6 +494,7 @@ static void *receiver_main(void *arg) {
       look_at_run(bp);
     }
   }
+  atomic_store(&bp->receiver_left, 1);
   return NULL;
 }
 
@@ -626,6 +664,7 @@ static int bplace_start(lp_place *p) {
     return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->tx.err);
   if (lp_redis_open(&bp->rx, &bp->url, 5.0, 0) != 0)
     return lp_engine_error(eng, LUAPOOL_ESYS, "%s", bp->rx.err);
+  remember_rx_id(bp);
   char run[LP_RUN_ID_LEN + 1];
   new_run_id(run);
   if (eng->cfg.broker_run) snprintf(run, sizeof run, "%s", eng->cfg.broker_run);
@@ -728,6 +767,17 @@ static void bplace_stop(lp_place *p) {
   pthread_cond_broadcast(&bp->cond);
   pthread_mutex_unlock(&bp->lock);
   if (bp->threads > 0) pthread_join(bp->sender, NULL);
+  /* The receiver may be waiting on the inbox (up to 100 ms): woken now,
+   * until it has seen `stopping` (an unblock that comes between two of
+   * its reads finds nothing to wake). The sender is gone: tx is free. */
+  while (bp->threads > 1 && atomic_load(&bp->rx_id) && bp->tx.c &&
+         !atomic_load(&bp->receiver_left)) {
+    redisReply *r =
+        lp_redis_cmdf(&bp->tx, "CLIENT UNBLOCK %lld", (long long)atomic_load(&bp->rx_id));
+    if (!r) break;
+    freeReplyObject(r);
+    usleep(1000);
+  }
   if (bp->threads > 1) pthread_join(bp->receiver, NULL);
   fail_all(bp, "the run was stopped");
   if (bp->tx.c) finish_run(bp);

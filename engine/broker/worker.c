@@ -37,6 +37,7 @@ struct lp_commit {
   struct lp_commit *next;
   lp_wrun *run;
   lp_wexec *x;
+  int sent; /* in this flush's FCALLs already */
 };
 
 void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
@@ -52,6 +53,7 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
     return;
   }
   c->next = NULL;
+  c->sent = 0;
   c->run = s->run;
   c->x = x;
   *w->commits_tail = c;
@@ -121,35 +123,54 @@ static void drain(lp_worker *w) {
 
 static void count_run(lp_worker *w, lp_wrun *run);
 
-/* Every outcome waiting, one FCALL each, with whatever else was sent: one
- * round trip. */
+#define COMMIT_BATCH 64 /* outcomes in one FCALL: lp_commit takes many */
+
+/* Every outcome waiting, in FCALLs of up to COMMIT_BATCH outcomes of one
+ * run each, with whatever else was sent: one round trip. */
 static void flush_commits(lp_worker *w) {
+  static char inbox[COMMIT_BATCH][256];
+  const char *argv[8 + 6 * COMMIT_BATCH];
+  size_t lens[8 + 6 * COMMIT_BATCH];
+  char nkeys[16];
   /* The run's counts go first: whoever reads an outcome finds the work
    * that made it counted. */
   for (lp_commit *c = w->commits; c; c = c->next)
     if (c->run->ran || c->run->made) count_run(w, c->run);
   for (lp_commit *c = w->commits; c; c = c->next) {
-    lp_wexec *x = c->x;
-    char inbox[256];
-    lp_runkeys_inbox(&c->run->k, x->owner, inbox, sizeof inbox);
-    const char *argv[] = {"FCALL",
-                          "lp_commit",
-                          "4",
-                          c->run->k.q,
-                          c->run->k.res,
-                          c->run->k.n,
-                          inbox,
-                          LP_BROKER_GROUP,
-                          w->name,
-                          x->msgid,
-                          x->fence,
-                          x->key,
-                          x->out.data ? x->out.data : "",
-                          x->failed ? "1" : "0"};
-    size_t lens[14];
-    for (int i = 0; i < 14; i++) lens[i] = strlen(argv[i]);
-    lens[12] = x->out.len;
-    lp_worker_send(w, 14, argv, lens);
+    if (c->sent) continue;
+    lp_wrun *run = c->run;
+    lp_commit *batch[COMMIT_BATCH];
+    int m = 0;
+    for (lp_commit *d = c; d && m < COMMIT_BATCH; d = d->next)
+      if (d->run == run && !d->sent) {
+        d->sent = 1;
+        batch[m++] = d;
+      }
+    int a = 0;
+    snprintf(nkeys, sizeof nkeys, "%d", 3 + m);
+    argv[a++] = "FCALL";
+    argv[a++] = "lp_commit";
+    argv[a++] = nkeys;
+    argv[a++] = run->k.q;
+    argv[a++] = run->k.res;
+    argv[a++] = run->k.n;
+    for (int i = 0; i < m; i++) {
+      lp_runkeys_inbox(&run->k, batch[i]->x->owner, inbox[i], sizeof inbox[i]);
+      argv[a++] = inbox[i];
+    }
+    argv[a++] = LP_BROKER_GROUP;
+    argv[a++] = w->name;
+    for (int i = 0; i < a; i++) lens[i] = strlen(argv[i]);
+    for (int i = 0; i < m; i++) {
+      lp_wexec *x = batch[i]->x;
+      const char *fields[] = {x->msgid, x->fence, x->key, x->out.data ? x->out.data : "",
+                              x->failed ? "1" : "0"};
+      for (int f = 0; f < 5; f++) {
+        argv[a] = fields[f];
+        lens[a++] = f == 3 ? x->out.len : strlen(fields[f]);
+      }
+    }
+    lp_worker_send(w, a, argv, lens);
   }
   drain(w);
   while (w->commits) {
@@ -182,14 +203,62 @@ static const char *hfield(redisReply *r, const char *name) {
   return NULL;
 }
 
+/* Runs seen over. A run that is over never runs again, and lp:runs lists
+ * every run of the last day: each look would otherwise read them all. */
+static uint64_t run_number(const char *id) {
+  char *end;
+  uint64_t n = strtoull(id, &end, 16);
+  return *end ? 0 : n; /* run ids are random: 0 (not kept) is as good as never */
+}
+
+static int seen_over(lp_worker *w, uint64_t n) {
+  if (!n || !w->over_cap) return 0;
+  for (size_t i = n & (w->over_cap - 1);; i = (i + 1) & (w->over_cap - 1)) {
+    if (w->over[i] == n) return 1;
+    if (!w->over[i]) return 0;
+  }
+}
+
+static void mark_over(lp_worker *w, uint64_t n) {
+  if (!n || seen_over(w, n)) return;
+  if (2 * (w->over_n + 1) > w->over_cap) {
+    size_t cap = w->over_cap ? 2 * w->over_cap : 256;
+    uint64_t *grown = calloc(cap, sizeof *grown);
+    if (!grown) return; /* looked at again next time: slower, not wrong */
+    for (size_t j = 0; j < w->over_cap; j++) {
+      uint64_t m = w->over[j];
+      if (!m) continue;
+      size_t i = m & (cap - 1);
+      while (grown[i]) i = (i + 1) & (cap - 1);
+      grown[i] = m;
+    }
+    free(w->over);
+    w->over = grown;
+    w->over_cap = cap;
+  }
+  size_t i = n & (w->over_cap - 1);
+  while (w->over[i]) i = (i + 1) & (w->over_cap - 1);
+  w->over[i] = n;
+  w->over_n++;
+}
+
 /* Run `id`, listed in lp:runs: served from now on if it is running. */
 static void join_run(lp_worker *w, const char *id) {
+  uint64_t number = run_number(id);
+  if (seen_over(w, number)) return;
   lp_wrun *run = calloc(1, sizeof *run);
   if (!run) return;
   lp_runkeys_init(&run->k, id);
   redisReply *meta = lp_redis_cmdf(&w->r, "HGETALL %s", run->k.meta);
-  redisReply *src = lp_redis_cmdf(&w->r, "GET %s", run->k.src);
   const char *state = hfield(meta, "state");
+  if (meta && meta->type == REDIS_REPLY_ARRAY && (!state || strcmp(state, "running") != 0)) {
+    mark_over(w, number);
+    /* Its keys have expired: it goes from the list too. */
+    redisReply *z = meta->elements ? NULL : lp_redis_cmdf(&w->r, "ZREM lp:runs %s", id);
+    if (z) freeReplyObject(z);
+  }
+  redisReply *src =
+      state && strcmp(state, "running") == 0 ? lp_redis_cmdf(&w->r, "GET %s", run->k.src) : NULL;
   if (!meta || !src || !state || strcmp(state, "running") != 0 || src->type != REDIS_REPLY_STRING) {
     if (meta) freeReplyObject(meta);
     if (src) freeReplyObject(src);
@@ -309,6 +378,7 @@ static void drop_over_runs(lp_worker *w) {
       continue;
     }
     *p = run->next;
+    mark_over(w, run_number(run->k.run));
     end_run(w, run, 0);
     free_run(run);
     if (w->only[0]) w->stopping = 1; /* its one run is over */
@@ -453,6 +523,7 @@ static void *reader_main(void *arg) {
     int reread = w->reread;
     w->reread = 0;
     for (int i = 0; i < n; i++) argv[a++] = reread && i >= w->nwant ? "0" : ">";
+    w->reader_nwant = w->nwant;
     w->reader_blocked = 1;
     pthread_mutex_unlock(&w->lock);
     if (n == 0) {
@@ -510,20 +581,28 @@ static void set_streams(lp_worker *w) {
       if (s->credits > count) count = s->credits;
     }
   }
-  int had = w->nwant;
   w->nwant = n;
   for (lp_wrun *run = w->runs; run && n < 63; run = run->next)
     if (!run->over) snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->inbox);
   snprintf(w->streams[n++], sizeof w->streams[0], "%s", w->wake);
   w->nstreams = n;
   w->count = count > 0 ? count : 512;
-  int unblock = w->nwant > had && w->reader_blocked;
   pthread_mutex_unlock(&w->lock);
-  /* The reader waits on inboxes alone: tasks are wanted now. */
-  if (unblock && atomic_load(&w->reader_id)) {
+  /* The reader waits without a queue that has room now: woken, so that it
+   * reads it. An unblock that reaches Redis before the reader's command
+   * wakes nothing (the reader would wait out its block): again, until one
+   * wakes it or it has read with the new streams. */
+  for (int tries = 0; tries < 100 && atomic_load(&w->reader_id); tries++) {
+    pthread_mutex_lock(&w->lock);
+    int stale = w->reader_blocked && w->nwant > w->reader_nwant;
+    pthread_mutex_unlock(&w->lock);
+    if (!stale) break;
     redisReply *r =
         lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", (long long)atomic_load(&w->reader_id));
+    int woke = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     if (r) freeReplyObject(r);
+    if (woke || !r) break;
+    usleep(50);
   }
 }
 
@@ -801,6 +880,7 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     pthread_join(reader, NULL);
   }
   if (w->got) freeReplyObject(w->got);
+  free(w->over);
   lp_redis_close(&w->r);
   lp_redis_close(&w->rd);
   close(w->wake_fd);

@@ -113,6 +113,8 @@ typedef struct lp_worker {
   double lease;
   char exe[4096];
   lp_wrun *runs;
+  uint64_t *over; /* runs seen over, by id: never looked at again (0: empty) */
+  size_t over_cap, over_n;
   uint64_t ran;
   lp_commit *commits, **commits_tail; /* outcomes for the next pipeline */
   /* Commands whose replies nobody needs (commits, exports, acks), in the
@@ -129,6 +131,7 @@ typedef struct lp_worker {
   char streams[64][192];  /* what the reader reads: streams, then ids */
   char reading[64][192];  /* the reader's own copy */
   int nstreams, nwant;    /* streams, and how many of the first are runs' queues */
+  int reader_nwant;       /* nwant when the reader's current read was made */
   long count;
   _Atomic long long reader_id; /* its connection's CLIENT ID, for CLIENT UNBLOCK */
   int reader_blocked;
