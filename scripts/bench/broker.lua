@@ -16,7 +16,7 @@
 --                   vs BullMQ addBulk jobs/s. Local first: a subtask runs in
 --                   the process that spawned it unless the other worker is
 --                   idle, so most of them never cross Redis; how many did
---                   (the run's committed count, lp:{RUN}:n done) is printed.
+--                   (the run's committed outcomes, HLEN lp:{RUN}:res) is printed.
 --   broker-tree     1,101 tasks, 100 children x 10 grandchildren, each
 --                   awaiting its children (tree.lua): wall time of the whole
 --                   `luapool run` process, median of max(N, 5); vs BullMQ flows and
@@ -116,7 +116,7 @@ end
 -- How many tasks of the newest run crossed Redis (committed there).
 local function crossed(server)
   local run = sh(server.cli .. " ZRANGE lp:runs -1 -1"):gsub("%s+$", "")
-  return tonumber((sh(server.cli .. " HGET " .. q("lp:{" .. run .. "}:n") .. " done"))) or 0
+  return tonumber((sh(server.cli .. " HLEN " .. q("lp:{" .. run .. "}:res")))) or 0
 end
 
 -- broker_host.c built against this luapool's library, or nil and why.
