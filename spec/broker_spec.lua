@@ -178,6 +178,40 @@ describe("a broker that cannot be had", function()
     s:stop()
   end)
 
+  it("luapool worker: bad usage exits 2 saying why; a broker that is down exits 1", function()
+    local cases = {
+      { { "worker" }, "needs --broker" },
+      { { "worker", "--bogus", "x" }, "unknown option '--bogus'" },
+      { { "worker", "--broker" }, "--broker: expected a value" },
+      { { "worker", "--broker", "redis://127.0.0.1:1", "--workers", "0" }, "--workers: expected 1 to 1024" },
+      { { "worker", "--broker", "redis://127.0.0.1:1", "--threads", "2" }, "--threads needs --processes" },
+      { { "worker", "--broker", "mysql://x" }, "redis://" },
+    }
+    for _, c in ipairs(cases) do
+      local got = H.exec(c[1])
+      assert.are.equal(2, got.code, H.describe(got))
+      assert.is_truthy(got.err:find(c[2], 1, true), H.describe(got))
+    end
+    local port = redis.free_port()
+    local got = H.exec({ "worker", "--broker", "redis://127.0.0.1:" .. port })
+    assert.are.equal(1, got.code, H.describe(got))
+    assert.is_truthy(got.err:find("127.0.0.1:" .. port, 1, true), H.describe(got))
+    local help = H.exec({ "worker", "--help" })
+    assert.are.equal(0, help.code)
+    assert.is_truthy(help.out:find("--processes N", 1, true))
+  end)
+
+  it("luapool attach: a bad id exits 2, a run that is not there exits 2", function()
+    local s = redis.start()
+    local bad = H.exec({ "attach", "xyz", "--broker", s.url })
+    assert.are.equal(2, bad.code, H.describe(bad))
+    assert.is_truthy(bad.err:find("not a run id", 1, true), H.describe(bad))
+    local none = H.exec({ "attach", "0123456789abcdef", "--broker", s.url })
+    assert.are.equal(2, none.code, H.describe(none))
+    assert.is_truthy(none.err:find("no run 0123456789abcdef", 1, true), H.describe(none))
+    s:stop()
+  end)
+
   it("a user and password (ACL): the run goes through", function()
     local s = redis.start { user = "alice", password = "s3cret" }
     local w = workers.start(s.url, { "--workers", "1" })

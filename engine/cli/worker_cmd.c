@@ -42,12 +42,17 @@ static int count(const char *s, int min, int max, int *out) {
 int lp_cmd_worker(int argc, char **argv, int cpus) {
   const char *url = NULL, *only = NULL;
   int workers = -1, processes = 0, threads = 0;
-  for (int i = 0; i < argc; i++) {
+  static const char *const takes_value[] = {"--broker", "--workers", "--processes", "--threads",
+                                           "--run", NULL};
+  for (int i = 0; i < argc; i += 2) { /* every option takes a value */
     const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
       fputs(worker_usage, stdout);
       return 0;
     }
+    int known = 0;
+    for (int k = 0; takes_value[k]; k++) known |= strcmp(a, takes_value[k]) == 0;
+    if (!known) return fail_usage("worker: unknown option '%s'%s", a, "");
     if (!val) return fail_usage("%s: expected a value, got nothing%s", a, "");
     if (strcmp(a, "--broker") == 0) {
       url = val;
@@ -60,12 +65,9 @@ int lp_cmd_worker(int argc, char **argv, int cpus) {
     } else if (strcmp(a, "--threads") == 0) {
       if (count(val, 1, 1024, &threads))
         return fail_usage("%s: expected 1 to 1024, got '%s'", a, val);
-    } else if (strcmp(a, "--run") == 0) {
-      only = val;
     } else {
-      return fail_usage("worker: unknown option '%s'%s", a, "");
+      only = val;
     }
-    i++;
   }
   if (!url) return fail_usage("worker needs --broker URL%s%s", "", "");
   if (threads && !processes) return fail_usage("--threads needs --processes%s%s", "", "");
