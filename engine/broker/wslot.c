@@ -156,6 +156,7 @@ static void fail_exec(lp_worker *w, lp_wslot *s, lp_wexec *x, const char *text) 
       lp_wire_u64(&x->result, LP_TASK_FAILED) || lp_wire_u64(&x->result, 1) ||
       lp_wire_bytes(&x->result, msg.data, msg.len) || lp_wire_bytes(&x->result, "", 0)) {
     lp_buf_free(&msg);
+    lp_wexec_free(x); /* out of memory: its lease lapses, another worker tries */
     return;
   }
   lp_buf_free(&msg);
@@ -183,15 +184,16 @@ int lp_wslot_exec(lp_worker *w, lp_wslot *s, const char *msgid, const char *fenc
     memcpy(x->x, xb, xlen);
     x->xlen = xlen;
   }
-  x->next = s->execs;
-  s->execs = x;
-  s->nexecs++;
   lp_btask t;
   if (!key || !owner || !x->x || !x->key || !x->owner || lp_btask_get(x->x, x->xlen, &t) != 0) {
-    /* Written by hand, or damaged: this task fails, nothing else does. */
+    /* Written by hand, or damaged: this task fails, nothing else does. Its
+     * commit frees it: it never joins the slot's execs (nothing runs it). */
     fail_exec(w, s, x, "task failed: its entry in the broker's stream is malformed");
     return 0;
   }
+  x->next = s->execs;
+  s->execs = x;
+  s->nexecs++;
   x->retries = t.retries > 1000000 ? 1000000 : (int)t.retries;
   if (s->credits > 0) s->credits--;
   return put_exec(s, x, &t);
