@@ -289,7 +289,7 @@ static void on_export(lp_worker *w, lp_wslot *s, lp_wire_msg *m) {
   s->run->exports = e;
   const char *argv[] = {"XADD", s->run->k.q, "*", "k", key, "x", x.data, "o", w->name};
   size_t lens[] = {4, strlen(s->run->k.q), 1, 1, strlen(key), 1, x.len, 1, strlen(w->name)};
-  lp_worker_send(w, 9, argv, lens);
+  lp_worker_send_for(w, s->run, 9, argv, lens);
   lp_buf_free(&x);
 }
 
@@ -341,7 +341,7 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
       if (lp_wire_get_bytes(m, &p, &n) == 0) {
         const char *argv[] = {"RPUSH", s->run->k.fail, p};
         size_t lens[] = {5, strlen(s->run->k.fail), n};
-        lp_worker_send(w, 3, argv, lens);
+        lp_worker_send_for(w, s->run, 3, argv, lens);
       }
       break;
     case LP_MSG_STATS: {
