@@ -183,6 +183,7 @@ function main(...)
   print("attempt " .. attempt)
 end
 ]])
+    finally(function() os.remove(path) end)
     local frozen = workers.start(r.url, { "--workers", "2" })
     local s = submit(path, { "20000", "0.3" }, r.url, { "--lease", "1" })
     local run = current_run(r)
@@ -201,7 +202,6 @@ end
     end)
     frozen:signal("CONT")
     local got = s:wait()
-    os.remove(path)
     assert.is_truthy(taken, "nobody took main over")
     assert.are.equal(0, got.code, H.describe(got))
     -- The records of the attempt that took over, once: the frozen attempt
@@ -216,7 +216,7 @@ end
     local r = redis.start { aof = true }
     workers.start(r.url, { "--workers", "2" })
     workers.start(r.url, { "--workers", "2" })
-    local s = submit(TREE, { "20000", "0.3" }, r.url, { "--lease", "1" })
+    local s = submit(TREE, { "20000", "0.4" }, r.url, { "--lease", "1" })
     under_way(r, current_run(r))
     local restarts = 0
     for _ = 1, 2 do
