@@ -68,6 +68,7 @@ typedef struct lp_bplace {
    * running now. */
   _Atomic uint64_t n_run, n_failed, n_made, n_fin;
   _Atomic long n_queued, n_running;
+  _Atomic int gone; /* the broker no longer has the run (lost, or deleted when full) */
   int64_t started;
 } lp_bplace;
 
@@ -396,6 +397,7 @@ static int look_at_run(lp_bplace *bp) {
   if (!r) return -1;
   if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && !r->element[0]->str) {
     freeReplyObject(r);
+    atomic_store(&bp->gone, 1);
     fail_all(bp,
              "the broker no longer has this run (it restarted without persistence, or the "
              "run's keys were deleted)");
@@ -423,6 +425,7 @@ static int look_at_run(lp_bplace *bp) {
       redisReply *d = lp_redis_cmdf(&bp->rx, "DEL %s", keys[i]);
       if (d) freeReplyObject(d);
     }
+    atomic_store(&bp->gone, 1);
     fail_all(bp, why);
     return 0;
   }
@@ -487,6 +490,9 @@ static void *receiver_main(void *arg) {
       continue;
     }
     if (r->type == REDIS_REPLY_ARRAY) take_ends(bp, r);
+    /* An error: the inbox is gone with the run (look_at_run says so);
+     * meanwhile, no spinning. */
+    if (r->type == REDIS_REPLY_ERROR) usleep(50000);
     freeReplyObject(r);
     int64_t now = lp_broker_ms();
     if (now - looked >= 100) {
@@ -712,14 +718,13 @@ static int bplace_start(lp_place *p) {
 }
 
 /* Whether every worker that joined the run has closed its processes for
- * it, or is gone (no heartbeat for a lease). */
+ * it (it is no longer listed in wk), or is gone (no heartbeat for a lease). */
 static int workers_closed(lp_bplace *bp) {
   redisReply *r = lp_redis_cmdf(&bp->tx, "HGETALL %s", bp->k.wk);
   if (!r) return 1;
   int closed = 1;
   double lease = bp->eng->cfg.lease > 0 ? bp->eng->cfg.lease : 10.0;
   for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements && closed; i += 2) {
-    if (strcmp(r->element[i + 1]->str, "1") == 0) continue;
     redisReply *h = lp_redis_cmdf(&bp->tx, "HGET lp:workers %s", r->element[i]->str);
     long long beat = 0;
     if (h && h->type == REDIS_REPLY_STRING) sscanf(h->str, "%*s %*d %*d %lld", &beat);
@@ -737,8 +742,9 @@ static void finish_run(lp_bplace *bp) {
   luapool *eng = bp->eng;
   redisReply *r = lp_redis_cmdf(&bp->tx, "HGET %s state", bp->k.meta);
   int cancelled = r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "cancelled") == 0;
+  int failed = r && r->type == REDIS_REPLY_STRING && strcmp(r->str, "failed") == 0;
   if (r) freeReplyObject(r);
-  if (!cancelled) {
+  if (!cancelled && !failed) {
     r = lp_redis_cmdf(&bp->tx, "HSET %s state ending", bp->k.meta);
     if (r) freeReplyObject(r);
   }
@@ -755,8 +761,9 @@ static void finish_run(lp_bplace *bp) {
   }
   if (r) freeReplyObject(r);
   read_counts(bp, &bp->tx); /* the last, for --stats (the receiver has stopped) */
-  r = lp_redis_cmdf(&bp->tx, "HSET %s state %s ended %lld", bp->k.meta,
-                    cancelled ? "cancelled" : "done", (long long)lp_broker_ms());
+  const char *state = cancelled ? "cancelled" : failed ? "failed" : "done";
+  r = lp_redis_cmdf(&bp->tx, "HSET %s state %s ended %lld", bp->k.meta, state,
+                    (long long)lp_broker_ms());
   if (r) freeReplyObject(r);
 }
 
@@ -780,7 +787,9 @@ static void bplace_stop(lp_place *p) {
   }
   if (bp->threads > 1) pthread_join(bp->receiver, NULL);
   fail_all(bp, "the run was stopped");
-  if (bp->tx.c) finish_run(bp);
+  /* A run the broker no longer has has nothing to finish: its workers
+   * left it when its keys went. */
+  if (bp->tx.c && !atomic_load(&bp->gone)) finish_run(bp);
   /* The run stays readable for a day (luapool status, luapool attach). */
   const char *keys[] = {bp->k.meta, bp->k.src,  bp->k.q,  bp->k.res, bp->k.n,
                         bp->k.ctr,  bp->k.fail, bp->k.wk, bp->inbox};

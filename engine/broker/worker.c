@@ -64,9 +64,15 @@ typedef struct lp_sent {
   struct lp_sent *next;
   char *cmd;
   size_t len;
+  char run[LP_RUN_ID_LEN + 1]; /* the run it is for, or "" */
 } lp_sent;
 
 void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens) {
+  lp_worker_send_for(w, NULL, argc, argv, lens);
+}
+
+void lp_worker_send_for(lp_worker *w, const lp_wrun *run, int argc, const char **argv,
+                        const size_t *lens) {
   lp_sent *q = malloc(sizeof *q);
   char *cmd = NULL;
   int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
@@ -79,6 +85,7 @@ void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *len
   q->next = NULL;
   q->cmd = cmd;
   q->len = (size_t)len;
+  snprintf(q->run, sizeof q->run, "%s", run ? run->k.run : "");
   *w->sent_tail = q;
   w->sent_tail = &q->next;
 }
@@ -102,16 +109,41 @@ int lp_worker_reconnect(lp_worker *w) {
   return 0;
 }
 
+/* A run's outcome or task refused by a full broker (maxmemory): the run
+ * cannot end, and would run the task again after every lease. It fails,
+ * saying why (its submitter hears it from the run's state). */
+static void run_full(lp_worker *w, const char *run, const char *why) {
+  lp_runkeys k;
+  lp_runkeys_init(&k, run);
+  /* Not if its keys are gone already (its submitter ended it). */
+  redisReply *r = lp_redis_cmdf(&w->r, "EXISTS %s", k.meta);
+  int there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+  if (r) freeReplyObject(r);
+  if (!there) return;
+  char text[600];
+  snprintf(text, sizeof text, "the broker is full (maxmemory): %s", why);
+  const char *argv[] = {"HSET", k.meta, "state", "failed", "error", text};
+  r = lp_redis_cmd(&w->r, 6, argv, NULL);
+  if (r) freeReplyObject(r);
+}
+
 /* Sends what waits and reads the replies; what got no reply stays. */
 static void drain(lp_worker *w) {
   if (!w->sent || lp_worker_reconnect(w) != 0) return;
   int n = 0;
   for (lp_sent *q = w->sent; q; q = q->next)
     if (lp_redis_append_raw(&w->r, q->cmd, q->len) == 0) n++;
+  char full[LP_RUN_ID_LEN + 1] = "", why[512] = "";
   for (; n > 0 && w->sent; n--) {
     redisReply *r = lp_redis_reply(&w->r);
     if (!r) break; /* the rest go again once the broker is back */
-    if (r->type == REDIS_REPLY_ERROR) fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
+    if (r->type == REDIS_REPLY_ERROR) {
+      fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
+      if (strncmp(r->str, "OOM", 3) == 0 && w->sent->run[0]) {
+        snprintf(full, sizeof full, "%s", w->sent->run);
+        snprintf(why, sizeof why, "%s", r->str);
+      }
+    }
     freeReplyObject(r);
     lp_sent *q = w->sent;
     w->sent = q->next;
@@ -119,6 +151,7 @@ static void drain(lp_worker *w) {
     free(q);
   }
   if (!w->sent) w->sent_tail = &w->sent;
+  if (full[0]) run_full(w, full, why);
 }
 
 static void count_run(lp_worker *w, lp_wrun *run);
@@ -170,7 +203,7 @@ static void flush_commits(lp_worker *w) {
         lens[a++] = f == 3 ? x->out.len : strlen(fields[f]);
       }
     }
-    lp_worker_send(w, a, argv, lens);
+    lp_worker_send_for(w, run, a, argv, lens);
   }
   drain(w);
   while (w->commits) {
@@ -282,7 +315,7 @@ static void join_run(lp_worker *w, const char *id) {
   freeReplyObject(src);
   lp_runkeys_inbox(&run->k, w->name, run->inbox, sizeof run->inbox);
   /* Known to the run: at its end the submitter waits for this worker's
-   * processes to report what they still know (wk: 0 serving, 1 closed). */
+   * processes to report what they still know (wk: listed while serving). */
   redisReply *j = lp_redis_cmdf(&w->r, "HSET %s %s 0", run->k.wk, w->name);
   if (j) freeReplyObject(j);
   redisReply *g =
@@ -338,16 +371,23 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
     lp_buf_free(&s->rbuf);
     lp_buf_free(&s->wbuf);
   }
-  redisReply *r = lp_redis_cmdf(&w->r, "DEL %s", run->inbox);
-  if (r) freeReplyObject(r);
-  /* Its last counts (the processes' last STATS came as they closed), then
-   * the word that this worker is done with the run. */
+  /* Its last counts (the processes' last STATS came as they closed). */
   count_run(w, run);
-  drain(w);
-  r = lp_redis_cmdf(&w->r, "HDEL %s queued:%s running:%s", run->k.n, w->name, w->name);
-  if (r) freeReplyObject(r);
-  r = lp_redis_cmdf(&w->r, "HSET %s %s 1", run->k.wk, w->name);
-  if (r) freeReplyObject(r);
+  /* After what the processes reported as they closed (their failures go
+   * first, in the same pipeline), and sent until the broker has it: the
+   * submitter waits for it. HDEL, not HSET: a full broker still takes it. */
+  char qf[128], rf[128];
+  snprintf(qf, sizeof qf, "queued:%s", w->name);
+  snprintf(rf, sizeof rf, "running:%s", w->name);
+  const char *del[] = {"DEL", run->inbox};
+  const char *closed[] = {"HDEL", run->k.wk, w->name};
+  const char *counts[] = {"HDEL", run->k.n, qf, rf};
+  lp_worker_send(w, 2, del, NULL);
+  lp_worker_send(w, 3, closed, NULL);
+  lp_worker_send(w, 4, counts, NULL);
+  /* Outcomes of tasks that ended as the processes closed: committed while
+   * the run is here (the commits name it). */
+  flush_commits(w);
 }
 
 /* New runs, and runs that are over (done, cancelled, failed, or gone). */

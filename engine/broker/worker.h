@@ -159,6 +159,10 @@ void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x);
 /* A command whose reply nobody needs: it goes with the loop's next
  * pipeline (a reply that is an error is said on stderr). */
 void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens);
+/* The same for a command a run cannot do without (a commit, an export):
+ * refused by a full broker, it fails the run. */
+void lp_worker_send_for(lp_worker *w, const lp_wrun *run, int argc, const char **argv,
+                        const size_t *lens);
 /* Opens the loop's connection again after a loss (with a growing pause
  * between tries): 0 once it is open. */
 int lp_worker_reconnect(lp_worker *w);

@@ -143,6 +143,7 @@ static void fail_exec(lp_worker *w, lp_wslot *s, lp_wexec *x, const char *text) 
       lp_wire_u64(&x->result, 1) || lp_wire_bytes(&x->result, msg.data, msg.len) ||
       lp_wire_bytes(&x->result, "", 0)) {
     lp_buf_free(&msg);
+    lp_wexec_free(x); /* out of memory: its lease lapses, another worker tries */
     return;
   }
   lp_buf_free(&msg);
@@ -170,16 +171,17 @@ int lp_wslot_exec(lp_worker *w, lp_wslot *s, const char *msgid, const char *fenc
     memcpy(x->x, xb, xlen);
     x->xlen = xlen;
   }
-  x->next = s->execs;
-  s->execs = x;
-  s->nexecs++;
   lp_wire_task t;
   if (!key || !owner || !x->x || !x->key || !x->owner ||
       lp_broker_task_get(x->x, x->xlen, &t) != 0) {
-    /* Written by hand, or damaged: this task fails, nothing else does. */
+    /* Written by hand, or damaged: this task fails, nothing else does. Its
+     * commit frees it: it never joins the slot's execs (nothing runs it). */
     fail_exec(w, s, x, "task failed: its entry in the broker's stream is malformed");
     return 0;
   }
+  x->next = s->execs;
+  s->execs = x;
+  s->nexecs++;
   x->retries = t.retries > 1000000 ? 1000000 : (int)t.retries;
   if (s->credits > 0) s->credits--;
   return put_exec(s, x, &t);
@@ -265,7 +267,7 @@ static void on_export(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw
   s->run->exports = e;
   const char *argv[] = {"XADD", s->run->k.q, "*", "k", key, "x", raw, "o", w->name};
   size_t lens[] = {4, strlen(s->run->k.q), 1, 1, strlen(key), 1, rawlen, 1, strlen(w->name)};
-  lp_worker_send(w, 9, argv, lens);
+  lp_worker_send_for(w, s->run, 9, argv, lens);
 }
 
 static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw, size_t rawlen) {
@@ -315,7 +317,7 @@ static void on_frame(lp_worker *w, lp_wslot *s, lp_wire_msg *m, const char *raw,
       if (lp_wire_get_bytes(m, &p, &n) == 0) {
         const char *argv[] = {"RPUSH", s->run->k.fail, p};
         size_t lens[] = {5, strlen(s->run->k.fail), n};
-        lp_worker_send(w, 3, argv, lens);
+        lp_worker_send_for(w, s->run, 3, argv, lens);
       }
       break;
     case LP_MSG_STATS: {
