@@ -152,7 +152,7 @@ describe("a run through a broker, under chaos", function()
     local kills = 0
     while kills < 20 and not s:done() do
       -- The first kill takes main's holder (main runs again elsewhere,
-      -- its finished children reused); then anyone, each replaced.
+      -- after the lease); then anyone, each replaced.
       local victim, i
       if kills == 0 then victim, i = worker_of(root_holder(r, run), ws) end
       if not victim then

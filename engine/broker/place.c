@@ -797,6 +797,16 @@ static void bplace_stop(lp_place *p) {
     redisReply *r = lp_redis_cmdf(&bp->tx, "EXPIRE %s 86400", keys[i]);
     if (r) freeReplyObject(r);
   }
+  /* So do the inboxes of workers that died serving it (still listed in
+   * wk: a worker that closed the run deleted its own). */
+  redisReply *wk = bp->tx.c ? lp_redis_cmdf(&bp->tx, "HKEYS %s", bp->k.wk) : NULL;
+  for (size_t i = 0; wk && wk->type == REDIS_REPLY_ARRAY && i < wk->elements; i++) {
+    char inbox[192];
+    lp_runkeys_inbox(&bp->k, wk->element[i]->str, inbox, sizeof inbox);
+    redisReply *r = lp_redis_cmdf(&bp->tx, "EXPIRE %s 86400", inbox);
+    if (r) freeReplyObject(r);
+  }
+  if (wk) freeReplyObject(wk);
   if (bp->local > 0) {
     int status;
     /* It leaves by itself once it sees the run over; a moment, then ask. */

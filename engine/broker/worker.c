@@ -385,9 +385,21 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
   lp_worker_send(w, 2, del, NULL);
   lp_worker_send(w, 3, closed, NULL);
   lp_worker_send(w, 4, counts, NULL);
-  /* Outcomes of tasks that ended as the processes closed: committed while
-   * the run is here (the commits name it). */
-  flush_commits(w);
+  /* Outcomes of tasks that ended as the processes closed: nobody needs
+   * them (the run is over, or what it had went back), and their commits
+   * name the run, which goes. */
+  for (lp_commit **p = &commits; *p;) {
+    lp_commit *c = *p;
+    if (c->run != run) {
+      p = &c->next;
+      continue;
+    }
+    *p = c->next;
+    lp_wexec_free(c->x);
+    free(c);
+  }
+  commits_tail = &commits;
+  while (*commits_tail) commits_tail = &(*commits_tail)->next;
 }
 
 /* New runs, and runs that are over (done, cancelled, failed, or gone). */
