@@ -388,7 +388,7 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
   /* Outcomes of tasks that ended as the processes closed: nobody needs
    * them (the run is over, or what it had went back), and their commits
    * name the run, which goes. */
-  for (lp_commit **p = &commits; *p;) {
+  for (lp_commit **p = &w->commits; *p;) {
     lp_commit *c = *p;
     if (c->run != run) {
       p = &c->next;
@@ -398,8 +398,8 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
     lp_wexec_free(c->x);
     free(c);
   }
-  commits_tail = &commits;
-  while (*commits_tail) commits_tail = &(*commits_tail)->next;
+  w->commits_tail = &w->commits;
+  while (*w->commits_tail) w->commits_tail = &(*w->commits_tail)->next;
 }
 
 /* New runs, and runs that are over (done, cancelled, failed, or gone). */
