@@ -354,6 +354,9 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
     if (st->type != REDIS_REPLY_ARRAY || st->elements < 2) continue;
     redisReply *entries = st->element[1];
     ack_all(bp, entries);
+    /* Once per read, not per root: the counts hold the work that made
+     * every outcome read (workers send them ahead of their commits). */
+    if (entries->type == REDIS_REPLY_ARRAY && entries->elements) read_counts(bp, &bp->rx);
     for (size_t e = 0; e < entries->elements; e++) {
       redisReply *en = entries->element[e];
       if (en->type != REDIS_REPLY_ARRAY || en->elements < 2) continue;
@@ -372,10 +375,7 @@ static void take_ends(lp_bplace *bp, redisReply *streams) {
       pthread_mutex_lock(&bp->lock);
       lp_task *t = lp_idmap_take(&bp->away, id);
       pthread_mutex_unlock(&bp->lock);
-      if (t) {
-        read_counts(bp, &bp->rx); /* with the work that made this outcome */
-        apply(bp, t, out, outlen);
-      }
+      if (t) apply(bp, t, out, outlen);
     }
   }
 }
