@@ -31,190 +31,6 @@ static void on_stop_signal(int sig) {
   stop_asked = 1;
 }
 
-/* ---- commits ---- */
-
-struct lp_commit {
-  struct lp_commit *next;
-  lp_wrun *run;
-  lp_wexec *x;
-  int sent; /* in this flush's FCALLs already */
-};
-
-void lp_worker_commit(lp_worker *w, lp_wslot *s, lp_wexec *x) {
-  lp_commit *c = malloc(sizeof *c);
-  if (!c) {
-    lp_wexec_free(x); /* its lease lapses and another worker runs it */
-    return;
-  }
-  /* The outcome: the subtree's records, then the result. */
-  if (lp_buf_append(&x->out, x->result.data, x->result.len) != 0) {
-    free(c);
-    lp_wexec_free(x);
-    return;
-  }
-  c->next = NULL;
-  c->sent = 0;
-  c->run = s->run;
-  c->x = x;
-  *w->commits_tail = c;
-  w->commits_tail = &c->next;
-}
-
-typedef struct lp_sent {
-  struct lp_sent *next;
-  char *cmd;
-  size_t len;
-  char run[LP_RUN_ID_LEN + 1]; /* the run it is for, or "" */
-} lp_sent;
-
-void lp_worker_send(lp_worker *w, int argc, const char **argv, const size_t *lens) {
-  lp_worker_send_for(w, NULL, argc, argv, lens);
-}
-
-void lp_worker_send_for(lp_worker *w, const lp_wrun *run, int argc, const char **argv,
-                        const size_t *lens) {
-  lp_sent *q = malloc(sizeof *q);
-  char *cmd = NULL;
-  int len = redisFormatCommandArgv(&cmd, argc, argv, lens);
-  if (!q || len < 0) {
-    free(q);
-    free(cmd);
-    fprintf(stderr, "luapool worker: out of memory\n");
-    return;
-  }
-  q->next = NULL;
-  q->cmd = cmd;
-  q->len = (size_t)len;
-  snprintf(q->run, sizeof q->run, "%s", run ? run->k.run : "");
-  *w->sent_tail = q;
-  w->sent_tail = &q->next;
-}
-
-/* The loop's connection, opened again after a loss: at most every
- * `backoff` seconds, doubling to 2 s. 0 once it is open. */
-int lp_worker_reconnect(lp_worker *w) {
-  if (w->r.c) return 0;
-  double now = lp_now();
-  if (now < w->retry_at) return -1;
-  if (lp_redis_open(&w->r, &w->url, 5.0, 1) != 0) {
-    if (!w->lost) fprintf(stderr, "luapool worker: %s; trying again\n", w->r.err);
-    w->lost = 1;
-    w->backoff = w->backoff > 0 ? (w->backoff * 2 < 2 ? w->backoff * 2 : 2) : 0.1;
-    w->retry_at = now + w->backoff;
-    return -1;
-  }
-  if (w->lost) fprintf(stderr, "luapool worker: the broker is back\n");
-  w->lost = 0;
-  w->backoff = 0;
-  return 0;
-}
-
-/* A run's outcome or task refused by a full broker (maxmemory): the run
- * cannot end, and would run the task again after every lease. It fails,
- * saying why (its submitter hears it from the run's state). */
-static void run_full(lp_worker *w, const char *run, const char *why) {
-  lp_runkeys k;
-  lp_runkeys_init(&k, run);
-  /* Not if its keys are gone already (its submitter ended it). */
-  redisReply *r = lp_redis_cmdf(&w->r, "EXISTS %s", k.meta);
-  int there = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-  if (r) freeReplyObject(r);
-  if (!there) return;
-  char text[600];
-  snprintf(text, sizeof text, "the broker is full (maxmemory): %s", why);
-  const char *argv[] = {"HSET", k.meta, "state", "failed", "error", text};
-  r = lp_redis_cmd(&w->r, 6, argv, NULL);
-  if (r) freeReplyObject(r);
-}
-
-/* Sends what waits and reads the replies; what got no reply stays. */
-static void drain(lp_worker *w) {
-  if (!w->sent || lp_worker_reconnect(w) != 0) return;
-  int n = 0;
-  for (lp_sent *q = w->sent; q; q = q->next)
-    if (lp_redis_append_raw(&w->r, q->cmd, q->len) == 0) n++;
-  char full[LP_RUN_ID_LEN + 1] = "", why[512] = "";
-  for (; n > 0 && w->sent; n--) {
-    redisReply *r = lp_redis_reply(&w->r);
-    if (!r) break; /* the rest go again once the broker is back */
-    if (r->type == REDIS_REPLY_ERROR) {
-      fprintf(stderr, "luapool worker: the broker: %s\n", r->str);
-      if (strncmp(r->str, "OOM", 3) == 0 && w->sent->run[0]) {
-        snprintf(full, sizeof full, "%s", w->sent->run);
-        snprintf(why, sizeof why, "%s", r->str);
-      }
-    }
-    freeReplyObject(r);
-    lp_sent *q = w->sent;
-    w->sent = q->next;
-    free(q->cmd);
-    free(q);
-  }
-  if (!w->sent) w->sent_tail = &w->sent;
-  if (full[0]) run_full(w, full, why);
-}
-
-static void count_run(lp_worker *w, lp_wrun *run);
-
-#define COMMIT_BATCH 64 /* outcomes in one FCALL: lp_commit takes many */
-
-/* Every outcome waiting, in FCALLs of up to COMMIT_BATCH outcomes of one
- * run each, with whatever else was sent: one round trip. */
-static void flush_commits(lp_worker *w) {
-  static char inbox[COMMIT_BATCH][256];
-  const char *argv[8 + 6 * COMMIT_BATCH];
-  size_t lens[8 + 6 * COMMIT_BATCH];
-  char nkeys[16];
-  /* The run's counts go first: whoever reads an outcome finds the work
-   * that made it counted. */
-  for (lp_commit *c = w->commits; c; c = c->next)
-    if (c->run->ran || c->run->made) count_run(w, c->run);
-  for (lp_commit *c = w->commits; c; c = c->next) {
-    if (c->sent) continue;
-    lp_wrun *run = c->run;
-    lp_commit *batch[COMMIT_BATCH];
-    int m = 0;
-    for (lp_commit *d = c; d && m < COMMIT_BATCH; d = d->next)
-      if (d->run == run && !d->sent) {
-        d->sent = 1;
-        batch[m++] = d;
-      }
-    int a = 0;
-    snprintf(nkeys, sizeof nkeys, "%d", 3 + m);
-    argv[a++] = "FCALL";
-    argv[a++] = "lp_commit";
-    argv[a++] = nkeys;
-    argv[a++] = run->k.q;
-    argv[a++] = run->k.res;
-    argv[a++] = run->k.n;
-    for (int i = 0; i < m; i++) {
-      lp_runkeys_inbox(&run->k, batch[i]->x->owner, inbox[i], sizeof inbox[i]);
-      argv[a++] = inbox[i];
-    }
-    argv[a++] = LP_BROKER_GROUP;
-    argv[a++] = w->name;
-    for (int i = 0; i < a; i++) lens[i] = strlen(argv[i]);
-    for (int i = 0; i < m; i++) {
-      lp_wexec *x = batch[i]->x;
-      const char *fields[] = {x->msgid, x->fence, x->key, x->out.data ? x->out.data : "",
-                              x->failed ? "1" : "0"};
-      for (int f = 0; f < 5; f++) {
-        argv[a] = fields[f];
-        lens[a++] = f == 3 ? x->out.len : strlen(fields[f]);
-      }
-    }
-    lp_worker_send_for(w, run, a, argv, lens);
-  }
-  drain(w);
-  while (w->commits) {
-    lp_commit *c = w->commits;
-    w->commits = c->next;
-    lp_wexec_free(c->x);
-    free(c);
-  }
-  w->commits_tail = &w->commits;
-}
-
 /* ---- the runs ---- */
 
 static void free_run(lp_wrun *run) {
@@ -372,7 +188,7 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
     lp_buf_free(&s->wbuf);
   }
   /* Its last counts (the processes' last STATS came as they closed). */
-  count_run(w, run);
+  lp_worker_count_run(w, run);
   /* After what the processes reported as they closed (their failures go
    * first, in the same pipeline), and sent until the broker has it: the
    * submitter waits for it. HDEL, not HSET: a full broker still takes it. */
@@ -388,18 +204,7 @@ static void end_run(lp_worker *w, lp_wrun *run, int hand_back) {
   /* Outcomes of tasks that ended as the processes closed: nobody needs
    * them (the run is over, or what it had went back), and their commits
    * name the run, which goes. */
-  for (lp_commit **p = &w->commits; *p;) {
-    lp_commit *c = *p;
-    if (c->run != run) {
-      p = &c->next;
-      continue;
-    }
-    *p = c->next;
-    lp_wexec_free(c->x);
-    free(c);
-  }
-  w->commits_tail = &w->commits;
-  while (*w->commits_tail) w->commits_tail = &(*w->commits_tail)->next;
+  lp_worker_drop_commits(w, run);
 }
 
 /* New runs, and runs that are over (done, cancelled, failed, or gone). */
@@ -475,18 +280,9 @@ static void renew(lp_worker *w, lp_wrun *run) {
   freeReplyObject(r);
 }
 
-static lp_wslot *freest(lp_wrun *run) {
-  lp_wslot *best = NULL;
-  for (int i = 0; i < run->nslots; i++) {
-    lp_wslot *s = &run->slots[i];
-    if (s->fd >= 0 && s->ready && (!best || s->credits > best->credits)) best = s;
-  }
-  return best;
-}
-
 /* Entries [id, fence, fields] from lp_claim. */
 static void claim(lp_worker *w, lp_wrun *run) {
-  lp_wslot *s = freest(run);
+  lp_wslot *s = lp_wrun_freest(run);
   if (!s || s->credits <= 0) return;
   char lease[32];
   snprintf(lease, sizeof lease, "%lld", (long long)(run->lease * 1000));
@@ -535,195 +331,6 @@ static void share(lp_worker *w, lp_wrun *run, double now) {
   busy->asked_at = now;
 }
 
-/* ---- the reader ---- */
-
-static void *reader_main(void *arg) {
-  lp_worker *w = arg;
-  redisReply *id = lp_redis_cmdf(&w->rd, "CLIENT ID");
-  if (id && id->type == REDIS_REPLY_INTEGER) w->reader_id = id->integer;
-  if (id) freeReplyObject(id);
-  const char *argv[8 + 2 * 64];
-  char count[24];
-  for (;;) {
-    pthread_mutex_lock(&w->lock);
-    while (w->got && !w->stopping) {
-      pthread_mutex_unlock(&w->lock);
-      usleep(200);
-      pthread_mutex_lock(&w->lock);
-    }
-    if (w->stopping) {
-      pthread_mutex_unlock(&w->lock);
-      break;
-    }
-    int n = w->nstreams, a = 0;
-    snprintf(count, sizeof count, "%ld", w->count > 0 ? w->count : 1);
-    argv[a++] = "XREADGROUP";
-    argv[a++] = "GROUP";
-    argv[a++] = LP_BROKER_GROUP;
-    argv[a++] = w->name;
-    argv[a++] = "COUNT";
-    argv[a++] = count;
-    argv[a++] = "BLOCK";
-    argv[a++] = "100";
-    argv[a++] = "STREAMS";
-    for (int i = 0; i < n; i++) {
-      memcpy(w->reading[i], w->streams[i], sizeof w->reading[i]);
-      argv[a++] = w->reading[i];
-    }
-    /* After a reconnection: the inboxes' pending entries first (from 0);
-     * a queue's are tasks already taken, never read twice. */
-    int reread = w->reread;
-    w->reread = 0;
-    for (int i = 0; i < n; i++) argv[a++] = reread && i >= w->nwant ? "0" : ">";
-    w->reader_nwant = w->nwant;
-    w->reader_blocked = 1;
-    pthread_mutex_unlock(&w->lock);
-    if (n == 0) {
-      usleep(10000);
-      continue;
-    }
-    redisReply *r = lp_redis_cmd(&w->rd, a, argv, NULL);
-    pthread_mutex_lock(&w->lock);
-    w->reader_blocked = 0;
-    pthread_mutex_unlock(&w->lock);
-    if (!r) {
-      /* The broker is gone: again after a pause, until it is back. What
-       * the lost read had taken from the inboxes is read again (their
-       * pending entries); tasks it had taken are claimed after the lease. */
-      usleep(200000);
-      if (lp_redis_open(&w->rd, &w->url, 5.0, 0) == 0) {
-        redisReply *id2 = lp_redis_cmdf(&w->rd, "CLIENT ID");
-        if (id2 && id2->type == REDIS_REPLY_INTEGER) w->reader_id = id2->integer;
-        if (id2) freeReplyObject(id2);
-        pthread_mutex_lock(&w->lock);
-        w->reread = 1;
-        pthread_mutex_unlock(&w->lock);
-      }
-      continue;
-    }
-    if (r->type != REDIS_REPLY_ARRAY) {
-      /* nil: nothing came. An error: a stream gone (a broker restarted
-       * without its data): the loop sees the run gone and makes its wake
-       * stream again; meanwhile, no spinning. */
-      if (r->type == REDIS_REPLY_ERROR) usleep(50000);
-      freeReplyObject(r);
-      continue;
-    }
-    pthread_mutex_lock(&w->lock);
-    w->got = r;
-    pthread_mutex_unlock(&w->lock);
-    uint64_t one = 1;
-    ssize_t rc = write(w->wake_fd, &one, sizeof one);
-    (void)rc;
-  }
-  return NULL;
-}
-
-/* What the reader reads next: the queues of runs with room here, then
- * every run's inbox. */
-static void set_streams(lp_worker *w) {
-  pthread_mutex_lock(&w->lock);
-  int n = 0;
-  long count = 0;
-  for (lp_wrun *run = w->runs; run && n < 64; run = run->next) {
-    if (run->over) continue;
-    lp_wslot *s = freest(run);
-    if (s && s->credits > 0) {
-      snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->k.q);
-      if (s->credits > count) count = s->credits;
-    }
-  }
-  w->nwant = n;
-  for (lp_wrun *run = w->runs; run && n < 63; run = run->next)
-    if (!run->over) snprintf(w->streams[n++], sizeof w->streams[0], "%s", run->inbox);
-  snprintf(w->streams[n++], sizeof w->streams[0], "%s", w->wake);
-  w->nstreams = n;
-  w->count = count > 0 ? count : 512;
-  pthread_mutex_unlock(&w->lock);
-  /* The reader waits without a queue that has room now: woken, so that it
-   * reads it. An unblock that reaches Redis before the reader's command
-   * wakes nothing (the reader would wait out its block): again, until one
-   * wakes it or it has read with the new streams. */
-  for (int tries = 0; tries < 100 && atomic_load(&w->reader_id); tries++) {
-    pthread_mutex_lock(&w->lock);
-    int stale = w->reader_blocked && w->nwant > w->reader_nwant;
-    pthread_mutex_unlock(&w->lock);
-    if (!stale) break;
-    redisReply *r =
-        lp_redis_cmdf(&w->r, "CLIENT UNBLOCK %lld", (long long)atomic_load(&w->reader_id));
-    int woke = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-    if (r) freeReplyObject(r);
-    if (woke || !r) break;
-    usleep(50);
-  }
-}
-
-static lp_wrun *run_of_stream(lp_worker *w, const char *name, int *inbox) {
-  for (lp_wrun *run = w->runs; run; run = run->next) {
-    if (strcmp(name, run->k.q) == 0) {
-      *inbox = 0;
-      return run;
-    }
-    if (strcmp(name, run->inbox) == 0) {
-      *inbox = 1;
-      return run;
-    }
-  }
-  return NULL;
-}
-
-static const char *efield(redisReply *f, const char *name, size_t *len) {
-  for (size_t i = 0; f && f->type == REDIS_REPLY_ARRAY && i + 1 < f->elements; i += 2)
-    if (strcmp(f->element[i]->str, name) == 0) {
-      *len = f->element[i + 1]->len;
-      return f->element[i + 1]->str;
-    }
-  return NULL;
-}
-
-static void take_read(lp_worker *w, redisReply *r) {
-  for (size_t s = 0; s < r->elements; s++) {
-    redisReply *st = r->element[s];
-    if (st->type != REDIS_REPLY_ARRAY || st->elements < 2) continue;
-    int inbox = 0;
-    lp_wrun *run = run_of_stream(w, st->element[0]->str, &inbox);
-    redisReply *entries = st->element[1];
-    if (strcmp(st->element[0]->str, w->wake) == 0) { /* a run began or is ending */
-      w->look_now = 1;
-      for (size_t e = 0; e < entries->elements; e++) {
-        redisReply *en = entries->element[e];
-        if (en->type != REDIS_REPLY_ARRAY || !en->elements) continue;
-        redisReply *a =
-            lp_redis_cmdf(&w->r, "XACK %s %s %s", w->wake, LP_BROKER_GROUP, en->element[0]->str);
-        if (a) freeReplyObject(a);
-        a = lp_redis_cmdf(&w->r, "XDEL %s %s", w->wake, en->element[0]->str);
-        if (a) freeReplyObject(a);
-      }
-      continue;
-    }
-    for (size_t e = 0; e < entries->elements; e++) {
-      redisReply *en = entries->element[e];
-      if (en->type != REDIS_REPLY_ARRAY || en->elements < 2) continue;
-      const char *msgid = en->element[0]->str;
-      if (!run) continue;
-      if (inbox) {
-        size_t klen = 0, olen = 0;
-        const char *key = efield(en->element[1], "k", &klen);
-        const char *out = efield(en->element[1], "r", &olen);
-        if (key && out) lp_wslot_relay(w, run, key, out, olen);
-        const char *ack[] = {"XACK", run->inbox, LP_BROKER_GROUP, msgid};
-        const char *del[] = {"XDEL", run->inbox, msgid};
-        lp_worker_send(w, 4, ack, NULL);
-        lp_worker_send(w, 3, del, NULL);
-      } else {
-        lp_wslot *slot = freest(run);
-        if (slot) lp_wslot_exec(w, slot, msgid, "1", en->element[1]);
-        /* No process to run it: its lease lapses and it runs elsewhere. */
-      }
-    }
-  }
-}
-
 /* ---- the loop ---- */
 
 static void slot_died(lp_worker *w, lp_wslot *s) {
@@ -755,43 +362,9 @@ static void heartbeat(lp_worker *w) {
   if (r) freeReplyObject(r);
 }
 
-/* What this worker's processes did for each run since the last time, for
- * `luapool status`: tasks run and failed (summed over workers), and
- * queued and running now (a field per worker). */
-static void count_run(lp_worker *w, lp_wrun *run) {
-  {
-    long queued = 0, running = 0;
-    for (int i = 0; i < run->nslots; i++) {
-      queued += run->slots[i].queued;
-      running += run->slots[i].running;
-    }
-    char ran[24], failed[24], made[24], fin[24], q[24], rn[24], qf[128], rf[128];
-    snprintf(ran, sizeof ran, "%llu", (unsigned long long)run->ran);
-    snprintf(failed, sizeof failed, "%llu", (unsigned long long)run->failed);
-    snprintf(made, sizeof made, "%llu", (unsigned long long)run->made);
-    snprintf(fin, sizeof fin, "%llu", (unsigned long long)run->fin);
-    snprintf(q, sizeof q, "%ld", queued);
-    snprintf(rn, sizeof rn, "%ld", running);
-    snprintf(qf, sizeof qf, "queued:%s", w->name);
-    snprintf(rf, sizeof rf, "running:%s", w->name);
-    const char *a[] = {"HINCRBY", run->k.n, "done", ran};
-    const char *b[] = {"HINCRBY", run->k.n, "failed", failed};
-    const char *c[] = {"HSET", run->k.n, qf, q, rf, rn};
-    const char *d[] = {"HINCRBY", run->k.n, "made", made};
-    const char *e[] = {"HINCRBY", run->k.n, "fin", fin};
-    if (run->ran) lp_worker_send(w, 4, a, NULL);
-    if (run->failed) lp_worker_send(w, 4, b, NULL);
-    if (run->made) lp_worker_send(w, 4, d, NULL);
-    if (run->fin) lp_worker_send(w, 4, e, NULL);
-    lp_worker_send(w, 6, c, NULL);
-    run->ran = run->failed = run->made = run->fin = 0;
-  }
-}
-
 static void count(lp_worker *w) {
-  for (lp_wrun *run = w->runs; run; run = run->next) count_run(w, run);
+  for (lp_wrun *run = w->runs; run; run = run->next) lp_worker_count_run(w, run);
 }
-
 static int serve(lp_worker *w) {
   double last_look = -1, last_beat = -1;
   while (!w->stopping && !stop_asked) {
@@ -826,7 +399,7 @@ static int serve(lp_worker *w) {
       }
       share(w, run, now);
     }
-    set_streams(w);
+    lp_worker_set_streams(w);
     struct pollfd p[1 + MAX_RUNS * 8];
     lp_wslot *who[1 + MAX_RUNS * 8];
     int np = 0;
@@ -851,13 +424,13 @@ static int serve(lp_worker *w) {
     w->got = NULL;
     pthread_mutex_unlock(&w->lock);
     if (got) {
-      take_read(w, got);
+      lp_worker_take_read(w, got);
       freeReplyObject(got);
     }
     for (int i = 1; i < np; i++)
       if ((p[i].revents & (POLLIN | POLLHUP | POLLERR)) && lp_wslot_read(w, who[i]) != 0)
         slot_died(w, who[i]);
-    flush_commits(w);
+    lp_worker_flush(w);
     for (lp_wrun *run = w->runs; run; run = run->next)
       for (int i = 0; i < run->nslots; i++)
         if (lp_wslot_flush(&run->slots[i]) != 0) slot_died(w, &run->slots[i]);
@@ -900,7 +473,7 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
   sigaction(SIGTERM, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
   pthread_t reader;
-  int reading = pthread_create(&reader, NULL, reader_main, w) == 0;
+  int reading = pthread_create(&reader, NULL, lp_worker_reader, w) == 0;
   serve(w);
   pthread_mutex_lock(&w->lock);
   w->stopping = 1;
@@ -912,14 +485,9 @@ int lp_broker_worker(const char *url, int processes, int threads, const char *on
     end_run(w, run, 1);
     free_run(run);
   }
-  flush_commits(w);
-  drain(w);
-  while (w->sent) {
-    lp_sent *q = w->sent;
-    w->sent = q->next;
-    free(q->cmd);
-    free(q);
-  }
+  lp_worker_flush(w);
+  lp_worker_drain(w);
+  lp_worker_drop_sent(w); /* what the broker never took */
   redisReply *r = lp_redis_cmdf(&w->r, "HDEL lp:workers %s", w->name);
   if (r) freeReplyObject(r);
   r = lp_redis_cmdf(&w->r, "DEL %s", w->wake);

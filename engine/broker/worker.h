@@ -166,5 +166,22 @@ void lp_worker_send_for(lp_worker *w, const lp_wrun *run, int argc, const char *
 /* Opens the loop's connection again after a loss (with a growing pause
  * between tries): 0 once it is open. */
 int lp_worker_reconnect(lp_worker *w);
+/* wsend.c: sends what waits and reads the replies (what got no reply stays);
+ * the outcomes queued, with the runs' counts ahead of them, then that; the
+ * counts of one run; the outcomes queued for a run that is going. */
+void lp_worker_drain(lp_worker *w);
+void lp_worker_flush(lp_worker *w);
+void lp_worker_count_run(lp_worker *w, lp_wrun *run);
+void lp_worker_drop_commits(lp_worker *w, const lp_wrun *run);
+/* Frees what waits to be sent (the worker is leaving). */
+void lp_worker_drop_sent(lp_worker *w);
+
+/* wread.c: the reader thread; what it reads next (set by the loop each
+ * turn); what it read, handed out by the loop; the run's process with the
+ * most room. */
+void *lp_worker_reader(void *arg);
+void lp_worker_set_streams(lp_worker *w);
+void lp_worker_take_read(lp_worker *w, struct redisReply *r);
+lp_wslot *lp_wrun_freest(lp_wrun *run);
 
 #endif
